@@ -5,3 +5,12 @@ where each derivation lives.
 """
 
 __version__ = "0.1.0"
+
+from .backend import available_backends, get_backend
+from .errors import ScratchVAEError
+from .gradcheck import gradcheck, gradcheck_model
+from .model import VAE, LossResult
+from .optim import SGD, Adam
+
+__all__ = ["VAE", "LossResult", "Adam", "SGD", "gradcheck", "gradcheck_model",
+           "get_backend", "available_backends", "ScratchVAEError", "__version__"]

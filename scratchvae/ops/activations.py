@@ -1,0 +1,132 @@
+"""Elementwise activations, each with a backward computed from the activation's *output*.
+
+Shapes: any; in the model they are (N, H). Every derivative below is written in terms of
+the output ``a = f(z)`` rather than the input ``z``, so the forward pass stores one array
+per layer and works in place (``out`` may be the input):
+
+=============  ==============================  =======================================
+name           forward a = f(z)                derivative f'(z) in terms of a
+=============  ==============================  =======================================
+relu           max(z, 0)                       1[a > 0]  (0 at z = 0, as PyTorch)
+leaky_relu     max(z, s·z), s = 0.01           1 if a > 0 else s   (s at z = 0, as PyTorch)
+tanh           tanh z                          1 − a²
+sigmoid        1 / (1 + e^{−z})                a (1 − a)
+softplus       log(1 + e^z)                    1 − e^{−a}  (= σ(z), since e^{−a} = 1 − σ(z))
+=============  ==============================  =======================================
+
+Derivations, one line each:
+  tanh' = sech² = 1 − tanh²;  σ' = e^{−z}/(1+e^{−z})² = σ(1 − σ);
+  softplus' = e^z/(1+e^z) = σ(z), and e^{−softplus(z)} = 1/(1+e^z) = 1 − σ(z), so σ(z) = 1 − e^{−a}
+  (computed as −expm1(−a), exact for tiny a). ReLU and leaky ReLU are piecewise linear; a > 0
+  exactly when z > 0 (s > 0), so the output tells the branch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from ._seam import fused, xp_of
+
+LEAKY_SLOPE = 0.01
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
+
+
+def check_activation(name: str) -> str:
+    if name not in ACTIVATIONS:
+        raise InputError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
+    return name
+
+
+def activation_forward(name, z, out=None, scratch=None):
+    """a = f(z) elementwise (``out`` may be ``z``). See the module table for f.
+
+    Leaky ReLU in place needs a second buffer of z's shape: pass ``scratch`` to avoid an
+    allocation (the model passes a gradient buffer that is free during the forward pass).
+    """
+    xp = xp_of(z)
+    if out is None:
+        out = xp.empty_like(z)
+    if name == "relu":
+        xp.maximum(z, 0, out=out)
+    elif name == "leaky_relu":
+        # max(z, s z): the one activation that needs a second buffer when done in place.
+        sz = scratch if scratch is not None and scratch is not z else xp.empty_like(z)
+        xp.multiply(z, LEAKY_SLOPE, out=sz)
+        xp.maximum(z, sz, out=out)
+    elif name == "tanh":
+        xp.tanh(z, out=out)
+    elif name == "sigmoid":
+        # σ(z) = ½ + ½ tanh(z/2): in place, no overflow for any z.
+        xp.multiply(z, 0.5, out=out)
+        xp.tanh(out, out=out)
+        xp.multiply(out, 0.5, out=out)
+        xp.add(out, 0.5, out=out)
+    elif name == "softplus":
+        # log(1 + e^z) = logaddexp(0, z): stable for large |z|.
+        xp.logaddexp(z, 0, out=out)
+    else:
+        check_activation(name)
+    return out
+
+
+def activation_derivative(name, a, out=None):
+    """f'(z) from the output a = f(z) (see the module table). ``out`` may be ``a``."""
+    xp = xp_of(a)
+    if out is None:
+        out = xp.empty_like(a)
+    if name == "relu":
+        xp.sign(a, out=out)                   # 1[a > 0], since a ≥ 0
+    elif name == "leaky_relu":
+        xp.sign(a, out=out)                   # 1, 0, −1 for z > 0, z = 0, z < 0
+        xp.maximum(out, 0, out=out)           # 1, 0, 0
+        out *= 1 - LEAKY_SLOPE
+        out += LEAKY_SLOPE                    # 1, s, s
+    elif name == "tanh":
+        xp.multiply(a, a, out=out)
+        xp.subtract(1, out, out=out)          # 1 − a²
+    elif name == "sigmoid":
+        # a (1 − a) = ¼ − (a − ½)²: one buffer, so it also works in place.
+        xp.subtract(a, 0.5, out=out)
+        xp.multiply(out, out, out=out)
+        xp.subtract(0.25, out, out=out)
+    elif name == "softplus":
+        xp.negative(a, out=out)
+        xp.expm1(out, out=out)
+        xp.negative(out, out=out)             # 1 − e^{−a} = σ(z)
+    else:
+        check_activation(name)
+    return out
+
+
+def activation_backward(name, da, a, out=None):
+    """dz = da ⊙ f'(z), with f'(z) computed from the output ``a`` (see the module table).
+
+    ``out`` may be ``a`` (the model's choice: the activation is spent once its layer's
+    weight gradient is formed, and nothing temporary is made) or a separate buffer; it
+    must not be ``da``.
+    """
+    k = fused("act_backward_" + name, da)
+    if k is not None:
+        return k(da, a, out)
+    if out is not None and out is da:
+        raise InputError("activation_backward: out must not be da (use out=a or a new buffer)")
+    out = activation_derivative(name, a, out=out)
+    out *= da
+    return out
+
+
+def bias_act_forward(pre, b, name, out=None, scratch=None):
+    """Fused block after a GEMM: a = f(pre + b), b broadcast over rows.
+
+    pre: (N, H) the product x @ W; b: (H,); out: (N, H), may be ``pre`` (the usual case).
+    On a GPU this is one kernel; here it is two in-place passes.
+    """
+    k = fused("bias_act_" + name, pre)
+    if k is not None:
+        return k(pre, b, out)
+    xp = xp_of(pre)
+    if out is None:
+        out = xp.empty_like(pre)
+    xp.add(pre, b, out=out)
+    return activation_forward(name, out, out=out, scratch=scratch)

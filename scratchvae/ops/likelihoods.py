@@ -1,0 +1,138 @@
+"""Reconstruction negative log-likelihoods, −log p(x | z), summed over pixels and rows.
+
+Shapes: logits / means and targets x are (N, D). All values are in nats.
+
+Bernoulli on logits y (x ∈ [0, 1]):
+    −log p(x|y) = −[x log σ(y) + (1−x) log(1 − σ(y))] = softplus(y) − x·y
+using log σ(y) = −softplus(−y), log(1−σ(y)) = −softplus(y) and softplus(y) − softplus(−y) = y.
+No clipping is needed: softplus(y) = max(y, 0) + log1p(e^{−|y|}) is finite for every finite y.
+    ∂/∂y = σ(y) − x.
+
+Gaussian with standard deviation σ (per pixel: a scalar or a (D,) vector), mean m:
+    −log p(x|m) = ½ log 2π + log σ + (x − m)² / (2σ²)
+    ∂/∂m = (m − x)/σ²;   ∂/∂log σ = 1 − (x − m)²/σ²  (summed over the pixels sharing that σ)
+These are densities: for continuous pixels they are not comparable with Bernoulli nats
+(the README explains why).
+
+A learned log σ has a soft floor (Rybkin et al. 2021, "Simple and effective VAE training
+with calibrated decoders"):  log σ = f + softplus(s − f), f = LOG_SIGMA_FLOOR = −6, where s
+is the raw parameter; so σ > e^{−6} ≈ 0.0025 always, and log σ ≈ s once s ≫ f.
+    d log σ / ds = sigmoid(s − f).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ._seam import fused, xp_of
+
+LOG_2PI = math.log(2.0 * math.pi)
+LOG_SIGMA_FLOOR = -6.0
+
+
+# -- stable scalar functions -------------------------------------------------------
+def softplus(y, out=None):
+    """softplus(y) = log(1 + e^y), computed as logaddexp(y, 0) (stable for any y)."""
+    return xp_of(y).logaddexp(y, 0, out=out)
+
+
+def sigmoid(y, out=None):
+    """σ(y) = 1/(1 + e^{−y}), computed as −expm1(−softplus(y)): exact in both tails."""
+    xp = xp_of(y)
+    out = softplus(y, out=out)
+    xp.negative(out, out=out)
+    xp.expm1(out, out=out)
+    xp.negative(out, out=out)
+    return out
+
+
+# -- Bernoulli ----------------------------------------------------------------------
+def bernoulli_nll(logits, x):
+    """Σ_{n,d} softplus(y) − x·y  (0-d array)."""
+    xp = xp_of(logits)
+    return xp.sum(softplus(logits) - x * logits)
+
+
+def bernoulli_nll_backward(logits, x):
+    """∂/∂y Σ (softplus(y) − x y) = σ(y) − x   (N, D)."""
+    return sigmoid(logits) - x
+
+
+def bernoulli_nll_forward_backward(logits, x, dlogits, scratch):
+    """Fused block after the decoder's last GEMM: loss and its gradient together.
+
+    Writes dlogits = σ(y) − x and returns Σ softplus(y) − x·y (0-d). ``scratch``: (N, D).
+    σ(y) is taken from softplus(y) (σ = 1 − e^{−softplus(y)}), so one transcendental
+    pass serves both the loss and the gradient.
+    """
+    k = fused("bernoulli_nll", logits)
+    if k is not None:
+        return k(logits, x, dlogits, scratch)
+    xp = xp_of(logits)
+    sp = softplus(logits, out=scratch)      # softplus(y)
+    xp.negative(sp, out=dlogits)
+    xp.expm1(dlogits, out=dlogits)
+    xp.negative(dlogits, out=dlogits)        # σ(y)
+    dlogits -= x                              # σ(y) − x
+    loss = xp.sum(sp)
+    loss -= _vdot(x, logits, xp)
+    return loss
+
+
+def _vdot(a, b, xp):
+    """Σ a ⊙ b over all entries without a temporary (BLAS dot on contiguous arrays)."""
+    if a.flags.c_contiguous and b.flags.c_contiguous:
+        return xp.dot(a.ravel(), b.ravel())
+    return xp.sum(a * b)
+
+
+# -- Gaussian -----------------------------------------------------------------------
+def soft_floor_log_sigma(s, floor=LOG_SIGMA_FLOOR):
+    """log σ = f + softplus(s − f): the learned log σ with a soft floor f.  Returns log σ."""
+    xp = xp_of(s)
+    return floor + xp.logaddexp(s - floor, 0)
+
+
+def soft_floor_log_sigma_backward(dlog_sigma, s, floor=LOG_SIGMA_FLOOR):
+    """ds = dlog σ · sigmoid(s − f)   (d softplus(u)/du = σ(u))."""
+    return dlog_sigma * sigmoid(s - floor)
+
+
+def gaussian_nll(mean, x, log_sigma):
+    """Σ ½ log 2π + log σ + (x − m)²/(2σ²)  (0-d); log σ a float, (1,) or (D,)."""
+    xp = xp_of(mean)
+    r = x - mean
+    return xp.sum(0.5 * LOG_2PI + log_sigma + 0.5 * r * r * xp.exp(-2.0 * xp.asarray(log_sigma)))
+
+
+def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=False):
+    """Fused block for the Gaussian likelihood: loss, ∂/∂mean and ∂/∂log σ together.
+
+    mean, x, dmean, scratch: (N, D). log_sigma: a Python float (fixed σ), or a backend
+    array of shape (1,) (shared) or (D,) (``per_pixel``). Writes dmean = (m − x)/σ².
+    Returns (loss 0-d, dlog_sigma or None):
+      loss = N·D·½ log 2π + Σ log σ + ½ Σ r²/σ²,  r = m − x
+      dlog σ = Σ_(pixels sharing σ) (1 − r²/σ²)
+    """
+    xp = xp_of(mean)
+    N, D = mean.shape
+    xp.subtract(mean, x, out=dmean)                      # r
+    fixed = isinstance(log_sigma, (int, float))
+    if fixed:
+        inv_var = math.exp(-2.0 * log_sigma)
+        sum_log_sigma = N * D * log_sigma
+    else:
+        inv_var = xp.exp(-2.0 * log_sigma)
+        sum_log_sigma = N * (xp.sum(log_sigma) if per_pixel else D * log_sigma[0])
+    q = xp.multiply(dmean, dmean, out=scratch)
+    q *= inv_var                                         # r²/σ²
+    dmean *= inv_var                                     # r/σ²
+    if per_pixel:
+        col = xp.sum(q, axis=0)                          # (D,)
+        quad = xp.sum(col)
+        dls = None if fixed else N - col
+    else:
+        quad = xp.sum(q)
+        dls = None if fixed else xp.reshape(N * D - quad, (1,))
+    loss = 0.5 * quad + (N * D * 0.5 * LOG_2PI) + sum_log_sigma
+    return loss, dls

@@ -1,0 +1,149 @@
+"""Optimizers with PyTorch's update rules, updating parameters in place.
+
+An optimizer is built over the parameters and stepped with the gradients of the same
+structure: either one flat array each (the model's ``theta`` / ``grad``, the fast path: one
+pass over everything) or dicts of arrays keyed like the model's ``params`` / ``grads``.
+Its state (moments and the step count) is arrays that :meth:`state` returns and
+:meth:`load_state` restores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import InputError
+from .ops._seam import fused, xp_of
+
+
+def _as_list(tree):
+    if isinstance(tree, dict):
+        return list(tree.keys()), list(tree.values())
+    return None, [tree]
+
+
+class _Optimizer:
+    def __init__(self, params, lr):
+        lr = float(lr)
+        if not (lr > 0 and math.isfinite(lr)):
+            raise InputError(f"lr must be a positive finite number, got {lr!r}")
+        self.lr = lr
+        self._names, self._params = _as_list(params)
+        self.t = 0
+
+    def _grads(self, grads):
+        names, gs = _as_list(grads)
+        if names != self._names or len(gs) != len(self._params):
+            raise InputError(f"grads must have the parameters' structure (names {self._names}), "
+                             f"got {names if names is not None else 'one array'}")
+        for p, g in zip(self._params, gs):
+            if p.shape != g.shape:
+                raise InputError(f"a gradient has shape {g.shape}, its parameter {p.shape}")
+        return gs
+
+    def _zeros(self):
+        return [xp_of(p).zeros_like(p) for p in self._params]
+
+    def state(self) -> dict:
+        """Optimizer state as a dict of host NumPy arrays (a sync on a GPU)."""
+        out = {"t": np.array(self.t, dtype=np.int64)}
+        for key in self._state_keys:
+            for i, a in enumerate(getattr(self, key)):
+                out[f"{key}.{i}"] = a.get() if hasattr(a, "get") else np.array(a)
+        return out
+
+    def load_state(self, state: dict):
+        """Restore what :meth:`state` returned (shapes must match)."""
+        for key in self._state_keys:
+            for i, a in enumerate(getattr(self, key)):
+                v = state.get(f"{key}.{i}")
+                if v is None or tuple(v.shape) != tuple(a.shape):
+                    raise InputError(f"optimizer state {key}.{i} missing or of the wrong shape: "
+                                     f"expected {tuple(a.shape)}, got {None if v is None else tuple(v.shape)}")
+                a[...] = xp_of(a).asarray(v, dtype=a.dtype)
+        self.t = int(state["t"])
+
+
+class SGD(_Optimizer):
+    """SGD with momentum μ, PyTorch's rule:  v ← μ v + g;  p ← p − lr · v  (v₀ = 0)."""
+
+    _state_keys = ("velocity",)
+
+    def __init__(self, params, lr=1e-2, momentum=0.0):
+        super().__init__(params, lr)
+        momentum = float(momentum)
+        if not 0 <= momentum < 1:
+            raise InputError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.momentum = momentum
+        self.velocity = self._zeros()
+
+    def step(self, grads):
+        self.t += 1
+        for p, g, v in zip(self._params, self._grads(grads), self.velocity):
+            if self.momentum:
+                v *= self.momentum
+                v += g                      # v ← μ v + g
+                g = v
+            p -= self.lr * g                # p ← p − lr · v
+
+
+class Adam(_Optimizer):
+    """Adam (Kingma & Ba 2015) with PyTorch's arithmetic, in place.
+
+    m ← β₁ m + (1 − β₁) g;   v ← β₂ v + (1 − β₂) g²
+    p ← p − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)        (ε added after the root)
+    """
+
+    _state_keys = ("m", "v")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(params, lr)
+        b1, b2 = (float(b) for b in betas)
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise InputError(f"betas must both be in [0, 1), got {betas!r}")
+        if not eps > 0:
+            raise InputError(f"eps must be positive, got {eps!r}")
+        self.betas, self.eps = (b1, b2), float(eps)
+        self.m = self._zeros()
+        self.v = self._zeros()
+        self._buf = [None] * len(self._params)
+
+    def step(self, grads):
+        self.t += 1
+        b1, b2 = self.betas
+        step_size = self.lr / (1 - b1 ** self.t)
+        sqrt_bc2 = math.sqrt(1 - b2 ** self.t)
+        for i, (p, g) in enumerate(zip(self._params, self._grads(grads))):
+            adam_update(p, g, self.m[i], self.v[i], step_size, sqrt_bc2, b1, b2, self.eps,
+                        self._scratch(i))
+
+    def _scratch(self, i):
+        if self._buf[i] is None:
+            self._buf[i] = xp_of(self._params[i]).empty_like(self._params[i])
+        return self._buf[i]
+
+
+def adam_update(p, g, m, v, step_size, sqrt_bc2, b1, b2, eps, scratch):
+    """The fused Adam block over one (flat) buffer; ``scratch`` has p's shape.
+
+    m ← β₁ m + (1−β₁) g;  v ← β₂ v + (1−β₂) g²;  p ← p − step_size · m / (√v / sqrt_bc2 + ε)
+    with step_size = lr / (1 − β₁ᵗ) and sqrt_bc2 = √(1 − β₂ᵗ) computed by the caller.
+    """
+    k = fused("adam", p)
+    if k is not None:
+        return k(p, g, m, v, step_size, sqrt_bc2, b1, b2, eps)
+    xp = xp_of(p)
+    m *= b1
+    xp.multiply(g, 1 - b1, out=scratch)
+    m += scratch
+    v *= b2
+    xp.multiply(g, g, out=scratch)
+    scratch *= 1 - b2
+    v += scratch
+    xp.sqrt(v, out=scratch)
+    scratch /= sqrt_bc2
+    scratch += eps
+    xp.divide(m, scratch, out=scratch)
+    scratch *= step_size
+    p -= scratch
