@@ -1,0 +1,215 @@
+"""Datasets: the embedded MNIST subset, full MNIST and Fashion-MNIST, plus two pure helpers.
+
+:func:`load_dataset` returns ``(train, test)`` :class:`Dataset` pairs of uint8 arrays:
+images ``(N, 784)`` (28x28, row-major, flattened here from the IDX ``(N, 28, 28)``) and
+labels ``(N,)`` in 0..9. Where MNIST / Fashion-MNIST come from, in order:
+
+1. ``data_dir`` when given: it must hold all four IDX files (raw or ``.gz``); nothing else is
+   tried, so a wrong folder is an error rather than a silent switch to other data;
+2. the cache ``<root>/<name>``, where ``<root>`` is ``cache_dir``, else ``$SCRATCHVAE_CACHE_DIR``,
+   else ``$XDG_CACHE_HOME/scratchvae``, else ``~/.cache/scratchvae``;
+3. a verified download into that cache (see :mod:`scratchvae.data.download`), unless offline
+   (``offline=True``, or ``SCRATCHVAE_OFFLINE`` set to anything but ``""``/``0``/``false``/``no``/``off``).
+
+``'embedded'`` is a 6,000-image stratified subset of MNIST shipped inside the package
+(see ``EMBEDDED.md``); it needs no files and no network.
+"""
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from scratchvae.data.download import FILES, download_dataset
+from scratchvae.data.idx import read_idx
+from scratchvae.errors import BackendError, DataError, DownloadError, InputError
+
+#: Names accepted by :func:`load_dataset`.
+DATASETS = ("embedded", "mnist", "fashion-mnist")
+EMBEDDED_RESOURCE = "mnist_embedded.npz"
+_SIDE = 28
+_N_CLASSES = 10
+_FALSE = ("", "0", "false", "no", "off")
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """One split: ``images`` (N, 784) uint8, ``labels`` (N,) uint8 in 0..9, and a ``name``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    name: str
+
+    def __post_init__(self):
+        im, lb = self.images, self.labels
+        if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 2 \
+                or im.shape[1] != _SIDE * _SIDE:
+            raise DataError(f"{self.name}: images must be a uint8 array of shape (N, 784), "
+                            f"got {_describe(im)}")
+        if not isinstance(lb, np.ndarray) or lb.dtype != np.uint8 or lb.ndim != 1:
+            raise DataError(f"{self.name}: labels must be a uint8 array of shape (N,), "
+                            f"got {_describe(lb)}")
+        if len(im) != len(lb):
+            raise DataError(f"{self.name}: images and labels must have the same length, "
+                            f"got {len(im)} images and {len(lb)} labels")
+        if lb.size and int(lb.max()) >= _N_CLASSES:
+            raise DataError(f"{self.name}: labels must lie in 0..9, got a {int(lb.max())}")
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def load_dataset(name, data_dir=None, *, cache_dir=None, offline=None, progress=None):
+    """Load ``(train, test)`` for ``name`` in ``('embedded', 'mnist', 'fashion-mnist')``.
+
+    ``progress(done_bytes, total_bytes_or_None)`` is called while a file downloads.
+    Raises :class:`DataError` for an unknown name, missing or malformed files, or an
+    unwritable cache; :class:`DownloadError` when files are missing and downloads are off
+    or fail; :class:`ChecksumError` when a download does not match its pinned SHA-256.
+    """
+    if name not in DATASETS:
+        raise DataError(f"dataset name must be one of {', '.join(map(repr, DATASETS))}, "
+                        f"got {name!r}")
+    if name == "embedded":
+        if data_dir is not None:
+            raise DataError(f"data_dir is only used by 'mnist' and 'fashion-mnist', got "
+                            f"data_dir={str(data_dir)!r} with the 'embedded' dataset")
+        return load_embedded()
+    if data_dir is not None:
+        data_dir = Path(data_dir).expanduser()
+        if not data_dir.is_dir():
+            raise DataError(f"data_dir must be an existing folder holding the {name} IDX "
+                            f"files, got {str(data_dir)!r}, which is not a folder")
+        found, missing = find_idx_files(data_dir)
+        if missing:
+            raise DataError(f"data_dir {data_dir} must hold the four {name} IDX files, "
+                            f"missing: {_wanted(missing)}")
+        return _load_split_pair(found, name)
+    where = default_cache_dir(name, cache_dir)
+    found, missing = find_idx_files(where)
+    if missing:
+        off, why = _offline(offline)
+        if off:
+            raise DownloadError(
+                f"{name}: {_wanted(missing)} not found in the cache {where} and downloads are "
+                f"off ({why}); pass data_dir=FOLDER holding the four IDX files, copy them into "
+                f"{where}, or allow downloads")
+        download_dataset(name, where, names=missing, progress=progress)
+        found, missing = find_idx_files(where)
+        if missing:  # e.g. a concurrent process removed them; say so rather than KeyError
+            raise DataError(f"{name}: {_wanted(missing)} missing from {where} after download")
+    return _load_split_pair(found, name)
+
+
+def load_embedded():
+    """The packaged subset: 500 train and 100 test images per digit (see ``EMBEDDED.md``)."""
+    res = resources.files("scratchvae.data").joinpath(EMBEDDED_RESOURCE)
+    try:
+        with res.open("rb") as f, np.load(f, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("train_images", "train_labels",
+                                        "test_images", "test_labels")}
+    except (OSError, KeyError, ValueError) as err:
+        raise DataError(f"the packaged {EMBEDDED_RESOURCE} is unreadable or incomplete "
+                        f"(expected train/test images and labels): {err}") from None
+    return (Dataset(arrays["train_images"], arrays["train_labels"], "embedded-train"),
+            Dataset(arrays["test_images"], arrays["test_labels"], "embedded-test"))
+
+
+def default_cache_dir(name, cache_dir=None):
+    """``<root>/<name>`` with root = ``cache_dir``, ``$SCRATCHVAE_CACHE_DIR``,
+    ``$XDG_CACHE_HOME/scratchvae`` or ``~/.cache/scratchvae``, the first one set."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("SCRATCHVAE_CACHE_DIR") or None
+    if cache_dir is None:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        cache_dir = Path(xdg) / "scratchvae" if xdg else Path.home() / ".cache" / "scratchvae"
+    return Path(cache_dir).expanduser() / name
+
+
+def find_idx_files(directory):
+    """Map each of the four IDX names to ``directory/<name>`` or ``<name>.gz`` (raw first).
+
+    Returns ``(found, missing)``: a ``{name: Path}`` dict and a list of names absent.
+    """
+    found, missing = {}, []
+    for n in FILES:
+        hit = next((p for p in (Path(directory) / n, Path(directory) / f"{n}.gz")
+                    if p.is_file()), None)
+        if hit is None:
+            missing.append(n)
+        else:
+            found[n] = hit
+    return found, missing
+
+
+def load_idx_split(images_path, labels_path, name):
+    """Read an images IDX (N, 28, 28) and a labels IDX (N,) into a :class:`Dataset`."""
+    images = read_idx(images_path)
+    if images.ndim != 3 or images.shape[1:] != (_SIDE, _SIDE):
+        raise DataError(f"{images_path}: expected an images file of shape (N, 28, 28), got "
+                        f"shape {images.shape}")
+    labels = read_idx(labels_path)
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: expected a labels file of shape (N,), got shape "
+                        f"{labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{name}: {images_path} holds {len(images)} images but {labels_path} "
+                        f"holds {len(labels)} labels: expected the same number")
+    return Dataset(images.reshape(len(images), _SIDE * _SIDE), labels, name)
+
+
+def to_unit_float(images, dtype):
+    """``images / 255`` as ``dtype`` (a float type): uint8 pixels to [0, 1]. Works on cupy too."""
+    if getattr(images, "dtype", None) != np.uint8:
+        raise InputError(f"images must be a uint8 array, got {_describe(images)}")
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise InputError(f"dtype must be a floating type such as float32, got {dtype}")
+    out = images.astype(dtype)
+    out /= dtype.type(255)
+    return out
+
+
+def binarize_static(images, uniforms):
+    """Bernoulli draw ``x > u`` elementwise, as ``images.dtype`` (0 or 1).
+
+    ``images`` in [0, 1]; ``uniforms`` the same shape, drawn by the caller from U[0, 1): the
+    result is 1 with probability ``x``. Pure: the randomness is the argument.
+    """
+    if _library(images) != _library(uniforms):
+        raise BackendError(f"images and uniforms must come from the same array library, "
+                           f"got {_library(images)} and {_library(uniforms)}")
+    if images.shape != uniforms.shape:
+        raise InputError(f"uniforms must have the shape of images {images.shape}, "
+                         f"got {uniforms.shape}")
+    return (images > uniforms).astype(images.dtype)
+
+
+def _load_split_pair(found, name):
+    return (load_idx_split(found["train-images-idx3-ubyte"], found["train-labels-idx1-ubyte"],
+                           f"{name}-train"),
+            load_idx_split(found["t10k-images-idx3-ubyte"], found["t10k-labels-idx1-ubyte"],
+                           f"{name}-test"))
+
+
+def _offline(offline):
+    if offline is not None:
+        return bool(offline), f"offline={offline!r}"
+    env = os.environ.get("SCRATCHVAE_OFFLINE", "")
+    return env.strip().lower() not in _FALSE, f"SCRATCHVAE_OFFLINE={env!r}"
+
+
+def _wanted(names):
+    return ", ".join(f"{n}[.gz]" for n in names)
+
+
+def _library(a):
+    return type(a).__module__.split(".")[0]
+
+
+def _describe(a):
+    if hasattr(a, "dtype") and hasattr(a, "shape"):
+        return f"{a.dtype} array of shape {tuple(a.shape)}"
+    return type(a).__name__
