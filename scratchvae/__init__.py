@@ -11,6 +11,8 @@ from .errors import ScratchVAEError
 from .gradcheck import gradcheck, gradcheck_model
 from .model import VAE, LossResult
 from .optim import SGD, Adam
+from .train import TrainConfig, fit, load_run
 
 __all__ = ["VAE", "LossResult", "Adam", "SGD", "gradcheck", "gradcheck_model",
-           "get_backend", "available_backends", "ScratchVAEError", "__version__"]
+           "get_backend", "available_backends", "ScratchVAEError", "fit", "load_run",
+           "TrainConfig", "__version__"]

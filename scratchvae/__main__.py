@@ -1,0 +1,7 @@
+"""``python -m scratchvae`` is the ``scratchvae`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,391 @@
+"""The ``scratchvae`` command: train, evaluate, sample, plot, compare.
+
+User errors (bad flags, bad files, bad data) print one line, ``scratchvae: error: ...``,
+and exit with status 2; tracebacks are kept for bugs. The library never prints: this
+module renders its callbacks (a tqdm bar on a terminal, one line per epoch always).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import ScratchVAEError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+# -- argument parsing -----------------------------------------------------------------------
+def _hidden(s):
+    s = s.strip()
+    if not s:
+        return ()
+    try:
+        sizes = tuple(int(p) for p in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 400 or 512,256, got {s!r}")
+    if any(h < 1 for h in sizes):
+        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {s!r}")
+    return sizes
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}")
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
+    return v
+
+
+def _positive_float(s):
+    v = _nonneg_float(s)
+    if v == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s!r}")
+    return v
+
+
+def _sigma(s):
+    if s in ("shared", "per-pixel") or s.startswith("fixed:"):
+        return s
+    raise argparse.ArgumentTypeError(f"expected fixed:V, shared or per-pixel, got {s!r}")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="scratchvae", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"scratchvae {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model and write a run directory")
+    d = t.add_argument_group("data")
+    d.add_argument("--dataset", default="embedded", choices=["embedded", "mnist", "fashion-mnist"])
+    d.add_argument("--data-dir", help="folder with the IDX files (raw or .gz)")
+    d.add_argument("--binarize", default="none", choices=["none", "static", "dynamic"])
+    d.add_argument("--corrupt", default="none", help="none | gaussian:S | mask:P (denoising)")
+    m = t.add_argument_group("model")
+    m.add_argument("--hidden", type=_hidden, default=(400,), help="encoder sizes, e.g. 400 or 512,256; '' is linear")
+    m.add_argument("--latent", type=_positive_int, default=20)
+    m.add_argument("--activation", default="relu", choices=["relu", "leaky_relu", "tanh", "sigmoid", "softplus"])
+    m.add_argument("--likelihood", default="bernoulli", choices=["bernoulli", "gaussian"])
+    m.add_argument("--sigma", type=_sigma, default="fixed:1.0", help="Gaussian σ: fixed:V, shared or per-pixel")
+    m.add_argument("--beta", type=_nonneg_float, default=1.0)
+    m.add_argument("--mode", default="vae", choices=["vae", "ae", "kl-only"])
+    m.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    o = t.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=_positive_int, default=10, help="total epochs (also on resume)")
+    o.add_argument("--batch-size", type=_positive_int, default=128)
+    o.add_argument("--lr", type=_positive_float, default=1e-3)
+    o.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    o.add_argument("--momentum", type=_nonneg_float, default=0.0, help="SGD momentum")
+    o.add_argument("--kl-warmup", type=_nonneg_float, default=0.0, metavar="EPOCHS",
+                   help="β rises linearly per step from 0 over this many epochs")
+    r = t.add_argument_group("run")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"])
+    r.add_argument("--out", help="run directory (default runs/<timestamp>)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue this run to --epochs")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="test −ELBO, importance-sampled log p(x), active units, probe")
+    e.add_argument("run_dir")
+    e.add_argument("--epoch", type=_positive_int)
+    e.add_argument("--limit", type=_positive_int, help="use the first N test images")
+    e.add_argument("--ks", default="1,10,100,1000", help="importance samples K, comma-separated")
+    e.add_argument("--data-dir")
+    e.add_argument("--backend", default=None, choices=["numpy", "cupy", "auto"])
+    e.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    for name, helptext in [("sample", "decode samples from the prior"), ("plot", "draw every figure of a run")]:
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("run_dir")
+        s.add_argument("--epoch", type=_positive_int)
+        s.add_argument("--n", type=_positive_int, default=64)
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--sample-x", action="store_true", help="draw pixels from p(x|z) instead of decoder means")
+        s.add_argument("--out", help="output file (sample) or folder (plot)")
+        s.add_argument("--data-dir")
+        s.add_argument("--backend", default=None, choices=["numpy", "cupy", "auto"])
+
+    c = sub.add_parser("compare", help="AE vs KL-only vs VAE with a 2-D latent: latent spaces and decodes")
+    c.add_argument("--dataset", default="embedded", choices=["embedded", "mnist", "fashion-mnist"])
+    c.add_argument("--data-dir")
+    c.add_argument("--epochs", type=_positive_int, default=10)
+    c.add_argument("--batch-size", type=_positive_int, default=128)
+    c.add_argument("--hidden", type=_hidden, default=(400,))
+    c.add_argument("--lr", type=_positive_float, default=1e-3)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"])
+    c.add_argument("--out", default="compare.png")
+    c.add_argument("--quiet", action="store_true")
+    return p
+
+
+# -- rendering ------------------------------------------------------------------------------
+class _Progress:
+    """Renders fit's callback: a tqdm bar on a terminal, one line per epoch always."""
+
+    def __init__(self, quiet, stream=sys.stderr):
+        self.quiet = quiet or not stream.isatty()
+        self.bar = None
+        self.last = 0
+
+    def __call__(self, event, info):
+        if event == "batch" and not self.quiet:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=info["batches"], desc=f"epoch {info['epoch']}", leave=False,
+                                unit="batch", dynamic_ncols=True)
+                self.last = 0
+            self.bar.update(info["batch"] - self.last)
+            self.last = info["batch"]
+        elif event == "epoch":
+            self.close()
+            print(format_epoch(info), flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def format_epoch(row):
+    s = (f"epoch {row['epoch']:3d}  train {row['train_loss']:9.3f} (recon {row['train_recon']:8.3f}"
+         f" kl {row['train_kl']:7.3f})")
+    if "test_loss" in row:
+        s += f"  test {row['test_loss']:9.3f} (recon {row['test_recon']:8.3f} kl {row['test_kl']:7.3f})"
+    return s + f"  {row['seconds']:6.1f}s"
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag that fit polls; the checkpoint write itself is atomic."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = self.signum or signum
+
+    def __call__(self):
+        return self.signum is not None
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _load_data(dataset, data_dir, progress=None):
+    from .data import load_dataset
+
+    return load_dataset(dataset, data_dir=data_dir, progress=progress)
+
+
+def _download_progress():
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    state = {}
+
+    def cb(done, total):
+        bar = state.get("bar")
+        if bar is None or done == 0:
+            if bar is not None:
+                bar.close()
+            bar = state["bar"] = tqdm(total=total, unit="B", unit_scale=True, desc="download", leave=False)
+        bar.update(done - bar.n)
+
+    return cb
+
+
+# -- commands -------------------------------------------------------------------------------
+def cmd_train(a):
+    from .errors import InputError
+    from .model import VAE
+    from .train import Interrupted, TrainConfig, fit, load_run, resume, write_config
+
+    progress = _Progress(a.quiet)
+    if a.resume:
+        run = load_run(a.resume, backend=a.backend if a.backend != "numpy" else None)
+        tc = run.train_config
+        train, test = _load_data(tc.dataset, a.data_dir or run.config.get("data_dir"), _download_progress())
+        done = run.meta["epoch"]
+        if a.epochs <= done and not run.meta.get("batch"):
+            raise InputError(f"--epochs is the total: the run already has {done} epochs, got --epochs {a.epochs}")
+        print(f"resuming {a.resume} at epoch {done}"
+              + (f", batch {run.meta['batch']}" if run.meta.get("batch") else "") + f" -> {a.epochs} epochs")
+        with _StopFlag() as stop:
+            try:
+                resume(run, train.images, test.images, epochs=a.epochs, callback=progress, should_stop=stop)
+            except Interrupted as e:
+                return _interrupted(e, a.resume, progress)
+        progress.close()
+        return 0
+
+    out = Path(a.out) if a.out else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if out.exists() and any(out.iterdir()):
+        if (out / "config.json").exists() and not a.overwrite:
+            raise InputError(f"--out {out} already holds a run: pass --resume {out} to continue it "
+                             f"or --overwrite to replace it")
+        if not (out / "config.json").exists() and not a.overwrite:
+            raise InputError(f"--out {out} exists and is not empty; choose another folder or pass --overwrite")
+    _check_writable(out)
+    train, test = _load_data(a.dataset, a.data_dir, _download_progress())
+    model = VAE(input_dim=train.images.shape[1], hidden=a.hidden, latent=a.latent, activation=a.activation,
+                likelihood=a.likelihood, sigma=a.sigma if a.likelihood == "gaussian" else 1.0,
+                mode=a.mode, beta=a.beta, dtype=a.dtype, seed=a.seed, backend=a.backend)
+    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
+                      momentum=a.momentum, binarize=a.binarize, kl_warmup=a.kl_warmup,
+                      corrupt=a.corrupt, dataset=a.dataset).validate()
+    if a.overwrite and out.exists():
+        _clear_run(out)
+    write_config(out, model, cfg, extra={"data_dir": str(Path(a.data_dir).resolve()) if a.data_dir else None,
+                                         "command": " ".join(shlex.quote(s) for s in sys.argv)})
+    print(f"training {model} on {a.dataset} ({train.images.shape[0]} train, {test.images.shape[0]} test) "
+          f"-> {out}", flush=True)
+    with _StopFlag() as stop:
+        try:
+            fit(model, train.images, test.images, config=cfg, run_dir=out, callback=progress, should_stop=stop)
+        except Interrupted as e:
+            return _interrupted(e, out, progress)
+    progress.close()
+    return 0
+
+
+def _interrupted(e, run_dir, progress):
+    progress.close()
+    print(f"scratchvae: interrupted: {e}; checkpoint {e.checkpoint}", file=sys.stderr)
+    print(f"resume with: scratchvae train --resume {shlex.quote(str(run_dir))} --epochs N", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _check_writable(path):
+    from .errors import InputError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"--out {path} is not writable: {err.strerror or err}") from None
+
+
+def _clear_run(out):
+    for name in ("metrics.jsonl", "config.json"):
+        (out / name).unlink(missing_ok=True)
+    ck = out / "checkpoints"
+    if ck.is_dir():
+        for f in ck.iterdir():
+            if f.is_file():
+                f.unlink()
+
+
+def _run_and_data(a):
+    from .train import load_run
+
+    run = load_run(a.run_dir, epoch=a.epoch, backend=a.backend)
+    train, test = _load_data(run.train_config.dataset, a.data_dir or run.config.get("data_dir"))
+    return run, train, test
+
+
+def cmd_evaluate(a):
+    from .errors import InputError
+    from .evaluate import evaluate_run
+
+    try:
+        ks = tuple(int(k) for k in a.ks.split(","))
+    except ValueError:
+        raise InputError(f"--ks must be comma-separated integers, got {a.ks!r}") from None
+    run, train, test = _run_and_data(a)
+    res = evaluate_run(run, train, test, ks=ks, limit=a.limit)
+    if a.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    from .evaluate import format_report
+
+    print(format_report(res))
+    return 0
+
+
+def cmd_sample(a):
+    from .plots import sample_figure
+
+    from .train import load_run
+
+    run = load_run(a.run_dir, epoch=a.epoch, backend=a.backend)
+    out = Path(a.out or Path(a.run_dir) / "samples.png")
+    sample_figure(run.model, n=a.n, seed=a.seed, draw=a.sample_x, path=out)
+    print(out)
+    return 0
+
+
+def cmd_plot(a):
+    from .plots import plot_run
+
+    run, train, test = _run_and_data(a)
+    out = Path(a.out or Path(a.run_dir) / "figures")
+    for p in plot_run(run, train, test, out_dir=out, n=a.n, seed=a.seed, draw=a.sample_x):
+        print(p)
+    return 0
+
+
+def cmd_compare(a):
+    from .evaluate import compare_models
+
+    train, test = _load_data(a.dataset, a.data_dir)
+    progress = _Progress(a.quiet)
+    res = compare_models(train, test, epochs=a.epochs, batch_size=a.batch_size, hidden=a.hidden, lr=a.lr,
+                         seed=a.seed, backend=a.backend, out=Path(a.out), callback=progress)
+    progress.close()
+    for name, acc in res["probe_accuracy"].items():
+        print(f"{name:8s} linear-probe accuracy {acc:.3f}")
+    print(res["figure"])
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,
+            "compare": cmd_compare}
+
+
+def main(argv=None):
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return COMMANDS[a.command](a)
+    except ScratchVAEError as e:
+        msg = " ".join(str(e).split())
+        print(f"scratchvae: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("scratchvae: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

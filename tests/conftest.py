@@ -1,0 +1,49 @@
+"""Shared test setup: the ``backend`` fixture, headless matplotlib, hypothesis profiles.
+
+``pytest --backend numpy`` (or cupy) restricts the backend-parametrized tests; cupy cases
+skip with a reason when no usable GPU is present.
+"""
+
+import os
+import tempfile
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="scratchvae-mpl-"))
+os.environ.setdefault("SCRATCHVAE_OFFLINE", "1")
+
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "ci", derandomize=True, deadline=None, max_examples=60, print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    settings.register_profile("long", deadline=None, max_examples=5000)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    pass
+
+ALL_BACKENDS = ("numpy", "cupy")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--backend", action="append", choices=ALL_BACKENDS,
+                     help="run backend-parametrized tests only on this backend (repeatable)")
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--backend") or list(ALL_BACKENDS)
+        metafunc.parametrize("backend", chosen, indirect=True)
+
+
+@pytest.fixture
+def backend(request):
+    """A scratchvae Backend; cupy skips with a reason when no GPU is usable."""
+    from scratchvae.backend import cupy_usable, get_backend
+
+    if request.param == "cupy" and not cupy_usable():
+        pytest.skip("cupy backend: CuPy is not installed or sees no usable CUDA GPU")
+    return get_backend(request.param)

@@ -1,0 +1,173 @@
+"""Engine checks beyond gradients: a hand-worked example, workspaces, backends, errors."""
+
+import math
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import scratchvae
+from scratchvae import VAE, Adam
+from scratchvae.backend import get_backend
+from scratchvae.errors import BackendError, InputError
+
+
+def test_hand_worked_example():
+    """Layer 3: a linear VAE with D = 2, L = 1, every number worked out with scalar math.
+
+    enc.head.W = [[0.5, −1.0], [0.0, 0.5]], b = [0.1, −0.2], x = [1, 0]
+      -> μ = 0.5 + 0.1 = 0.6,  logvar = −1.0 − 0.2 = −1.2,  σ = e^{−0.6}
+    ε = 0.5 -> z = 0.6 + 0.5 e^{−0.6} = 0.874405818...
+    KL = ½ (e^{−1.2} + 0.6² − 1 + 1.2) = ½ (0.3011942119 + 0.56) = 0.4305971059...
+    dec.out.W = [[2, −1]], b = [0, 0.5] -> y = [2z, 0.5 − z]
+    recon = softplus(y₁) − y₁ + softplus(y₂) = softplus(−y₁) + softplus(y₂)
+    """
+    m = VAE(input_dim=2, hidden=(), latent=1, dtype="float64")
+    m.set_params({"enc.head.W": np.array([[0.5, -1.0], [0.0, 0.5]]), "enc.head.b": np.array([0.1, -0.2]),
+                  "dec.out.W": np.array([[2.0, -1.0]]), "dec.out.b": np.array([0.0, 0.5])})
+    x, eps = np.array([[1.0, 0.0]]), np.array([[0.5]])
+    res = m.loss_and_grads(x, eps=eps)
+
+    sp = lambda t: math.log1p(math.exp(t))  # noqa: E731  (moderate t only)
+    sg = lambda t: 1 / (1 + math.exp(-t))  # noqa: E731
+    mu, lv = 0.6, -1.2
+    s = math.exp(0.5 * lv)
+    z = mu + s * 0.5
+    assert z == pytest.approx(0.8744058180470131, rel=1e-15)
+    kl = 0.5 * (math.exp(lv) + mu * mu - 1 - lv)
+    assert kl == pytest.approx(0.430597105956101, rel=1e-15)
+    y1, y2 = 2 * z, 0.5 - z
+    recon = sp(-y1) + sp(y2)
+    assert float(res.kl) == pytest.approx(kl, rel=1e-14)
+    assert float(res.recon) == pytest.approx(recon, rel=1e-14)
+    assert float(res.neg_elbo) == pytest.approx(recon + kl, rel=1e-14)
+    # backward, by the chain rule written out
+    d1, d2 = sg(y1) - 1.0, sg(y2) - 0.0          # dy = σ(y) − x
+    dz = 2 * d1 - 1 * d2                          # dy · Wᵀ
+    dmu = dz + mu                                 # + ∂KL/∂μ
+    dlv = 0.5 * dz * 0.5 * s + 0.5 * (math.exp(lv) - 1)
+    g = {k: v for k, v in res.grads.items()}
+    np.testing.assert_allclose(g["dec.out.W"], [[z * d1, z * d2]], rtol=1e-13)
+    np.testing.assert_allclose(g["dec.out.b"], [d1, d2], rtol=1e-13)
+    np.testing.assert_allclose(g["enc.head.W"], [[dmu, dlv], [0.0, 0.0]], rtol=1e-13)
+    np.testing.assert_allclose(g["enc.head.b"], [dmu, dlv], rtol=1e-13)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh", "sigmoid", "softplus"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian-per-pixel"])
+def test_step_allocates_nothing_large(activation, likelihood):
+    """After one warm-up step, a step at the same batch shape allocates no array ≥ 64 KiB."""
+    lik, _, sig = likelihood.partition("-")
+    m = VAE(hidden=(400,), latent=20, activation=activation, likelihood=lik,
+            sigma=sig or 1.0, seed=0)
+    x = np.random.default_rng(0).uniform(size=(128, 784)).astype(np.float32)
+    opt = Adam(m.theta, lr=1e-3)
+    for _ in range(2):  # warm-up: workspaces, optimizer moments and scratch
+        m.loss_and_grads(x)
+        opt.step(m.grad)
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        res = m.loss_and_grads(x)
+        opt.step(m.grad)
+        float(res.objective)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - base < 64 * 1024, f"a step allocated {peak - base} bytes at its peak"
+
+
+def test_parameters_and_gradients_are_views_of_flat_buffers():
+    m = VAE(input_dim=6, hidden=(4,), latent=2)
+    for k in m.params:
+        assert np.shares_memory(m.params[k], m.theta) and np.shares_memory(m.grads[k], m.grad)
+        assert m.params[k].flags.c_contiguous
+    assert m.shapes["enc.head.W"] == (4, 4)           # the fused (H, 2L) head
+    assert VAE(input_dim=6, hidden=(4,), latent=2, mode="ae").shapes["enc.head.W"] == (4, 2)
+
+
+def test_pytorch_linear_initialisation_bounds():
+    m = VAE(input_dim=784, hidden=(400,), latent=20, seed=3)
+    for k, v in m.params.items():
+        fan_in = m.shapes[k[:-1] + "W"][0]
+        bound = 1 / math.sqrt(fan_in)
+        assert np.max(np.abs(v)) <= bound
+        if v.size > 1000:  # uniform: the max is near the bound and the spread is bound/√3
+            assert np.max(np.abs(v)) > 0.99 * bound
+            assert np.std(v) == pytest.approx(bound / math.sqrt(3), rel=0.02)
+    again = VAE(input_dim=784, hidden=(400,), latent=20, seed=3)
+    np.testing.assert_array_equal(again.theta, m.theta)
+    assert not np.array_equal(VAE(input_dim=784, hidden=(400,), latent=20, seed=4).theta, m.theta)
+
+
+def test_verbs_shapes():
+    m = VAE(input_dim=10, hidden=(8, 6), latent=3, seed=1)
+    x = np.random.default_rng(0).uniform(size=(4, 10)).astype(np.float32)
+    mu, lv = m.encode(x)
+    assert mu.shape == lv.shape == (4, 3) and mu.dtype == np.float32
+    z = m.reparameterize(mu, lv)
+    assert z.shape == (4, 3) and z.dtype == np.float32
+    assert m.decode(z).shape == (4, 10)
+    s = m.sample(5)
+    assert s.shape == (5, 10) and np.all((s > 0) & (s < 1))
+    d = m.sample(5, draw=True)
+    assert set(np.unique(d)) <= {0.0, 1.0}
+    r = m.reconstruct(x)
+    assert r.shape == (4, 10)
+    res = m.loss_and_grads(x)
+    ps = res.per_sample()
+    assert ps["objective"] == pytest.approx(float(res.objective) / 4)
+    # encode agrees with the training path's head output
+    eps = np.zeros((4, 3), np.float32)
+    res0 = m.loss_and_grads(x, eps=eps)
+    mu2, _ = m.encode(x)
+    np.testing.assert_allclose(m.workspace(4).z, mu2, rtol=1e-6)
+    assert res0.grads is m.grads
+
+
+def test_bad_input_errors():
+    m = VAE(input_dim=10, hidden=(4,), latent=2)
+    with pytest.raises(InputError, match=r"x must have shape \(N, 10\), got \(3, 2, 5\)"):
+        m.loss_and_grads(np.zeros((3, 2, 5), np.float32))
+    with pytest.raises(InputError, match="dtype float32"):
+        m.loss_and_grads(np.zeros((3, 10), np.float64))
+    with pytest.raises(InputError, match=r"eps must be a float32 array of shape \(3, 2\)"):
+        m.loss_and_grads(np.zeros((3, 10), np.float32), eps=np.zeros((3, 3), np.float32))
+    with pytest.raises(BackendError, match="must be a numpy array"):
+        m.loss_and_grads([[0.0] * 10])
+    for kw, msg in [(dict(latent=0), "latent must be a positive integer, got 0"),
+                    (dict(activation="gelu"), "activation must be one of"),
+                    (dict(likelihood="poisson"), "likelihood must be one of"),
+                    (dict(mode="vq"), "mode must be one of"),
+                    (dict(sigma=-1.0), "sigma must be positive"),
+                    (dict(sigma="fixed:abc"), "sigma must be 'fixed:V'"),
+                    (dict(dtype="float16"), "dtype must be one of"),
+                    (dict(beta=float("nan")), "beta must be a finite number")]:
+        with pytest.raises(InputError, match=msg):
+            VAE(input_dim=10, hidden=(4,), **kw)
+    with pytest.raises(InputError, match="backend must be one of"):
+        get_backend("jax")
+    with pytest.raises(InputError, match="lr must be"):
+        Adam(m.theta, lr=-1)
+
+
+def test_backend_auto_and_check():
+    b = get_backend("auto")
+    assert b.name in ("numpy", "cupy")
+    assert "numpy" in scratchvae.available_backends()
+    nb = get_backend("numpy")
+
+    class NotAnArray:
+        pass
+
+    with pytest.raises(BackendError, match="must be a numpy array .* got .*NotAnArray"):
+        nb.check("x", NotAnArray())
+
+
+def test_import_does_not_import_cupy():
+    code = "import sys, scratchvae; print('cupy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
