@@ -44,9 +44,11 @@ def kl_standard_normal(mu, logvar):
     Derivation: KL = E_q[log q − log p]; with q = N(μ, Σ), p = N(0, I):
     E_q[−½ (z−μ)ᵀ Σ⁻¹ (z−μ)] = −k/2, E_q[½ zᵀz] = ½(tr Σ + μᵀμ), and the normalisers
     contribute −½ log det Σ.
+    Computed as ½ Σ (expm1(lv) − lv + μ²): each term is ≥ 0 in floating point, so the KL is
+    never negative (e^{lv} − 1 − lv rounds to −lv < 0 for 0 < lv ≲ 1e-16).
     """
     xp = xp_of(mu)
-    return 0.5 * xp.sum(xp.exp(logvar) + mu * mu - 1.0 - logvar)
+    return 0.5 * xp.sum(xp.expm1(logvar) - logvar + mu * mu)
 
 
 def kl_standard_normal_backward(mu, logvar):
