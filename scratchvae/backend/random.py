@@ -1,0 +1,358 @@
+"""Named random streams that give the same numbers on NumPy and CuPy.
+
+Every random number scratchvae draws comes from a :class:`Stream`: Philox4x32-10 (see
+``philox.py``) under a key fixed by ``(seed, stream_id)``, with a 64-bit *draw counter* ``d``.
+
+Counter layout (fixed; changing it changes every stream)
+--------------------------------------------------------
+* key: ``k0 = seed & 0xFFFFFFFF``, ``k1 = ((seed >> 32) ^ (stream_id * 0x9E3779B9)) & 0xFFFFFFFF``.
+  For seeds below 2**32 the keys of different ``(seed, stream_id)`` are all distinct (0x9E3779B9
+  is odd, so ``stream_id -> k1`` is one-to-one mod 2**32).
+* a draw of ``n`` values is the Philox blocks ``j = 0 .. B-1`` with counter words
+  ``(j & 0xFFFFFFFF, j >> 32, d & 0xFFFFFFFF, d >> 32)``, then ``d += 1`` (mod 2**64): every
+  draw, empty ones too. Blocks are read in order, words within a block in order:
+
+  ============  ===========  ====================================================
+  draw          per block    value i comes from
+  ============  ===========  ====================================================
+  ``uint32``    4            word ``i % 4`` of block ``i // 4``
+  uniform f32   4            ``uniform24(word i % 4 of block i // 4)``
+  uniform f64   2            ``uniform53`` of words (0, 1) or (2, 3) of block ``i // 2``
+  normal        2            Box-Muller ``n1`` (i even) or ``n2`` (i odd) of block ``i // 2``
+  ============  ===========  ====================================================
+
+  A draw's result so depends only on (seed, stream id, d, n, kind), never on how a GPU launch
+  is gridded, and the same seed gives the same stream on every backend (see ``philox.py`` for
+  the transforms and the ulp-level caveat on normals).
+
+Arrays fill in C order. The CuPy stream keeps ``d`` on the device as ``uint32[2] = (d_lo, d_hi)``;
+each draw is one generating kernel that reads ``d`` from device memory and one one-thread kernel
+that increments it, so a captured-and-replayed CUDA graph advances the stream with no host
+involvement. Use ``draw_*_into(out)`` inside a capture: with ``out`` given nothing is allocated
+and nothing synchronises. (The first draw of each kind compiles a kernel: warm up eagerly.)
+"""
+
+import numpy
+
+from scratchvae.errors import BackendError, InputError
+
+from .philox import (PHILOX_W0, box_muller, cuda_kernel, key_schedule, philox_rows, uniform24,
+                     uniform53)
+
+STREAMS = ("init", "noise", "shuffle", "binarize", "eval")
+
+_MASK32 = 0xFFFFFFFF
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+_FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+_THREADS = 256
+_MAX_GRID = 4096  # grid-stride loops cover the rest; results do not depend on this
+_WORKSPACE_BLOCKS = 1 << 16  # NumPy streams keep scratch for draws up to this many blocks (5.5 MB)
+
+
+def derive_key(seed, stream_id):
+    """The Philox key ``(k0, k1)`` of stream ``stream_id`` under ``seed`` (Python ints)."""
+    seed = _check_int("seed", seed, 2**63)
+    stream_id = _check_int("stream_id", stream_id, 2**32)
+    return seed & _MASK32, ((seed >> 32) ^ (stream_id * PHILOX_W0)) & _MASK32
+
+
+class Stream:
+    """One counter-based stream: Philox4x32-10 under the key of ``(seed, stream_id)``.
+
+    ``seed``: int, 0 <= seed < 2**63; ``stream_id``: int, 0 <= stream_id < 2**32; ``xp``: the
+    ``numpy`` or ``cupy`` module, where the arrays it returns live (``permutation`` and
+    ``state`` always return NumPy arrays).
+    """
+
+    def __init__(self, seed, stream_id, xp=numpy):
+        self.key = derive_key(seed, stream_id)
+        self._round_keys = key_schedule(numpy.array(self.key, dtype=numpy.uint64).reshape(2, 1))
+        self.seed = int(seed)
+        self.stream_id = int(stream_id)
+        self.xp = xp
+        self._cupy = _is_cupy(xp)
+        if self._cupy:
+            self._d = xp.zeros(2, dtype=xp.uint32)  # (d_lo, d_hi), on the current device
+        else:
+            self._d = 0
+            self._ws = None
+
+    def __repr__(self):
+        return (f"Stream(seed={self.seed}, stream_id={self.stream_id}, "
+                f"xp={self.xp.__name__})")
+
+    # -- draws -------------------------------------------------------------------------------
+    def uint32(self, n):
+        """The next draw's ``n`` raw uint32 words, an ``xp`` array of shape (n,)."""
+        n = _check_int("n", n, 2**62)
+        if self._cupy:
+            out = self.xp.empty(n, dtype=self.xp.uint32)
+            self._launch("philox_uint32", out, n, 4)
+            return out
+        return _words(*self._host_blocks(-(-n // 4))).reshape(-1)[:n]
+
+    def uniform(self, shape, dtype, out=None):
+        """Uniforms strictly inside (0, 1), an ``xp`` array of ``shape`` and ``dtype``.
+
+        dtype: float32 (23 random bits, ``uniform24``) or float64 (52 bits, ``uniform53``).
+        With ``out`` (C-contiguous, same shape and dtype) the values are written there.
+        """
+        return self.draw_uniform_into(self._out_for(shape, dtype, out))
+
+    def normal(self, shape, dtype, out=None):
+        """Standard normals (Box-Muller in float64, then rounded to ``dtype``); see ``uniform``."""
+        return self.draw_normal_into(self._out_for(shape, dtype, out))
+
+    def draw_uniform_into(self, out):
+        """Fill ``out`` (float32/float64, C-contiguous, on this stream's backend) with uniforms.
+
+        On CuPy: two kernel launches, no allocation, no host sync; safe in stream capture.
+        """
+        self._check_out(out)
+        n = out.size
+        if self._cupy:
+            f32 = out.dtype == _FLOATS[0]
+            self._launch("philox_uniform_f32" if f32 else "philox_uniform_f64", out, n,
+                         4 if f32 else 2)
+            return out
+        flat = out.reshape(-1)  # a view: out is C-contiguous
+        if out.dtype == _FLOATS[0]:
+            x, y = self._host_blocks(-(-n // 4))
+            for t, words in enumerate((x[0], y[0], x[1], y[1])):  # word t of each block
+                m = len(range(t, n, 4))
+                uniform24(words[:m], out=flat[t::4])
+        else:
+            x, y = self._host_blocks(-(-n // 2))
+            u = uniform53(x, y, out=self._ws_or_none("u", x), work=y)  # rows: (w0, w1), (w2, w3)
+            flat[0::2] = u[0]
+            flat[1::2] = u[1, :n // 2]
+        return out
+
+    def draw_normal_into(self, out):
+        """Fill ``out`` (float32/float64, C-contiguous, on this stream's backend) with normals.
+
+        On CuPy: two kernel launches, no allocation, no host sync; safe in stream capture.
+        """
+        self._check_out(out)
+        n = out.size
+        if self._cupy:
+            name = "philox_normal_f32" if out.dtype == _FLOATS[0] else "philox_normal_f64"
+            self._launch(name, out, n, 2)
+            return out
+        x, y = self._host_blocks(-(-n // 2))
+        u = uniform53(x, y, out=self._ws_or_none("u", x), work=y)
+        box_muller(u[0], u[1], out=out.reshape(-1),  # float64 products, rounded once to dtype
+                   work=self._ws_or_none("f", x))
+        return out
+
+    def permutation(self, n):
+        """A random permutation of ``range(n)``: a NumPy int64 array, always on the host.
+
+        Value i gets the 64-bit sort key ``(w[2i] << 32) | w[2i+1]`` from one ``uint32(2n)``
+        draw; the permutation is ``argsort(keys, kind="stable")`` (ties, of probability
+        about n**2 / 2**65, keep index order). On CuPy the words are drawn on the device and
+        copied to the host: one sync, once per call (once an epoch for shuffling).
+        """
+        n = _check_int("n", n, 2**61)
+        w = self.uint32(2 * n)
+        if self._cupy:
+            w = w.get()
+        keys = (w[0::2].astype(numpy.uint64) << numpy.uint64(32)) | w[1::2]
+        return numpy.argsort(keys, kind="stable").astype(numpy.int64, copy=False)
+
+    # -- state -------------------------------------------------------------------------------
+    def state(self):
+        """``[k0, k1, d_lo, d_hi]`` as a NumPy uint32 array of shape (4,).
+
+        On CuPy this copies ``d`` from the device, a sync: call it at checkpoint boundaries only.
+        """
+        if self._cupy:
+            d_lo, d_hi = (int(v) for v in self._d.get())
+        else:
+            d_lo, d_hi = self._d & _MASK32, self._d >> 32
+        return numpy.array([self.key[0], self.key[1], d_lo, d_hi], dtype=numpy.uint32)
+
+    def set_state(self, state):
+        """Continue from ``state`` (as returned by ``state()``) of a stream with the same key.
+
+        The key must match this stream's ``(seed, stream_id)``: a stream's key is its identity,
+        and replacing it silently would make ``seed`` and ``stream_id`` lie. To resume another
+        seed's run, build the streams with that seed. Only ``d`` is taken from ``state``.
+        """
+        state = _check_state(state, f"state of stream {self.stream_id}")
+        if (int(state[0]), int(state[1])) != self.key:
+            raise InputError(
+                f"state of stream {self.stream_id} must have key {self.key[0]:#010x} "
+                f"{self.key[1]:#010x} (seed {self.seed}), got {int(state[0]):#010x} "
+                f"{int(state[1]):#010x}: it belongs to another seed or stream")
+        d_lo, d_hi = int(state[2]), int(state[3])
+        if self._cupy:
+            self._d.set(numpy.array([d_lo, d_hi], dtype=numpy.uint32))
+        else:
+            self._d = d_lo | (d_hi << 32)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _host_blocks(self, n_blocks):
+        """NumPy: Philox blocks 0..n_blocks-1 of draw d, then d += 1.
+
+        Returns uint64 arrays ``x = (w0, w2)`` and ``y = (w1, w3)``, each (2, n_blocks):
+        column j holds block j's words (see ``philox.philox_rows``). They live in the
+        stream's workspace: valid until the next draw.
+        """
+        ws = self._workspace(n_blocks)
+        x, y = ws["x"], ws["y"]
+        x[0] = ws["j_lo"]                  # c0 = j & 0xFFFFFFFF
+        y[0] = ws["j_hi"]                  # c1 = j >> 32
+        x[1] = self._d & _MASK32           # c2 = d_lo
+        y[1] = self._d >> 32               # c3 = d_hi
+        self._d = (self._d + 1) & _MASK64
+        return philox_rows(x, y, self._round_keys, work=ws["p"])
+
+    def _ws_or_none(self, name, x):
+        """The workspace array ``name`` if ``x`` came from the kept workspace, else None."""
+        ws = self._ws
+        return ws[name] if ws is not None and ws["x"] is x else None
+
+    def _workspace(self, n_blocks):
+        """Scratch arrays for draws of n_blocks blocks; the last size is kept (up to a cap).
+
+        Reusing them matters: fresh arrays of a few hundred kB cost page faults on every draw,
+        about a third of the time of a 1024 x 20 normal draw.
+        """
+        ws = self._ws
+        if ws is None or ws["n"] != n_blocks:
+            j = numpy.arange(n_blocks, dtype=numpy.uint64)
+            ws = {"n": n_blocks, "j_lo": j & numpy.uint64(_MASK32), "j_hi": j >> numpy.uint64(32)}
+            for name in ("x", "y", "p"):
+                ws[name] = numpy.empty((2, n_blocks), dtype=numpy.uint64)
+            ws["u"] = numpy.empty((2, n_blocks), dtype=numpy.float64)
+            ws["f"] = numpy.empty((3, n_blocks), dtype=numpy.float64)
+            if n_blocks <= _WORKSPACE_BLOCKS:
+                self._ws = ws
+        return ws
+
+    def _launch(self, name, out, n, per_block):
+        """CuPy: the generating kernel over ceil(n / per_block) blocks, then d += 1 on device."""
+        if n:
+            n_blocks = -(-n // per_block)
+            grid = min(-(-n_blocks // _THREADS), _MAX_GRID)
+            cuda_kernel(name)((grid,), (_THREADS,),
+                              (numpy.uint32(self.key[0]), numpy.uint32(self.key[1]),
+                               self._d, out, numpy.uint64(n)))
+        cuda_kernel("philox_advance")((1,), (1,), (self._d,))
+
+    def _out_for(self, shape, dtype, out):
+        shape = _check_shape(shape)
+        dtype = _check_dtype(dtype)
+        if out is None:
+            return self.xp.empty(shape, dtype=dtype)
+        self._check_out(out)
+        if tuple(out.shape) != shape or out.dtype != dtype:
+            raise InputError(f"out must have shape {shape} and dtype {dtype}, got shape "
+                             f"{tuple(out.shape)} and dtype {out.dtype}")
+        return out
+
+    def _check_out(self, out):
+        module = type(out).__module__.split(".")[0]
+        if not (module == ("cupy" if self._cupy else "numpy") and hasattr(out, "dtype")):
+            raise BackendError(f"out must be a {self.xp.__name__} array for this "
+                               f"{self.xp.__name__} stream, got {type(out).__module__}."
+                               f"{type(out).__name__}")
+        if out.dtype not in _FLOATS:
+            raise InputError(f"out must have dtype float32 or float64, got {out.dtype}")
+        if not (out.flags.c_contiguous and getattr(out.flags, "writeable", True)):  # cupy: no flag
+            raise InputError("out must be a writeable C-contiguous array, got one that is not")
+
+
+class Streams:
+    """One :class:`Stream` per name in ``STREAMS``, stream ids 0, 1, ... in that order."""
+
+    def __init__(self, seed, xp=numpy):
+        _check_int("seed", seed, 2**63)
+        self.seed = int(seed)
+        self.xp = xp
+        self._streams = {name: Stream(seed, i, xp) for i, name in enumerate(STREAMS)}
+
+    def __getitem__(self, name):
+        try:
+            return self._streams[name]
+        except (KeyError, TypeError):
+            raise InputError(f"stream name must be one of {STREAMS}, got {name!r}") from None
+
+    def __repr__(self):
+        return f"Streams(seed={self.seed}, xp={self.xp.__name__})"
+
+    def state(self):
+        """``{name: Stream.state()}`` for every name (a sync per stream on CuPy)."""
+        return {name: s.state() for name, s in self._streams.items()}
+
+    def set_state(self, state):
+        """Continue every stream from ``state`` (as returned by ``state()``); all or nothing."""
+        if not hasattr(state, "keys"):
+            raise InputError(f"state must be a dict with keys {STREAMS}, "
+                             f"got {type(state).__name__}")
+        if set(state.keys()) != set(STREAMS):
+            raise InputError(f"state must have keys {STREAMS}, got {tuple(sorted(state.keys()))}")
+        for name, s in self._streams.items():  # validate all before changing any
+            _check_state(state[name], f"state[{name!r}]")
+            if (int(state[name][0]), int(state[name][1])) != s.key:
+                raise InputError(f"state[{name!r}] must have the key of stream {name!r} under "
+                                 f"seed {self.seed}, got another: it belongs to another seed")
+        for name, s in self._streams.items():
+            s.set_state(state[name])
+
+
+def _words(x, y):
+    """uint32 (B, 4), row j = block j's words, from ``philox_rows``' (w0, w2) and (w1, w3)."""
+    words = numpy.empty((x.shape[1], 4), dtype=numpy.uint32)
+    words.T[0::2] = x  # through the transpose, so the long axis is the inner loop
+    words.T[1::2] = y
+    return words
+
+
+def _is_cupy(xp):
+    if xp is numpy:
+        return False
+    if getattr(xp, "__name__", None) == "cupy":
+        return True
+    raise BackendError(f"xp must be the numpy or cupy module, got {xp!r}")
+
+
+def _check_int(name, value, stop):
+    bound = f"2**{stop.bit_length() - 1}"  # every stop here is a power of two
+    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)):
+        raise InputError(f"{name} must be an int in [0, {bound}), got {type(value).__name__} "
+                         f"{value!r}")
+    if not 0 <= int(value) < stop:
+        raise InputError(f"{name} must be an int in [0, {bound}), got {int(value)}")
+    return int(value)
+
+
+def _check_shape(shape):
+    dims = (shape,) if isinstance(shape, (int, numpy.integer)) else shape
+    try:
+        dims = tuple(dims)
+    except TypeError:
+        raise InputError(f"shape must be an int or a tuple of ints >= 0, got {shape!r}") from None
+    if not all(isinstance(s, (int, numpy.integer)) and not isinstance(s, bool) and s >= 0
+               for s in dims):
+        raise InputError(f"shape must be an int or a tuple of ints >= 0, got {shape!r}")
+    return tuple(int(s) for s in dims)
+
+
+def _check_dtype(dtype):
+    try:
+        dt = None if dtype is None else numpy.dtype(dtype)  # dtype(None) would be float64
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in ("float32", "float64"):  # not `in _FLOATS`: dtype == None
+        raise InputError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def _check_state(state, what):
+    if not isinstance(state, numpy.ndarray) or state.dtype != numpy.uint32 or state.shape != (4,):
+        got = (f"{state.dtype} array of shape {state.shape}" if hasattr(state, "shape")
+               else type(state).__name__)
+        raise InputError(f"{what} must be a numpy uint32 array of shape (4,), got {got}")
+    return state
