@@ -112,3 +112,29 @@ def reparam_kl_backward(dz, eps, std, mu_logvar, beta, dmu_logvar):
     dlv -= beta
     dlv *= 0.5
     return dmu_logvar
+
+
+# -- row-wise log-densities (evaluation) ---------------------------------------------------
+# One value per row: sums over the last axis (the L latent units) only; any leading shape.
+def log_standard_normal_rows(z, dtype=None):
+    """log N(z; 0, I) per row:  −½ Σ_j (z_j² + log 2π)  -> z.shape[:-1].
+
+    ``dtype``: accumulator and result dtype (default z's; float64 to sum in double).
+    """
+    xp = xp_of(z)
+    L = z.shape[-1]
+    return -0.5 * xp.sum(z * z, axis=-1, dtype=dtype) - 0.5 * L * LOG_2PI
+
+
+def log_normal_rows(z, mu, logvar, dtype=None):
+    """log N(z; μ, diag e^{logvar}) per row:  −½ Σ_j (log 2π + lv_j + (z_j − μ_j)² e^{−lv_j}).
+
+    With z = μ + e^{½ lv} ⊙ ε this equals ``log_standard_normal_rows(ε) − ½ Σ_j lv_j``
+    (the change of variables z -> ε has Jacobian Π_j e^{½ lv_j}); when ε is at hand that
+    form is the more accurate one, as it does not recompute ε = (z − μ)/σ.
+    """
+    xp = xp_of(z)
+    L = z.shape[-1]
+    r = z - mu
+    t = r * r * xp.exp(-logvar) + logvar
+    return -0.5 * xp.sum(t, axis=-1, dtype=dtype) - 0.5 * L * LOG_2PI

@@ -136,3 +136,41 @@ def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=
         dls = None if fixed else xp.reshape(N * D - quad, (1,))
     loss = 0.5 * quad + (N * D * 0.5 * LOG_2PI) + sum_log_sigma
     return loss, dls
+
+
+# -- row-wise log-likelihoods (evaluation) ----------------------------------------------
+# One value per row: the sums run over the last axis (the D pixels) only, so the inputs may
+# be (N, D) or stacked (n, K, D) with x broadcast as (n, 1, D). No gradients: these serve
+# importance sampling, where each (image, sample) pair needs its own log p(x|z).
+def bernoulli_nll_rows(logits, x, dtype=None):
+    """−log p(x|y) per row: Σ_d softplus(y_d) − x_d·y_d  -> logits.shape[:-1].
+
+    ``dtype``: the accumulator and result dtype (default the logits'; pass float64 to sum
+    the D terms in double precision).
+    """
+    xp = xp_of(logits)
+    terms = softplus(logits)
+    terms -= x * logits
+    return xp.sum(terms, axis=-1, dtype=dtype)
+
+
+def gaussian_nll_rows(mean, x, log_sigma, dtype=None):
+    """−log p(x|m) per row: Σ_d ½ log 2π + log σ_d + (x_d − m_d)²/(2σ_d²)  -> mean.shape[:-1].
+
+    ``log_sigma``: a float (fixed σ), or an array (1,) (shared) or (D,) (per pixel), as
+    returned by ``VAE.log_sigma()``. ``dtype``: accumulator and result dtype (default mean's).
+    The constant part  D·½ log 2π + Σ_d log σ_d  is the same for every row.
+    """
+    xp = xp_of(mean)
+    D = mean.shape[-1]
+    if isinstance(log_sigma, (int, float)):
+        const = D * (0.5 * LOG_2PI + log_sigma)
+        inv_var = math.exp(-2.0 * log_sigma)
+    else:
+        ls = xp.broadcast_to(log_sigma, (D,))
+        const = D * 0.5 * LOG_2PI + xp.sum(ls, dtype=dtype)
+        inv_var = xp.exp(-2.0 * ls)
+    r = x - mean
+    r *= r
+    r *= inv_var                                       # (x − m)²/σ²
+    return 0.5 * xp.sum(r, axis=-1, dtype=dtype) + const

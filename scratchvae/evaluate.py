@@ -1,0 +1,385 @@
+"""Evaluation: importance-weighted log p(x), active units, a linear probe, and the
+AE / KL-only / VAE comparison.
+
+Importance-weighted log p(x) (Burda, Grosse & Salakhutdinov 2015, "Importance weighted
+autoencoders"). For one image x and z_1..z_K ~ q(z|x),
+
+    log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x)
+    L_K(x)  = log (1/K) Σ_k w_k = LSE_k(log w_k) − log K,   LSE(a) = m + log Σ e^{a−m}, m = max a
+
+E[L_1] is the ELBO, E[L_K] rises with K and tends to log p(x) (nats). Here log q uses the
+noise itself: with z = μ + σ ⊙ ε, log q(z|x) = log N(ε; 0, I) − ½ Σ_j logvar_j (no (z − μ)/σ
+is recomputed). The log-weights are summed over pixels in float64 and the log-sum-exp runs in
+float64.
+
+One set of K_max = max(ks) samples per image serves every K: it is cut into ⌊K_max/K⌋
+disjoint groups of K, and L_K(x) is the mean of the groups' estimates (an unbiased estimate
+of E[L_K(x)] with less noise than a single group, at no extra decoding). The reported
+standard error is over the test images (std/√n); the estimates for different K share
+samples, so their *differences* (the "gain" columns) are far less noisy than each mean.
+
+Memory is bounded: images and samples are taken in chunks of at most ``batch``
+(image, sample) rows per decode, by default what fits in about 256 MB
+(:data:`MEMORY_BUDGET`), so K = 1000 over 784 pixels never allocates gigabytes.
+
+All randomness comes from the model's 'eval' stream, so evaluating never disturbs training's
+streams, and a run evaluated twice from the same checkpoint gives the same numbers (for the
+same ``batch``, which fixes how the draws are cut).
+
+Active units (Burda et al. 2015, §5.2): unit u is active when
+A_u = Cov_x(E_{q(z|x)}[z_u]) = Var_x(μ_u(x)) exceeds a threshold (0.01).
+
+Linear probe: closed-form ridge least squares from codes (plus a bias column) onto one-hot
+labels, then argmax — how linearly readable the classes are from the codes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import backend_of
+from .errors import InputError
+from .ops.gaussian import log_standard_normal_rows
+from .ops.likelihoods import bernoulli_nll_rows, gaussian_nll_rows
+from .train import (
+    EVAL_BATCH,
+    _STATIC_TEST_STREAM,
+    _STATIC_TRAIN_STREAM,
+    TrainConfig,
+    binarize_static,
+    evaluate_elbo,
+    fit,
+    prepare_images,
+)
+
+MEMORY_BUDGET = 256 * 2**20     # bytes per decode chunk (approximate)
+ACTIVE_THRESHOLD = 0.01
+PROBE_TRAIN_LIMIT = 10_000
+DEFAULT_KS = (1, 10, 100, 1000)
+COMPARE_MODELS = (("AE", "ae"), ("KL-only", "kl-only"), ("VAE", "vae"))
+COMPARE_GRID = 10               # the comparison decodes a COMPARE_GRID² set of prior draws
+
+
+# -- importance-weighted log p(x) ---------------------------------------------------------------
+def check_ks(ks):
+    """ks as a sorted tuple of distinct positive ints (InputError otherwise)."""
+    try:
+        ks = tuple(ks)
+    except TypeError:
+        raise InputError(f"ks must be a sequence of positive integers, got {ks!r}") from None
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1]
+    if not ks or bad:
+        raise InputError(f"ks must be a non-empty sequence of positive integers, got {ks!r}")
+    return tuple(sorted({int(k) for k in ks}))
+
+
+def rows_per_chunk(model, budget=MEMORY_BUDGET):
+    """How many (image, sample) rows one decode may hold within ``budget`` bytes.
+
+    A row holds its decoder activations (Σ H), the output and two likelihood temporaries
+    (≈ 3 D plus slack) and a few latent-sized arrays, in the model's dtype.
+    """
+    per_row = model.dtype.itemsize * (4 * model.input_dim + 2 * sum(model.hidden) + 6 * model.latent)
+    return max(1, int(budget // per_row))
+
+
+def _require_q(model):
+    if model.mode == "ae":
+        raise InputError("IWAE needs a VAE: the model's mode is 'ae', which has no q(z|x) to "
+                         "sample from (use a 'vae' or 'kl-only' model)")
+
+
+def _log_weight_chunks(model, x, k, batch):
+    """Yield (start, stop, log w) over chunks of images; log w: (n, k) float64 backend array."""
+    xp, L, dt = model.xp, model.latent, model.dtype
+    N = x.shape[0]
+    k_chunk = min(k, batch)
+    n_img = max(1, min(N, batch // k_chunk))
+    stream = model.rng["eval"]
+    for i in range(0, N, n_img):
+        xb = x[i:i + n_img]
+        n = xb.shape[0]
+        mu, logvar = model.encode(xb)
+        std = xp.exp(0.5 * logvar)[:, None, :]                              # (n, 1, L)
+        half_sum_lv = 0.5 * xp.sum(logvar, axis=-1, dtype=np.float64)[:, None]  # (n, 1)
+        logw = xp.empty((n, k), dtype=np.float64)
+        for k0 in range(0, k, k_chunk):
+            kc = min(k_chunk, k - k0)
+            eps = stream.normal((n, kc, L), dt.name)
+            z = eps * std
+            z += mu[:, None, :]
+            log_q = log_standard_normal_rows(eps, dtype=np.float64) - half_sum_lv   # (n, kc)
+            log_pz = log_standard_normal_rows(z, dtype=np.float64)
+            y = model.decode(z.reshape(n * kc, L)).reshape(n, kc, -1)
+            if model.likelihood == "bernoulli":
+                nll = bernoulli_nll_rows(y, xb[:, None, :], dtype=np.float64)
+            else:
+                nll = gaussian_nll_rows(y, xb[:, None, :], model.log_sigma(), dtype=np.float64)
+            del y
+            logw[:, k0:k0 + kc] = log_pz - log_q - nll
+        yield i, i + n, logw
+
+
+def log_importance_weights(model, x, k, batch=None):
+    """(N, k) float64 backend array of log w = log p(x|z) + log p(z) − log q(z|x), z ~ q(z|x).
+
+    x: (N, D) in the model's dtype and backend. Holds all N·k weights: for large N use
+    :func:`iwae_estimates`, which reduces chunk by chunk.
+    """
+    _require_q(model)
+    k = check_ks([k])[0]
+    batch = rows_per_chunk(model) if batch is None else _positive("batch", batch)
+    parts = [w for _, _, w in _log_weight_chunks(model, x, k, batch)]
+    return model.xp.concatenate(parts, axis=0)
+
+
+def logmeanexp_groups(logw, K):
+    """Mean over ⌊k/K⌋ disjoint groups of K columns of  LSE(group) − log K  -> (n,).
+
+    logw: (n, k) float64. LSE is computed stably: m + log Σ e^{a − m}, m the group's max.
+    """
+    xp = backend_of(logw).xp
+    n, k = logw.shape
+    g = k // K
+    a = logw[:, :g * K].reshape(n, g, K)
+    m = xp.max(a, axis=2, keepdims=True)
+    lse = m[..., 0] + xp.log(xp.sum(xp.exp(a - m), axis=2))
+    return xp.mean(lse, axis=1) - math.log(K)
+
+
+def iwae_estimates(model, x, ks=DEFAULT_KS, batch=None):
+    """Per-image importance-weighted estimates {K: (N,) host float64 array of L_K(x)}.
+
+    Draws max(ks) samples per image once (see the module docstring); ``batch`` caps the
+    (image, sample) rows decoded at once (default: :func:`rows_per_chunk`).
+    """
+    _require_q(model)
+    ks = check_ks(ks)
+    model._check_x(x)
+    batch = rows_per_chunk(model) if batch is None else _positive("batch", batch)
+    xp, N = model.xp, x.shape[0]
+    est = {K: xp.empty(N, dtype=np.float64) for K in ks}
+    for i, j, logw in _log_weight_chunks(model, x, ks[-1], batch):
+        for K in ks:
+            est[K][i:j] = logmeanexp_groups(logw, K)
+    return {K: model.backend.to_host(v) for K, v in est.items()}
+
+
+def iwae_log_px(model, x, ks=DEFAULT_KS, batch=None):
+    """{K: (mean, standard error)} of the importance-weighted log p(x) estimate, in nats.
+
+    K = 1 is the (Monte-Carlo) ELBO; the estimates rise with K towards log p(x). The
+    standard error is over the images: std/√N (NaN for one image). See :func:`iwae_estimates`.
+    """
+    est = iwae_estimates(model, x, ks, batch)
+    return {K: _mean_se(v) for K, v in est.items()}
+
+
+def _mean_se(v):
+    v = np.asarray(v, dtype=np.float64)
+    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else float("nan")
+    return float(v.mean()), se
+
+
+# -- codes, active units, linear probe ---------------------------------------------------------
+def encode_mean(model, x, batch=EVAL_BATCH):
+    """μ(x) (N, L) on the model's backend, encoded in batches (the AE's code is its μ)."""
+    parts = [model.encode(x[i:i + batch])[0] for i in range(0, x.shape[0], batch)]
+    return model.xp.concatenate(parts, axis=0)
+
+
+def active_units(model, x, threshold=ACTIVE_THRESHOLD, batch=EVAL_BATCH):
+    """(count, variances): A_u = Var_x(μ_u(x)) per latent unit (host float64 (L,)), and
+    how many exceed ``threshold``. x: (N, D), N ≥ 2, in the model's dtype and backend."""
+    if x.shape[0] < 2:
+        raise InputError(f"active_units needs at least 2 images, got {x.shape[0]}")
+    mu = encode_mean(model, x, batch).astype(np.float64)
+    var = model.backend.to_host(model.xp.var(mu, axis=0))
+    return int(np.count_nonzero(var > threshold)), var
+
+
+def _host(a, what):
+    if isinstance(a, np.ndarray):
+        return a
+    try:
+        return backend_of(a).to_host(a)
+    except Exception:
+        raise InputError(f"{what} must be a numpy or cupy array, got {type(a).__name__}") from None
+
+
+def linear_probe(codes_train, y_train, codes_test, y_test, ridge=1e-3):
+    """Test accuracy of a ridge least-squares classifier on the codes (a float in [0, 1]).
+
+    With A = [codes | 1] (n, L+1) and one-hot labels Y (n, C) over the training classes,
+        B = (AᵀA + λ P)⁻¹ AᵀY,   λ = ridge · tr(XᵀX)/L,   P = diag(1, …, 1, 0)
+    (the bias is not penalised; λ scales with the codes so the ridge is scale-free), and a
+    test code is given the class of its largest score. Runs on the host in float64: codes
+    are (n, L) with L small; backend arrays are copied to the host here (a boundary).
+    """
+    Xtr = _host(codes_train, "codes_train").astype(np.float64)
+    Xte = _host(codes_test, "codes_test").astype(np.float64)
+    ytr = _host(y_train, "y_train").reshape(-1)
+    yte = _host(y_test, "y_test").reshape(-1)
+    if Xtr.ndim != 2 or Xte.ndim != 2 or Xtr.shape[1] != Xte.shape[1]:
+        raise InputError(f"codes_train and codes_test must be (n, L) arrays with the same L, "
+                         f"got shapes {Xtr.shape} and {Xte.shape}")
+    if len(ytr) != len(Xtr) or len(yte) != len(Xte):
+        raise InputError(f"labels must have one entry per code: got {len(ytr)} labels for "
+                         f"{len(Xtr)} train codes and {len(yte)} for {len(Xte)} test codes")
+    if len(Xtr) < 1 or len(Xte) < 1:
+        raise InputError("linear_probe needs at least one train and one test code")
+    if not (np.isfinite(Xtr).all() and np.isfinite(Xte).all()):
+        raise InputError("linear_probe: the codes hold non-finite values (NaN or Inf)")
+    classes = np.unique(ytr)
+    Y = (ytr[:, None] == classes[None, :]).astype(np.float64)
+    L = Xtr.shape[1]
+    A = np.hstack([Xtr, np.ones((len(Xtr), 1))])
+    G = A.T @ A
+    tr = float(np.trace(G[:L, :L]))
+    lam = ridge * (tr / L if tr > 0 else 1.0)
+    G[np.arange(L), np.arange(L)] += lam
+    B = np.linalg.solve(G, A.T @ Y)
+    scores = np.hstack([Xte, np.ones((len(Xte), 1))]) @ B
+    pred = classes[np.argmax(scores, axis=1)]
+    return float(np.mean(pred == yte))
+
+
+# -- a whole run ---------------------------------------------------------------------------
+def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_TRAIN_LIMIT,
+                 batch=None) -> dict:
+    """Evaluate a loaded run (:func:`scratchvae.train.load_run`) on ``test``.
+
+    train, test: :class:`scratchvae.data.Dataset`. ``limit``: use the first ``limit`` test
+    images. If the run binarised its data, the test images are statically binarised exactly
+    as :func:`scratchvae.train.fit` does (its test stream), so log p(x) is a probability of
+    binary images; the probe's train images likewise (the train stream).
+
+    Returns a JSON-able dict: ``epoch``, ``mode``, ``likelihood``, ``binarize``, ``n_test``,
+    ``test_elbo`` {loss, recon, kl} per image (one z per image), ``log_px``
+    {K: {mean, se, gain, gain_se}} (gain: mean rise over the smallest K with its paired SE;
+    None for an 'ae' run, with ``log_px_note``), ``active_units`` {count, of, threshold,
+    variances}, ``probe_accuracy`` (μ codes of up to ``probe_limit`` train images -> test
+    labels) and ``n_probe_train``.
+    """
+    model, tc = run.model, run.train_config
+    ks = check_ks(ks)
+    if limit is not None:
+        limit = _positive("limit", limit)
+    probe_limit = _positive("probe_limit", probe_limit)
+    images, labels = test.images, test.labels
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    xtest = _prepare(images, model, tc, _STATIC_TEST_STREAM, "test")
+    xtrain = _prepare(train.images[:probe_limit], model, tc, _STATIC_TRAIN_STREAM, "train")
+
+    res = {"epoch": run.meta.get("epoch"), "mode": model.mode, "likelihood": model.likelihood,
+           "binarize": tc.binarize, "dataset": tc.dataset, "n_test": int(xtest.shape[0])}
+    res["test_elbo"] = evaluate_elbo(model, xtest)
+    if model.mode == "ae":
+        res["log_px"] = None
+        res["log_px_note"] = "IWAE needs a VAE: an 'ae' model has no q(z|x)"
+    else:
+        est = iwae_estimates(model, xtest, ks, batch)
+        base = est[ks[0]]
+        res["log_px"] = {}
+        for K in ks:
+            mean, se = _mean_se(est[K])
+            gain, gain_se = _mean_se(est[K] - base)
+            res["log_px"][K] = {"mean": mean, "se": se, "gain": gain,
+                                "gain_se": 0.0 if K == ks[0] else gain_se}
+    count, var = active_units(model, xtest) if xtest.shape[0] > 1 else (0, np.zeros(model.latent))
+    res["active_units"] = {"count": count, "of": model.latent, "threshold": ACTIVE_THRESHOLD,
+                           "variances": [float(v) for v in var]}
+    res["probe_accuracy"] = linear_probe(encode_mean(model, xtrain), train.labels[:probe_limit],
+                                         encode_mean(model, xtest), labels)
+    res["n_probe_train"] = int(xtrain.shape[0])
+    return res
+
+
+def _prepare(images, model, tc, stream_id, what):
+    x = prepare_images(images, model, what)
+    if tc.binarize != "none":
+        # the same draw as fit's: a stream's value i depends only on i, so binarising the
+        # first n images gives the first n rows of fit's binarisation of the whole split
+        x = binarize_static(x, model, stream_id)
+    return x
+
+
+def format_report(res) -> str:
+    """A readable multi-line report of :func:`evaluate_run`'s dict."""
+    lines = [f"epoch {res.get('epoch')} · {res.get('mode')} · {res.get('likelihood')} · "
+             f"binarize {res.get('binarize')} · {res['n_test']} test images"]
+    e = res["test_elbo"]
+    lines.append(f"test −ELBO      {e['loss']:10.3f} nats/image  (recon {e['recon']:.3f} + kl {e['kl']:.3f}; "
+                 f"one z per image)")
+    lp = res.get("log_px")
+    if lp is None:
+        lines.append(f"log p(x)        n/a ({res.get('log_px_note', 'no q(z|x)')})")
+    else:
+        ks = sorted(lp, key=int)
+        lines.append("importance-weighted log p(x) ≥ estimate, nats/image (±SE over images);")
+        lines.append(f"gain = rise over K={ks[0]} (paired ±SE)")
+        lines.append(f"  {'K':>6}  {'log p(x)':>11}  {'±SE':>7}  {'gain':>8}  {'±SE':>7}")
+        for K in ks:
+            r = lp[K]
+            lines.append(f"  {int(K):>6}  {r['mean']:11.3f}  {r['se']:7.3f}  {r['gain']:+8.3f}  "
+                         f"{r['gain_se']:7.3f}")
+        if res.get("likelihood") == "gaussian":
+            lines.append("  (Gaussian likelihood: log densities, not comparable with Bernoulli nats)")
+    au = res["active_units"]
+    lines.append(f"active units    {au['count']:>4d} / {au['of']}  (Var_x E_q[z_u] > {au['threshold']:g})")
+    lines.append(f"linear probe    {res['probe_accuracy']:10.3f}  (μ codes: {res.get('n_probe_train')} "
+                 f"train -> {res['n_test']} test images, ridge least squares)")
+    return "\n".join(lines)
+
+
+# -- AE vs KL-only vs VAE ----------------------------------------------------------------------
+def compare_models(train, test, *, epochs, batch_size, hidden, lr, seed, backend, out,
+                   callback=None, probe_limit=PROBE_TRAIN_LIMIT) -> dict:
+    """Train a plain AE, a KL-only model and a VAE (latent 2, Bernoulli, ReLU) on the same
+    data and draw their latent spaces and prior decodes side by side.
+
+    Each model: ``fit`` without a run directory; its test μ codes with labels; the linear-probe
+    accuracy (μ codes of up to ``probe_limit`` train images -> test labels); and the decodes
+    of the same COMPARE_GRID² codes z ~ N(0, I), drawn once from the 'eval' stream of a
+    model seeded with ``seed`` (all three share it). ``callback(event, info)`` gets fit's
+    events with ``info["model"]`` naming the model. Writes the figure with
+    :func:`scratchvae.plots.comparison_figure` to ``out``.
+
+    Returns {"probe_accuracy": {name: float}, "figure": str(out), "history": {name: rows}}.
+    """
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr).validate()
+    probe_limit = _positive("probe_limit", probe_limit)
+    from .model import VAE
+
+    results, history, z = {}, {}, None
+    for name, mode in COMPARE_MODELS:
+        model = VAE(input_dim=train.images.shape[1], hidden=hidden, latent=2, activation="relu",
+                    likelihood="bernoulli", mode=mode, seed=seed, backend=backend)
+        cb = None
+        if callback is not None:
+            cb = (lambda nm: lambda event, info: callback(event, {**info, "model": nm}))(name)
+        history[name] = fit(model, train.images, None, config=cfg, callback=cb)
+        if z is None:
+            z = model.rng["eval"].normal((COMPARE_GRID * COMPARE_GRID, model.latent), model.dtype.name)
+        xtr = prepare_images(train.images[:probe_limit], model, "train")
+        xte = prepare_images(test.images, model, "test")
+        codes = encode_mean(model, xte)
+        acc = linear_probe(encode_mean(model, xtr), train.labels[:probe_limit], codes, test.labels)
+        results[name] = {"codes": model.backend.to_host(codes),
+                         "labels": np.asarray(test.labels),
+                         "decodes": model.backend.to_host(model.decode_mean(z)),
+                         "probe_accuracy": acc}
+    from .plots import comparison_figure
+
+    comparison_figure(results, out)
+    return {"probe_accuracy": {k: v["probe_accuracy"] for k, v in results.items()},
+            "figure": str(out), "history": history}
+
+
+def _positive(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise InputError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
