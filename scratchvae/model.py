@@ -385,7 +385,8 @@ class VAE:
         ws.y += P["dec.out.b"]
         dls = None
         if self.likelihood == "bernoulli":
-            recon = bernoulli_nll_forward_backward(ws.y, target, ws.dy, ws.scratch)
+            recon = bernoulli_nll_forward_backward(ws.y, target, ws.dy, ws.scratch,
+                                                   overwrite_logits=True)
         else:
             log_sigma = self.log_sigma()
             recon, dls = gaussian_nll_forward_backward(

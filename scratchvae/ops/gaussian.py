@@ -75,10 +75,9 @@ def reparam_kl_forward(mu_logvar, eps, z, std, scratch):
     xp.multiply(logvar, 0.5, out=std)
     xp.exp(std, out=std)                  # σ
     t = xp.multiply(mu, mu, out=scratch)  # μ²
-    xp.multiply(std, std, out=z)          # σ² (z is free until the last step)
+    xp.expm1(logvar, out=z)               # σ² − 1, exact near σ = 1 (z is free until the end)
     t += z
-    t -= logvar
-    t -= 1.0
+    t -= logvar                           # each term e^{lv} − 1 − lv ≥ 0 stays ≥ 0
     kl = 0.5 * xp.sum(t)
     xp.multiply(std, eps, out=z)
     z += mu

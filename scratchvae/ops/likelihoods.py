@@ -58,25 +58,38 @@ def bernoulli_nll_backward(logits, x):
     return sigmoid(logits) - x
 
 
-def bernoulli_nll_forward_backward(logits, x, dlogits, scratch):
+def bernoulli_nll_forward_backward(logits, x, dlogits, scratch, overwrite_logits=False):
     """Fused block after the decoder's last GEMM: loss and its gradient together.
 
-    Writes dlogits = σ(y) − x and returns Σ softplus(y) − x·y (0-d). ``scratch``: (N, D).
-    σ(y) is taken from softplus(y) (σ = 1 − e^{−softplus(y)}), so one transcendental
-    pass serves both the loss and the gradient.
+    Writes dlogits = σ(y) − x and returns Σ softplus(y) − x·y (0-d). ``scratch``: (N, D);
+    with ``overwrite_logits`` the logits buffer is used as a second scratch (the model
+    does this: the logits are not needed after this block).
+    Both come from one exponential:
+        σ(y) = 1 / (1 + e^{−y}),   softplus(y) = y − log σ(y).
+    The exponent is capped, −y ≤ c (c = 88 in float32, 708 in float64, below overflow).
+    For y < −c the true softplus(y) < e^{−c} is below the smallest normal number, while
+    y − log σ becomes y + c + O(e^{−c}) < 0, so max(·, 0) gives the exact value there too;
+    σ is then e^{−c}-small, exact to the last representable digit. No value is clipped and
+    nothing overflows for any finite y. The sum is of the elementwise terms, so large
+    logits do not cancel between two large sums.
     """
     k = fused("bernoulli_nll", logits)
     if k is not None:
         return k(logits, x, dlogits, scratch)
     xp = xp_of(logits)
-    sp = softplus(logits, out=scratch)      # softplus(y)
-    xp.negative(sp, out=dlogits)
-    xp.expm1(dlogits, out=dlogits)
-    xp.negative(dlogits, out=dlogits)        # σ(y)
-    dlogits -= x                              # σ(y) − x
-    loss = xp.sum(sp)
-    loss -= _vdot(x, logits, xp)
-    return loss
+    cap = 88.0 if logits.dtype.itemsize == 4 else 708.0
+    s = xp.negative(logits, out=dlogits)
+    xp.minimum(s, cap, out=s)
+    xp.exp(s, out=s)
+    s += 1.0
+    sig = xp.reciprocal(s, out=s)             # σ(y)
+    sp = xp.log(sig, out=scratch)
+    xp.subtract(logits, sp, out=sp)
+    xp.maximum(sp, 0.0, out=sp)               # softplus(y)
+    xy = xp.multiply(logits, x, out=logits if overwrite_logits else None)
+    sp -= xy                                  # softplus(y) − x·y
+    sig -= x                                  # dlogits = σ(y) − x
+    return xp.sum(sp)
 
 
 def _vdot(a, b, xp):
