@@ -1,0 +1,642 @@
+"""Figures of a trained model, written as PNG files (matplotlib, imported lazily).
+
+This is the only module that imports matplotlib, and only inside the functions, so
+``import scratchvae`` never needs it. If no backend has been chosen (no ``MPLBACKEND``,
+no rcParams backend, pyplot not yet imported), ``Agg`` is selected; a chosen backend is
+respected. Every function closes its figure, creates the output's parent folders and
+returns the path it wrote. Images are drawn as side×side grayscale tiles (28×28 for
+MNIST); decoder outputs are clipped to [0, 1] for display (a Gaussian decoder's means can
+leave it). Inputs are shown as the [0, 1] images the model sees (no binarisation).
+
+Sizes. Each figure kind has a fixed size ``FIGSIZE[kind]`` (inches) and is saved at
+``DPI`` without a tight bounding box, so the PNG is exactly ``figsize · DPI`` pixels
+(the comparison figure is ``FIGSIZE["comparison"]`` per model column).
+
+Randomness. Every random choice (which test digits, ε for z ~ q(z|x), prior samples,
+drawn pixels) comes from a :class:`~scratchvae.backend.random.Stream` of ``seed`` and a
+stream id of this module's own (``STREAM_IDS``, 200 and up), one per figure: a figure
+depends only on the model, the data and ``seed``, and plotting never advances the
+model's own streams (``model.rng``).
+
+The figures (``plot_run`` writes 1–8 into a folder)::
+
+    1 latent.png           test μ coloured by label (L = 2 as is; L > 2: PCA of μ; L = 1: μ per label)
+    2 manifold.png         decodes of a grid through Φ⁻¹ (evenly spaced probabilities) in two units
+    3 reconstructions.png  test inputs above, decoder means of z = μ below
+    4 abstraction.png      inputs, the decode of μ, decodes of several z ~ q(z|x)   (not for 'ae')
+    5 samples.png          decodes of z ~ N(0, I) (means, or pixels drawn from p(x|z))
+    6 interpolation.png    linear and spherical (slerp) paths between two test μ's
+    7 arithmetic.png       μ(x) + (mean μ | class b − mean μ | class a) for digits x of class a
+    8 losses.png           train/test −ELBO, reconstruction and KL per epoch (if any epoch is done)
+
+Mode 'ae' (a plain autoencoder) has no q(z|x) to sample and no KL: the abstraction figure
+is skipped; the manifold picks the two units of largest variance of μ and spans each over
+the empirical quantiles of μ at the same probabilities, holding the others at the mean of
+μ; "samples" decode N(0, I) codes, which an AE was never trained to give meaning to (the
+point of the AE/KL-only/VAE comparison).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+
+from .backend.random import Stream
+from .errors import InputError
+from .train import prepare_images
+
+DPI = 100
+FIGSIZE = {
+    "latent": (7.0, 6.0),
+    "manifold": (7.0, 7.5),
+    "reconstructions": (7.0, 8.0),
+    "abstraction": (9.0, 3.8),
+    "samples": (7.0, 7.5),
+    "interpolation": (10.0, 3.0),
+    "arithmetic": (8.0, 6.4),
+    "losses": (13.0, 4.0),
+    "comparison": (4.5, 9.0),  # per model column
+}
+FILES = {kind: f"{kind}.png" for kind in FIGSIZE if kind != "comparison"}
+STREAM_IDS = {"latent": 200, "reconstructions": 201, "abstraction": 202, "samples": 203,
+              "samples-draw": 204, "interpolation": 205, "arithmetic": 206}
+MAX_SCATTER = 2000     # test points in a scatter
+MAX_CLASS_MEAN = 10000  # images encoded for the class means of the attribute vectors
+_BATCH = 1000
+_PAD, _GAP, _PAD_VALUE = 2, 8, 0.35  # pixels between tiles, extra between groups, their gray
+
+
+# -- matplotlib ------------------------------------------------------------------------------
+def _pyplot():
+    """pyplot, with Agg selected if nothing chose a backend (MPLBACKEND and rcParams win)."""
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+        chosen = getattr(matplotlib.rcParams, "_get_backend_or_none", lambda: None)()
+        if chosen is None:
+            matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _figure(kind, width_factor=1):
+    plt = _pyplot()
+    w, h = FIGSIZE[kind]
+    return plt, plt.figure(figsize=(w * width_factor, h), dpi=DPI, layout="constrained")
+
+
+def _save(plt, fig, path):
+    """Write ``fig`` as PNG to ``path`` (parents created) and close it, whatever happens."""
+    try:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=DPI, format="png", metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _describe(model):
+    kind = {"vae": "VAE", "ae": "AE", "kl-only": "KL-only"}[model.mode]
+    return f"{kind}, L = {model.latent}, {model.likelihood}"
+
+
+# -- arrays ------------------------------------------------------------------------------------
+def _side(model):
+    side = math.isqrt(model.input_dim)
+    if side * side != model.input_dim:
+        raise InputError(f"images are drawn as squares: input_dim must be a square number, "
+                         f"got {model.input_dim}")
+    return side
+
+
+def _positive(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise InputError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _stream(model, seed, kind):
+    return Stream(seed, STREAM_IDS[kind], xp=model.xp)
+
+
+def _check_split(split, what="test"):
+    images, labels = getattr(split, "images", None), getattr(split, "labels", None)
+    if images is None or labels is None:
+        raise InputError(f"{what} must be a Dataset with .images and .labels, got {type(split).__name__}")
+    if len(images) != len(labels):
+        raise InputError(f"{what}: {len(images)} images but {len(labels)} labels")
+    return images, np.asarray(labels)
+
+
+def _unit_images(model, images):
+    """The [0, 1] images the model sees, on the host (float64)."""
+    x = prepare_images(images, model, "images")
+    return model.backend.to_host(x).astype(np.float64)
+
+
+def _encode(model, images):
+    """μ and logvar (None for 'ae') of ``images`` as host float64 arrays, in batches."""
+    mus, lvs = [], []
+    for i in range(0, len(images), _BATCH):
+        mu, lv = model.encode(prepare_images(images[i:i + _BATCH], model, "images"))
+        mus.append(model.backend.to_host(mu))
+        if lv is not None:
+            lvs.append(model.backend.to_host(lv))
+    mu = np.concatenate(mus).astype(np.float64)
+    return mu, (np.concatenate(lvs).astype(np.float64) if lvs else None)
+
+
+def _decode(model, z):
+    """Decoder means of host codes ``z`` (K, L) as host float64 (K, D), in batches."""
+    z = np.ascontiguousarray(z, dtype=model.dtype)
+    out = [model.backend.to_host(model.decode_mean(model.backend.asarray(z[i:i + _BATCH])))
+           for i in range(0, len(z), _BATCH)]
+    return np.concatenate(out).astype(np.float64)
+
+
+def _offsets(count, side, gaps=()):
+    pos, x = [], _PAD
+    for i in range(count):
+        pos.append(x)
+        x += side + _PAD + (_GAP if i in gaps else 0)
+    return pos, x
+
+
+def _mosaic(images, rows, cols, side, row_gaps=(), col_gaps=()):
+    """Tile images (rows·cols, D) row by row into one 2-D array; NaN rows stay blank.
+
+    Returns the mosaic and the centres of the rows and columns (for tick labels).
+    """
+    ys, h = _offsets(rows, side, row_gaps)
+    xs, w = _offsets(cols, side, col_gaps)
+    out = np.full((h, w), _PAD_VALUE)
+    images = np.asarray(images, dtype=np.float64).reshape(-1, side, side)
+    for i, im in enumerate(images[:rows * cols]):
+        if np.isnan(im).all():
+            continue
+        r, c = divmod(i, cols)
+        out[ys[r]:ys[r] + side, xs[c]:xs[c] + side] = np.clip(im, 0.0, 1.0)
+    centre = (side - 1) / 2
+    return out, [y + centre for y in ys], [x + centre for x in xs]
+
+
+def _show(ax, mosaic, xticks=None, yticks=None):
+    ax.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    for setter, ticks in ((ax.set_xticks, xticks), (ax.set_yticks, yticks)):
+        if ticks is None:
+            setter([])
+        else:
+            setter(ticks[0], labels=ticks[1], fontsize=8)
+    ax.tick_params(length=0)
+    for s in ax.spines.values():
+        s.set_visible(False)
+
+
+def _grid_shape(n):
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+def _project(codes):
+    """Codes (N, L) -> (N, 2) points and axis labels: as is (L = 2), PCA (L > 2), μ vs label (L = 1)."""
+    L = codes.shape[1]
+    if L == 2:
+        return codes, "z₁ (μ)", "z₂ (μ)"
+    if L == 1:
+        return codes, "z (μ)", None
+    centred = codes - codes.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    share = s ** 2 / max(float((s ** 2).sum()), np.finfo(float).tiny)
+    xy = centred @ vt[:2].T
+    return xy, f"PC 1 of μ ({share[0]:.0%} of variance)", f"PC 2 of μ ({share[1]:.0%} of variance)"
+
+
+def _class_colours(classes):
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "turbo"]
+    n = max(len(classes) - 1, 1)
+    return {c: cmap(i if len(classes) <= 10 else i / n) for i, c in enumerate(classes)}
+
+
+def _scatter(ax, codes, labels, legend="axes"):
+    """Scatter codes coloured by label (one call, points in the given order); returns handles."""
+    from matplotlib.lines import Line2D
+
+    xy, xlabel, ylabel = _project(codes)
+    classes = sorted(int(c) for c in np.unique(labels))
+    colours = _class_colours(classes)
+    if xy.shape[1] == 1:  # L = 1: μ against the label, spread by a fixed low-discrepancy jitter
+        jitter = (np.arange(len(xy)) * 0.6180339887) % 1.0 - 0.5
+        xy = np.column_stack([xy[:, 0], labels.astype(np.float64) + 0.6 * jitter])
+        ylabel = "label"
+        ax.set_yticks(classes)
+    ax.scatter(xy[:, 0], xy[:, 1], c=[colours[int(c)] for c in labels], s=5, alpha=0.7,
+               linewidths=0, rasterized=True)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    handles = [Line2D([], [], marker="o", linestyle="", color=colours[c], label=str(c)) for c in classes]
+    if legend == "axes":
+        ax.legend(handles=handles, title="label", loc="center left", bbox_to_anchor=(1.01, 0.5),
+                  fontsize=8, frameon=False)
+    return handles
+
+
+# -- 1 latent scatter ----------------------------------------------------------------------------
+def latent_figure(model, test, path, seed=0):
+    """Test μ (at most ``MAX_SCATTER`` points, chosen by ``seed``) coloured by label."""
+    images, labels = _check_split(test)
+    idx = _stream(model, seed, "latent").permutation(len(images))[:MAX_SCATTER]
+    mu, _ = _encode(model, images[idx])
+    plt, fig = _figure("latent")
+    try:
+        ax = fig.add_subplot()
+        _scatter(ax, mu, labels[idx])
+        how = "" if model.latent <= 2 else f", PCA of {model.latent}-D μ"
+        ax.set_title(f"Latent means of {len(idx)} test images{how}\n{_describe(model)}", fontsize=10)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _save(plt, fig, path)
+
+
+# -- 2 manifold ----------------------------------------------------------------------------------
+def kl_per_unit(mu, logvar):
+    """Mean KL of each latent unit over the rows: KL_j = mean_x ½(σ_j² + μ_j² − 1 − logvar_j), (L,)."""
+    mu, logvar = np.asarray(mu, dtype=np.float64), np.asarray(logvar, dtype=np.float64)
+    return (0.5 * (np.expm1(logvar) + mu ** 2 - logvar)).mean(axis=0)
+
+
+def manifold_figure(model, test, path, k=15):
+    """Decodes of a k×k grid through Φ⁻¹ of probabilities (i + ½)/k (L = 1: k² values, row by row).
+
+    L = 2: both units. L > 2: the two units with the highest mean KL over the test set,
+    KL_j = mean_x ½(σ_j² + μ_j² − 1 − logvar_j), the others held at 0. Mode 'ae': see the
+    module docstring (largest variance of μ, empirical quantiles, others at mean μ).
+    """
+    k = _positive("k", k)
+    images, _ = _check_split(test)
+    side = _side(model)
+    mu, lv = _encode(model, images)
+    L = model.latent
+    m = k * k if L == 1 else k  # L = 1: one path of k² values, read row by row
+    probs = (np.arange(m) + 0.5) / m
+    if model.mode == "ae":
+        score, centre = mu.var(axis=0), mu.mean(axis=0)
+        score_what, unit = "variance of μ", ""
+        values = lambda j: np.quantile(mu[:, j], probs)  # noqa: E731
+    else:
+        score = kl_per_unit(mu, lv)
+        centre = np.zeros(L)
+        score_what, unit = "mean KL", " nats"
+        phi = np.array([NormalDist().inv_cdf(float(p)) for p in probs])
+        values = lambda j: phi  # noqa: E731
+    units = list(range(L)) if L <= 2 else [int(j) for j in np.argsort(-score, kind="stable")[:2]]
+    u, v = units[0], units[-1]
+    xv = values(u)
+    z = np.tile(centre, (k * k, 1))
+    if L == 1:
+        z[:, u] = xv
+        yv = xv[::k]  # each row's first value
+    else:
+        yv = values(v)[::-1]  # image rows run top to bottom: largest z_v on top
+        z[:, u] = np.tile(xv, k)
+        z[:, v] = np.repeat(yv, k)
+    mosaic, ry, cx = _mosaic(_decode(model, z), k, k, side)
+    every = max(1, k // 8)
+    plt, fig = _figure("manifold")
+    try:
+        ax = fig.add_subplot()
+        _show(ax, mosaic, xticks=None if L == 1 else (cx[::every], [f"{t:.2f}" for t in xv[::every]]),
+              yticks=(ry[::every], [f"{t:.2f}" for t in yv[::every]]))
+        if L == 1:
+            ax.set_ylabel("z1 at the start of each row (rising left to right, row by row)")
+        else:
+            ax.set_ylabel(f"z{v + 1}")
+            ax.set_xlabel(f"z{u + 1}")
+        grid = "empirical quantiles of μ" if model.mode == "ae" else "Φ⁻¹ of evenly spaced probabilities"
+        if L <= 2:
+            chosen = ""
+        else:
+            held = "mean μ" if model.mode == "ae" else "0"
+            chosen = (f"\nunits {u + 1}, {v + 1}: highest {score_what} ({score[u]:.3g}, {score[v]:.3g}{unit});"
+                      f" the other {L - 2} at {held}")
+        ax.set_title(f"Decoded latent grid ({grid})\n{_describe(model)}{chosen}", fontsize=10)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _save(plt, fig, path)
+
+
+# -- 3 reconstructions -----------------------------------------------------------------------------
+def reconstruction_figure(model, test, path, n=32, seed=0):
+    """``n`` test inputs (chosen by ``seed``) above their decoder means at z = μ."""
+    n = _positive("n", n)
+    images, _ = _check_split(test)
+    side = _side(model)
+    idx = _stream(model, seed, "reconstructions").permutation(len(images))[:n]
+    x = _unit_images(model, images[idx])
+    mu, _ = _encode(model, images[idx])
+    recon = _decode(model, mu)
+    cols = min(len(idx), 8)
+    rows = math.ceil(len(idx) / cols)
+    plt, fig = _figure("reconstructions")
+    try:
+        axes = fig.subplots(2, 1)
+        for ax, ims, title in ((axes[0], x, f"{len(idx)} test inputs"),
+                               (axes[1], recon, "reconstructions: decoder mean at z = μ")):
+            _show(ax, _mosaic(ims, rows, cols, side)[0])
+            ax.set_title(title, fontsize=10)
+        fig.suptitle(f"Reconstructions — {_describe(model)}", fontsize=11)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _save(plt, fig, path)
+
+
+# -- 4 abstraction ---------------------------------------------------------------------------------
+def abstraction_figure(model, test, path, inputs=4, samples=10, seed=0):
+    """Per row: one test input, the decode of z = μ, then decodes of ``samples`` z ~ q(z|x).
+
+    Not defined for mode 'ae' (no q(z|x)): raises InputError.
+    """
+    if model.mode == "ae":
+        raise InputError("the abstraction figure samples z ~ q(z|x): a plain autoencoder ('ae') has none")
+    inputs, samples = _positive("inputs", inputs), _positive("samples", samples)
+    images, _ = _check_split(test)
+    side = _side(model)
+    stream = _stream(model, seed, "abstraction")
+    idx = stream.permutation(len(images))[:inputs]
+    x = _unit_images(model, images[idx])
+    mu, lv = _encode(model, images[idx])
+    r = len(idx)
+    mu_rep = np.repeat(mu, samples, axis=0)
+    lv_rep = np.repeat(lv, samples, axis=0)
+    eps = model.backend.to_host(stream.normal(mu_rep.shape, model.dtype.name)).astype(np.float64)
+    z = mu_rep + np.exp(0.5 * lv_rep) * eps  # model.reparameterize on host arrays
+    dec_mu = _decode(model, mu)
+    dec_z = _decode(model, z).reshape(r, samples, -1)
+    tiles = np.concatenate([x[:, None], dec_mu[:, None], dec_z], axis=1).reshape(-1, x.shape[1])
+    mosaic, _, cx = _mosaic(tiles, r, samples + 2, side, col_gaps=(0, 1))
+    labels = ["input", "z = μ"] + [f"z{i + 1} ~ q" for i in range(samples)]
+    plt, fig = _figure("abstraction")
+    try:
+        ax = fig.add_subplot()
+        _show(ax, mosaic, xticks=(cx, labels))
+        ax.tick_params(axis="x", labelrotation=0, labelsize=7)
+        mean_sd = float(np.exp(0.5 * lv).mean())
+        ax.set_title(f"Abstraction: decodes of several z ~ q(z|x) per input (mean σ of q: {mean_sd:.3f})"
+                     f"\n{_describe(model)}", fontsize=10)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _save(plt, fig, path)
+
+
+# -- 5 samples ---------------------------------------------------------------------------------------
+def sample_figure(model, n, seed, draw, path):
+    """Decodes of ``n`` codes z ~ N(0, I) from stream ``seed``.
+
+    ``draw=False``: decoder means (what ``model.sample(n, eps=z)`` returns); ``draw=True``:
+    pixels drawn from p(x|z) (Bernoulli: u < mean; Gaussian: mean + σ·ε, clipped to [0, 1]
+    for display), with this module's own uniforms/normals rather than ``model.rng['eval']``.
+    """
+    n = _positive("n", n)
+    side = _side(model)
+    xp, dt = model.xp, model.dtype
+    z = _stream(model, seed, "samples").normal((n, model.latent), dt.name)
+    mean = model.decode_mean(z)
+    if draw:
+        noise = _stream(model, seed, "samples-draw")
+        if model.likelihood == "bernoulli":
+            mean = (noise.uniform(mean.shape, dt.name) < mean).astype(dt)
+        else:
+            sigma = xp.exp(xp.asarray(model.log_sigma(), dtype=dt))
+            mean = mean + sigma * noise.normal(mean.shape, dt.name)
+    pixels = model.backend.to_host(mean).astype(np.float64)
+    rows, cols = _grid_shape(n)
+    plt, fig = _figure("samples")
+    try:
+        ax = fig.add_subplot()
+        _show(ax, _mosaic(pixels, rows, cols, side)[0])
+        what = "pixels drawn from p(x|z)" if draw else "decoder means"
+        note = " (an AE has no prior)" if model.mode == "ae" else ""
+        ax.set_title(f"{n} decodes of z ~ N(0, I){note}: {what}\n{_describe(model)}, seed {seed}", fontsize=10)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _save(plt, fig, path)
+
+
+# -- 6 interpolation ----------------------------------------------------------------------------------
+def slerp(a, b, t):
+    """Spherical interpolation a -> b at fractions t (K,): rows sin((1−t)ω)/sin ω·a + sin(tω)/sin ω·b.
+
+    ω is the angle between a and b; falls back to linear when they are (anti)parallel or zero.
+    """
+    t = np.asarray(t, dtype=np.float64)[:, None]
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return (1 - t) * a + t * b
+    omega = math.acos(float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0)))
+    if math.sin(omega) < 1e-6:
+        return (1 - t) * a + t * b
+    return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / math.sin(omega)
+
+
+def interpolation_figure(model, test, path, steps=10, seed=0):
+    """Two test digits of different labels (chosen by ``seed``); decodes along the linear and
+    the spherical path between their μ's, the inputs at both ends."""
+    steps = _positive("steps", steps)
+    images, labels = _check_split(test)
+    side = _side(model)
+    perm = _stream(model, seed, "interpolation").permutation(len(images))
+    a = int(perm[0])
+    other = [int(i) for i in perm[1:] if labels[i] != labels[a]]
+    b = other[0] if other else int(perm[min(1, len(perm) - 1)])
+    mu, _ = _encode(model, images[[a, b]])
+    t = np.linspace(0.0, 1.0, steps)
+    lin = (1 - t)[:, None] * mu[0] + t[:, None] * mu[1]
+    sph = slerp(mu[0], mu[1], t)
+    dec = _decode(model, np.concatenate([lin, sph])).reshape(2, steps, -1)
+    x = _unit_images(model, images[[a, b]])
+    row = lambda d: np.concatenate([x[:1], d, x[1:]])  # noqa: E731
+    tiles = np.concatenate([row(dec[0]), row(dec[1])])
+    mosaic, ry, cx = _mosaic(tiles, 2, steps + 2, side, col_gaps=(0, steps))
+    xl = [f"x{a}"] + [f"{v:.2g}" for v in t] + [f"x{b}"]
+    plt, fig = _figure("interpolation")
+    try:
+        ax = fig.add_subplot()
+        _show(ax, mosaic, xticks=(cx, xl), yticks=(ry, ["linear", "slerp"]))
+        ax.set_xlabel("t (fraction of the way from μ(x_a) to μ(x_b))")
+        ax.set_title(f"Interpolation in μ-space: test #{a} (label {labels[a]}) → test #{b} (label {labels[b]})"
+                     f" — {_describe(model)}", fontsize=10)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _save(plt, fig, path)
+
+
+# -- 7 attribute-vector arithmetic ---------------------------------------------------------------------
+def arithmetic_figure(model, test, path, train=None, pairs=3, per_row=8, seed=0):
+    """Class-mean vectors: for ``pairs`` class pairs (a, b) chosen by ``seed``, ``per_row`` test
+    digits of class a decoded at z = μ(x) (upper row) and at z = μ(x) + m_b − m_a (lower row),
+    m_c the mean μ of class c over ``train`` (up to ``MAX_CLASS_MEAN`` images) or, if None, the test set.
+
+    Needs at least two classes (InputError otherwise).
+    """
+    pairs, per_row = _positive("pairs", pairs), _positive("per_row", per_row)
+    images, labels = _check_split(test)
+    side = _side(model)
+    stream = _stream(model, seed, "arithmetic")
+    if train is not None:
+        tr_images, tr_labels = _check_split(train, "train")
+        pick = np.sort(stream.permutation(len(tr_images))[:MAX_CLASS_MEAN])
+        ref_mu, _ = _encode(model, tr_images[pick])
+        ref_labels, ref_name = tr_labels[pick], f"{len(pick)} train images"
+    else:
+        ref_mu, _ = _encode(model, images)
+        ref_labels, ref_name = labels, f"{len(images)} test images"
+    classes = [c for c in np.unique(labels) if np.any(ref_labels == c)]
+    if len(classes) < 2:
+        raise InputError(f"attribute vectors need at least two classes, got {len(classes)}")
+    means = {int(c): ref_mu[ref_labels == c].mean(axis=0) for c in classes}
+    order = [int(classes[i]) for i in stream.permutation(len(classes))]
+    chosen = [(order[2 * i % len(order)], order[(2 * i + 1) % len(order)]) for i in range(pairs)]
+    tiles, ylabels = [], []
+    D = images.shape[1]
+    for ca, cb in chosen:
+        pool = np.flatnonzero(labels == ca)
+        take = pool[stream.permutation(len(pool))[:per_row]]
+        mu, _ = _encode(model, images[take])
+        base, moved = _decode(model, mu), _decode(model, mu + (means[cb] - means[ca]))
+        blank = np.full((per_row - len(take), D), np.nan)
+        tiles += [base, blank, moved, blank]
+        ylabels += [f"{ca}: z = μ", f"{ca}→{cb}: μ + m{cb} − m{ca}"]
+    mosaic, ry, _ = _mosaic(np.concatenate(tiles), 2 * pairs, per_row, side,
+                            row_gaps=tuple(range(1, 2 * pairs - 1, 2)))
+    plt, fig = _figure("arithmetic")
+    try:
+        ax = fig.add_subplot()
+        _show(ax, mosaic, yticks=(ry, ylabels))
+        ax.set_title(f"Attribute vectors: test digits of class a moved by m_b − m_a\n"
+                     f"(m_c = mean μ of class c over {ref_name}) — {_describe(model)}", fontsize=10)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _save(plt, fig, path)
+
+
+# -- 8 loss curves ---------------------------------------------------------------------------------------
+def loss_figure(history, path, title=""):
+    """Per-epoch train and test −ELBO, reconstruction and KL (nats per image) from a run's history."""
+    if not history:
+        raise InputError("history is empty: no epoch has finished yet")
+    epochs = [r["epoch"] for r in history]
+    plt, fig = _figure("losses")
+    try:
+        axes = fig.subplots(1, 3)
+        for ax, key, name in zip(axes, ("loss", "recon", "kl"),
+                                 ("−ELBO (recon + KL)", "reconstruction −log p(x|z)", "KL(q(z|x) ‖ p(z))")):
+            for split, style in (("train", "o-"), ("test", "s--")):
+                ys = [r.get(f"{split}_{key}") for r in history]
+                if all(y is not None for y in ys):
+                    ax.plot(epochs, ys, style, markersize=4, label=split)
+            ax.set_title(name, fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("nats per image")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        fig.suptitle(f"Training curves{' — ' + title if title else ''}", fontsize=11)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _save(plt, fig, path)
+
+
+# -- 9 model comparison -----------------------------------------------------------------------------------
+def comparison_figure(results, path):
+    """One column per model: its latent codes coloured by label (probe accuracy in the title) above
+    the decodes of the same prior samples.
+
+    results: dict name -> {"codes": (n, L) (L = 2 shown as is; else PCA), "labels": (n,),
+    "decodes": (m, D) in [0, 1] with m a square number, "probe_accuracy": float}. At most
+    ``MAX_SCATTER`` evenly spaced codes are drawn per model.
+    """
+    if not isinstance(results, dict) or not results:
+        raise InputError(f"results must be a non-empty dict of model name -> results, got {results!r:.80}")
+    checked = {}
+    for name, r in results.items():
+        missing = [k for k in ("codes", "labels", "decodes", "probe_accuracy") if k not in r]
+        if missing:
+            raise InputError(f"results[{name!r}] is missing {', '.join(missing)}")
+        codes = np.asarray(r["codes"], dtype=np.float64)
+        labels = np.asarray(r["labels"])
+        decodes = np.asarray(r["decodes"], dtype=np.float64)
+        if codes.ndim != 2 or labels.shape != (codes.shape[0],) or codes.shape[0] < 1:
+            raise InputError(f"results[{name!r}]: codes must be (n, L) and labels (n,), "
+                             f"got {codes.shape} and {labels.shape}")
+        m = decodes.shape[0] if decodes.ndim == 2 else 0
+        rows = math.isqrt(m)
+        side = math.isqrt(decodes.shape[1]) if decodes.ndim == 2 else 0
+        if decodes.ndim != 2 or m < 1 or rows * rows != m or side * side != decodes.shape[1]:
+            raise InputError(f"results[{name!r}]: decodes must be (m, D) with m and D square numbers, "
+                             f"got {decodes.shape}")
+        keep = np.unique(np.linspace(0, len(codes) - 1, min(len(codes), MAX_SCATTER)).astype(int))
+        checked[name] = (codes[keep], labels[keep], decodes, rows, side, float(r["probe_accuracy"]))
+    plt, fig = _figure("comparison", width_factor=len(checked))
+    try:
+        axes = fig.subplots(2, len(checked), squeeze=False, height_ratios=(1, 1))
+        handles = None
+        for j, (name, (codes, labels, decodes, rows, side, acc)) in enumerate(checked.items()):
+            handles = _scatter(axes[0, j], codes, labels, legend=None)
+            acc_text = f"{acc:.1%}" if math.isfinite(acc) else "n/a"
+            axes[0, j].set_title(f"{name}: latent codes ({len(codes)} points)\nlinear-probe accuracy {acc_text}",
+                                 fontsize=10)
+            _show(axes[1, j], _mosaic(decodes, rows, rows, side)[0])
+            axes[1, j].set_title(f"{name}: decodes of the same {rows * rows} z ~ N(0, I)", fontsize=10)
+        fig.legend(handles=handles, title="label", loc="outside lower center", ncol=len(handles),
+                   fontsize=8, frameon=False)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _save(plt, fig, path)
+
+
+# -- everything for a run ----------------------------------------------------------------------------------
+def plot_run(run, train, test, out_dir, n=64, seed=0, draw=False):
+    """Write figures 1–8 of a loaded run into ``out_dir``; returns the paths written.
+
+    ``n``: prior samples in samples.png (reconstructions show min(n, 32) inputs); ``seed``:
+    every random choice (see the module docstring); ``draw``: samples as pixels drawn from
+    p(x|z). Skipped: abstraction for mode 'ae'; arithmetic with fewer than two classes;
+    losses when no epoch has finished.
+    """
+    n = _positive("n", n)
+    model = run.model
+    _check_split(test)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    f = {k: out / name for k, name in FILES.items()}
+    paths = [latent_figure(model, test, f["latent"], seed=seed),
+             manifold_figure(model, test, f["manifold"]),
+             reconstruction_figure(model, test, f["reconstructions"], n=min(n, 32), seed=seed)]
+    if model.mode != "ae":
+        paths.append(abstraction_figure(model, test, f["abstraction"], seed=seed))
+    paths.append(sample_figure(model, n, seed, draw, f["samples"]))
+    paths.append(interpolation_figure(model, test, f["interpolation"], seed=seed))
+    if len(np.unique(np.asarray(test.labels))) >= 2:
+        paths.append(arithmetic_figure(model, test, f["arithmetic"], train=train, seed=seed))
+    if run.history:
+        epoch = run.meta.get("epoch") if isinstance(getattr(run, "meta", None), dict) else None
+        title = _describe(model) + (f", epoch {epoch}" if epoch else "")
+        paths.append(loss_figure(run.history, f["losses"], title=title))
+    return paths

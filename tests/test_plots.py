@@ -1,0 +1,214 @@
+"""Figures: every PNG loads, has its fixed pixel size, is not blank, and is deterministic.
+
+Models are tiny (hidden 32, one epoch on 500 embedded images): the figures are blurry, but
+every code path that draws them runs. ``MPLBACKEND=Agg`` comes from conftest.py.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+import matplotlib.image as mpimg  # noqa: E402
+
+from scratchvae import TrainConfig, VAE, fit, load_run  # noqa: E402
+from scratchvae.data import Dataset, load_dataset  # noqa: E402
+from scratchvae.errors import InputError  # noqa: E402
+from scratchvae.train import write_config  # noqa: E402
+from scratchvae import plots  # noqa: E402
+
+ALL_FIGURES = ["latent", "manifold", "reconstructions", "abstraction", "samples", "interpolation",
+               "arithmetic", "losses"]
+
+
+@pytest.fixture(scope="module")
+def data():
+    train, test = load_dataset("embedded")
+    small = Dataset(train.images[:500], train.labels[:500], "train500")
+    return small, test
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory):
+    """name -> Run: VAE with L = 2 and L = 5, an AE, a Gaussian VAE with a learned σ."""
+    train, test = data
+    specs = {
+        "vae2": dict(latent=2),
+        "vae5": dict(latent=5),
+        "ae2": dict(latent=2, mode="ae"),
+        "gauss3": dict(latent=3, likelihood="gaussian", sigma="shared"),
+    }
+    out = {}
+    for name, kw in specs.items():
+        model = VAE(hidden=(32,), seed=1, **kw)
+        d = tmp_path_factory.mktemp(name)
+        cfg = TrainConfig(epochs=1, batch_size=100)
+        write_config(d, model, cfg)
+        fit(model, train.images, test.images[:300], config=cfg, run_dir=d)
+        out[name] = load_run(d)
+    return out
+
+
+def expected_shape(kind, columns=1):
+    w, h = plots.FIGSIZE[kind]
+    return round(h * plots.DPI), round(w * columns * plots.DPI)
+
+
+def check_png(path, kind, columns=1):
+    img = mpimg.imread(path)
+    assert img.shape[:2] == expected_shape(kind, columns), (path, img.shape)
+    assert img[..., :3].std() > 0.05, f"{path} looks blank"
+    return img
+
+
+@pytest.mark.parametrize("name", ["vae2", "vae5", "ae2", "gauss3"])
+def test_plot_run_writes_every_figure(runs, data, tmp_path, name):
+    import matplotlib.pyplot as plt
+
+    run = runs[name]
+    train, test = data
+    before = {k: v.copy() for k, v in run.model.rng.state().items()}
+    paths = plots.plot_run(run, train, test, tmp_path / "figs", n=16, seed=3, draw=name == "gauss3")
+    kinds = [k for k in ALL_FIGURES if not (k == "abstraction" and run.model.mode == "ae")]
+    assert [p.name for p in paths] == [plots.FILES[k] for k in kinds]
+    for p, kind in zip(paths, kinds):
+        check_png(p, kind)
+    assert plt.get_fignums() == [], "a figure was left open"
+    after = run.model.rng.state()
+    assert all(np.array_equal(before[k], after[k]) for k in before), "plotting advanced the model's streams"
+
+
+def test_figures_are_deterministic_given_seed(runs, data, tmp_path):
+    model = runs["vae2"].model
+    _, test = data
+    a = mpimg.imread(plots.sample_figure(model, 25, 7, False, tmp_path / "a.png"))
+    b = mpimg.imread(plots.sample_figure(model, 25, 7, False, tmp_path / "b" / "c" / "b.png"))
+    c = mpimg.imread(plots.sample_figure(model, 25, 8, False, tmp_path / "c.png"))
+    d = mpimg.imread(plots.sample_figure(model, 25, 7, True, tmp_path / "d.png"))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert not np.array_equal(a, d)
+    r1 = mpimg.imread(plots.reconstruction_figure(model, test, tmp_path / "r1.png", n=8, seed=1))
+    r2 = mpimg.imread(plots.reconstruction_figure(model, test, tmp_path / "r2.png", n=8, seed=1))
+    assert np.array_equal(r1, r2)
+
+
+def test_sample_figure_sizes_do_not_depend_on_n(runs, tmp_path):
+    model = runs["vae5"].model
+    for n in (1, 7, 100):
+        check_png(plots.sample_figure(model, n, 0, False, tmp_path / f"s{n}.png"), "samples")
+
+
+def test_bad_arguments_raise_input_error(runs, data, tmp_path):
+    _, test = data
+    with pytest.raises(InputError, match="n must be a positive integer"):
+        plots.sample_figure(runs["vae2"].model, 0, 0, False, tmp_path / "x.png")
+    with pytest.raises(InputError, match="autoencoder"):
+        plots.abstraction_figure(runs["ae2"].model, test, tmp_path / "x.png")
+    one_class = Dataset(test.images[test.labels == 3], test.labels[test.labels == 3], "threes")
+    with pytest.raises(InputError, match="two classes"):
+        plots.arithmetic_figure(runs["vae2"].model, one_class, tmp_path / "x.png")
+    with pytest.raises(InputError, match="history is empty"):
+        plots.loss_figure([], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_kl_per_unit_hand_worked():
+    # unit 0: μ = ±1, logvar = 0 -> ½(1 + 1 − 1 − 0) = ½ each; unit 1: μ = 0, logvar = log 4, 0
+    # -> ½(4 − 1 − log 4) and 0, mean ¼(3 − log 4)
+    mu = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    lv = np.array([[0.0, np.log(4.0)], [0.0, 0.0]])
+    np.testing.assert_allclose(plots.kl_per_unit(mu, lv), [0.5, 0.25 * (3 - np.log(4.0))], rtol=1e-15)
+
+
+def test_slerp_endpoints_and_midpoint():
+    a, b = np.array([1.0, 0.0, 0.0]), np.array([0.0, 2.0, 0.0])
+    path = plots.slerp(a, b, np.array([0.0, 0.5, 1.0]))
+    np.testing.assert_allclose(path[0], a, atol=1e-15)
+    np.testing.assert_allclose(path[2], b, atol=1e-15)
+    # ω = π/2: midpoint = (a + b) sin(π/4) / sin(π/2)
+    np.testing.assert_allclose(path[1], (a + b) * np.sqrt(0.5), rtol=1e-15)
+    # parallel vectors fall back to the straight line
+    np.testing.assert_allclose(plots.slerp(a, 3 * a, np.array([0.5])), [2 * a])
+
+
+def synthetic_results(n=300, m=100, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for j, name in enumerate(["AE", "KL-only", "VAE"]):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        codes = rng.normal(size=(n, 2)) + labels[:, None] * (j + 0.5)
+        out[name] = {"codes": codes, "labels": labels, "decodes": rng.uniform(size=(m, 784)),
+                     "probe_accuracy": 0.1 + 0.3 * j}
+    return out
+
+
+def test_comparison_figure(tmp_path):
+    import matplotlib.pyplot as plt
+
+    res = synthetic_results()
+    path = plots.comparison_figure(res, tmp_path / "sub" / "compare.png")
+    check_png(path, "comparison", columns=3)
+    two = {k: res[k] for k in ("AE", "VAE")}
+    check_png(plots.comparison_figure(two, tmp_path / "two.png"), "comparison", columns=2)
+    higher = dict(res, VAE=dict(res["VAE"], codes=np.random.default_rng(1).normal(size=(300, 6))))
+    check_png(plots.comparison_figure(higher, tmp_path / "pca.png"), "comparison", columns=3)
+    assert plt.get_fignums() == []
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({}, "non-empty"),
+    ({"VAE": {"codes": np.zeros((3, 2)), "labels": np.zeros(3)}}, "missing decodes, probe_accuracy"),
+    ({"VAE": {"codes": np.zeros((3, 2)), "labels": np.zeros(3), "decodes": np.zeros((10, 784)),
+              "probe_accuracy": 0.5}}, "square"),
+    ({"VAE": {"codes": np.zeros((3, 2)), "labels": np.zeros(4), "decodes": np.zeros((9, 784)),
+              "probe_accuracy": 0.5}}, "labels"),
+])
+def test_comparison_figure_rejects_bad_results(tmp_path, bad, match):
+    with pytest.raises(InputError, match=match):
+        plots.comparison_figure(bad, tmp_path / "x.png")
+
+
+def _python(code, **env):
+    full = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    full.update(env)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_matplotlib_is_lazy_and_a_chosen_backend_is_respected(tmp_path):
+    code = (
+        "import sys, numpy as np; import scratchvae, scratchvae.plots as p\n"
+        "assert 'matplotlib' not in sys.modules, 'importing scratchvae imported matplotlib'\n"
+        "m = scratchvae.VAE(hidden=(8,), latent=2)\n"
+        f"p.sample_figure(m, 4, 0, False, {str(tmp_path / 's.png')!r})\n"
+        "import matplotlib; print(matplotlib.get_backend().lower())\n"
+    )
+    assert _python(code) == "agg"
+    assert _python(code, MPLBACKEND="pdf") == "pdf"
+    assert mpimg.imread(tmp_path / "s.png").shape[:2] == expected_shape("samples")
+
+
+def test_one_latent_unit(data, tmp_path):
+    _, test = data
+    model = VAE(hidden=(16,), latent=1, seed=2)
+    small = Dataset(test.images[:200], test.labels[:200], "test200")
+    check_png(plots.latent_figure(model, small, tmp_path / "l.png"), "latent")
+    check_png(plots.manifold_figure(model, small, tmp_path / "m.png", k=9), "manifold")
+    check_png(plots.interpolation_figure(model, small, tmp_path / "i.png", steps=5), "interpolation")
+
+
+def test_figures_on_every_backend(backend, data, tmp_path):
+    _, test = data
+    small = Dataset(test.images[:200], test.labels[:200], "test200")
+    model = VAE(hidden=(16,), latent=3, seed=4, backend=backend)
+    check_png(plots.sample_figure(model, 9, 0, True, tmp_path / "s.png"), "samples")
+    check_png(plots.abstraction_figure(model, small, tmp_path / "a.png", inputs=2, samples=3), "abstraction")
+    check_png(plots.arithmetic_figure(model, small, tmp_path / "r.png", train=small, pairs=2), "arithmetic")
+    check_png(plots.manifold_figure(model, small, tmp_path / "m.png", k=5), "manifold")
