@@ -43,6 +43,7 @@ from .ops import (
     reparam_kl_forward,
     sigmoid,
 )
+from .ops.gaussian import LOGVAR_LIMIT
 from .ops.activations import check_activation
 from .ops.likelihoods import (
     LOG_SIGMA_FLOOR,
@@ -284,14 +285,17 @@ class VAE:
         return h
 
     def encode(self, x):
-        """x (N, D) -> (μ, logvar), each (N, L) (logvar is None in 'ae' mode)."""
+        """x (N, D) -> (μ, logvar), each (N, L) (logvar is None in 'ae' mode).
+
+        logvar is clamped to ±LOGVAR_LIMIT = 30 as in training (see ops.gaussian).
+        """
         self._check_x(x)
         h = self._hidden_forward(x, self._layers("enc", len(self.hidden)))
         ml = self.xp.matmul(h, self.params["enc.head.W"]) + self.params["enc.head.b"]
         L = self.latent
         if self.mode == "ae":
             return ml, None
-        return ml[:, :L].copy(), ml[:, L:].copy()
+        return ml[:, :L].copy(), self.xp.clip(ml[:, L:], -LOGVAR_LIMIT, LOGVAR_LIMIT)
 
     def reparameterize(self, mu, logvar, eps=None):
         """z = μ + exp(½ logvar) ⊙ ε; ε drawn from the 'noise' stream unless given."""

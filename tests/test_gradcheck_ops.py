@@ -216,3 +216,22 @@ def test_gradcheck_subsamples_large_arrays():
 
     err = gradcheck(f, {"a": a}, {"a": 2 * a}, max_coords=50)
     assert err["a"] <= TOL and len(calls) == 100
+
+
+def test_logvar_clamp_keeps_everything_finite_and_gradients_exact_inside(backend):
+    """Far-out logvar is clamped to ±30 (finite in float32); gradients check inside the range."""
+    xp = backend.xp
+    from scratchvae.ops.gaussian import LOGVAR_LIMIT
+
+    N, L = 3, 2
+    ml = backend.asarray(np.array([[0.1, -0.2, 500.0, -3.0], [1.0, 2.0, -1e4, 29.0],
+                                   [0.0, 0.0, 0.0, 0.0]], dtype=np.float32))
+    eps = backend.asarray(np.ones((N, L), np.float32))
+    z, std, s = (xp.empty((N, L), np.float32) for _ in range(3))
+    kl = ops.reparam_kl_forward(ml, eps, z, std, s)
+    assert np.isfinite(float(kl)) and np.all(np.isfinite(backend.to_host(z)))
+    assert float(xp.max(ml[:, L:])) == LOGVAR_LIMIT and float(xp.min(ml[:, L:])) == -LOGVAR_LIMIT
+    dml = xp.empty((N, 2 * L), np.float32)
+    ops.reparam_kl_backward(xp.ones((N, L), np.float32), eps, std, ml, 1.0, dml)
+    d = backend.to_host(dml)
+    assert np.all(np.isfinite(d)) and d[0, 2] == 0 and d[1, 2] == 0 and d[1, 3] != 0

@@ -11,6 +11,10 @@ import math
 from ._seam import fused, xp_of
 
 LOG_2PI = math.log(2.0 * math.pi)
+LOGVAR_LIMIT = 30.0
+"""The model clamps logvar to [−30, 30] before sampling (σ² from 9e−14 to 1e13), so no
+exp overflows in float32 whatever the encoder outputs; the gradient is exact inside the
+range and 0 for clamped entries. Ordinary training stays far inside (|logvar| ≲ 10)."""
 
 
 def reparameterize(mu, logvar, eps, out=None, std_out=None):
@@ -61,7 +65,8 @@ def reparam_kl_forward(mu_logvar, eps, z, std, scratch):
     """Fused block after the encoder's head GEMM: sample z and compute the KL sum.
 
     mu_logvar: (N, 2L) head output, μ = [:, :L], logvar = [:, L:].  eps, z, std, scratch:
-    (N, L) buffers. Writes z = μ + σ ⊙ ε and σ = exp(½ logvar) (kept for the backward);
+    (N, L) buffers. Clamps logvar in place to ±:data:`LOGVAR_LIMIT` (a no-op in ordinary
+    training). Writes z = μ + σ ⊙ ε and σ = exp(½ logvar) (kept for the backward);
     returns KL = ½ Σ (σ² + μ² − 1 − logvar) as a 0-d array (no host sync).
     The same formulas as :func:`reparameterize` and :func:`kl_standard_normal`, arranged
     so that no temporary array is made (``z`` holds σ² before it holds z).
@@ -72,6 +77,8 @@ def reparam_kl_forward(mu_logvar, eps, z, std, scratch):
     xp = xp_of(mu_logvar)
     L = z.shape[1]
     mu, logvar = mu_logvar[:, :L], mu_logvar[:, L:]
+    if logvar.max() > LOGVAR_LIMIT or logvar.min() < -LOGVAR_LIMIT:
+        xp.clip(logvar, -LOGVAR_LIMIT, LOGVAR_LIMIT, out=logvar)
     xp.multiply(logvar, 0.5, out=std)
     xp.exp(std, out=std)                  # σ
     t = xp.multiply(mu, mu, out=scratch)  # μ²
@@ -92,7 +99,8 @@ def reparam_kl_backward(dz, eps, std, mu_logvar, beta, dmu_logvar):
       [:, :L]  dμ  = dz + β μ
       [:, L:]  dlv = ½ dz ⊙ ε ⊙ σ + ½ β (σ² − 1)  =  ½ (σ (dz ⊙ ε + β σ) − β)
     i.e. :func:`reparameterize_backward` plus β × :func:`kl_standard_normal_backward`
-    (the two paths into μ and logvar add; σ² = e^{lv}).
+    (the two paths into μ and logvar add; σ² = e^{lv}); entries clamped by the forward
+    (|logvar| = LOGVAR_LIMIT) get dlv = 0, the derivative of the clamp.
     """
     k = fused("reparam_kl_backward", mu_logvar)
     if k is not None:
@@ -110,6 +118,9 @@ def reparam_kl_backward(dz, eps, std, mu_logvar, beta, dmu_logvar):
     dlv *= std
     dlv -= beta
     dlv *= 0.5
+    lv = mu_logvar[:, L:]
+    if lv.max() >= LOGVAR_LIMIT or lv.min() <= -LOGVAR_LIMIT:
+        dlv *= xp.abs(lv) < LOGVAR_LIMIT       # clamped entries: zero gradient
     return dmu_logvar
 
 
