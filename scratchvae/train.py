@@ -248,6 +248,8 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
     ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "config.json").exists():
+            write_config(run_dir, model, cfg)   # so load_run works on a run made by fit alone
 
     xp, dt = model.xp, model.dtype
     n_batches = -(-n // B)
