@@ -209,14 +209,21 @@ def _host(a, what):
         raise InputError(f"{what} must be a numpy or cupy array, got {type(a).__name__}") from None
 
 
-def linear_probe(codes_train, y_train, codes_test, y_test, ridge=1e-3):
-    """Test accuracy of a ridge least-squares classifier on the codes (a float in [0, 1]).
+def linear_probe(codes_train, y_train, codes_test, y_test, method="softmax", ridge=1e-3,
+                 l2=1e-4, iters=500):
+    """Test accuracy of a linear classifier trained on the codes (a float in [0, 1]).
 
-    With A = [codes | 1] (n, L+1) and one-hot labels Y (n, C) over the training classes,
-        B = (AᵀA + λ P)⁻¹ AᵀY,   λ = ridge · tr(XᵀX)/L,   P = diag(1, …, 1, 0)
-    (the bias is not penalised; λ scales with the codes so the ridge is scale-free), and a
-    test code is given the class of its largest score. Runs on the host in float64: codes
-    are (n, L) with L small; backend arrays are copied to the host here (a boundary).
+    ``method='softmax'`` (default): multinomial logistic regression on standardised codes,
+    A = [(codes − mean)/std | 1] (n, L+1), scores S = A W (n, C), probabilities
+    P = softmax(S) row-wise, loss ℓ(W) = −(1/n) Σ_n log P[n, y_n] + ½ l2 ‖W_codes‖².
+    Gradient: ∂ℓ/∂S = (P − Y)/n (Y one-hot; the softmax–cross-entropy pair collapses to
+    P − Y), so ∇ℓ = Aᵀ (P − Y)/n + l2·W (bias row not penalised). The loss is convex with
+    Lipschitz gradient ≤ ½ λ_max(AᵀA/n) + l2, so ``iters`` steps of Nesterov-accelerated
+    gradient descent with step 1/Lip converge deterministically.
+    ``method='lstsq'``: ridge least squares onto one-hot labels (closed form, weaker for
+    small L: classes get masked).
+    Runs on the host in float64: codes are (n, L) with L small; backend arrays are copied to
+    the host here (a boundary).
     """
     Xtr = _host(codes_train, "codes_train").astype(np.float64)
     Xte = _host(codes_test, "codes_test").astype(np.float64)
@@ -232,16 +239,39 @@ def linear_probe(codes_train, y_train, codes_test, y_test, ridge=1e-3):
         raise InputError("linear_probe needs at least one train and one test code")
     if not (np.isfinite(Xtr).all() and np.isfinite(Xte).all()):
         raise InputError("linear_probe: the codes hold non-finite values (NaN or Inf)")
+    if method not in ("softmax", "lstsq"):
+        raise InputError(f"method must be 'softmax' or 'lstsq', got {method!r}")
     classes = np.unique(ytr)
     Y = (ytr[:, None] == classes[None, :]).astype(np.float64)
     L = Xtr.shape[1]
-    A = np.hstack([Xtr, np.ones((len(Xtr), 1))])
-    G = A.T @ A
-    tr = float(np.trace(G[:L, :L]))
-    lam = ridge * (tr / L if tr > 0 else 1.0)
-    G[np.arange(L), np.arange(L)] += lam
-    B = np.linalg.solve(G, A.T @ Y)
-    scores = np.hstack([Xte, np.ones((len(Xte), 1))]) @ B
+    if method == "lstsq":
+        A = np.hstack([Xtr, np.ones((len(Xtr), 1))])
+        G = A.T @ A
+        tr = float(np.trace(G[:L, :L]))
+        lam = ridge * (tr / L if tr > 0 else 1.0)
+        G[np.arange(L), np.arange(L)] += lam
+        B = np.linalg.solve(G, A.T @ Y)
+        scores = np.hstack([Xte, np.ones((len(Xte), 1))]) @ B
+    else:
+        mean, std = Xtr.mean(axis=0), Xtr.std(axis=0)
+        std[std == 0] = 1.0
+        A = np.hstack([(Xtr - mean) / std, np.ones((len(Xtr), 1))])
+        n = len(A)
+        lip = 0.5 * float(np.linalg.eigvalsh(A.T @ A / n).max()) + l2
+        penal = np.ones((L + 1, 1))
+        penal[L] = 0.0                         # the bias is not penalised
+        W = np.zeros((L + 1, len(classes)))
+        V = W.copy()
+        for t in range(iters):
+            S = A @ V
+            S -= S.max(axis=1, keepdims=True)  # softmax is shift-invariant: no overflow
+            P = np.exp(S)
+            P /= P.sum(axis=1, keepdims=True)
+            grad = A.T @ (P - Y) / n + l2 * penal * V
+            W_next = V - grad / lip
+            V = W_next + (t / (t + 3)) * (W_next - W)
+            W = W_next
+        scores = np.hstack([(Xte - mean) / std, np.ones((len(Xte), 1))]) @ W
     pred = classes[np.argmax(scores, axis=1)]
     return float(np.mean(pred == yte))
 

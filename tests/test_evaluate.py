@@ -393,3 +393,15 @@ def test_compare_models_draws_a_real_figure(tmp_path, embedded):
     res = compare_models(train, test, epochs=1, batch_size=50, hidden=(16,), lr=3e-3, seed=0,
                          backend="numpy", out=out)
     assert out.exists() and out.stat().st_size > 0 and res["figure"] == str(out)
+
+
+def test_softmax_probe_does_not_mask_classes():
+    """Three classes in a row along one axis: least squares onto one-hot labels never predicts
+    the middle class (masking); the softmax probe separates all three."""
+    r = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 200)
+    codes = (y * 3.0 + r.normal(scale=0.3, size=y.size))[:, None]
+    yt = np.repeat([0, 1, 2], 50)
+    ct = (yt * 3.0 + r.normal(scale=0.3, size=yt.size))[:, None]
+    assert linear_probe(codes, y, ct, yt, method="lstsq") < 0.75
+    assert linear_probe(codes, y, ct, yt) > 0.99
