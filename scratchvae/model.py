@@ -259,15 +259,32 @@ class VAE:
             self.params[k][...] = self.backend.asarray(v, dtype=self.dtype)
 
     # -- validation ---------------------------------------------------------------------
-    def _check_x(self, x, what="x"):
+    def _check_x(self, x, what="x", width=None):
+        """Backend, shape (N, width) with N ≥ 1 (width: D by default), and dtype."""
+        width = self.input_dim if width is None else width
         self.backend.check(what, x)
-        if x.ndim != 2 or x.shape[1] != self.input_dim:
-            raise InputError(f"{what} must have shape (N, {self.input_dim}), got {tuple(x.shape)}")
+        if x.ndim != 2 or x.shape[1] != width:
+            raise InputError(f"{what} must have shape (N, {width}), got {tuple(x.shape)}")
         if x.shape[0] < 1:
             raise InputError(f"{what} must hold at least one row, got shape {tuple(x.shape)}")
         if x.dtype != self.dtype:
-            raise InputError(f"{what} must have dtype {self.dtype.name} (the model's), got {x.dtype}; "
-                             f"convert with x.astype('{self.dtype.name}')")
+            hint = (f"integer images: use x.astype('{self.dtype.name}') / 255 (fit does this for you)"
+                    if x.dtype.kind in "ui" else f"convert with x.astype('{self.dtype.name}')")
+            raise InputError(f"{what} must have dtype {self.dtype.name} (the model's), got {x.dtype}; {hint}")
+
+    def _check_finite(self, what, a):
+        """Refuse NaN/Inf in ``a``: one reduction and one host sync (the public verbs only).
+
+        Its cost is about 1/H of the GEMM that follows; :meth:`loss_and_grads`, the hot
+        path, skips it: ``fit`` checks its data once and the loss every few steps.
+        """
+        xp = self.xp
+        if bool(xp.isfinite(a).all()):
+            return
+        bad = self.backend.to_host(~xp.isfinite(a))
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{what} holds {int(bad.sum())} non-finite values (NaN or Inf); "
+                         f"the first at index {first}")
 
     def _check_eps(self, eps, n):
         self.backend.check("eps", eps)
@@ -288,8 +305,10 @@ class VAE:
         """x (N, D) -> (μ, logvar), each (N, L) (logvar is None in 'ae' mode).
 
         logvar is clamped to ±LOGVAR_LIMIT = 30 as in training (see ops.gaussian).
+        x must be finite, of the model's dtype and backend (uint8 images: divide by 255).
         """
         self._check_x(x)
+        self._check_finite("x", x)
         h = self._hidden_forward(x, self._layers("enc", len(self.hidden)))
         ml = self.xp.matmul(h, self.params["enc.head.W"]) + self.params["enc.head.b"]
         L = self.latent
@@ -304,7 +323,15 @@ class VAE:
         return mu + self.xp.exp(0.5 * logvar) * eps
 
     def decode(self, z):
-        """z (N, L) -> decoder output (N, D): logits (Bernoulli) or means (Gaussian)."""
+        """z (N, L) -> decoder output (N, D): logits (Bernoulli) or means (Gaussian).
+
+        z must be finite, of the model's dtype and backend.
+        """
+        self._check_x(z, "z", width=self.latent)
+        self._check_finite("z", z)
+        return self._decode(z)
+
+    def _decode(self, z):
         h = self._hidden_forward(z, self._layers("dec", len(self.dec_hidden)))
         return self.xp.matmul(h, self.params["dec.out.W"]) + self.params["dec.out.b"]
 
@@ -325,6 +352,11 @@ class VAE:
 
         Returns the decoder means (``draw=False``) or pixels drawn from p(x|z).
         """
+        n = _positive_int("n", n)
+        if eps is not None:
+            self._check_x(eps, "eps", width=self.latent)
+            if eps.shape[0] != n:
+                raise InputError(f"eps must have shape ({n}, {self.latent}) for n={n}, got {tuple(eps.shape)}")
         z = eps if eps is not None else self.rng["eval"].normal((n, self.latent), self.dtype.name)
         mean = self.decode_mean(z)
         if not draw:
@@ -356,6 +388,8 @@ class VAE:
         injected noise; drawn from the 'noise' stream when None (ignored in 'ae' mode).
         Returns a :class:`LossResult` of batch sums; gradients are of the **sum**
         ``objective = recon + β·kl``, as in the PyTorch VAE example.
+        x is checked for backend, shape and dtype but not scanned for NaN/Inf (the hot
+        path: ``fit`` checks its data once and the loss every few steps).
         """
         self._check_x(x)
         if target is None:
