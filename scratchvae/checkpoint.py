@@ -232,7 +232,10 @@ def _parse_meta(path, entries):
     return meta
 
 
-def _check_expected(path, arrays, expected):
+def check_arrays(path, arrays, expected):
+    """Raise one CheckpointError listing every array of ``expected`` (name -> (shape, dtype))
+    that ``arrays`` lacks or holds with another shape or dtype (for callers that learn what
+    to expect only from the checkpoint's metadata)."""
     problems = []
     missing = [name for name in expected if name not in arrays]
     if missing:
@@ -266,7 +269,7 @@ def load_checkpoint(path, *, expected=None):
         if arr.dtype.kind not in _NUMERIC_KINDS:
             raise CheckpointError(f"checkpoint {path}: array {name!r} has non-numeric dtype {arr.dtype}")
     if expected is not None:
-        _check_expected(path, entries, expected)
+        check_arrays(path, entries, expected)
     return entries, meta
 
 

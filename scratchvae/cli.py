@@ -69,8 +69,15 @@ def _sigma(s):
     raise argparse.ArgumentTypeError(f"expected fixed:V, shared or per-pixel, got {s!r}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line, like every other user error (usage: --help)."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"scratchvae: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="scratchvae", description=__doc__.splitlines()[0])
+    p = _Parser(prog="scratchvae", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"scratchvae {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

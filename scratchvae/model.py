@@ -357,6 +357,7 @@ class VAE:
             self._check_x(eps, "eps", width=self.latent)
             if eps.shape[0] != n:
                 raise InputError(f"eps must have shape ({n}, {self.latent}) for n={n}, got {tuple(eps.shape)}")
+            self._check_finite("eps", eps)
         z = eps if eps is not None else self.rng["eval"].normal((n, self.latent), self.dtype.name)
         mean = self.decode_mean(z)
         if not draw:

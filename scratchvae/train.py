@@ -33,19 +33,22 @@ import numpy as np
 from . import __version__
 from .backend.random import Stream
 from .checkpoint import (
+    check_arrays,
     checkpoint_name,
+    config_differences,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
 from . import faults
-from .errors import InputError, NonFiniteError, ScratchVAEError
+from .errors import CheckpointError, InputError, NonFiniteError, ScratchVAEError
 from .model import VAE
 from .optim import SGD, Adam
 
 BINARIZE = ("none", "static", "dynamic")
 _STATIC_TRAIN_STREAM, _STATIC_TEST_STREAM = 100, 101
 EVAL_BATCH = 1000
+NONFINITE_CHECK_EVERY = 50   # steps between checks of the loss for NaN/Inf (one host sync each)
 
 
 class Interrupted(ScratchVAEError):
@@ -113,6 +116,8 @@ def prepare_images(images, model, what="train"):
     """
     b = model.backend
     if not (isinstance(images, np.ndarray) or b.owns(images)):
+        if hasattr(images, "shape") and hasattr(images, "dtype"):
+            b.check(what, images)   # an array of another backend: BackendError naming both
         raise InputError(f"{what} must be an array of shape (N, {model.input_dim}), got {type(images).__name__}")
     if images.ndim != 2 or images.shape[1] != model.input_dim:
         raise InputError(f"{what} must have shape (N, {model.input_dim}), got {tuple(images.shape)}")
@@ -132,7 +137,9 @@ def prepare_images(images, model, what="train"):
         n_bad = int(bad.sum())
         if n_bad:
             first = tuple(int(i) for i in np.argwhere(b.to_host(bad))[0])
-            raise InputError(f"{what} holds {n_bad} non-finite values (NaN or Inf); the first at index {first}")
+            note = "" if images.dtype == model.dtype else f" after conversion to {model.dtype.name}"
+            raise InputError(f"{what} holds {n_bad} non-finite values (NaN or Inf){note}; "
+                             f"the first at index {first}")
         if model.likelihood == "bernoulli":
             lo, hi = float(x.min()), float(x.max())
             if lo < 0 or hi > 1:
@@ -212,6 +219,7 @@ def make_optimizer(model, cfg: TrainConfig):
     return SGD(model.theta, lr=cfg.lr, momentum=cfg.momentum)
 
 
+@np.errstate(over="ignore", invalid="ignore", divide="ignore")   # fit checks the loss itself
 def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=None,
         callback=None, report_every=20, should_stop=None, optimizer=None, _resume=None):
     """Train ``model`` on ``train`` (images (N, D); uint8 or floats) and return the history.
@@ -222,6 +230,9 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
     callback : ``callback(event, info)`` for progress (see the module docstring).
     should_stop : a callable polled once per step; when it returns True, a mid-epoch
         checkpoint is written and :class:`Interrupted` is raised.
+    Every ``NONFINITE_CHECK_EVERY`` steps (one host sync) and before each checkpoint the
+    losses since the last check are tested: a NaN/Inf raises :class:`NonFiniteError` naming
+    the step. A checkpoint is never written from non-finite parameters.
     Returns the list of per-epoch metric rows (all epochs, including resumed ones).
     """
     cfg = (config or TrainConfig()).validate()
@@ -232,6 +243,11 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
     n, B = xtrain.shape[0], cfg.batch_size
     if B > n:
         raise InputError(f"batch_size ({B}) is larger than the training set ({n} images)")
+    if _resume is not None and _resume[0].perm is not None:
+        perm = _resume[0].perm
+        if len(perm) != n or not np.array_equal(np.sort(perm), np.arange(n)):
+            raise InputError(f"the mid-epoch checkpoint's permutation does not fit a training set of "
+                             f"{n} images (it has {len(perm)} entries): resume with the run's own data")
     if cfg.binarize != "none":
         if cfg.binarize == "static":
             xtrain = binarize_static(xtrain, model, _STATIC_TRAIN_STREAM)
@@ -247,9 +263,12 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
     run_dir = Path(run_dir) if run_dir is not None else None
     ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
     if ckpt_dir is not None:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "config.json").exists():
-            write_config(run_dir, model, cfg)   # so load_run works on a run made by fit alone
+        try:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            if not (run_dir / "config.json").exists():
+                write_config(run_dir, model, cfg)   # so load_run works on a run made by fit alone
+        except OSError as err:
+            raise InputError(f"run_dir {run_dir} is not writable: {err.strerror or err}") from None
 
     xp, dt = model.xp, model.dtype
     n_batches = -(-n // B)
@@ -269,9 +288,16 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
         if ckpt_dir is None:
             return None
         mid = kind == "mid"
-        arrays = {f"param/{k}": v for k, v in model.host_params().items()}
+        params = model.host_params()
+        bad = [k for k, v in params.items() if not np.isfinite(v).all()]
+        if bad:   # the last step's update can poison the parameters after a finite loss
+            raise NonFiniteError(
+                f"parameters {', '.join(bad)} became non-finite by step {pos.step}; not writing a "
+                f"checkpoint, the last one is intact. Try a smaller --lr, --kl-warmup, or float64")
+        arrays = {f"param/{k}": v for k, v in params.items()}
         arrays.update({f"optim/{k}": v for k, v in opt.state().items()})
-        meta = {"config": {"model": model.config(), "train": vars(cfg)}, "epoch": pos.epoch,
+        meta = {"config": {"model": {**model.config(), "beta": beta_target}, "train": vars(cfg)},
+                "epoch": pos.epoch,
                 "step": pos.step, "batch": pos.batch if mid else 0,
                 "rng": {k: [int(w) for w in v] for k, v in model.rng.state().items()},
                 "beta_target": beta_target}
@@ -295,7 +321,7 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
         perm_dev = model.backend.asarray(pos.perm)
         losses = xp.empty((n_batches, 3), dtype=np.float64)
         losses[:pos.batch] = 0
-        first_batch = pos.batch
+        first_batch = checked = pos.batch
         for bi in range(pos.batch, n_batches):
             idx = perm_dev[bi * B:(bi + 1) * B]
             nb = idx.shape[0]
@@ -329,16 +355,19 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
             pos.step += 1
             pos.batch = bi + 1
             faults.mid_epoch_step(pos.step)
+            if pos.step % NONFINITE_CHECK_EVERY == 0:
+                _check_finite(model, losses, checked, bi + 1, pos, n_batches)
+                checked = bi + 1
             if callback and (pos.step % report_every == 0 or bi + 1 == n_batches):
                 callback("batch", {"epoch": pos.epoch + 1, "batch": bi + 1, "batches": n_batches,
                                    "step": pos.step})
             if should_stop is not None and should_stop() and bi + 1 < n_batches:
-                _check_finite(model, losses, first_batch, bi + 1, pos, n_batches)
+                _check_finite(model, losses, checked, bi + 1, pos, n_batches)
                 pos.acc = pos.acc + model.backend.to_host(losses[first_batch:bi + 1].sum(axis=0))
                 pos.epoch_seconds += time.perf_counter() - t0
                 path = save("mid")
                 raise Interrupted(f"stopped during epoch {pos.epoch + 1} after batch {bi + 1}", path)
-        _check_finite(model, losses, first_batch, n_batches, pos, n_batches)
+        _check_finite(model, losses, checked, n_batches, pos, n_batches)
         acc = pos.acc + model.backend.to_host(losses[first_batch:].sum(axis=0))
         train_seconds = pos.epoch_seconds + time.perf_counter() - t0
         te = time.perf_counter()
@@ -357,8 +386,12 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
         row["seconds"] = train_seconds + (time.perf_counter() - te)
         history.append(row)
         if run_dir is not None:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            try:
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            except OSError as err:
+                raise ScratchVAEError(f"could not append to {run_dir / 'metrics.jsonl'}: "
+                                      f"{err.strerror or err} (the checkpoint of epoch {pos.epoch} was written)") from None
         if callback:
             callback("epoch", row)
     model.beta = beta_target
@@ -424,20 +457,71 @@ def load_run(run_dir, epoch=None, backend=None, checkpoint=None) -> Run:
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         raise InputError(f"{run_dir} is not a scratchvae run: {cfg_path.name} is missing")
-    config = json.loads(cfg_path.read_text())
+    config, mc, tc = _read_config(cfg_path)
     path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints", epoch=epoch)
     arrays, meta = load_checkpoint(path)
-    mc = dict(config["model"])
+    _check_meta(path, meta, config, cfg_path)
     model = VAE(backend=backend or config.get("provenance", {}).get("backend", "numpy")
                 if backend is not None or _backend_usable(config) else "numpy", **mc)
+    expected = {f"param/{k}": (shape, model.dtype.name) for k, shape in model.shapes.items()}
+    expected.update({f"optim/{k}": (v.shape, v.dtype.name)
+                     for k, v in make_optimizer(model, tc).state().items()})
+    if meta.get("batch"):
+        expected["acc"] = ((3,), "float64")
+        expected["perm"] = ((len(arrays.get("perm", ())),), "int64")
+    check_arrays(path, arrays, expected)
+    bad = [k for k in expected if k.startswith("param/") and not np.isfinite(arrays[k]).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds non-finite parameters ({', '.join(bad)})")
     model.set_params({k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")})
     model.rng.set_state({k: np.array(v, dtype=np.uint32) for k, v in meta["rng"].items()})
     opt_state = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
-    tc = TrainConfig(**config["train"])
     extra = {k: arrays[k] for k in ("perm", "acc") if k in arrays}
     return Run(model=model, config=config, train_config=tc,
                history=read_history(run_dir, upto_epoch=meta["epoch"]), optimizer_state=opt_state,
                meta=meta, checkpoint=path, extra=extra)
+
+
+def _read_config(cfg_path):
+    """config.json -> (document, model kwargs, TrainConfig); InputError for anything malformed."""
+    import inspect
+
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{cfg_path} is not readable JSON ({err})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) \
+            or not isinstance(config.get("train"), dict):
+        raise InputError(f"{cfg_path} must hold a JSON object with 'model' and 'train' objects")
+    known = set(inspect.signature(VAE).parameters) - {"backend"}
+    unknown = sorted(set(config["model"]) - known)
+    if unknown:
+        raise InputError(f"{cfg_path}: unknown model settings {', '.join(unknown)}")
+    tkeys = {f.name for f in TrainConfig.__dataclass_fields__.values()}
+    unknown = sorted(set(config["train"]) - tkeys)
+    if unknown:
+        raise InputError(f"{cfg_path}: unknown training settings {', '.join(unknown)}")
+    return config, dict(config["model"]), TrainConfig(**config["train"])
+
+
+def _check_meta(path, meta, config, cfg_path):
+    """The checkpoint's own record (position, streams, config) against config.json."""
+    for key, kind in (("epoch", int), ("step", int), ("rng", dict)):
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise CheckpointError(f"checkpoint {path}: metadata lacks a valid {key!r} "
+                                  f"(not a scratchvae training checkpoint?)")
+    saved = meta.get("config")
+    if not isinstance(saved, dict):
+        return
+
+    def comparable(c):   # epochs is the total asked for, which --resume --epochs changes
+        return {"model": c.get("model", {}),
+                "train": {k: v for k, v in c.get("train", {}).items() if k != "epochs"}}
+
+    lines = [line.replace(", model has ", f", {cfg_path.name} has ")
+             for line in config_differences(comparable(saved), comparable(config))]
+    if lines:
+        raise CheckpointError(f"checkpoint {path} does not match {cfg_path}:\n  - " + "\n  - ".join(lines))
 
 
 def _backend_usable(config):
