@@ -57,8 +57,11 @@ def _nonneg_float(s):
 
 
 def _positive_float(s):
-    v = _nonneg_float(s)
-    if v == 0:
+    try:
+        v = float(s)
+    except ValueError:
+        v = float("nan")
+    if not v > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {s!r}")
     return v
 

@@ -29,8 +29,9 @@ same ``batch``, which fixes how the draws are cut).
 Active units (Burda et al. 2015, §5.2): unit u is active when
 A_u = Cov_x(E_{q(z|x)}[z_u]) = Var_x(μ_u(x)) exceeds a threshold (0.01).
 
-Linear probe: closed-form ridge least squares from codes (plus a bias column) onto one-hot
-labels, then argmax — how linearly readable the classes are from the codes.
+Linear probe: a hand-written softmax (multinomial logistic) classifier on the codes, trained
+on train codes and scored on test codes — how linearly readable the classes are (closed-form
+ridge least squares onto one-hot labels is available too).
 """
 
 from __future__ import annotations
@@ -361,7 +362,7 @@ def format_report(res) -> str:
     au = res["active_units"]
     lines.append(f"active units    {au['count']:>4d} / {au['of']}  (Var_x E_q[z_u] > {au['threshold']:g})")
     lines.append(f"linear probe    {res['probe_accuracy']:10.3f}  (μ codes: {res.get('n_probe_train')} "
-                 f"train -> {res['n_test']} test images, ridge least squares)")
+                 f"train -> {res['n_test']} test images, softmax classifier)")
     return "\n".join(lines)
 
 

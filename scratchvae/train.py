@@ -406,7 +406,8 @@ def _check_finite(model, losses, start, stop, pos, n_batches):
         step = pos.step - (stop - start) + int(bad[0]) + 1
         raise NonFiniteError(
             f"the loss became non-finite at step {step} (epoch {pos.epoch + 1}, batch {start + int(bad[0]) + 1}); "
-            f"the last checkpoint is intact. Try a smaller --lr, --kl-warmup, or float64")
+            f"the checkpoints already written predate it and are intact. "
+            f"Try a smaller --lr, --kl-warmup, or float64")
 
 
 # -- run directories --------------------------------------------------------------------------

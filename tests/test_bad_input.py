@@ -1,0 +1,504 @@
+"""Bad input to the model, fit, run directories and the CLI: one clear error, nothing lost.
+
+File formats (IDX, downloads, checkpoint bytes) are attacked in test_idx.py,
+test_download.py, test_datasets.py and test_checkpoint.py; here they are reached through
+``fit``, ``load_run`` and the ``scratchvae`` command. Everything is tiny (D = 10 for the
+library, hidden 8 / latent 2 on the embedded data for the CLI).
+"""
+
+import errno
+import json
+import shutil
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scratchvae import VAE
+from scratchvae import checkpoint as ckpt
+from scratchvae.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from scratchvae.cli import main
+from scratchvae.errors import BackendError, CheckpointError, InputError, NonFiniteError
+from scratchvae.train import TrainConfig, fit, load_run, resume
+
+D = 10
+TINY = ["--hidden", "8", "--latent", "2", "--batch-size", "100", "--quiet"]
+
+
+def data(n=40, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).random((n, D)).astype(dtype)
+
+
+def model(**kw):
+    return VAE(**{"input_dim": D, "hidden": (4,), "latent": 2, "seed": 1, **kw})
+
+
+def cfg(**kw):
+    return TrainConfig(**{"epochs": 1, "batch_size": 8, **kw})
+
+
+def one_line_error(capsys, rc):
+    """The CLI's contract: non-zero exit, exactly one stderr line 'scratchvae: error: ...'."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc not in (0, None), err
+    assert len(lines) == 1 and lines[0].startswith("scratchvae: error:"), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def run_main(argv):
+    try:
+        return main(argv)
+    except SystemExit as e:   # argparse
+        return e.code
+
+
+# ------------------------------------------------------------------------ arrays into fit
+def test_fit_refuses_nonfinite_naming_count_and_first_index():
+    x = data()
+    x[3, 5], x[7, 1], x[30, 0] = np.nan, np.inf, -np.inf
+    with pytest.raises(InputError, match=r"train holds 3 non-finite values .* first at index \(3, 5\)"):
+        fit(model(), x, config=cfg())
+    t = data(10)
+    t[2, 9] = np.nan
+    with pytest.raises(InputError, match=r"test holds 1 non-finite .* \(2, 9\)"):
+        fit(model(), data(), t, config=cfg())
+    big = data().astype(np.float64)
+    big[1, 2] = 1e300   # finite, but not in float32
+    with pytest.raises(InputError, match=r"1 non-finite .* after conversion to float32; .* \(1, 2\)"):
+        fit(model(), big, config=cfg())
+
+
+@pytest.mark.parametrize("shape, words", [
+    ((40, 2, 5), r"train must have shape \(N, 10\), got \(40, 2, 5\)"),
+    ((40, 11), r"got \(40, 11\)"),
+    ((10,), r"got \(10,\)"),
+    ((0, 10), "train is empty"),
+])
+def test_fit_refuses_wrong_shapes_and_empty(shape, words):
+    with pytest.raises(InputError, match=words):
+        fit(model(), np.zeros(shape, np.float32), config=cfg())
+
+
+def test_fit_refuses_batch_larger_than_data_and_odd_dtypes():
+    with pytest.raises(InputError, match=r"batch_size \(41\) is larger than the training set \(40 images\)"):
+        fit(model(), data(), config=cfg(batch_size=41))
+    for bad in (data() > 0.5, data().astype(np.complex64), data().astype(object)):
+        with pytest.raises(InputError, match="must hold numbers"):
+            fit(model(), bad, config=cfg())
+    with pytest.raises(InputError, match="got list"):
+        fit(model(), data().tolist(), config=cfg())
+
+
+def test_uint8_is_divided_by_255_the_stated_rule():
+    u8 = (data() * 255).astype(np.uint8)
+    a, b = model(), model()
+    ha = fit(a, u8, config=cfg(epochs=2))
+    hb = fit(b, u8.astype(np.float32) / np.float32(255), config=cfg(epochs=2))
+    assert np.array_equal(a.theta, b.theta)
+    assert [r["train_loss"] for r in ha] == [r["train_loss"] for r in hb]
+    with pytest.raises(InputError, match=r"integer images must be in 0..255 .* got values in 300..300"):
+        fit(model(), np.full((40, D), 300, np.int16), config=cfg())
+
+
+def test_bernoulli_needs_values_in_unit_interval_gaussian_does_not():
+    x = data() * 2 - 0.5
+    with pytest.raises(InputError, match=r"Bernoulli likelihood needs pixel values in \[0, 1\].*gaussian"):
+        fit(model(), x, config=cfg())
+    hist = fit(model(likelihood="gaussian"), x, config=cfg())
+    assert np.isfinite(hist[0]["train_loss"])
+
+
+def test_fortran_float64_and_strided_arrays_train_like_c_float32():
+    x = data()
+    ref = model()
+    fit(ref, x, config=cfg(epochs=2))
+    f64 = np.asfortranarray(x.astype(np.float64))
+    assert not f64.flags.c_contiguous
+    m = model()
+    fit(m, f64, config=cfg(epochs=2))
+    assert np.array_equal(m.theta, ref.theta)
+    wide = np.zeros((40, 2 * D), np.float32)
+    wide[:, ::2] = x                                  # a non-contiguous view with x's values
+    m2 = model()
+    fit(m2, wide[:, ::2], config=cfg(epochs=2))
+    assert np.array_equal(m2.theta, ref.theta)
+
+
+def _fake_cupy_array(shape, dtype="float32"):
+    """Stands in for a cupy.ndarray where there is no GPU: its type lives in module 'cupy'."""
+    cls = types.new_class("ndarray")
+    cls.__module__ = "cupy._core.core"
+    a = cls()
+    a.shape, a.dtype, a.ndim = shape, np.dtype(dtype), len(shape)
+    return a
+
+
+def test_arrays_of_the_other_backend_are_a_backend_error_naming_both():
+    fake = _fake_cupy_array((40, D))
+    with pytest.raises(BackendError, match=r"train must be a numpy array .* got cupy\._core\.core\.ndarray"):
+        fit(model(), fake, config=cfg())
+    m = model()
+    for verb, arr in [(m.encode, _fake_cupy_array((3, D))), (m.decode, _fake_cupy_array((3, 2)))]:
+        with pytest.raises(BackendError, match="numpy array .*cupy"):
+            verb(arr)
+    with pytest.raises(BackendError, match="eps must be a numpy array .*cupy"):
+        m.sample(3, eps=_fake_cupy_array((3, 2)))
+
+
+# ------------------------------------------------------------------------ the model's verbs
+def _nan(shape, where):
+    a = np.zeros(shape, np.float32)
+    a[where] = np.nan
+    return a
+
+
+@pytest.mark.parametrize("verb, arg, words", [
+    ("encode", _nan((3, D), (1, 4)), r"x holds 1 non-finite .* \(1, 4\)"),
+    ("reconstruct", _nan((3, D), (2, 0)), r"x holds 1 non-finite .* \(2, 0\)"),
+    ("decode", _nan((3, 2), (0, 1)), r"z holds 1 non-finite .* \(0, 1\)"),
+    ("decode_mean", _nan((3, 2), (2, 1)), r"z holds 1 non-finite"),
+    ("sample", _nan((3, 2), (1, 1)), r"eps holds 1 non-finite .* \(1, 1\)"),
+    ("encode", np.zeros((3, D), np.uint8), r"got uint8; integer images: use x.astype\('float32'\) / 255"),
+    ("encode", np.zeros((3, D)), r"x must have dtype float32 .* got float64"),
+    ("encode", np.zeros((3, 2, 5), np.float32), r"x must have shape \(N, 10\), got \(3, 2, 5\)"),
+    ("decode", np.zeros((3, 5), np.float32), r"z must have shape \(N, 2\), got \(3, 5\)"),
+    ("decode", np.zeros((0, 2), np.float32), r"z must hold at least one row"),
+    ("sample", np.zeros((4, 2), np.float32), r"eps must have shape \(3, 2\) for n=3"),
+])
+def test_model_verbs_refuse_bad_input(verb, arg, words):
+    m = model()
+    with pytest.raises(InputError, match=words):
+        if verb == "sample":
+            m.sample(3, eps=arg)
+        else:
+            getattr(m, verb)(arg)
+
+
+def test_model_verbs_accept_good_input():
+    m = model()
+    mu, lv = m.encode(data(3))
+    assert mu.shape == lv.shape == (3, 2)
+    assert m.decode(mu).shape == m.reconstruct(data(3)).shape == (3, D)
+    assert m.sample(3, eps=np.zeros((3, 2), np.float32)).shape == (3, D)
+
+
+# ------------------------------------------------------------------------ numerics
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "per-pixel"])
+@pytest.mark.parametrize("case", ["logits+1e4", "logits-1e4", "logvar+1e3", "logvar-1e3", "mu1e4",
+                                  "zeros", "ones", "logsigma+-1e4"])
+def test_extreme_values_keep_loss_and_gradients_finite(dtype, likelihood, case):
+    """Parameters set so the decoder emits ±1e4, logvar is far outside the clamp (±30), μ is
+    huge, or the images are all 0 / all 1: loss and every gradient stay finite."""
+    lik = "bernoulli" if likelihood == "bernoulli" else "gaussian"
+    m = model(dtype=dtype, likelihood=lik, sigma="per-pixel" if likelihood == "per-pixel" else 1.0)
+    x = data(6, dtype=dtype)
+    L, P = m.latent, m.params
+    if case.startswith("logits"):
+        P["dec.out.W"][...] = 0
+        P["dec.out.b"][...] = 1e4 if "+" in case else -1e4
+    elif case.startswith("logvar"):
+        P["enc.head.W"][:, L:] = 0
+        P["enc.head.b"][L:] = 1e3 if "+" in case else -1e3
+    elif case == "mu1e4":
+        P["enc.head.b"][:L] = 1e4
+    elif case == "zeros":
+        x[...] = 0
+    elif case == "ones":
+        x[...] = 1
+    elif case == "logsigma+-1e4":
+        if likelihood != "per-pixel":
+            pytest.skip("only the per-pixel model has a learned log σ")
+        P["dec.logsigma"][::2], P["dec.logsigma"][1::2] = 1e4, -1e4
+    with np.errstate(over="raise", invalid="raise", divide="raise"):   # not even in between
+        res = m.loss_and_grads(x)
+    assert np.isfinite(float(res.objective)) and np.isfinite(float(res.neg_elbo))
+    for k, g in res.grads.items():
+        assert np.all(np.isfinite(g)), k
+    if case.startswith("logvar"):   # the clamp: σ² = e^{±30}, no gradient through clamped entries
+        assert np.all(np.abs(m.workspace(6).ml[:, L:]) == 30)
+        assert not np.any(res.grads["enc.head.b"][L:])
+
+
+def test_nonfinite_loss_stops_within_50_steps_naming_the_step(tmp_path):
+    """NaN is injected into a parameter after step 130 (epoch 4 of 40-step epochs): fit stops
+    at the next check (step 150), names step 131, and epoch 3's checkpoint is intact."""
+    m = model()
+    seen = []
+
+    def poison(event, info):
+        if event == "batch":
+            seen.append(info["step"])
+            if info["step"] == 130:
+                m.params["dec.out.b"][0] = np.nan
+    with pytest.raises(NonFiniteError, match=r"non-finite at step 131 \(epoch 4, batch 11\).*smaller --lr") as e:
+        fit(m, data(200), config=cfg(epochs=10, batch_size=5), run_dir=tmp_path, callback=poison,
+            report_every=1)
+    assert max(seen) == 149, "stopped at the first check after the bad step (150, before its callback)"
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")][-1] == "epoch-0003.npz"
+    run = load_run(tmp_path)
+    assert run.meta["step"] == 120 and np.all(np.isfinite(run.model.theta))
+    assert "predate it and are intact" in str(e.value)
+
+
+def test_poisoned_parameters_are_never_checkpointed(tmp_path):
+    """The last step of epoch 2 leaves NaN in a parameter (its loss was finite): epoch 2's
+    checkpoint is not written, epoch 1's stays the newest."""
+    m = model()
+
+    def poison(event, info):
+        if event == "batch" and info["step"] == 10:
+            m.params["enc.0.W"][0, 0] = np.inf
+    with pytest.raises(NonFiniteError, match=r"parameters enc.0.W became non-finite by step 10"):
+        fit(m, data(), config=cfg(epochs=3, batch_size=8), run_dir=tmp_path, callback=poison, report_every=1)
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["epoch-0001.npz"]
+    assert np.all(np.isfinite(load_run(tmp_path).model.theta))
+
+
+def test_diverging_lr_names_the_first_nonfinite_step():
+    m = model()
+    losses = []
+    inner = m.loss_and_grads
+
+    def spy(*a, **k):
+        r = inner(*a, **k)
+        losses.append(float(r.neg_elbo))
+        return r
+    m.loss_and_grads = spy
+    with pytest.raises(NonFiniteError, match=r"at step (\d+) ") as e:
+        fit(m, data(400), config=cfg(epochs=2, batch_size=4, optimizer="sgd", lr=1e4))
+    first = int(np.flatnonzero(~np.isfinite(losses))[0]) + 1
+    assert f"at step {first} " in str(e.value)
+    assert len(losses) <= -(-first // 50) * 50
+
+
+# ------------------------------------------------------------------------ files through fit
+def test_unwritable_run_dir_is_one_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match=f"run_dir {blocker / 'run'} is not writable: Not a directory"):
+        fit(model(), data(), config=cfg(), run_dir=blocker / "run")
+
+
+def _disk_full_on_second_write(monkeypatch):
+    real, calls = ckpt._write_npz, []
+
+    def write(f, arrays, meta_text):
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"PK\x03\x04 half an archive")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, arrays, meta_text)
+    monkeypatch.setattr(ckpt, "_write_npz", write)
+
+
+def test_disk_full_during_fit_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    _disk_full_on_second_write(monkeypatch)
+    m = model()
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*epoch-0002.npz: .*No space left"):
+        fit(m, data(), config=cfg(epochs=3), run_dir=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0001.npz"]
+    run = load_run(tmp_path)
+    assert run.meta["epoch"] == 1 and len(run.history) == 1
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_disk_full_through_the_cli_is_one_line(tmp_path, monkeypatch, capsys):
+    _disk_full_on_second_write(monkeypatch)
+    run = tmp_path / "RUN"
+    line = one_line_error(capsys, run_main(["train", "--epochs", "3", *TINY, "--out", str(run)]))
+    assert "No space left on device" in line and "epoch-0002.npz" in line
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["epoch-0001.npz"]
+    load_run(run)
+
+
+# ------------------------------------------------------------------------ runs on disk
+@pytest.fixture(scope="module")
+def run2(tmp_path_factory):
+    """A 2-epoch CLI run on the embedded data (hidden 8, latent 2), trained once."""
+    run = tmp_path_factory.mktemp("bad") / "RUN"
+    assert main(["train", "--epochs", "2", *TINY, "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture
+def run_copy(run2, tmp_path):
+    dst = tmp_path / "RUN"
+    shutil.copytree(run2, dst)
+    return dst
+
+
+def _edit_config(**changes):
+    def edit(run):
+        p = run / "config.json"
+        c = json.loads(p.read_text())
+        for dotted, v in changes.items():
+            sect, key = dotted.split(".")
+            c[sect][key] = v
+        p.write_text(json.dumps(c))
+    return edit
+
+
+def _edit_arrays(fn):
+    def edit(run):
+        p = latest_checkpoint(run / "checkpoints")
+        arrays, meta = load_checkpoint(p)
+        fn(arrays)
+        save_checkpoint(p, arrays, meta)
+    return edit
+
+
+def _newer_version(run):
+    p = latest_checkpoint(run / "checkpoints")
+    arrays, meta = load_checkpoint(p)
+    with open(p, "wb") as f:
+        ckpt._write_npz(f, arrays, json.dumps({**meta, "format_version": ckpt.FORMAT_VERSION + 1}))
+
+
+def _truncate(run):
+    p = latest_checkpoint(run / "checkpoints")
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _pickled(run):
+    p = latest_checkpoint(run / "checkpoints")
+    np.savez(p, __meta__=np.array('{"format_version": 1}'), evil=np.array([{"a": 1}], dtype=object))
+
+
+def _set_nan(arrays):
+    arrays["param/dec.out.b"][3] = np.nan
+
+
+CORRUPTIONS = {
+    "config hidden differs": (_edit_config(**{"model.hidden": [9]}),
+                              "model.hidden: checkpoint has [8], config.json has [9]"),
+    "config seed and lr differ": (_edit_config(**{"model.seed": 7, "train.lr": 0.5}),
+                                  "model.seed: checkpoint has 0, config.json has 7 - train.lr: checkpoint has 0.001"),
+    "config.json not JSON": (lambda r: (r / "config.json").write_text("{oops"), "config.json is not readable JSON"),
+    "config.json unknown key": (_edit_config(**{"model.depth": 3}), "unknown model settings depth"),
+    "missing array": (_edit_arrays(lambda a: a.pop("param/dec.out.b")), "missing arrays: param/dec.out.b"),
+    "missing optimizer state": (_edit_arrays(lambda a: a.pop("optim/v.0")), "missing arrays: optim/v.0"),
+    "wrong shape": (_edit_arrays(lambda a: a.update({"param/enc.0.b": np.zeros(3, np.float32)})),
+                    "param/enc.0.b: expected shape (8,) float32, got (3,) float32"),
+    "non-finite parameter": (_edit_arrays(_set_nan), "holds non-finite parameters (param/dec.out.b)"),
+    "newer format version": (_newer_version, "written by a newer scratchvae"),
+    "truncated": (_truncate, "damaged or truncated"),
+    "zero bytes": (lambda r: latest_checkpoint(r / "checkpoints").write_bytes(b""), "is empty (0 bytes)"),
+    "pickled object": (_pickled, "holds pickled Python objects"),
+    "no checkpoints": (lambda r: [p.unlink() for p in (r / "checkpoints").iterdir()], "no checkpoints in"),
+}
+
+
+@pytest.mark.parametrize("command", ["evaluate", "resume"])
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_broken_runs_are_one_line_and_leave_the_files_alone(run_copy, capsys, name, command):
+    corrupt, words = CORRUPTIONS[name]
+    corrupt(run_copy)
+    before = {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()}
+    argv = (["evaluate", str(run_copy), "--limit", "20", "--ks", "1"] if command == "evaluate"
+            else ["train", "--resume", str(run_copy), "--epochs", "3", "--quiet"])
+    capsys.readouterr()
+    line = one_line_error(capsys, run_main(argv))
+    assert words in line, line
+    assert {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()} == before
+
+
+def test_warmup_run_resumes_its_config_check(tmp_path):
+    """Checkpoints record the target β, not the warm-up value of the moment, so a run with
+    --kl-warmup passes load_run's config check."""
+    fit(model(), data(), config=cfg(epochs=2, kl_warmup=5.0), run_dir=tmp_path)
+    run = load_run(tmp_path)
+    assert run.meta["config"]["model"]["beta"] == 1.0
+    resume(run, data(), epochs=3)
+
+
+def test_mid_epoch_resume_refuses_other_data(tmp_path):
+    m = model()
+    calls = iter(range(10**6))
+    from scratchvae.train import Interrupted
+    with pytest.raises(Interrupted):
+        fit(m, data(), config=cfg(epochs=3), run_dir=tmp_path, should_stop=lambda: next(calls) == 7)
+    with pytest.raises(InputError, match="permutation does not fit a training set of 30 images"):
+        resume(load_run(tmp_path), data(30), epochs=3)
+
+
+# ------------------------------------------------------------------------ the command line
+def _garbage_idx(tmp_path):
+    d = tmp_path / "idx"
+    d.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (d / name).write_bytes(b"\x00\x00\x08\x03 definitely not IDX")
+    return d
+
+
+def _not_a_run(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    (d / "notes.txt").write_text("hi")
+    return d
+
+
+def _under_a_file(tmp_path):
+    (tmp_path / "f").write_text("")
+    return tmp_path / "f" / "run"
+
+
+BAD_INVOCATIONS = {
+    "no command": (lambda t, r: [], "required: COMMAND"),
+    "--hidden abc": (lambda t, r: ["train", "--hidden", "abc"], "argument --hidden"),
+    "--latent 0": (lambda t, r: ["train", "--latent", "0"], "argument --latent"),
+    "--lr -1": (lambda t, r: ["train", "--lr", "-1"], "argument --lr: expected a number > 0, got '-1'"),
+    "--activation gelu": (lambda t, r: ["train", "--activation", "gelu"], "invalid choice: 'gelu'"),
+    "--corrupt bogus": (lambda t, r: ["train", *TINY, "--corrupt", "bogus", "--out", str(t / "o")],
+                        "corrupt must be 'none'"),
+    "bad dataset dir": (lambda t, r: ["train", *TINY, "--dataset", "mnist", "--data-dir", str(t / "nope"),
+                                      "--out", str(t / "o")], str(Path("nope"))),
+    "unreadable IDX": (lambda t, r: ["train", *TINY, "--dataset", "mnist", "--data-dir", str(_garbage_idx(t)),
+                                     "--out", str(t / "o")], "idx"),
+    "fashion-mnist offline": (lambda t, r: ["train", *TINY, "--dataset", "fashion-mnist",
+                                            "--out", str(t / "o")], "fashion-mnist"),
+    "--batch-size > data": (lambda t, r: ["train", *TINY, "--batch-size", "6000", "--out", str(t / "o")],
+                            "batch_size (6000) is larger than the training set (5000 images)"),
+    "--out existing run": (lambda t, r: ["train", *TINY, "--out", str(r)], "already holds a run"),
+    "--out not empty": (lambda t, r: ["train", *TINY, "--out", str(_not_a_run(t))], "exists and is not empty"),
+    "--out under a file": (lambda t, r: ["train", *TINY, "--out", str(_under_a_file(t))], "is not writable"),
+    "--resume missing dir": (lambda t, r: ["train", "--resume", str(t / "gone")], "is not a scratchvae run"),
+    "--resume fewer epochs": (lambda t, r: ["train", "--resume", str(r), "--epochs", "1"],
+                              "--epochs is the total: the run already has 2 epochs"),
+    "evaluate non-run dir": (lambda t, r: ["evaluate", str(_not_a_run(t))], "config.json is missing"),
+    "evaluate --ks a,b": (lambda t, r: ["evaluate", str(r), "--ks", "a,b"], "--ks must be comma-separated"),
+    "evaluate --epoch 9": (lambda t, r: ["evaluate", str(r), "--epoch", "9"],
+                           "no end-of-epoch checkpoint for epoch 9"),
+    "sample missing dir": (lambda t, r: ["sample", str(t / "gone")], "is not a scratchvae run"),
+    "diverging --lr": (lambda t, r: ["train", *TINY, "--optimizer", "sgd", "--lr", "1000", "--out", str(t / "o")],
+                       "the loss became non-finite at step"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INVOCATIONS)
+def test_cli_user_errors_are_one_line(name, run_copy, tmp_path, capsys):
+    make_argv, words = BAD_INVOCATIONS[name]
+    argv = make_argv(tmp_path, run_copy)
+    capsys.readouterr()
+    line = one_line_error(capsys, run_main(argv))
+    assert words in line, line
+
+
+def test_cli_fault_spec_typo_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SCRATCHVAE_FAULT", "mid-epoch:soon")
+    line = one_line_error(capsys, run_main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "o")]))
+    assert "'mid-epoch:N'" in line
+
+
+def test_cli_backend_cupy_without_a_gpu_is_one_line(tmp_path, capsys):
+    from scratchvae.backend import cupy_usable
+
+    if cupy_usable():
+        pytest.skip("a GPU is usable here")
+    line = one_line_error(capsys, run_main(["train", *TINY, "--backend", "cupy", "--out", str(tmp_path / "o")]))
+    assert "cupy" in line.lower()
