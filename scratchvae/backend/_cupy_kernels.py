@@ -1,0 +1,485 @@
+"""The CuPy side of the fused-block seam: one CUDA kernel per block, each the twin of a NumPy body.
+
+Every kernel below repeats, operation for operation, the NumPy body of the op it replaces
+(:mod:`scratchvae.ops`, :mod:`scratchvae.optim`, :mod:`scratchvae.backend.graph`): the same
+roundings in the same order, with Python scalars rounded to the array's dtype first, as
+NumPy does with its "weak" Python scalars. The module is compiled with ``--fmad=false`` so
+that no ``a * b + c`` is fused into one FMA (that would round once where NumPy rounds twice).
+What still differs from NumPy is (i) ``exp``, ``log``, ``tanh``, ... (CUDA's libdevice and
+NumPy's loops are each within a few ulp, not always the same ulp) and (ii) the order of the
+sums: the reductions here add in float64 in a fixed tree, NumPy adds pairwise in the array's
+dtype. The tests in ``tests/test_cupy.py`` bound both.
+
+Sums are deterministic: each reduction kernel writes one float64 partial sum per block, and
+a one-block kernel adds the partials in a fixed order; no atomics, so a replayed CUDA graph
+and an eager step give the same bits. Results of reductions go to fresh 0-d arrays; every
+other output is written to the caller's buffer. Nothing here synchronises with the host, so
+every kernel can be captured into a CUDA graph (see :mod:`scratchvae.backend.graph`).
+
+Matrix products go through :mod:`scratchvae.backend.cublas` (a direct binding that also works
+during stream capture, where CuPy refuses cuBLAS); ``sum_rows`` (a bias gradient) is a
+product with a ones vector on the same path.
+
+Kernels by name (``Kernels.get``): ``bias_act_<act>``, ``act_backward_<act>`` for each
+activation; ``reparam_kl_forward``, ``reparam_kl_backward``, ``bernoulli_nll``, ``adam``,
+``adam_from``, ``matmul``, ``sum_rows``, ``gather_rows``, ``load_row``, ``record_losses``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+
+THREADS = 256
+MAX_BLOCKS = 8192        # grid-stride loops cover the rest
+REDUCE_BLOCKS = 1024     # partial sums per reduction (fixed: the sum order depends on n only)
+_ACT_CODES = {"relu": 0, "leaky_relu": 1, "tanh": 2, "sigmoid": 3, "softplus": 4}
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+CUDA_SRC = r"""
+typedef long long i64;
+
+__device__ __forceinline__ float  m_exp(float x)   { return expf(x); }
+__device__ __forceinline__ double m_exp(double x)  { return exp(x); }
+__device__ __forceinline__ float  m_expm1(float x) { return expm1f(x); }
+__device__ __forceinline__ double m_expm1(double x){ return expm1(x); }
+__device__ __forceinline__ float  m_log(float x)   { return logf(x); }
+__device__ __forceinline__ double m_log(double x)  { return log(x); }
+__device__ __forceinline__ float  m_log1p(float x) { return log1pf(x); }
+__device__ __forceinline__ double m_log1p(double x){ return log1p(x); }
+__device__ __forceinline__ float  m_tanh(float x)  { return tanhf(x); }
+__device__ __forceinline__ double m_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float  m_sqrt(float x)  { return sqrtf(x); }
+__device__ __forceinline__ double m_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float  m_ln2(float)     { return 0.693147180559945309417232121458176568f; }
+__device__ __forceinline__ double m_ln2(double)    { return 0.693147180559945309417232121458176568; }
+
+/* numpy.maximum / numpy.minimum: NaN in the first argument propagates. */
+template <typename T> __device__ __forceinline__ T np_max(T a, T b) { return (a >= b || a != a) ? a : b; }
+template <typename T> __device__ __forceinline__ T np_min(T a, T b) { return (a <= b || a != a) ? a : b; }
+/* numpy.sign: 1, -1, 0 (also for -0), NaN stays NaN. */
+template <typename T> __device__ __forceinline__ T np_sign(T a) {
+    return a > T(0) ? T(1) : (a < T(0) ? T(-1) : (a == T(0) ? T(0) : a));
+}
+
+#define GRID_STRIDE(i, n) \
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)blockDim.x * gridDim.x)
+
+/* Sum of v over the block (blockDim.x == 256), valid in thread 0. Fixed order. */
+__device__ __forceinline__ double block_sum(double v) {
+    __shared__ double sh[256];
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = 128; s > 0; s >>= 1) {
+        if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+        __syncthreads();
+    }
+    return sh[0];
+}
+
+/* ---- activations ------------------------------------------------------------------------- */
+/* a = f(z): relu, leaky_relu (s = slope), tanh, sigmoid = 1/2 + 1/2 tanh(z/2), softplus = logaddexp(z, 0) */
+template <typename T, int ACT> __device__ __forceinline__ T act_fwd(T z, T s) {
+    if (ACT == 0) return np_max(z, T(0));
+    if (ACT == 1) { T sz = z * s; return np_max(z, sz); }
+    if (ACT == 2) return m_tanh(z);
+    if (ACT == 3) { T t = z * T(0.5); t = m_tanh(t); t = t * T(0.5); return t + T(0.5); }
+    /* numpy's npy_logaddexp(z, 0) */
+    if (z == T(0)) return T(0) + m_ln2(z);
+    if (z > T(0)) return z + m_log1p(m_exp(-z));
+    if (z <= T(0)) return T(0) + m_log1p(m_exp(z));
+    return z;  /* NaN */
+}
+
+/* f'(z) from a = f(z), as activation_derivative: c1 = 1 - s, c0 = s (leaky_relu only). */
+template <typename T, int ACT> __device__ __forceinline__ T act_deriv(T a, T c1, T c0) {
+    if (ACT == 0) return np_sign(a);
+    if (ACT == 1) { T d = np_sign(a); d = np_max(d, T(0)); d = d * c1; return d + c0; }
+    if (ACT == 2) { T t = a * a; return T(1) - t; }
+    if (ACT == 3) { T t = a - T(0.5); t = t * t; return T(0.25) - t; }
+    T t = -a; t = m_expm1(t); return -t;
+}
+
+template <typename T, int ACT>
+__device__ void bias_act(const T* pre, const T* b, T* out, i64 n, i64 h, T s) {
+    GRID_STRIDE(i, n) { T z = pre[i] + b[i % h]; out[i] = act_fwd<T, ACT>(z, s); }
+}
+
+template <typename T, int ACT>
+__device__ void act_backward(const T* da, const T* a, T* out, i64 n, T c1, T c0) {
+    GRID_STRIDE(i, n) { T d = act_deriv<T, ACT>(a[i], c1, c0); out[i] = d * da[i]; }
+}
+
+#define ACT_KERNELS(NAME, ACT, T, SUF) \
+extern "C" __global__ void bias_act_##NAME##_##SUF(const T* pre, const T* b, T* out, i64 n, i64 h, T s) \
+    { bias_act<T, ACT>(pre, b, out, n, h, s); } \
+extern "C" __global__ void act_backward_##NAME##_##SUF(const T* da, const T* a, T* out, i64 n, T c1, T c0) \
+    { act_backward<T, ACT>(da, a, out, n, c1, c0); }
+
+#define ALL_ACTS(T, SUF) \
+    ACT_KERNELS(relu, 0, T, SUF) ACT_KERNELS(leaky_relu, 1, T, SUF) ACT_KERNELS(tanh, 2, T, SUF) \
+    ACT_KERNELS(sigmoid, 3, T, SUF) ACT_KERNELS(softplus, 4, T, SUF)
+ALL_ACTS(float, f32)
+ALL_ACTS(double, f64)
+
+/* ---- sums ------------------------------------------------------------------------------------ */
+/* out = (T)(scale * sum of partials[0..nb)), one block of 256 threads, fixed order. */
+template <typename T>
+__device__ void finish_sum(const double* partials, int nb, double scale, T* out) {
+    double acc = 0.0;
+    for (int k = threadIdx.x; k < nb; k += blockDim.x) acc += partials[k];
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) out[0] = (T)(scale * acc);
+}
+
+/* ---- reparameterize + KL --------------------------------------------------------------------- */
+/* ml (N, 2L): mu = [:, :L], logvar = [:, L:] (clamped in place to +-lim); eps, z, std (N, L). */
+template <typename T>
+__device__ void reparam_kl_fwd(T* ml, const T* eps, T* z, T* std_, i64 n, i64 L, T lim, double* partials) {
+    double acc = 0.0;
+    GRID_STRIDE(i, n) {
+        i64 r = i / L, j = i - r * L;
+        T mu = ml[r * 2 * L + j];
+        T lv = ml[r * 2 * L + L + j];
+        if (lv > lim) { lv = lim; ml[r * 2 * L + L + j] = lv; }
+        else if (lv < -lim) { lv = -lim; ml[r * 2 * L + L + j] = lv; }
+        T s = lv * T(0.5); s = m_exp(s);
+        T t = mu * mu; T e = m_expm1(lv); t = t + e; t = t - lv;
+        acc += (double)t;
+        std_[i] = s;
+        T zz = s * eps[i]; z[i] = zz + mu;
+    }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
+/* dmu = beta mu (+ dz);  dlv = ((beta s (+ dz eps)) s - beta) / 2, 0 where |lv| >= lim.
+   beta from *beta_p (a float64 device scalar) when beta_p is not null, else beta_s. */
+template <typename T>
+__device__ void reparam_kl_bwd(const T* dz, const T* eps, const T* std_, const T* ml, const double* beta_p,
+                               T beta_s, T* dml, i64 n, i64 L, T lim) {
+    T beta = beta_p ? (T)beta_p[0] : beta_s;
+    GRID_STRIDE(i, n) {
+        i64 r = i / L, j = i - r * L;
+        T mu = ml[r * 2 * L + j], lv = ml[r * 2 * L + L + j], s = std_[i];
+        T dmu = mu * beta, dlv = s * beta;
+        if (dz) { T d = dz[i]; dmu = dmu + d; d = d * eps[i]; dlv = dlv + d; }
+        dlv = dlv * s; dlv = dlv - beta; dlv = dlv * T(0.5);
+        if (!(lv < lim && lv > -lim) && lv == lv) dlv = dlv * T(0);  /* clamped: zero gradient */
+        dml[r * 2 * L + j] = dmu;
+        dml[r * 2 * L + L + j] = dlv;
+    }
+}
+
+/* ---- Bernoulli NLL on logits ----------------------------------------------------------------- */
+/* sig = 1 / (1 + exp(min(-y, cap)));  term = max(y - log sig, 0) - x y;  dlogits = sig - x. */
+template <typename T>
+__device__ void bernoulli(const T* y, const T* x, T* dy, i64 n, T cap, double* partials) {
+    double acc = 0.0;
+    GRID_STRIDE(i, n) {
+        T yi = y[i], xi = x[i];
+        T s = -yi; s = np_min(s, cap); s = m_exp(s); s = s + T(1);
+        T sig = T(1) / s;
+        T sp = m_log(sig); sp = yi - sp; sp = np_max(sp, T(0));
+        T xy = yi * xi; sp = sp - xy;
+        acc += (double)sp;
+        dy[i] = sig - xi;
+    }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
+/* ---- Adam (PyTorch's rule) over a flat buffer ------------------------------------------------ */
+/* m = m b1 + g (1-b1);  v = v b2 + g^2 (1-b2);  p -= (m / (sqrt(v) / sbc2 + eps)) step */
+template <typename T>
+__device__ __forceinline__ void adam_one(T* p, const T* g, T* m, T* v, i64 i, T step, T sbc2,
+                                         T b1, T omb1, T b2, T omb2, T eps) {
+    T gi = g[i];
+    T mi = m[i] * b1; T t = gi * omb1; mi = mi + t;
+    T vi = v[i] * b2; t = gi * gi; t = t * omb2; vi = vi + t;
+    t = m_sqrt(vi); t = t / sbc2; t = t + eps; t = mi / t; t = t * step;
+    m[i] = mi; v[i] = vi; p[i] = p[i] - t;
+}
+
+template <typename T>
+__device__ void adam(T* p, const T* g, T* m, T* v, i64 n, T step, T sbc2, T b1, T omb1, T b2, T omb2, T eps) {
+    GRID_STRIDE(i, n) adam_one(p, g, m, v, i, step, sbc2, b1, omb1, b2, omb2, eps);
+}
+
+/* The same, with (step, sqrt(1 - b2^t)) read from a float64 device array (a CUDA graph replays it). */
+template <typename T>
+__device__ void adam_from(T* p, const T* g, T* m, T* v, i64 n, const double* coef, T b1, T omb1, T b2, T omb2, T eps) {
+    T step = (T)coef[0], sbc2 = (T)coef[1];
+    GRID_STRIDE(i, n) adam_one(p, g, m, v, i, step, sbc2, b1, omb1, b2, omb2, eps);
+}
+
+/* ---- training-step plumbing for CUDA graphs ---------------------------------------------------- */
+/* out[r, :] = src[perm[bi * B + r], :] for r < nb, with bi read from device memory. */
+template <typename T>
+__device__ void gather_rows(const T* src, const i64* perm, const i64* bi, i64 B, i64 nb, i64 d, T* out) {
+    i64 base = bi[0] * B;
+    GRID_STRIDE(i, nb * d) { i64 r = i / d, c = i - r * d; out[i] = src[perm[base + r] * d + c]; }
+}
+
+/* losses[bi] = (recon + kl, recon, kl); the first non-finite row's index goes to flag; bi += 1. */
+template <typename T>
+__device__ void record_losses(const T* recon, const T* kl, double* losses, i64* bi, i64* flag) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        i64 b = bi[0];
+        T r = recon[0], k = kl[0], ne = r + k;
+        losses[3 * b] = (double)ne; losses[3 * b + 1] = (double)r; losses[3 * b + 2] = (double)k;
+        if (!(ne - ne == T(0)) && flag[0] < 0) flag[0] = b;
+        bi[0] = b + 1;
+    }
+}
+
+#define TYPED_KERNELS(T, SUF) \
+extern "C" __global__ void finish_sum_##SUF(const double* partials, int nb, double scale, T* out) \
+    { finish_sum<T>(partials, nb, scale, out); } \
+extern "C" __global__ void reparam_kl_forward_##SUF(T* ml, const T* eps, T* z, T* s, i64 n, i64 L, T lim, double* partials) \
+    { reparam_kl_fwd<T>(ml, eps, z, s, n, L, lim, partials); } \
+extern "C" __global__ void reparam_kl_backward_##SUF(const T* dz, const T* eps, const T* s, const T* ml, \
+        const double* beta_p, T beta_s, T* dml, i64 n, i64 L, T lim) \
+    { reparam_kl_bwd<T>(dz, eps, s, ml, beta_p, beta_s, dml, n, L, lim); } \
+extern "C" __global__ void bernoulli_nll_##SUF(const T* y, const T* x, T* dy, i64 n, T cap, double* partials) \
+    { bernoulli<T>(y, x, dy, n, cap, partials); } \
+extern "C" __global__ void adam_##SUF(T* p, const T* g, T* m, T* v, i64 n, T step, T sbc2, T b1, T omb1, \
+        T b2, T omb2, T eps) \
+    { adam<T>(p, g, m, v, n, step, sbc2, b1, omb1, b2, omb2, eps); } \
+extern "C" __global__ void adam_from_##SUF(T* p, const T* g, T* m, T* v, i64 n, const double* coef, T b1, \
+        T omb1, T b2, T omb2, T eps) \
+    { adam_from<T>(p, g, m, v, n, coef, b1, omb1, b2, omb2, eps); } \
+extern "C" __global__ void gather_rows_##SUF(const T* src, const i64* perm, const i64* bi, i64 B, i64 nb, \
+        i64 d, T* out) \
+    { gather_rows<T>(src, perm, bi, B, nb, d, out); } \
+extern "C" __global__ void record_losses_##SUF(const T* recon, const T* kl, double* losses, i64* bi, i64* flag) \
+    { record_losses<T>(recon, kl, losses, bi, flag); }
+
+TYPED_KERNELS(float, f32)
+TYPED_KERNELS(double, f64)
+
+/* cur[k] = table[bi * w + k], k < w (a row of a per-step schedule, picked on the device). */
+extern "C" __global__ void load_row(const double* table, const i64* bi, i64 w, double* cur) {
+    if (blockIdx.x == 0 && threadIdx.x < w) cur[threadIdx.x] = table[bi[0] * w + threadIdx.x];
+}
+"""
+
+CUDA_OPTIONS = ("--std=c++14", "--fmad=false")
+
+
+def _blocks(n, cap=MAX_BLOCKS):
+    return max(1, min(cap, -(-int(n) // THREADS)))
+
+
+class Kernels:
+    """The fused kernels of one CuPy module (compiled on first use, cached by CuPy on disk)."""
+
+    def __init__(self, cupy):
+        self.cp = cupy
+        self._module = None
+        self._fns = {}
+        self._partials = None   # REDUCE_BLOCKS float64 partial sums, kept for the process
+        self._cublas = None
+        self._table = {
+            "reparam_kl_forward": self.reparam_kl_forward,
+            "reparam_kl_backward": self.reparam_kl_backward,
+            "bernoulli_nll": self.bernoulli_nll,
+            "adam": self.adam,
+            "adam_from": self.adam_from,
+            "matmul": self.matmul,
+            "sum_rows": self.sum_rows,
+            "gather_rows": self.gather_rows,
+            "load_row": self.load_row,
+            "record_losses": self.record_losses,
+        }
+        for act, code in _ACT_CODES.items():
+            self._table["bias_act_" + act] = self._bias_act(act)
+            self._table["act_backward_" + act] = self._act_backward(act)
+
+    def get(self, name):
+        """The kernel called ``name`` (a Python callable), or None if there is none."""
+        return self._table.get(name)
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def fn(self, name):
+        f = self._fns.get(name)
+        if f is None:
+            if self._module is None:
+                self._module = self.cp.RawModule(code=CUDA_SRC, options=CUDA_OPTIONS)
+            f = self._fns[name] = self._module.get_function(name)
+        return f
+
+    def _launch(self, name, n, args, cap=MAX_BLOCKS):
+        self.fn(name)((_blocks(n, cap),), (THREADS,), args)
+
+    def partials(self):
+        if self._partials is None:
+            self._partials = self.cp.empty(REDUCE_BLOCKS, dtype=np.float64)
+        return self._partials
+
+    def _finish(self, suffix, dtype, nb, scale):
+        out = self.cp.empty((), dtype=dtype)
+        self.fn("finish_sum_" + suffix)((1,), (THREADS,), (self.partials(), np.int32(nb),
+                                                            np.float64(scale), out))
+        return out
+
+    @property
+    def cublas(self):
+        if self._cublas is None:
+            from .cublas import Cublas
+
+            self._cublas = Cublas(self.cp)
+        return self._cublas
+
+    def _c(self, a):
+        """``a`` if C-contiguous, else a contiguous copy (kernels index flat memory)."""
+        return a if a.flags.c_contiguous else self.cp.ascontiguousarray(a)
+
+    def _out(self, out, like):
+        """(buffer to write, final out): a contiguous stand-in when ``out`` is not contiguous."""
+        if out is None:
+            o = self.cp.empty_like(like)
+            return o, o
+        if out.flags.c_contiguous:
+            return out, out
+        return self.cp.empty(out.shape, dtype=out.dtype), out
+
+    @staticmethod
+    def _suffix(a):
+        s = _SUFFIX.get(a.dtype)
+        if s is None:
+            raise InputError(f"the CuPy kernels take float32 or float64 arrays, got {a.dtype}")
+        return s
+
+    # -- activations ------------------------------------------------------------------------------
+    def _bias_act(self, act):
+        def bias_act(pre, b, out=None):
+            from ..ops.activations import LEAKY_SLOPE
+
+            suf = self._suffix(pre)
+            t = pre.dtype.type
+            w, out = self._out(out, pre)
+            n = pre.size
+            h = pre.shape[-1] if pre.ndim else 1
+            if b.shape != (h,):
+                b = self.cp.broadcast_to(b, (h,))
+            self._launch(f"bias_act_{act}_{suf}", n,
+                         (self._c(pre), self._c(b), w, np.int64(n), np.int64(max(h, 1)), t(LEAKY_SLOPE)))
+            if w is not out:
+                out[...] = w
+            return out
+        return bias_act
+
+    def _act_backward(self, act):
+        def act_backward(da, a, out=None):
+            from ..ops.activations import LEAKY_SLOPE
+
+            if out is not None and out is da:
+                raise InputError("activation_backward: out must not be da (use out=a or a new buffer)")
+            suf = self._suffix(a)
+            t = a.dtype.type
+            w, out = self._out(out, a)
+            n = a.size
+            self._launch(f"act_backward_{act}_{suf}", n,
+                         (self._c(da), self._c(a), w, np.int64(n), t(1 - LEAKY_SLOPE), t(LEAKY_SLOPE)))
+            if w is not out:
+                out[...] = w
+            return out
+        return act_backward
+
+    # -- reparameterize + KL ---------------------------------------------------------------------
+    def reparam_kl_forward(self, ml, eps, z, std, scratch):
+        from ..ops.gaussian import LOGVAR_LIMIT
+
+        suf = self._suffix(ml)
+        t = ml.dtype.type
+        N, L = z.shape
+        self._need_c("reparam_kl_forward", ml, eps, z, std)
+        n = N * L
+        nb = _blocks(n, REDUCE_BLOCKS)
+        self._launch(f"reparam_kl_forward_{suf}", n,
+                     (ml, eps, z, std, np.int64(n), np.int64(L), t(LOGVAR_LIMIT), self.partials()),
+                     REDUCE_BLOCKS)
+        return self._finish(suf, ml.dtype, nb, 0.5)
+
+    def reparam_kl_backward(self, dz, eps, std, ml, beta, dml):
+        from ..ops.gaussian import LOGVAR_LIMIT
+
+        suf = self._suffix(ml)
+        t = ml.dtype.type
+        N, L = std.shape
+        self._need_c("reparam_kl_backward", eps, std, ml, dml, *(() if dz is None else (dz,)))
+        if isinstance(beta, self.cp.ndarray):
+            if beta.dtype != np.float64 or beta.size != 1:
+                raise InputError(f"a device beta must be one float64 value, got {beta.dtype} {beta.shape}")
+            beta_p, beta_s = beta, t(0)
+        else:
+            beta_p, beta_s = np.uint64(0), t(beta)
+        n = N * L
+        self._launch(f"reparam_kl_backward_{suf}", n,
+                     (np.uint64(0) if dz is None else dz, eps, std, ml, beta_p, beta_s, dml,
+                      np.int64(n), np.int64(L), t(LOGVAR_LIMIT)))
+        return dml
+
+    # -- Bernoulli ----------------------------------------------------------------------------------
+    def bernoulli_nll(self, logits, x, dlogits, scratch=None):
+        suf = self._suffix(logits)
+        t = logits.dtype.type
+        cap = 88.0 if logits.dtype.itemsize == 4 else 708.0
+        self._need_c("bernoulli_nll", dlogits)
+        n = logits.size
+        nb = _blocks(n, REDUCE_BLOCKS)
+        self._launch(f"bernoulli_nll_{suf}", n,
+                     (self._c(logits), self._c(x), dlogits, np.int64(n), t(cap), self.partials()),
+                     REDUCE_BLOCKS)
+        return self._finish(suf, logits.dtype, nb, 1.0)
+
+    # -- Adam -----------------------------------------------------------------------------------------
+    def adam(self, p, g, m, v, step_size, sqrt_bc2, b1, b2, eps):
+        suf = self._suffix(p)
+        t = p.dtype.type
+        self._need_c("adam", p, g, m, v)
+        self._launch(f"adam_{suf}", p.size,
+                     (p, g, m, v, np.int64(p.size), t(step_size), t(sqrt_bc2), t(b1), t(1 - b1),
+                      t(b2), t(1 - b2), t(eps)))
+
+    def adam_from(self, p, g, m, v, coef, b1, b2, eps):
+        suf = self._suffix(p)
+        t = p.dtype.type
+        self._need_c("adam_from", p, g, m, v, coef)
+        self._launch(f"adam_from_{suf}", p.size,
+                     (p, g, m, v, np.int64(p.size), coef, t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps)))
+
+    # -- matrix products --------------------------------------------------------------------------------
+    def matmul(self, a, b, out=None):
+        return self.cublas.matmul(a, b, out)
+
+    def sum_rows(self, a, out=None):
+        """Σ_n a[n, :] (the bias gradient) as ones(1, N) @ a on the cuBLAS path."""
+        return self.cublas.sum_rows(a, out)
+
+    # -- CUDA-graph plumbing --------------------------------------------------------------------------
+    def gather_rows(self, src, perm, bi, batch, out):
+        suf = self._suffix(src)
+        self._need_c("gather_rows", src, perm, out)
+        nb, d = out.shape
+        self._launch(f"gather_rows_{suf}", nb * d,
+                     (src, perm, bi, np.int64(batch), np.int64(nb), np.int64(d), out))
+        return out
+
+    def load_row(self, table, bi, out):
+        self._need_c("load_row", table, out)
+        self.fn("load_row")((1,), (32,), (table, bi, np.int64(table.shape[1]), out))
+        return out
+
+    def record_losses(self, recon, kl, losses, bi, flag):
+        suf = self._suffix(recon)
+        if kl.dtype != recon.dtype:
+            kl = kl.astype(recon.dtype)
+        self.fn("record_losses_" + suf)((1,), (1,), (recon, kl, losses, bi, flag))
+
+    def _need_c(self, what, *arrays):
+        for a in arrays:
+            if not a.flags.c_contiguous:
+                raise InputError(f"{what}: the CuPy kernel needs C-contiguous buffers, got strides {a.strides}")
