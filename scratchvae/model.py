@@ -43,6 +43,7 @@ from .ops import (
     reparam_kl_forward,
     sigmoid,
 )
+from .ops.dense import matmul
 from .ops.gaussian import LOGVAR_LIMIT
 from .ops.activations import check_activation
 from .ops.likelihoods import (
@@ -294,9 +295,8 @@ class VAE:
 
     # -- the verbs ----------------------------------------------------------------------
     def _hidden_forward(self, h, layers, outs=None):
-        xp = self.xp
         for i, (W, b, _, _) in enumerate(layers):
-            a = xp.matmul(h, W, out=None if outs is None else outs[0][i])
+            a = matmul(h, W, out=None if outs is None else outs[0][i])
             h = bias_act_forward(a, b, self.activation, out=a,
                                  scratch=None if outs is None else outs[1][i])
         return h
@@ -310,7 +310,7 @@ class VAE:
         self._check_x(x)
         self._check_finite("x", x)
         h = self._hidden_forward(x, self._layers("enc", len(self.hidden)))
-        ml = self.xp.matmul(h, self.params["enc.head.W"]) + self.params["enc.head.b"]
+        ml = matmul(h, self.params["enc.head.W"]) + self.params["enc.head.b"]
         L = self.latent
         if self.mode == "ae":
             return ml, None
@@ -333,7 +333,7 @@ class VAE:
 
     def _decode(self, z):
         h = self._hidden_forward(z, self._layers("dec", len(self.dec_hidden)))
-        return self.xp.matmul(h, self.params["dec.out.W"]) + self.params["dec.out.b"]
+        return matmul(h, self.params["dec.out.W"]) + self.params["dec.out.b"]
 
     def decode_mean(self, z):
         """E[x | z]: σ(logits) for Bernoulli, the means for Gaussian."""
@@ -407,7 +407,7 @@ class VAE:
 
         # forward: encoder, head, sample, decoder, likelihood
         h = self._hidden_forward(x, enc, (ws.enc_a, ws.enc_d))
-        xp.matmul(h, P["enc.head.W"], out=ws.ml)
+        matmul(h, P["enc.head.W"], out=ws.ml)
         ws.ml += P["enc.head.b"]
         if self.mode == "ae":
             zin, kl = ws.ml, xp.zeros((), dtype=self.dtype)
@@ -420,7 +420,7 @@ class VAE:
             kl = reparam_kl_forward(ws.ml, ws.eps, ws.z, ws.std, ws.kl_scratch)
             zin = ws.z
         g = self._hidden_forward(zin, dec, (ws.dec_a, ws.dec_d))
-        xp.matmul(g, P["dec.out.W"], out=ws.y)
+        matmul(g, P["dec.out.W"], out=ws.y)
         ws.y += P["dec.out.b"]
         dls = None
         if self.likelihood == "bernoulli":

@@ -6,13 +6,33 @@ the forward product needs no transpose; PyTorch's ``nn.Linear.weight`` is ``W.T`
 
 from __future__ import annotations
 
-from ._seam import xp_of
+from ._seam import fused, xp_of
+
+
+def matmul(a, b, out=None):
+    """a @ b into ``out`` (2-D; ``out`` must not overlap a or b), on the backend's GEMM path.
+
+    NumPy: ``numpy.matmul``. CuPy: the backend's own cuBLAS binding
+    (:mod:`scratchvae.backend.cublas`), which also works inside a CUDA-graph capture, so an
+    eager step and a replayed one run the same GEMMs. Transposed views go in without a copy.
+    """
+    k = fused("matmul", a)
+    if k is not None:
+        return k(a, b, out)
+    return xp_of(a).matmul(a, b, out=out)
+
+
+def sum_rows(a, out=None):
+    """Σ_n a[n, :] -> (O,) (a bias gradient). CuPy: ones(1, N) @ a on the GEMM path."""
+    k = fused("sum_rows", a)
+    if k is not None:
+        return k(a, out)
+    return xp_of(a).sum(a, axis=0, out=out)
 
 
 def dense_forward(x, W, b, out=None):
     """y = x W + b  (y_nj = Σ_i x_ni W_ij + b_j).  ``out``: (N, O), must not alias x."""
-    xp = xp_of(x)
-    out = xp.matmul(x, W, out=out)
+    out = matmul(x, W, out=out)
     out += b
     return out
 
@@ -27,11 +47,10 @@ def dense_backward(dy, x, W, dW=None, db=None, dx=None, need_dx=True):
     ``x.T`` and ``W.T`` are views: BLAS reads them transposed, nothing is copied.
     Returns (dW, db, dx) with dx None when ``need_dx`` is False (the first layer).
     """
-    xp = xp_of(dy)
-    dW = xp.matmul(x.T, dy, out=dW)
-    db = xp.sum(dy, axis=0, out=db)
+    dW = matmul(x.T, dy, out=dW)
+    db = sum_rows(dy, out=db)
     if need_dx:
-        dx = xp.matmul(dy, W.T, out=dx)
+        dx = matmul(dy, W.T, out=dx)
     else:
         dx = None
     return dW, db, dx
