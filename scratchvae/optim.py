@@ -80,6 +80,14 @@ class SGD(_Optimizer):
 
     def step(self, grads):
         self.t += 1
+        self.step_from(grads, None)
+
+    def coefficients(self, t):
+        """SGD has no per-step coefficients (see :meth:`Adam.coefficients`)."""
+        return ()
+
+    def step_from(self, grads, coef):
+        """The update without touching ``t`` (``coef`` is unused): a capturable step."""
         for p, g, v in zip(self._params, self._grads(grads), self.velocity):
             if self.momentum:
                 v *= self.momentum
@@ -112,11 +120,27 @@ class Adam(_Optimizer):
     def step(self, grads):
         self.t += 1
         b1, b2 = self.betas
-        step_size = self.lr / (1 - b1 ** self.t)
-        sqrt_bc2 = math.sqrt(1 - b2 ** self.t)
+        step_size, sqrt_bc2 = self.coefficients(self.t)
         for i, (p, g) in enumerate(zip(self._params, self._grads(grads))):
             adam_update(p, g, self.m[i], self.v[i], step_size, sqrt_bc2, b1, b2, self.eps,
                         self._scratch(i))
+
+    def coefficients(self, t):
+        """Step t's bias-corrected (step_size, √(1 − β₂ᵗ)) = (lr / (1 − β₁ᵗ), √(1 − β₂ᵗ))."""
+        b1, b2 = self.betas
+        return self.lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t)
+
+    def step_from(self, grads, coef):
+        """One update with ``coef`` = (step_size, √(1 − β₂ᵗ)) read from a float64 backend array.
+
+        Leaves ``t`` alone: a CUDA-graph replay cannot touch a Python int, so the training loop
+        fills a device table with :meth:`coefficients` for the coming steps, a kernel copies
+        the current row into ``coef``, and the host advances ``t`` by one per replay. The
+        arithmetic is :meth:`step`'s, bit for bit (the same float64 coefficients).
+        """
+        b1, b2 = self.betas
+        for i, (p, g) in enumerate(zip(self._params, self._grads(grads))):
+            adam_update_from(p, g, self.m[i], self.v[i], coef, b1, b2, self.eps, self._scratch(i))
 
     def _scratch(self, i):
         if self._buf[i] is None:
@@ -147,3 +171,11 @@ def adam_update(p, g, m, v, step_size, sqrt_bc2, b1, b2, eps, scratch):
     xp.divide(m, scratch, out=scratch)
     scratch *= step_size
     p -= scratch
+
+
+def adam_update_from(p, g, m, v, coef, b1, b2, eps, scratch):
+    """:func:`adam_update` with (step_size, sqrt_bc2) = ``coef[0], coef[1]`` (float64, on the backend)."""
+    k = fused("adam_from", p)
+    if k is not None:
+        return k(p, g, m, v, coef, b1, b2, eps)
+    return adam_update(p, g, m, v, float(coef[0]), float(coef[1]), b1, b2, eps, scratch)
