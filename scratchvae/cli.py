@@ -114,6 +114,8 @@ def build_parser():
     r.add_argument("--resume", metavar="RUN_DIR", help="continue this run to --epochs")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--no-graph", action="store_true",
+                   help="cupy: run each step eagerly instead of replaying it as one CUDA graph")
 
     e = sub.add_parser("evaluate", help="test −ELBO, importance-sampled log p(x), active units, probe")
     e.add_argument("run_dir")
@@ -171,6 +173,8 @@ class _Progress:
         elif event == "epoch":
             self.close()
             print(format_epoch(info), flush=True)
+        elif event == "graph" and not info.get("enabled", True):
+            print(f"scratchvae: CUDA graph off ({info['reason']}); training eagerly", file=sys.stderr)
 
     def close(self):
         if self.bar is not None:
@@ -251,7 +255,8 @@ def cmd_train(a):
               + (f", batch {run.meta['batch']}" if run.meta.get("batch") else "") + f" -> {a.epochs} epochs")
         with _StopFlag() as stop:
             try:
-                resume(run, train.images, test.images, epochs=a.epochs, callback=progress, should_stop=stop)
+                resume(run, train.images, test.images, epochs=a.epochs, callback=progress, should_stop=stop,
+                       graph=False if a.no_graph else None)
             except Interrupted as e:
                 return _interrupted(e, a.resume, progress)
         progress.close()
@@ -280,7 +285,8 @@ def cmd_train(a):
           f"-> {out}", flush=True)
     with _StopFlag() as stop:
         try:
-            fit(model, train.images, test.images, config=cfg, run_dir=out, callback=progress, should_stop=stop)
+            fit(model, train.images, test.images, config=cfg, run_dir=out, callback=progress, should_stop=stop,
+                graph=False if a.no_graph else None)
         except Interrupted as e:
             return _interrupted(e, out, progress)
     progress.close()

@@ -44,6 +44,7 @@ from . import faults
 from .errors import CheckpointError, InputError, NonFiniteError, ScratchVAEError
 from .model import VAE
 from .optim import SGD, Adam
+from .train_graph import make_graph_step  # noqa: F401  (the benchmarks' entry to the graph step)
 
 BINARIZE = ("none", "static", "dynamic")
 _STATIC_TRAIN_STREAM, _STATIC_TEST_STREAM = 100, 101
@@ -221,7 +222,7 @@ def make_optimizer(model, cfg: TrainConfig):
 
 @np.errstate(over="ignore", invalid="ignore", divide="ignore")   # fit checks the loss itself
 def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=None,
-        callback=None, report_every=20, should_stop=None, optimizer=None, _resume=None):
+        callback=None, report_every=20, should_stop=None, optimizer=None, graph=None, _resume=None):
     """Train ``model`` on ``train`` (images (N, D); uint8 or floats) and return the history.
 
     config : a :class:`TrainConfig` (epochs is the **total**, also when resuming).
@@ -233,6 +234,10 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
     Every ``NONFINITE_CHECK_EVERY`` steps (one host sync) and before each checkpoint the
     losses since the last check are tested: a NaN/Inf raises :class:`NonFiniteError` naming
     the step. A checkpoint is never written from non-finite parameters.
+    graph : replay each training step as one CUDA graph (:mod:`scratchvae.train_graph`); None
+        means yes on the cupy backend. The eager loop below stays the reference; the graph runs
+        the same arithmetic on device-side state. If the graph cannot be used, the reason goes
+        to ``callback("graph", {"enabled": False, "reason": ...})`` and training continues.
     Returns the list of per-epoch metric rows (all epochs, including resumed ones).
     """
     cfg = (config or TrainConfig()).validate()
@@ -284,6 +289,40 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
                         xp.empty((nb, model.input_dim), dt))
         return bufs[nb]
 
+    def prepare(xb, xin, u):
+        """Dynamic binarisation and corruption of the gathered batch xb -> (input, target)."""
+        nb = xb.shape[0]
+        if cfg.binarize == "dynamic":
+            model.rng["binarize"].uniform((nb, model.input_dim), dt.name, out=u)
+            xp.subtract(xb, u, out=u)        # x − u > 0 with probability x
+            xp.sign(u, out=u)
+            xp.maximum(u, 0, out=xb)
+        target = xb
+        if corrupt_kind == "gaussian":
+            model.rng["noise"].normal((nb, model.input_dim), dt.name, out=xin)
+            xin *= corrupt_val
+            xin += xb
+        elif corrupt_kind == "mask":
+            model.rng["noise"].uniform((nb, model.input_dim), dt.name, out=xin)
+            xp.subtract(xin, corrupt_val, out=xin)   # keep a pixel when u ≥ P
+            xp.sign(xin, out=xin)
+            xp.maximum(xin, 0, out=xin)
+            xin *= xb
+        else:
+            xin = xb
+        return xin, target
+
+    runner = None
+    if graph or (graph is None and model.backend.name == "cupy"):
+        from .train_graph import GraphRunner, graph_unsupported
+
+        why = graph_unsupported(model, opt)
+        if why is None:
+            runner = GraphRunner(model, opt, xtrain, B, n_batches, buffers, prepare, warm_steps, beta_target,
+                                 notify=callback)
+        elif callback:
+            callback("graph", {"enabled": False, "reason": why})
+
     def save(kind):
         if ckpt_dir is None:
             return None
@@ -318,45 +357,34 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
             pos.acc = np.zeros(3)
             pos.batch = 0
             pos.epoch_seconds = 0.0
-        perm_dev = model.backend.asarray(pos.perm)
-        losses = xp.empty((n_batches, 3), dtype=np.float64)
-        losses[:pos.batch] = 0
+        if runner is not None:
+            losses = runner.begin_epoch(pos.perm, pos.batch, pos.step)
+        else:
+            perm_dev = model.backend.asarray(pos.perm)
+            losses = xp.empty((n_batches, 3), dtype=np.float64)
+            losses[:pos.batch] = 0
         first_batch = checked = pos.batch
         for bi in range(pos.batch, n_batches):
-            idx = perm_dev[bi * B:(bi + 1) * B]
-            nb = idx.shape[0]
-            xb, xin, u = buffers(nb)
-            xp.take(xtrain, idx, axis=0, out=xb)
-            if cfg.binarize == "dynamic":
-                model.rng["binarize"].uniform((nb, model.input_dim), dt.name, out=u)
-                xp.subtract(xb, u, out=u)        # x − u > 0 with probability x
-                xp.sign(u, out=u)
-                xp.maximum(u, 0, out=xb)
-            target = xb
-            if corrupt_kind == "gaussian":
-                model.rng["noise"].normal((nb, model.input_dim), dt.name, out=xin)
-                xin *= corrupt_val
-                xin += xb
-            elif corrupt_kind == "mask":
-                model.rng["noise"].uniform((nb, model.input_dim), dt.name, out=xin)
-                xp.subtract(xin, corrupt_val, out=xin)   # keep a pixel when u ≥ P
-                xp.sign(xin, out=xin)
-                xp.maximum(xin, 0, out=xin)
-                xin *= xb
+            if runner is not None:
+                runner.step(bi)      # the same step on device state: one CUDA graph launch
             else:
-                xin = xb
-            if warm_steps > 0:
-                model.beta = beta_target * min(1.0, (pos.step + 1) / warm_steps)
-            res = model.loss_and_grads(xin, target=target)
-            opt.step(model.grad)
-            losses[bi, 0] = res.neg_elbo
-            losses[bi, 1] = res.recon
-            losses[bi, 2] = res.kl
+                idx = perm_dev[bi * B:(bi + 1) * B]
+                xb, xin, u = buffers(idx.shape[0])
+                xp.take(xtrain, idx, axis=0, out=xb)
+                xin, target = prepare(xb, xin, u)
+                if warm_steps > 0:
+                    model.beta = beta_target * min(1.0, (pos.step + 1) / warm_steps)
+                res = model.loss_and_grads(xin, target=target)
+                opt.step(model.grad)
+                losses[bi, 0] = res.neg_elbo
+                losses[bi, 1] = res.recon
+                losses[bi, 2] = res.kl
             pos.step += 1
             pos.batch = bi + 1
             faults.mid_epoch_step(pos.step)
             if pos.step % NONFINITE_CHECK_EVERY == 0:
-                _check_finite(model, losses, checked, bi + 1, pos, n_batches)
+                if runner is None or runner.failed_batch() is not None:   # graph: read the flag only
+                    _check_finite(model, losses, checked, bi + 1, pos, n_batches)
                 checked = bi + 1
             if callback and (pos.step % report_every == 0 or bi + 1 == n_batches):
                 callback("batch", {"epoch": pos.epoch + 1, "batch": bi + 1, "batches": n_batches,
