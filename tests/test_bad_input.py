@@ -502,3 +502,12 @@ def test_cli_backend_cupy_without_a_gpu_is_one_line(tmp_path, capsys):
         pytest.skip("a GPU is usable here")
     line = one_line_error(capsys, run_main(["train", *TINY, "--backend", "cupy", "--out", str(tmp_path / "o")]))
     assert "cupy" in line.lower()
+
+
+def test_cli_unwritable_cache_is_one_line(tmp_path, monkeypatch, capsys):
+    """Downloads allowed, but the cache folder cannot be made (its parent is a file)."""
+    (tmp_path / "f").write_text("")
+    monkeypatch.setenv("SCRATCHVAE_OFFLINE", "0")
+    monkeypatch.setenv("SCRATCHVAE_CACHE_DIR", str(tmp_path / "f" / "cache"))
+    line = one_line_error(capsys, run_main(["train", *TINY, "--dataset", "mnist", "--out", str(tmp_path / "o")]))
+    assert f"cannot create directory {tmp_path / 'f' / 'cache' / 'mnist'}: Not a directory" in line
