@@ -5,7 +5,9 @@ Every kernel below repeats, operation for operation, the NumPy body of the op it
 roundings in the same order, with Python scalars rounded to the array's dtype first, as
 NumPy does with its "weak" Python scalars. The module is compiled with ``--fmad=false`` so
 that no ``a * b + c`` is fused into one FMA (that would round once where NumPy rounds twice).
-What still differs from NumPy is (i) ``exp``, ``log``, ``tanh``, ... (CUDA's libdevice and
+CuPy compiles with ``-ftz=true``, so float32 subnormals flush to zero: the only block where
+that matters (the Bernoulli exponent cap) says how it avoids them. What still differs from
+NumPy is (i) ``exp``, ``log``, ``tanh``, ... (CUDA's libdevice and
 NumPy's loops are each within a few ulp, not always the same ulp) and (ii) the order of the
 sums: the reductions here add in float64 in a fixed tree, NumPy adds pairwise in the array's
 dtype. The tests in ``tests/test_cupy.py`` bound both.
@@ -426,7 +428,10 @@ class Kernels:
     def bernoulli_nll(self, logits, x, dlogits, scratch=None):
         suf = self._suffix(logits)
         t = logits.dtype.type
-        cap = 88.0 if logits.dtype.itemsize == 4 else 708.0
+        # CuPy compiles with -ftz=true: a float32 σ = e^{-88} (subnormal) would flush to 0 and
+        # give log 0 = -inf. With the cap at 87, σ ≥ e^{-87} > FLT_MIN stays normal; the NumPy
+        # twin (cap 88) differs only below y = -87, where both losses are 0 to within 1e-38.
+        cap = 87.0 if logits.dtype.itemsize == 4 else 708.0
         self._need_c("bernoulli_nll", dlogits)
         n = logits.size
         nb = _blocks(n, REDUCE_BLOCKS)
