@@ -107,6 +107,8 @@ class _Workspace:
         L, D = model.latent, model.input_dim
         self.enc_a = [e(n, h) for h in model.hidden]          # activations
         self.enc_d = [e(n, h) for h in model.hidden]          # gradients w.r.t. them
+        widest = max(model.hidden, default=1)
+        self.mask = xp.empty((n, widest), dtype=bool)         # ReLU masks in the backward
         head = L if model.mode == "ae" else 2 * L
         self.ml = e(n, head)
         self.dml = e(n, head)
@@ -456,7 +458,8 @@ class VAE:
                 dx = ws.dec_d[i - 1] if i > 0 else dz
                 dense_backward(d, ins[i], W, dW, db, dx=dx)
                 if i > 0:
-                    d = activation_backward(self.activation, dx, ins[i], out=ins[i])
+                    d = activation_backward(self.activation, dx, ins[i], out=ins[i],
+                                            mask=ws.mask[:, :dx.shape[1]])
             if dls is not None:
                 s = P["dec.logsigma"]
                 G["dec.logsigma"][...] = dls * sigmoid(s - LOG_SIGMA_FLOOR)
@@ -472,7 +475,8 @@ class VAE:
             dx = ws.enc_d[i - 1] if i > 0 else None
             dense_backward(d, ins[i], W, dW, db, dx=dx, need_dx=i > 0)
             if i > 0:
-                d = activation_backward(self.activation, dx, ins[i], out=ins[i])
+                d = activation_backward(self.activation, dx, ins[i], out=ins[i],
+                                            mask=ws.mask[:, :dx.shape[1]])
         result.grads = G
         return result
 

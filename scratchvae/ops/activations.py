@@ -99,18 +99,32 @@ def activation_derivative(name, a, out=None):
     return out
 
 
-def activation_backward(name, da, a, out=None):
+def activation_backward(name, da, a, out=None, mask=None):
     """dz = da ⊙ f'(z), with f'(z) computed from the output ``a`` (see the module table).
 
     ``out`` may be ``a`` (the model's choice: the activation is spent once its layer's
     weight gradient is formed, and nothing temporary is made) or a separate buffer; it
-    must not be ``da``.
+    must not be ``da``. ReLU-type derivatives are the mask 1[a > 0]: pass a boolean
+    ``mask`` buffer of a's shape to avoid allocating it (``np.sign`` written in place runs
+    ~15× slower than this on NumPy 2.x).
     """
     k = fused("act_backward_" + name, da)
     if k is not None:
         return k(da, a, out)
     if out is not None and out is da:
         raise InputError("activation_backward: out must not be da (use out=a or a new buffer)")
+    if name in ("relu", "leaky_relu"):
+        xp = xp_of(da)
+        mask = xp.greater(a, 0, out=mask)        # z > 0 exactly when a > 0
+        if name == "relu":
+            return xp.multiply(da, mask, out=out)
+        if out is None:
+            out = xp.empty_like(da)
+        xp.copyto(out, mask)                     # 1 or 0
+        out *= 1 - LEAKY_SLOPE
+        out += LEAKY_SLOPE                       # 1 or s
+        out *= da
+        return out
     out = activation_derivative(name, a, out=out)
     out *= da
     return out
