@@ -450,16 +450,8 @@ class VAE:
             dz = None
         else:
             dz = ws.dml if self.mode == "ae" else ws.dz
-            ins = [zin] + ws.dec_a
-            d = ws.dy
             layers = dec + [(P["dec.out.W"], P["dec.out.b"], G["dec.out.W"], G["dec.out.b"])]
-            for i in range(len(layers) - 1, -1, -1):
-                W, _, dW, db = layers[i]
-                dx = ws.dec_d[i - 1] if i > 0 else dz
-                dense_backward(d, ins[i], W, dW, db, dx=dx)
-                if i > 0:
-                    d = activation_backward(self.activation, dx, ins[i], out=ins[i],
-                                            mask=ws.mask[:, :dx.shape[1]])
+            self._backward_stack(layers, [zin] + ws.dec_a, ws.dec_d, ws.dy, dz, ws.mask)
             if dls is not None:
                 s = P["dec.logsigma"]
                 G["dec.logsigma"][...] = dls * sigmoid(s - LOG_SIGMA_FLOOR)
@@ -467,18 +459,26 @@ class VAE:
         # backward: sample and KL, head, encoder
         if self.mode != "ae":
             reparam_kl_backward(dz, ws.eps, ws.std, ws.ml, beta, ws.dml)
-        ins = [x] + ws.enc_a
-        d = ws.dml
         layers = enc + [(P["enc.head.W"], P["enc.head.b"], G["enc.head.W"], G["enc.head.b"])]
-        for i in range(len(layers) - 1, -1, -1):
-            W, _, dW, db = layers[i]
-            dx = ws.enc_d[i - 1] if i > 0 else None
-            dense_backward(d, ins[i], W, dW, db, dx=dx, need_dx=i > 0)
-            if i > 0:
-                d = activation_backward(self.activation, dx, ins[i], out=ins[i],
-                                            mask=ws.mask[:, :dx.shape[1]])
+        self._backward_stack(layers, [x] + ws.enc_a, ws.enc_d, ws.dml, None, ws.mask)
         result.grads = G
         return result
+
+    def _backward_stack(self, layers, ins, dbufs, d, first_dx, mask):
+        """Backpropagate ``d`` = ∂ℓ/∂(output of the last layer) down a stack of dense layers.
+
+        Layer i maps ins[i] -> act(ins[i] W_i + b_i) (the last one has no activation).
+        Each step forms dW_i, db_i (dense_backward), then dx into dbufs[i-1] and through
+        the activation of ins[i] (written over the spent activation ins[i]). The first
+        layer's input gradient goes to ``first_dx`` (None: not needed, e.g. w.r.t. x).
+        """
+        for i in range(len(layers) - 1, -1, -1):
+            W, _, dW, db = layers[i]
+            dx = dbufs[i - 1] if i > 0 else first_dx
+            dense_backward(d, ins[i], W, dW, db, dx=dx, need_dx=dx is not None)
+            if i > 0:
+                d = activation_backward(self.activation, dx, ins[i], out=ins[i],
+                                        mask=mask[:, :dx.shape[1]])
 
     def __repr__(self):
         c = self.config()
