@@ -372,7 +372,7 @@ def cmd_plot(a):
 
 
 def cmd_compare(a):
-    from .evaluate import compare_models
+    from .compare import compare_models
 
     train, test = _load_data(a.dataset, a.data_dir)
     progress = _Progress(a.quiet)

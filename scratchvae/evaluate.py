@@ -44,23 +44,16 @@ from .backend import backend_of
 from .errors import InputError
 from .ops.gaussian import log_standard_normal_rows
 from .ops.likelihoods import bernoulli_nll_rows, gaussian_nll_rows
-from .train import (
-    EVAL_BATCH,
-    _STATIC_TEST_STREAM,
-    _STATIC_TRAIN_STREAM,
-    TrainConfig,
-    binarize_static,
-    evaluate_elbo,
-    fit,
-    prepare_images,
-)
+from .inputs import STATIC_TEST_STREAM as _STATIC_TEST_STREAM
+from .inputs import STATIC_TRAIN_STREAM as _STATIC_TRAIN_STREAM
+from .inputs import binarize_static, prepare_images
+
+EVAL_BATCH = 1000
 
 MEMORY_BUDGET = 256 * 2**20     # bytes per decode chunk (approximate)
 ACTIVE_THRESHOLD = 0.01
 PROBE_TRAIN_LIMIT = 10_000
 DEFAULT_KS = (1, 10, 100, 1000)
-COMPARE_MODELS = (("AE", "ae"), ("KL-only", "kl-only"), ("VAE", "vae"))
-COMPARE_GRID = 10               # the comparison decodes a COMPARE_GRID² set of prior draws
 
 
 # -- importance-weighted log p(x) ---------------------------------------------------------------
@@ -185,6 +178,26 @@ def _mean_se(v):
 
 
 # -- codes, active units, linear probe ---------------------------------------------------------
+def evaluate_elbo(model, x, batch=EVAL_BATCH):
+    """Test −ELBO per sample with z sampled (from the 'eval' stream), and its parts.
+
+    Returns a dict of floats: loss (= recon + kl), recon, kl; one host sync at the end.
+    """
+    xp = model.xp
+    tot = xp.zeros(3, dtype=np.float64)
+    for i in range(0, x.shape[0], batch):
+        xb = x[i:i + batch]
+        eps = None
+        if model.mode != "ae":
+            eps = model.rng["eval"].normal((xb.shape[0], model.latent), model.dtype.name)
+        r = model.loss_and_grads(xb, eps=eps, need_grads=False)
+        tot[0] += r.neg_elbo
+        tot[1] += r.recon
+        tot[2] += r.kl
+    t = model.backend.to_host(tot) / x.shape[0]
+    return {"loss": float(t[0]), "recon": float(t[1]), "kl": float(t[2])}
+
+
 def encode_mean(model, x, batch=EVAL_BATCH):
     """μ(x) (N, L) on the model's backend, encoded in batches (the AE's code is its μ)."""
     parts = [model.encode(x[i:i + batch])[0] for i in range(0, x.shape[0], batch)]
@@ -367,49 +380,6 @@ def format_report(res) -> str:
 
 
 # -- AE vs KL-only vs VAE ----------------------------------------------------------------------
-def compare_models(train, test, *, epochs, batch_size, hidden, lr, seed, backend, out,
-                   callback=None, probe_limit=PROBE_TRAIN_LIMIT) -> dict:
-    """Train a plain AE, a KL-only model and a VAE (latent 2, Bernoulli, ReLU) on the same
-    data and draw their latent spaces and prior decodes side by side.
-
-    Each model: ``fit`` without a run directory; its test μ codes with labels; the linear-probe
-    accuracy (μ codes of up to ``probe_limit`` train images -> test labels); and the decodes
-    of the same COMPARE_GRID² codes z ~ N(0, I), drawn once from the 'eval' stream of a
-    model seeded with ``seed`` (all three share it). ``callback(event, info)`` gets fit's
-    events with ``info["model"]`` naming the model. Writes the figure with
-    :func:`scratchvae.plots.comparison_figure` to ``out``.
-
-    Returns {"probe_accuracy": {name: float}, "figure": str(out), "history": {name: rows}}.
-    """
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr).validate()
-    probe_limit = _positive("probe_limit", probe_limit)
-    from .model import VAE
-
-    results, history, z = {}, {}, None
-    for name, mode in COMPARE_MODELS:
-        model = VAE(input_dim=train.images.shape[1], hidden=hidden, latent=2, activation="relu",
-                    likelihood="bernoulli", mode=mode, seed=seed, backend=backend)
-        cb = None
-        if callback is not None:
-            cb = (lambda nm: lambda event, info: callback(event, {**info, "model": nm}))(name)
-        history[name] = fit(model, train.images, None, config=cfg, callback=cb)
-        if z is None:
-            z = model.rng["eval"].normal((COMPARE_GRID * COMPARE_GRID, model.latent), model.dtype.name)
-        xtr = prepare_images(train.images[:probe_limit], model, "train")
-        xte = prepare_images(test.images, model, "test")
-        codes = encode_mean(model, xte)
-        acc = linear_probe(encode_mean(model, xtr), train.labels[:probe_limit], codes, test.labels)
-        results[name] = {"codes": model.backend.to_host(codes),
-                         "labels": np.asarray(test.labels),
-                         "decodes": model.backend.to_host(model.decode_mean(z)),
-                         "probe_accuracy": acc}
-    from .plots import comparison_figure
-
-    comparison_figure(results, out)
-    return {"probe_accuracy": {k: v["probe_accuracy"] for k, v in results.items()},
-            "figure": str(out), "history": history}
-
-
 def _positive(name, v):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise InputError(f"{name} must be a positive integer, got {v!r}")

@@ -48,7 +48,7 @@ import numpy as np
 
 from .backend.random import Stream
 from .errors import InputError
-from .train import prepare_images
+from .inputs import prepare_images
 
 DPI = 100
 FIGSIZE = {

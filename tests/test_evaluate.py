@@ -24,9 +24,9 @@ import pytest
 from scratchvae import VAE
 from scratchvae.backend.random import Stream
 from scratchvae.errors import InputError
+from scratchvae.compare import compare_models
 from scratchvae.evaluate import (
     active_units,
-    compare_models,
     evaluate_run,
     format_report,
     iwae_estimates,

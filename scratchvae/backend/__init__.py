@@ -180,3 +180,20 @@ def backend_of(a) -> Backend:
 def available_backends() -> list[str]:
     """Names of the backends usable on this machine ('numpy', and 'cupy' with a GPU)."""
     return ["numpy"] + (["cupy"] if cupy_usable() else [])
+
+
+def fused(name, a):
+    """The fused kernel ``name`` of the backend owning ``a``, or None to run the NumPy body.
+
+    NumPy arrays always run the readable NumPy body of an op (see the module docstring).
+    """
+    if isinstance(a, np.ndarray):
+        return None
+    return backend_of(a).kernel(name)
+
+
+def xp_of(a):
+    """The array module of ``a`` (numpy or cupy) without importing cupy for numpy arrays."""
+    if isinstance(a, np.ndarray):
+        return np
+    return backend_of(a).xp

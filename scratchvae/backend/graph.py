@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops._seam import fused
+from . import fused
 
 
 class StepGraphs:

@@ -2,24 +2,7 @@
 
 NumPy arrays always run the readable NumPy body of the op; for any other array type the
 owning backend is asked for a kernel of the same name (see :mod:`scratchvae.backend`).
+The lookup lives in the backend (the floor below); the ops import it from here.
 """
 
-import numpy as np
-
-
-def fused(name, a):
-    """The fused kernel ``name`` of the backend owning ``a``, or None to run the NumPy body."""
-    if isinstance(a, np.ndarray):
-        return None
-    from ..backend import backend_of
-
-    return backend_of(a).kernel(name)
-
-
-def xp_of(a):
-    """The array module of ``a`` (numpy or cupy) without importing cupy for numpy arrays."""
-    if isinstance(a, np.ndarray):
-        return np
-    from ..backend import backend_of
-
-    return backend_of(a).xp
+from ..backend import fused, xp_of  # noqa: F401
