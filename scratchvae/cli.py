@@ -187,7 +187,8 @@ def format_epoch(row):
          f" kl {row['train_kl']:7.3f})")
     if "test_loss" in row:
         s += f"  test {row['test_loss']:9.3f} (recon {row['test_recon']:8.3f} kl {row['test_kl']:7.3f})"
-    return s + f"  {row['seconds']:6.1f}s"
+    s += f"  {row['seconds']:6.1f}s"
+    return f"{row['model']:8s} {s}" if "model" in row else s
 
 
 class _StopFlag:
