@@ -38,6 +38,8 @@ point of the AE/KL-only/VAE comparison).
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import os
 import sys
@@ -89,6 +91,19 @@ def _figure(kind, width_factor=1):
     plt = _pyplot()
     w, h = FIGSIZE[kind]
     return plt, plt.figure(figsize=(w * width_factor, h), dpi=DPI, layout="constrained")
+
+
+@contextlib.contextmanager
+def _drawing(kind, width_factor=1, *, path):
+    """A figure of ``kind`` to draw on: saved to ``path`` and closed on leaving the block,
+    closed without saving if drawing raised."""
+    plt, fig = _figure(kind, width_factor)
+    try:
+        yield plt, fig
+    except BaseException:
+        plt.close(fig)
+        raise
+    _save(plt, fig, path)
 
 
 def _save(plt, fig, path):
@@ -255,16 +270,12 @@ def latent_figure(model, test, path, seed=0):
     images, labels = _check_split(test)
     idx = _stream(model, seed, "latent").permutation(len(images))[:MAX_SCATTER]
     mu, _ = _encode(model, images[idx])
-    plt, fig = _figure("latent")
-    try:
+    with _drawing("latent", path=path) as (plt, fig):
         ax = fig.add_subplot()
         _scatter(ax, mu, labels[idx])
         how = "" if model.latent <= 2 else f", PCA of {model.latent}-D μ"
         ax.set_title(f"Latent means of {len(idx)} test images{how}\n{_describe(model)}", fontsize=10)
-    except BaseException:
-        plt.close(fig)
-        raise
-    return _save(plt, fig, path)
+    return Path(path)
 
 
 # -- 2 manifold ----------------------------------------------------------------------------------
@@ -311,8 +322,7 @@ def manifold_figure(model, test, path, k=15):
         z[:, v] = np.repeat(yv, k)
     mosaic, ry, cx = _mosaic(_decode(model, z), k, k, side)
     every = max(1, k // 8)
-    plt, fig = _figure("manifold")
-    try:
+    with _drawing("manifold", path=path) as (plt, fig):
         ax = fig.add_subplot()
         _show(ax, mosaic, xticks=None if L == 1 else (cx[::every], [f"{t:.2f}" for t in xv[::every]]),
               yticks=(ry[::every], [f"{t:.2f}" for t in yv[::every]]))
@@ -329,10 +339,7 @@ def manifold_figure(model, test, path, k=15):
             chosen = (f"\nunits {u + 1}, {v + 1}: highest {score_what} ({score[u]:.3g}, {score[v]:.3g}{unit});"
                       f" the other {L - 2} at {held}")
         ax.set_title(f"Decoded latent grid ({grid})\n{_describe(model)}{chosen}", fontsize=10)
-    except BaseException:
-        plt.close(fig)
-        raise
-    return _save(plt, fig, path)
+    return Path(path)
 
 
 # -- 3 reconstructions -----------------------------------------------------------------------------
@@ -347,18 +354,14 @@ def reconstruction_figure(model, test, path, n=32, seed=0):
     recon = _decode(model, mu)
     cols = min(len(idx), 8)
     rows = math.ceil(len(idx) / cols)
-    plt, fig = _figure("reconstructions")
-    try:
+    with _drawing("reconstructions", path=path) as (plt, fig):
         axes = fig.subplots(2, 1)
         for ax, ims, title in ((axes[0], x, f"{len(idx)} test inputs"),
                                (axes[1], recon, "reconstructions: decoder mean at z = μ")):
             _show(ax, _mosaic(ims, rows, cols, side)[0])
             ax.set_title(title, fontsize=10)
         fig.suptitle(f"Reconstructions — {_describe(model)}", fontsize=11)
-    except BaseException:
-        plt.close(fig)
-        raise
-    return _save(plt, fig, path)
+    return Path(path)
 
 
 # -- 4 abstraction ---------------------------------------------------------------------------------
@@ -386,18 +389,14 @@ def abstraction_figure(model, test, path, inputs=4, samples=10, seed=0):
     tiles = np.concatenate([x[:, None], dec_mu[:, None], dec_z], axis=1).reshape(-1, x.shape[1])
     mosaic, _, cx = _mosaic(tiles, r, samples + 2, side, col_gaps=(0, 1))
     labels = ["input", "z = μ"] + [f"z{i + 1} ~ q" for i in range(samples)]
-    plt, fig = _figure("abstraction")
-    try:
+    with _drawing("abstraction", path=path) as (plt, fig):
         ax = fig.add_subplot()
         _show(ax, mosaic, xticks=(cx, labels))
         ax.tick_params(axis="x", labelrotation=0, labelsize=7)
         mean_sd = float(np.exp(0.5 * lv).mean())
         ax.set_title(f"Abstraction: decodes of several z ~ q(z|x) per input (mean σ of q: {mean_sd:.3f})"
                      f"\n{_describe(model)}", fontsize=10)
-    except BaseException:
-        plt.close(fig)
-        raise
-    return _save(plt, fig, path)
+    return Path(path)
 
 
 # -- 5 samples ---------------------------------------------------------------------------------------
@@ -422,17 +421,13 @@ def sample_figure(model, n, seed, draw, path):
             mean = mean + sigma * noise.normal(mean.shape, dt.name)
     pixels = model.backend.to_host(mean).astype(np.float64)
     rows, cols = _grid_shape(n)
-    plt, fig = _figure("samples")
-    try:
+    with _drawing("samples", path=path) as (plt, fig):
         ax = fig.add_subplot()
         _show(ax, _mosaic(pixels, rows, cols, side)[0])
         what = "pixels drawn from p(x|z)" if draw else "decoder means"
         note = " (an AE has no prior)" if model.mode == "ae" else ""
         ax.set_title(f"{n} decodes of z ~ N(0, I){note}: {what}\n{_describe(model)}, seed {seed}", fontsize=10)
-    except BaseException:
-        plt.close(fig)
-        raise
-    return _save(plt, fig, path)
+    return Path(path)
 
 
 # -- 6 interpolation ----------------------------------------------------------------------------------
@@ -471,17 +466,13 @@ def interpolation_figure(model, test, path, steps=10, seed=0):
     tiles = np.concatenate([row(dec[0]), row(dec[1])])
     mosaic, ry, cx = _mosaic(tiles, 2, steps + 2, side, col_gaps=(0, steps))
     xl = [f"x{a}"] + [f"{v:.2g}" for v in t] + [f"x{b}"]
-    plt, fig = _figure("interpolation")
-    try:
+    with _drawing("interpolation", path=path) as (plt, fig):
         ax = fig.add_subplot()
         _show(ax, mosaic, xticks=(cx, xl), yticks=(ry, ["linear", "slerp"]))
         ax.set_xlabel("t (fraction of the way from μ(x_a) to μ(x_b))")
         ax.set_title(f"Interpolation in μ-space: test #{a} (label {labels[a]}) → test #{b} (label {labels[b]})"
                      f" — {_describe(model)}", fontsize=10)
-    except BaseException:
-        plt.close(fig)
-        raise
-    return _save(plt, fig, path)
+    return Path(path)
 
 
 # -- 7 attribute-vector arithmetic ---------------------------------------------------------------------
@@ -522,16 +513,12 @@ def arithmetic_figure(model, test, path, train=None, pairs=3, per_row=8, seed=0)
         ylabels += [f"{ca}: z = μ", f"{ca}→{cb}: μ + m{cb} − m{ca}"]
     mosaic, ry, _ = _mosaic(np.concatenate(tiles), 2 * pairs, per_row, side,
                             row_gaps=tuple(range(1, 2 * pairs - 1, 2)))
-    plt, fig = _figure("arithmetic")
-    try:
+    with _drawing("arithmetic", path=path) as (plt, fig):
         ax = fig.add_subplot()
         _show(ax, mosaic, yticks=(ry, ylabels))
         ax.set_title(f"Attribute vectors: test digits of class a moved by m_b − m_a\n"
                      f"(m_c = mean μ of class c over {ref_name}) — {_describe(model)}", fontsize=10)
-    except BaseException:
-        plt.close(fig)
-        raise
-    return _save(plt, fig, path)
+    return Path(path)
 
 
 # -- 8 loss curves ---------------------------------------------------------------------------------------
@@ -540,8 +527,7 @@ def loss_figure(history, path, title=""):
     if not history:
         raise InputError("history is empty: no epoch has finished yet")
     epochs = [r["epoch"] for r in history]
-    plt, fig = _figure("losses")
-    try:
+    with _drawing("losses", path=path) as (plt, fig):
         axes = fig.subplots(1, 3)
         for ax, key, name in zip(axes, ("loss", "recon", "kl"),
                                  ("−ELBO (recon + KL)", "reconstruction −log p(x|z)", "KL(q(z|x) ‖ p(z))")):
@@ -556,10 +542,7 @@ def loss_figure(history, path, title=""):
             ax.legend(fontsize=8)
             ax.xaxis.get_major_locator().set_params(integer=True)
         fig.suptitle(f"Training curves{' — ' + title if title else ''}", fontsize=11)
-    except BaseException:
-        plt.close(fig)
-        raise
-    return _save(plt, fig, path)
+    return Path(path)
 
 
 # -- 9 model comparison -----------------------------------------------------------------------------------
@@ -592,8 +575,7 @@ def comparison_figure(results, path):
                              f"got {decodes.shape}")
         keep = np.unique(np.linspace(0, len(codes) - 1, min(len(codes), MAX_SCATTER)).astype(int))
         checked[name] = (codes[keep], labels[keep], decodes, rows, side, float(r["probe_accuracy"]))
-    plt, fig = _figure("comparison", width_factor=len(checked))
-    try:
+    with _drawing("comparison", len(checked), path=path) as (plt, fig):
         axes = fig.subplots(2, len(checked), squeeze=False, height_ratios=(1, 1))
         handles = None
         for j, (name, (codes, labels, decodes, rows, side, acc)) in enumerate(checked.items()):
@@ -605,10 +587,7 @@ def comparison_figure(results, path):
             axes[1, j].set_title(f"{name}: decodes of the same {rows * rows} z ~ N(0, I)", fontsize=10)
         fig.legend(handles=handles, title="label", loc="outside lower center", ncol=len(handles),
                    fontsize=8, frameon=False)
-    except BaseException:
-        plt.close(fig)
-        raise
-    return _save(plt, fig, path)
+    return Path(path)
 
 
 # -- everything for a run ----------------------------------------------------------------------------------

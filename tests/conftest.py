@@ -47,3 +47,15 @@ def backend(request):
     if request.param == "cupy" and not cupy_usable():
         pytest.skip("cupy backend: CuPy is not installed or sees no usable CUDA GPU")
     return get_backend(request.param)
+
+
+@pytest.fixture
+def cp():
+    """The cupy module, for tests written directly against it; skips without a usable GPU."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception as exc:  # no driver, no device
+        pytest.skip(f"no usable CUDA device: {exc}")
+    return cupy

@@ -161,15 +161,6 @@ def test_cuda_source_names_every_kernel_and_avoids_fast_math():
         assert constant in PHILOX_CUDA_SRC
 
 
-@pytest.fixture
-def cp():
-    cupy = pytest.importorskip("cupy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except Exception as exc:  # no driver, no device
-        pytest.skip(f"no usable CUDA device: {exc}")
-    return cupy
 
 
 def test_device_kernel_gives_the_known_answers(cp):

@@ -281,15 +281,6 @@ def test_permutation():
 
 
 # -- CuPy: the same streams on the GPU ---------------------------------------------------------
-@pytest.fixture
-def cp():
-    cupy = pytest.importorskip("cupy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except Exception as exc:  # no driver, no device
-        pytest.skip(f"no usable CUDA device: {exc}")
-    return cupy
 
 
 def ulps32(a, b):
