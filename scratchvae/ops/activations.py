@@ -23,7 +23,6 @@ Derivations, one line each:
 
 from __future__ import annotations
 
-
 from ..errors import InputError
 from ._seam import fused, xp_of
 
