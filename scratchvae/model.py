@@ -41,13 +41,15 @@ from .ops import (
     dense_backward,
     reparam_kl_backward,
     reparam_kl_forward,
+    reparameterize,
     sigmoid,
+    soft_floor_log_sigma,
+    soft_floor_log_sigma_backward,
 )
 from .ops.dense import matmul
 from .ops.gaussian import LOGVAR_LIMIT
 from .ops.activations import check_activation
 from .ops.likelihoods import (
-    LOG_SIGMA_FLOOR,
     bernoulli_nll_forward_backward,
     gaussian_nll_forward_backward,
 )
@@ -322,7 +324,7 @@ class VAE:
         """z = μ + exp(½ logvar) ⊙ ε; ε drawn from the 'noise' stream unless given."""
         if eps is None:
             eps = self.rng["noise"].normal(mu.shape, self.dtype.name)
-        return mu + self.xp.exp(0.5 * logvar) * eps
+        return reparameterize(mu, logvar, eps)[0]
 
     def decode(self, z):
         """z (N, L) -> decoder output (N, D): logits (Bernoulli) or means (Gaussian).
@@ -346,8 +348,7 @@ class VAE:
         """The decoder's log σ: a float (fixed σ) or an array (1,) / (D,) (learned)."""
         if not self.learned_sigma:
             return math.log(self.sigma_value)
-        s = self.params["dec.logsigma"]
-        return LOG_SIGMA_FLOOR + self.xp.logaddexp(s - LOG_SIGMA_FLOOR, 0)
+        return soft_floor_log_sigma(self.params["dec.logsigma"])
 
     def sample(self, n, eps=None, draw=False):
         """Decode n codes z ~ N(0, I) (from the 'eval' stream unless ``eps`` is given).
@@ -454,7 +455,7 @@ class VAE:
             self._backward_stack(layers, [zin] + ws.dec_a, ws.dec_d, ws.dy, dz, ws.mask)
             if dls is not None:
                 s = P["dec.logsigma"]
-                G["dec.logsigma"][...] = dls * sigmoid(s - LOG_SIGMA_FLOOR)
+                G["dec.logsigma"][...] = soft_floor_log_sigma_backward(dls, s)
 
         # backward: sample and KL, head, encoder
         if self.mode != "ae":

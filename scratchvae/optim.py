@@ -31,6 +31,13 @@ class _Optimizer:
         self.lr = lr
         self._names, self._params = _as_list(params)
         self.t = 0
+        self._buf = [None] * len(self._params)
+
+    def _scratch(self, i):
+        """A buffer of parameter i's shape, made on the first step (steps allocate nothing)."""
+        if self._buf[i] is None:
+            self._buf[i] = xp_of(self._params[i]).empty_like(self._params[i])
+        return self._buf[i]
 
     def _grads(self, grads):
         names, gs = _as_list(grads)
@@ -88,12 +95,12 @@ class SGD(_Optimizer):
 
     def step_from(self, grads, coef):
         """The update without touching ``t`` (``coef`` is unused): a capturable step."""
-        for p, g, v in zip(self._params, self._grads(grads), self.velocity):
+        for i, (p, g, v) in enumerate(zip(self._params, self._grads(grads), self.velocity)):
             if self.momentum:
                 v *= self.momentum
                 v += g                      # v ← μ v + g
                 g = v
-            p -= self.lr * g                # p ← p − lr · v
+            p -= xp_of(p).multiply(g, self.lr, out=self._scratch(i))   # p ← p − lr · v
 
 
 class Adam(_Optimizer):
@@ -115,7 +122,6 @@ class Adam(_Optimizer):
         self.betas, self.eps = (b1, b2), float(eps)
         self.m = self._zeros()
         self.v = self._zeros()
-        self._buf = [None] * len(self._params)
 
     def step(self, grads):
         self.t += 1
@@ -142,10 +148,6 @@ class Adam(_Optimizer):
         for i, (p, g) in enumerate(zip(self._params, self._grads(grads))):
             adam_update_from(p, g, self.m[i], self.v[i], coef, b1, b2, self.eps, self._scratch(i))
 
-    def _scratch(self, i):
-        if self._buf[i] is None:
-            self._buf[i] = xp_of(self._params[i]).empty_like(self._params[i])
-        return self._buf[i]
 
 
 def adam_update(p, g, m, v, step_size, sqrt_bc2, b1, b2, eps, scratch):

@@ -171,3 +171,25 @@ def test_import_does_not_import_cupy():
     code = "import sys, scratchvae; print('cupy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_sgd_step_allocates_nothing_large():
+    """SGD with momentum updates the flat buffer through its own scratch, like Adam."""
+    from scratchvae import SGD
+
+    m = VAE(hidden=(400,), latent=20, seed=0)
+    x = np.random.default_rng(0).uniform(size=(128, 784)).astype(np.float32)
+    opt = SGD(m.theta, lr=1e-3, momentum=0.9)
+    for _ in range(2):
+        m.loss_and_grads(x)
+        opt.step(m.grad)
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        m.loss_and_grads(x)
+        opt.step(m.grad)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - base < 64 * 1024, f"a step allocated {peak - base} bytes at its peak"
