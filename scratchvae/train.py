@@ -138,11 +138,6 @@ class _Position:
     epoch_seconds: float = 0.0
 
 
-@dataclass
-class History:
-    rows: list = field(default_factory=list)
-
-
 def make_optimizer(model, cfg: TrainConfig):
     if cfg.optimizer == "adam":
         return Adam(model.theta, lr=cfg.lr)

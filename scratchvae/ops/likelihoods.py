@@ -92,13 +92,6 @@ def bernoulli_nll_forward_backward(logits, x, dlogits, scratch, overwrite_logits
     return xp.sum(sp)
 
 
-def _vdot(a, b, xp):
-    """Σ a ⊙ b over all entries without a temporary (BLAS dot on contiguous arrays)."""
-    if a.flags.c_contiguous and b.flags.c_contiguous:
-        return xp.dot(a.ravel(), b.ravel())
-    return xp.sum(a * b)
-
-
 # -- Gaussian -----------------------------------------------------------------------
 def soft_floor_log_sigma(s, floor=LOG_SIGMA_FLOOR):
     """log σ = f + softplus(s − f): the learned log σ with a soft floor f.  Returns log σ."""
