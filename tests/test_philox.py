@@ -133,20 +133,154 @@ def test_uniform53_is_exact_and_strictly_inside_unit_interval():
 
 
 def test_box_muller_matches_the_formula_in_libm():
-    u1 = np.array([2.0**-53, 1e-300 + 2.0**-40, 0.25, 0.5, 1 - 2.0**-53, 0.9])
-    u2 = np.array([0.0 + 2.0**-53, 0.125, 0.25, 0.6, 0.75, 1 - 2.0**-53])
+    u1 = np.array([2.0**-53, 1e-300 + 2.0**-40, 0.25, 0.5, 1 - 2.0**-53, 0.9, 0.7071067811865476])
+    u2 = np.array([0.0 + 2.0**-53, 0.125, 0.25, 0.6, 0.75, 1 - 2.0**-53, 0.375])
     got = box_muller(u1, u2)
-    assert got.shape == (12,) and got.dtype == np.float64
+    assert got.shape == (14,) and got.dtype == np.float64
     for n1, n2, a, b in zip(got[0::2], got[1::2], u1, u2):
         r = math.sqrt(-2.0 * math.log(a))
         t = 2 * math.pi * b
-        assert n1 == pytest.approx(r * math.cos(t), rel=1e-14, abs=1e-15)
-        assert n2 == pytest.approx(r * math.sin(t), rel=1e-14, abs=1e-15)
+        assert n1 == pytest.approx(r * math.cos(t), rel=1e-14, abs=1e-14)
+        assert n2 == pytest.approx(r * math.sin(t), rel=1e-14, abs=1e-14)
     # an odd float32 out drops the last sine and rounds each float64 product once
-    odd = box_muller(u1, u2, out=np.empty(11, np.float32))
-    np.testing.assert_array_equal(odd, got[:11].astype(np.float32))
-    assert philox.TWO_PI == 2 * math.pi
+    odd = box_muller(u1, u2, out=np.empty(13, np.float32))
+    np.testing.assert_array_equal(odd, got[:13].astype(np.float32))
     assert abs(got).max() < 8.58  # the largest |n|: sqrt(-2 log 2**-53) = 8.5717...
+    # quarter turns are exact: cos(pi/2) is 0, not 6e-17 as with a rounded 2 pi u2
+    quarter = box_muller(np.array([math.exp(-0.5)] * 4), np.array([0.25, 0.5, 0.75, 0.125]))
+    r = quarter[1]
+    assert quarter[:6].tolist() == [0.0, r, -r, 0.0, 0.0, -r] and r == pytest.approx(1, abs=1e-15)
+    assert quarter[6] == pytest.approx(r * math.sqrt(0.5), rel=1e-15)
+
+
+def test_box_muller_constants_are_what_the_docstring_says():
+    from decimal import Decimal, getcontext
+
+    getcontext().prec = 40
+    ln2 = Decimal(2).ln()
+    assert philox.LN2_HI.hex().endswith("ee00000p-1")       # 32 significant bits: e * LN2_HI exact
+    assert abs(Decimal(philox.LN2_HI) + Decimal(philox.LN2_LO) - ln2) < Decimal(2) ** -80
+    assert philox.PIO2 == math.pi / 2 and philox.SQRT_HALF == math.sqrt(0.5)
+    assert philox.LOG_C == tuple(1 / (2 * k + 1) for k in range(11))
+    # the first dropped terms are below 1e-18: s**22/23 at |s| = (sqrt 2 - 1)/(sqrt 2 + 1), and
+    # a**19/19!, a**20/20! at a = pi/4
+    s2 = ((math.sqrt(2) - 1) / (math.sqrt(2) + 1)) ** 2
+    a2 = (math.pi / 4) ** 2
+    assert s2 ** len(philox.LOG_C) / (2 * len(philox.LOG_C) + 1) < 1e-18
+    assert a2 ** len(philox.SIN_C) / math.factorial(2 * len(philox.SIN_C) + 1) < 1e-18
+    assert a2 ** len(philox.COS_C) / math.factorial(2 * len(philox.COS_C)) < 1e-18
+    for k, (c, d) in enumerate(zip(philox.SIN_C, philox.COS_C)):
+        assert c == pytest.approx((-1) ** k / math.factorial(2 * k + 1), rel=1e-16)
+        assert d == pytest.approx((-1) ** k / math.factorial(2 * k), rel=1e-16)
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).eps > 1e-18, reason="needs an extended long double")
+def test_box_muller_is_accurate_to_a_few_ulps():
+    """Against long-double libm: r within 2.5 ulps; each normal within 3 ulps of r, absolutely.
+
+    (The old ``r cos(fl(2 pi u2))`` with libm was up to 6 off by the second measure.)
+    """
+    rng = np.random.default_rng(0)
+    n = 200_000
+    u1 = (rng.integers(0, 2**52, n) * 2 + 1) * 2.0**-53
+    u2 = (rng.integers(0, 2**52, n) * 2 + 1) * 2.0**-53
+    u1[:3] = [2.0**-53, 1 - 2.0**-53, 0.5]
+    pi = np.longdouble("3.14159265358979323846264338327950288")
+    r = np.sqrt(-2 * np.log(u1.astype(np.longdouble)))
+    ulp_r = np.spacing(r.astype(np.float64))
+    r_alone = box_muller(u1, np.full(n, 2.0**-53))[0::2]  # cos(2 pi 2**-53) rounds to 1
+    assert np.max(np.abs(r_alone - r) / ulp_r) < 2.5
+    got = box_muller(u1, u2)
+    t = 2 * pi * u2.astype(np.longdouble)
+    err = np.abs(np.stack([got[0::2] - r * np.cos(t), got[1::2] - r * np.sin(t)]))
+    assert np.max(err / ulp_r) < 3
+
+
+C_PRELUDE = r"""
+#include <math.h>
+#define __device__
+#define __forceinline__ static inline
+static inline unsigned int __umulhi(unsigned int a, unsigned int b) {
+    return (unsigned int)(((unsigned long long)a * b) >> 32);
+}
+"""
+C_HOST = r"""
+void normals(u32 k0, u32 k1, u32 d_lo, u32 d_hi, double *out, u64 n) {
+    for (u64 j = 0; 2 * j < n; ++j) {      /* philox_normal_f64's loop, one thread */
+        u32 w[4];
+        double n1, n2;
+        philox_block(j, k0, k1, d_lo, d_hi, w);
+        box_muller(w, &n1, &n2);
+        out[2 * j] = n1;
+        if (2 * j + 1 < n) out[2 * j + 1] = n2;
+    }
+}
+void pairs(const double *u1, const double *u2, double *out, u64 b) {
+    for (u64 j = 0; j < b; ++j) normal_pair(u1[j], u2[j], out + 2 * j, out + 2 * j + 1);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def device_code_on_host(tmp_path_factory):
+    """PHILOX_DEVICE_SRC, the device functions of the CUDA module, compiled as C for the host.
+
+    With IEEE doubles (x86-64 SSE2, aarch64), ``-ffp-contract=off`` (no FMA, as
+    ``--fmad=false`` on the GPU) and correctly rounded ``/`` and ``sqrt`` on both, this is the
+    arithmetic the GPU runs.
+    """
+    import ctypes
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler")
+    d = tmp_path_factory.mktemp("philox_c")
+    (d / "p.c").write_text(C_PRELUDE + philox.PHILOX_DEVICE_SRC + C_HOST)
+    subprocess.run([cc, "-O2", "-std=c99", "-ffp-contract=off", "-fno-fast-math", "-shared",
+                    "-fPIC", "-o", str(d / "p.so"), str(d / "p.c"), "-lm"], check=True)
+    lib = ctypes.CDLL(str(d / "p.so"))
+    lib.normals.argtypes = [ctypes.c_uint32] * 4 + [ctypes.c_void_p, ctypes.c_uint64]
+    lib.pairs.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_uint64]
+    return lib
+
+
+def test_device_code_gives_numpys_normals_bit_for_bit(device_code_on_host):
+    from scratchvae.backend.random import Stream
+
+    n = 100_003
+    for seed, stream_id, d in ((7, 0, 0), (2024, 3, 2**32 + 5)):
+        s = Stream(seed, stream_id)
+        s.set_state(np.array([*s.key, d & 0xFFFFFFFF, d >> 32], dtype=np.uint32))
+        want = s.normal(n, np.float64)
+        got = np.empty(n)
+        device_code_on_host.normals(*s.key, d & 0xFFFFFFFF, d >> 32, got.ctypes.data, n)
+        np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
+    # the edges: u at 2**-53 and 1 - 2**-53, the sqrt(1/2) split, every quarter turn and the
+    # half-way points where rint rounds to even
+    edges = [2.0**-53, 3 * 2.0**-53, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875,
+             1 - 2.0**-53, philox.SQRT_HALF, np.nextafter(philox.SQRT_HALF, 0), 1 / 3]
+    u1, u2 = (np.array(v) for v in zip(*[(a, b) for a in edges for b in edges]))
+    got = np.empty(2 * u1.size)
+    device_code_on_host.pairs(u1.ctypes.data, u2.ctypes.data, got.ctypes.data, u1.size)
+    np.testing.assert_array_equal(got.view(np.int64), box_muller(u1, u2).view(np.int64))
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvcc") is None, reason="no nvcc")
+def test_cuda_module_compiles_to_ptx_with_no_fma_and_rounded_div_sqrt(tmp_path):
+    """nvcc's PTX of the module: no FMA anywhere, IEEE ``div.rn``/``sqrt.rn``/``cvt.rni``."""
+    import subprocess
+
+    (tmp_path / "philox.cu").write_text(PHILOX_CUDA_SRC)
+    subprocess.run(["nvcc", "--ptx", "-arch=sm_80", *philox.CUDA_OPTIONS, "-o",
+                    str(tmp_path / "philox.ptx"), str(tmp_path / "philox.cu")], check=True)
+    ptx = (tmp_path / "philox.ptx").read_text()
+    for name in philox.CUDA_KERNELS:
+        assert f".entry {name}(" in ptx, name
+    assert "fma." not in ptx and "div.approx" not in ptx
+    for op in ("div.rn.f64", "sqrt.rn.f64", "cvt.rni.f64.f64"):
+        assert op in ptx, op
 
 
 def test_cuda_source_names_every_kernel_and_avoids_fast_math():

@@ -16,8 +16,8 @@ product, ``p >> 32`` its high half and ``p & 0xFFFFFFFF`` its low half (``philox
 ``PHILOX_CUDA_SRC`` is the same function in CUDA (``__umulhi`` for the high half) plus the
 transforms below, so the two backends give the same bits.
 
-Transforms (all exact except where marked)
-------------------------------------------
+Transforms
+----------
 * ``float32`` uniform from one word ``u``: ``((u >> 8) | 1) * 2**-24``. The integer
   ``(u >> 8) | 1 = 2 * (u >> 9) + 1 < 2**24`` converts to float32 exactly and the power-of-two
   scaling is exact, so the values are the 2**23 odd multiples of 2**-24, in
@@ -27,17 +27,47 @@ Transforms (all exact except where marked)
   ``u = ((v >> 11) | 1) * 2**-53`` (the top 52 bits of v, then a 1 bit); exact for the same
   reason, in ``[2**-53, 1 - 2**-53]``.
 * normals (Box-Muller, always in float64): from one block ``(w0, w1, w2, w3)`` take
-  ``u1 = uniform53(w0, w1)``, ``u2 = uniform53(w2, w3)``, then ``r = sqrt(-2 * log(u1))``,
-  ``t = 2pi * u2`` (``2pi`` is the float64 nearest to 2 pi), ``n1 = r * cos(t)``,
-  ``n2 = r * sin(t)``; each block gives two normals, in that order. Float32 normals are the
-  float64 ones rounded to nearest-even. Multiplications are single IEEE roundings (the CUDA
-  source is compiled with ``--fmad=false`` so none is fused into an FMA) and ``sqrt`` is
-  correctly rounded on both backends, but ``log``, ``cos`` and ``sin`` are not: NumPy (its
-  SIMD loops or the C library) and CUDA's libdevice may differ by 1-2 ulp in float64. So
-  float64 normals may differ by a few float64 ulps between backends, while float32 normals
-  almost always agree bit for bit (at most 1 float32 ulp, when a float64 result lies within a
-  few ulps of a float32 rounding boundary). ``|n| < 8.58`` always, since ``u1 >= 2**-53``.
+  ``u1 = uniform53(w0, w1)``, ``u2 = uniform53(w2, w3)``, then ``r = sqrt(-2 log u1)`` and
+  ``n1 = r cos(2 pi u2)``, ``n2 = r sin(2 pi u2)``; each block gives two normals, in that order.
+  Float32 normals are the float64 ones rounded to nearest-even. ``|n| < 8.58`` always, since
+  ``u1 >= 2**-53``.
+
+Bit-identical normals: only correctly rounded operations
+--------------------------------------------------------
+IEEE 754 rounds ``+ - * /`` and ``sqrt`` correctly, so any machine that evaluates the same
+sequence of them on the same inputs gets the same bits. ``log``, ``cos`` and ``sin`` are not
+correctly rounded: NumPy's loops and CUDA's libdevice may differ by an ulp or two. So
+``box_muller`` does not call them. It builds the three functions from exact steps (``frexp``,
+``rint``, scaling by 2, Sterbenz subtractions) and the five rounded operations, in one fixed
+order that the NumPy code (``box_muller``) and the CUDA code (``_NORMAL_PAIR_C``, generated
+from the same constants) both spell out:
+
+* ``log u1``: ``u1 = m 2**e`` (``frexp``, exact); if ``m < sqrt(1/2)`` then ``m = 2m``,
+  ``e = e - 1`` (exact), so ``m`` lies in ``[sqrt(1/2), sqrt(2))``. With ``f = m - 1``
+  (exact, Sterbenz) and ``s = f / (f + 2)``, ``log m = 2 atanh s = 2 s (1 + s**2/3 + s**4/5
+  + ...)``; ``|s| <= 0.1716``, so eleven terms (``LOG_C``, through ``s**20/21``) leave a
+  truncation error below 1e-18. Then ``log u1 = e LN2_HI + (e LN2_LO + log m)``, where
+  ``LN2_HI`` holds the top 32 bits of ln 2 (so ``e * LN2_HI`` is exact) and ``LN2_LO`` the
+  rest.
+* ``cos(2 pi u2)``, ``sin(2 pi u2)``: ``y = 4 u2`` (exact), ``q = rint(y)``, ``f = y - q``
+  (exact), so ``2 pi u2 = q pi/2 + a`` with ``a = f * PIO2`` in ``[-pi/4, pi/4]``. The
+  Taylor series of ``sin a`` (``a`` times ``SIN_C`` in ``a**2``, through ``a**17/17!``) and
+  ``cos a`` (``COS_C``, through ``a**18/18!``) have truncation errors below 1e-18 there.
+  Quadrant ``q mod 4`` picks ``(cos, sin) = (C, S), (-S, C), (-C, -S), (S, -C)``; negation
+  is exact. (Reducing ``u2`` before multiplying by pi also avoids the error of rounding
+  ``2 pi u2`` to a float64 first.)
+
+Each polynomial is evaluated by Horner's rule, ``p = p * z + c`` from the highest
+coefficient down, each product and sum rounded. The CUDA module is compiled with
+``--fmad=false`` so that no ``p * z + c`` becomes one FMA (one rounding instead of two), and
+CUDA's float64 ``/`` and ``sqrt`` are correctly rounded by default. The result: float64 and
+float32 normals are **bit-identical** between NumPy and CuPy, and accurate to a few float64
+ulps: within 2.5 ulps for ``r`` and 3 ulps of ``r`` for ``n`` against long-double libm
+(``tests/test_philox.py``, which also compiles the device functions as C on the host and
+checks them against NumPy bit for bit).
 """
+
+import math
 
 import numpy as np
 
@@ -48,7 +78,15 @@ PHILOX_M1 = 0xCD9E8D57
 PHILOX_W0 = 0x9E3779B9
 PHILOX_W1 = 0xBB67AE85
 
-TWO_PI = 6.283185307179586  # float64 nearest to 2*pi, 0x401921FB54442D18; == 2 * math.pi
+# The transform's constants (see "Bit-identical normals"); the CUDA source is generated from
+# these same float64 values (``repr`` round-trips exactly).
+LN2_HI = float.fromhex("0x1.62e42feep-1")    # ln 2 to 32 bits: e * LN2_HI exact for |e| < 2**21
+LN2_LO = 1.9082149292705877e-10              # ln 2 - LN2_HI, rounded to float64
+SQRT_HALF = 0.7071067811865476               # float64 nearest sqrt(1/2): where m is split
+PIO2 = 1.5707963267948966                    # float64 nearest pi/2 (== math.pi / 2)
+LOG_C = tuple(1.0 / (2 * k + 1) for k in range(11))                     # atanh(s)/s in s**2
+SIN_C = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(9))  # sin(a)/a in a**2
+COS_C = tuple((-1) ** k / math.factorial(2 * k) for k in range(10))     # cos(a) in a**2
 _M = np.array([[PHILOX_M0], [PHILOX_M1]], dtype=np.uint64)
 _W = np.array([[PHILOX_W0], [PHILOX_W1]], dtype=np.uint64)
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -148,28 +186,75 @@ def uniform53(a, b, out=None, work=None):
     return np.multiply(v, _TWO_M53, out=out, dtype=np.float64, casting="unsafe")
 
 
-def box_muller(u1, u2, out=None, work=None):
-    """Interleaved normals: ``out[2j] = r_j cos t_j``, ``out[2j+1] = r_j sin t_j``.
+def horner(z, coeffs, out):
+    """``out = (...(c[-1] z + c[-2]) z + ...) z + c[0]``, each product and sum rounded once."""
+    np.multiply(z, coeffs[-1], out=out)
+    for c in coeffs[-2:0:-1]:
+        out += c
+        out *= z
+    out += coeffs[0]
+    return out
 
-    ``r = sqrt(-2 log u1)``, ``t = TWO_PI * u2``, all in float64; u1, u2: float64 (B,) in
-    (0, 1). ``out``: a flat array of 2B - 1 or 2B values (the last sine is dropped when odd),
-    float64 or float32 (each product rounded once to it); default a new float64 (2B,).
-    work: optional float64 (3, B) scratch.
+
+def box_muller(u1, u2, out=None, work=None):
+    """Interleaved normals: ``out[2j] = r_j cos(2 pi u2_j)``, ``out[2j+1] = r_j sin(2 pi u2_j)``.
+
+    ``r = sqrt(-2 log u1)``; u1, u2: float64 (B,) in (0, 1). Only correctly rounded
+    operations, in the order of the module docstring, so that CUDA gets the same bits.
+    ``out``: a flat array of 2B - 1 or 2B values (the last sine is dropped when odd), float64
+    or float32 (each product ``r * trig`` rounded once to it); default a new float64 (2B,).
+    work: optional float64 (6, B) scratch.
     """
+    B = u1.shape[0]
     if work is None:
-        work = np.empty((3,) + u1.shape, dtype=np.float64)
-    r, theta, trig = work
-    np.log(u1, out=r)
+        work = np.empty((6, B), dtype=np.float64)
+    m, t, s, z, p, r = work
+    # log u1 = e LN2_HI + (e LN2_LO + log m), with m in [sqrt(1/2), sqrt(2))
+    e = t.view(np.int32)[:B]
+    np.frexp(u1, out=(m, e))                         # u1 = m 2**e, m in [1/2, 1): exact
+    small = z.view(np.bool_)[:B]
+    np.less(m, SQRT_HALF, out=small)
+    np.multiply(m, 2.0, out=m, where=small)
+    np.subtract(e, 1, out=e, where=small)
+    np.copyto(r, e)                                  # float(e), exact
+    m -= 1.0                                         # f = m - 1, exact (Sterbenz)
+    np.add(m, 2.0, out=s)
+    np.divide(m, s, out=s)                           # s = f / (f + 2)
+    np.multiply(s, s, out=z)
+    horner(z, LOG_C, out=p)
+    s += s
+    p *= s                                           # log m = 2 s P(s**2)
+    np.multiply(r, LN2_LO, out=m)
+    m += p
+    r *= LN2_HI
+    r += m                                           # log u1
     r *= -2.0
     np.sqrt(r, out=r)
-    np.multiply(u2, TWO_PI, out=theta)
+    # 2 pi u2 = q pi/2 + a with a = (4 u2 - q) PIO2: S = sin a in s, C = cos a in p
+    np.multiply(u2, 4.0, out=m)                      # exact
+    np.rint(m, out=t)                                # q in {0, 1, 2, 3, 4}
+    m -= t                                           # exact
+    m *= PIO2                                        # a
+    np.multiply(m, m, out=z)
+    horner(z, SIN_C, out=s)
+    s *= m
+    horner(z, COS_C, out=p)
+    # quadrant q mod 4: (cos, sin) = (C, S), (-S, C), (-C, -S), (S, -C)
+    odd, neg_cos, neg_sin = m.view(np.bool_).reshape(8, B)[:3]
+    for mask, centre, radius in ((odd, 2.0, 1.0), (neg_cos, 1.5, 0.5), (neg_sin, 2.5, 0.5)):
+        np.subtract(t, centre, out=z)                # odd: q = 1, 3; neg_cos: q = 1, 2;
+        np.abs(z, out=z)                             # neg_sin: q = 2, 3 (q = 4 is 0)
+        np.equal(z, radius, out=mask)
+    np.copyto(z, p)
+    np.copyto(z, s, where=odd)                       # |cos| part: S in odd quadrants
+    np.copyto(s, p, where=odd)                       # |sin| part: C in odd quadrants
+    np.negative(z, out=z, where=neg_cos)
+    np.negative(s, out=s, where=neg_sin)
     if out is None:
-        out = np.empty(2 * r.shape[0], dtype=np.float64)
-    half = out.shape[0] // 2                  # how many sines are kept
-    np.cos(theta, out=trig)
-    np.multiply(trig, r, out=out[0::2])
-    np.sin(theta[:half], out=trig[:half])
-    np.multiply(trig[:half], r[:half], out=out[1::2])
+        out = np.empty(2 * B, dtype=np.float64)
+    half = out.shape[0] // 2                         # how many sines are kept
+    np.multiply(r, z, out=out[0::2])
+    np.multiply(r[:half], s[:half], out=out[1::2])
     return out
 
 
@@ -179,7 +264,47 @@ def box_muller(u1, u2, out=None, work=None):
 # counter (j_lo, j_hi, d_lo, d_hi) whatever the launch geometry (grid-stride loop).
 # philox_advance increments d on the device, so a replayed CUDA graph advances the stream.
 # --------------------------------------------------------------------------------------------
-PHILOX_CUDA_SRC = r"""
+def _c_horner(var, z, coeffs):
+    """C statements that compute ``horner(z, coeffs)`` into a new double ``var``, in its order."""
+    lines = [f"double {var} = {z} * {coeffs[-1]!r};"]
+    for c in coeffs[-2:0:-1]:
+        lines.append(f"{var} = {var} + {c!r}; {var} = {var} * {z};")
+    lines.append(f"{var} = {var} + {coeffs[0]!r};")
+    return "\n    ".join(lines)
+
+
+# ``box_muller``'s arithmetic for one pair, operation for operation (module docstring).
+_NORMAL_PAIR_C = f"""
+__device__ __forceinline__ void normal_pair(double u1, double u2, double *n1, double *n2) {{
+    int e;
+    double m = frexp(u1, &e);
+    if (m < {SQRT_HALF!r}) {{ m = m * 2.0; e = e - 1; }}
+    const double ef = (double)e;
+    const double f = m - 1.0;
+    double s = f / (f + 2.0);
+    const double z = s * s;
+    {_c_horner("p", "z", LOG_C)}
+    s = s + s;
+    p = p * s;
+    double r = ef * {LN2_HI!r} + (ef * {LN2_LO!r} + p);
+    r = sqrt(r * -2.0);
+    const double y = u2 * 4.0;
+    const double q = rint(y);
+    const double a = (y - q) * {PIO2!r};
+    const double za = a * a;
+    {_c_horner("sa", "za", SIN_C)}
+    sa = sa * a;
+    {_c_horner("ca", "za", COS_C)}
+    const int k = (int)q & 3;
+    double c = (k & 1) ? sa : ca;
+    double sn = (k & 1) ? ca : sa;
+    if (k == 1 || k == 2) c = -c;
+    if (k >= 2) sn = -sn;
+    *n1 = r * c;
+    *n2 = r * sn;
+}}"""
+
+PHILOX_DEVICE_SRC = r"""
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u
 #define PHILOX_W0 0x9E3779B9u
@@ -222,15 +347,16 @@ __device__ __forceinline__ double uniform53(u32 a, u32 b) {
     return (double)((v >> 11) | 1ull) * (1.0 / 9007199254740992.0);
 }
 
-/* Box-Muller in double precision with the accurate log/sqrt/cos/sin (not the intrinsics). */
+/* Box-Muller from correctly rounded operations only; generated from philox.py's constants. */
+""" + _NORMAL_PAIR_C + r"""
+
 __device__ __forceinline__ void box_muller(const u32 w[4], double *n1, double *n2) {
-    const double u1 = uniform53(w[0], w[1]);
-    const double theta = 6.283185307179586476925286766559 * uniform53(w[2], w[3]);
-    const double r = sqrt(-2.0 * log(u1));
-    *n1 = r * cos(theta);
-    *n2 = r * sin(theta);
+    normal_pair(uniform53(w[0], w[1]), uniform53(w[2], w[3]), n1, n2);
 }
 
+"""
+
+PHILOX_CUDA_SRC = PHILOX_DEVICE_SRC + r"""
 #define GRID_STRIDE_BLOCKS(B) \
     for (u64 j = (u64)blockIdx.x * blockDim.x + threadIdx.x; j < (B); \
          j += (u64)gridDim.x * blockDim.x)

@@ -23,7 +23,7 @@ Counter layout (fixed; changing it changes every stream)
 
   A draw's result so depends only on (seed, stream id, d, n, kind), never on how a GPU launch
   is gridded, and the same seed gives the same stream on every backend (see ``philox.py`` for
-  the transforms and the ulp-level caveat on normals).
+  the transforms, and for why normals too are bit-identical).
 
 Arrays fill in C order. The CuPy stream keeps ``d`` on the device as ``uint32[2] = (d_lo, d_hi)``;
 each draw is one generating kernel that reads ``d`` from device memory and one one-thread kernel
@@ -46,7 +46,7 @@ _MASK64 = 0xFFFFFFFFFFFFFFFF
 _FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 _THREADS = 256
 _MAX_GRID = 4096  # grid-stride loops cover the rest; results do not depend on this
-_WORKSPACE_BLOCKS = 1 << 16  # NumPy streams keep scratch for draws up to this many blocks (5.5 MB)
+_WORKSPACE_BLOCKS = 1 << 16  # NumPy streams keep scratch for draws up to this many blocks (7 MiB)
 
 
 def derive_key(seed, stream_id):
@@ -226,7 +226,7 @@ class Stream:
             for name in ("x", "y", "p"):
                 ws[name] = numpy.empty((2, n_blocks), dtype=numpy.uint64)
             ws["u"] = numpy.empty((2, n_blocks), dtype=numpy.float64)
-            ws["f"] = numpy.empty((3, n_blocks), dtype=numpy.float64)
+            ws["f"] = numpy.empty((6, n_blocks), dtype=numpy.float64)  # box_muller scratch
             if n_blocks <= _WORKSPACE_BLOCKS:
                 self._ws = ws
         return ws
