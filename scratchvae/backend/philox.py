@@ -63,8 +63,8 @@ coefficient down, each product and sum rounded. The CUDA module is compiled with
 CUDA's float64 ``/`` and ``sqrt`` are correctly rounded by default. The result: float64 and
 float32 normals are **bit-identical** between NumPy and CuPy, and accurate to a few float64
 ulps: within 2.5 ulps for ``r`` and 3 ulps of ``r`` for ``n`` against long-double libm
-(``tests/test_philox.py``, which also compiles the device functions as C on the host and
-checks them against NumPy bit for bit).
+(``tests/test_philox.py``), and ``tests/test_cuda_host.py`` runs the CUDA kernels themselves,
+compiled for the host, against NumPy bit for bit.
 """
 
 import math

@@ -1,0 +1,215 @@
+"""The CUDA kernels, compiled and run on the host (``_cuda_host``), against their NumPy twins.
+
+These run on every machine with a C++20 compiler, so CI checks the device code's indexing,
+launch geometry, block reductions and arithmetic order even without a GPU. Tolerances as
+in ``test_cupy.py`` where a transcendental function is involved (host libm stands in for
+libdevice); exact where the kernel uses only correctly rounded operations (Philox and its
+transforms, Adam, the graph plumbing).
+"""
+
+import numpy as np
+import pytest
+
+from scratchvae import ops
+from scratchvae.backend import _cupy_kernels, philox
+from scratchvae.backend.graph import gather_rows, load_row, record_losses
+from scratchvae.backend.random import Stream
+from scratchvae.optim import adam_update, adam_update_from
+
+from _cuda_host import HostCupy, _compile, compiler
+
+TWIN = {"float32": 1e-6, "float64": 1e-12}
+DTYPES = ("float32", "float64")
+
+
+@pytest.fixture(scope="module")
+def hk():
+    if compiler() is None:
+        pytest.skip("no host C++ compiler")
+    try:
+        _compile("int host_probe() { return 0; }")
+    except RuntimeError as e:
+        pytest.skip(f"the host compiler has no C++20 <barrier>: {str(e)[-200:]}")
+    return _cupy_kernels.Kernels(HostCupy())
+
+
+def rel(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300))
+
+
+def arrays(dtype, *host):
+    return [np.ascontiguousarray(a, dtype=dtype) for a in host]
+
+
+# -- the fused blocks ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ops.ACTIVATIONS)
+def test_bias_act_and_backward(name, dtype, hk):
+    r = np.random.default_rng(1)
+    pre, b, da = arrays(dtype, 3 * r.normal(size=(9, 70)), r.normal(size=70), r.normal(size=(9, 70)))
+    pre[0, :5] = -b[:5]                                  # pre + b = 0: the ReLU kink
+    want = ops.bias_act_forward(pre.copy(), b, name)
+    got = hk.get("bias_act_" + name)(pre.copy(), b)
+    assert rel(got, want) <= TWIN[dtype]
+    back_want = ops.activation_backward(name, da, want.copy())
+    back_got = hk.get("act_backward_" + name)(da, want.copy())
+    assert rel(back_got, back_want) <= TWIN[dtype]
+    if name in ("relu", "leaky_relu"):                   # piecewise linear: exact
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(back_got, back_want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reparam_kl_forward_and_backward(dtype, hk):
+    r = np.random.default_rng(3)
+    N, L = 37, 20                                        # 740 values: three blocks of partial sums
+    ml, eps, dz = arrays(dtype, r.normal(size=(N, 2 * L)), r.normal(size=(N, L)), r.normal(size=(N, L)))
+    for clamp in (False, True):                          # the sum alone; then ±30 clamps, whose
+        if clamp:                                        # e^30 would swamp a wrong sum
+            ml[0, L:L + 3] = [40.0, -45.0, 30.0]
+        host = [np.empty((N, L), dtype) for _ in range(3)]
+        dev = [np.empty((N, L), dtype) for _ in range(3)]
+        ml_h, ml_d = ml.copy(), ml.copy()
+        kl = ops.reparam_kl_forward(ml_h, eps, *host)
+        got = hk.reparam_kl_forward(ml_d, eps, *dev)
+        assert got.shape == () and got.dtype == np.dtype(dtype)
+        assert rel(got, kl) <= TWIN[dtype]
+        for g, w in zip(dev[:2], host[:2]):              # z, std
+            assert rel(g, w) <= TWIN[dtype]
+        np.testing.assert_array_equal(ml_d, ml_h)        # the clamp, in place
+    std = host[1]                                        # (the NumPy body writes into dz)
+    for beta, with_dz in [(1.0, True), (0.3, False), (np.array([0.7]), True)]:
+        b_host = float(beta[0]) if isinstance(beta, np.ndarray) else beta
+        want = ops.reparam_kl_backward(dz.copy() if with_dz else None, eps, std, ml_h, b_host,
+                                       np.empty((N, 2 * L), dtype))
+        out = hk.reparam_kl_backward(dz.copy() if with_dz else None, eps, std, ml_h, beta,
+                                     np.empty((N, 2 * L), dtype))
+        assert rel(out, want) <= TWIN[dtype]
+        assert out[0, L] == 0 and out[0, L + 1] == 0 and out[0, L + 2] == 0  # clamped: no gradient
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bernoulli(dtype, hk):
+    r = np.random.default_rng(5)
+    y = 4 * r.normal(size=(3, 784))
+    y[0, :5] = [1e3, 60.0, -60.0, 0.0, -86.0]            # large logits, short of both caps
+    x = r.uniform(size=y.shape)
+    x[1] = x[1] > 0.5
+    y, x = arrays(dtype, y, x)
+    dl_h, dl_d = np.empty_like(y), np.empty_like(y)
+    want = ops.bernoulli_nll_forward_backward(y.copy(), x, dl_h, np.empty_like(y))
+    got = hk.bernoulli_nll(y.copy(), x, dl_d)
+    assert got.shape == () and got.dtype == np.dtype(dtype)
+    assert rel(got, want) <= TWIN[dtype]
+    assert rel(dl_d, dl_h) <= TWIN[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_is_adam_update_bit_for_bit(dtype, hk):
+    """Only * + / and sqrt, in adam_update's order: the same bits, host or kernel."""
+    r = np.random.default_rng(6)
+    n = 3000
+    p, g, m, v = arrays(dtype, r.normal(size=n), r.normal(size=n), r.normal(size=n) * 0.1,
+                        r.uniform(size=n) * 0.01)
+    want = [a.copy() for a in (p, m, v)]
+    adam_update(want[0], g, want[1], want[2], 1e-3 / 0.19, 0.0447, 0.9, 0.999, 1e-8, np.empty_like(p))
+    got = [a.copy() for a in (p, m, v)]
+    hk.adam(got[0], g, got[1], got[2], 1e-3 / 0.19, 0.0447, 0.9, 0.999, 1e-8)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    got2 = [a.copy() for a in (p, m, v)]
+    hk.adam_from(got2[0], g, got2[1], got2[2], np.array([1e-3 / 0.19, 0.0447]), 0.9, 0.999, 1e-8)
+    want2 = [a.copy() for a in (p, m, v)]
+    adam_update_from(want2[0], g, want2[1], want2[2], np.array([1e-3 / 0.19, 0.0447]), 0.9, 0.999,
+                     1e-8, np.empty_like(p))
+    for a, b in zip(got2, want2):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_graph_plumbing(dtype, hk):
+    r = np.random.default_rng(10)
+    src = r.normal(size=(50, 7)).astype(dtype)
+    perm = r.permutation(50).astype(np.int64)
+    for bi, rows in ((2, 9), (5, 5)):                    # a full batch and the partial last one
+        want = gather_rows(src, perm, np.array([bi]), 9, np.empty((rows, 7), dtype))
+        got = hk.gather_rows(src, perm, np.array([bi]), 9, np.empty((rows, 7), dtype))
+        np.testing.assert_array_equal(got, want)
+    table = r.normal(size=(6, 3))
+    cur = np.empty(3)
+    hk.load_row(table, np.array([4]), cur)
+    np.testing.assert_array_equal(cur, load_row(table, np.array([4]), np.empty(3)))
+    state = {}
+    for name, rec in (("kernel", hk.record_losses), ("numpy", record_losses)):
+        losses, bi, flag = np.zeros((4, 3)), np.array([1]), np.array([-1])
+        for recon in (5.5, np.inf, np.nan):
+            rec(np.array(recon, dtype), np.array(0.25, dtype), losses, bi, flag)
+        state[name] = (losses, bi, flag)
+    for a, b in zip(state["kernel"], state["numpy"]):
+        np.testing.assert_array_equal(a, b)
+    assert state["kernel"][0][1].tolist() == [5.75, 5.5, 0.25] and state["kernel"][2][0] == 2
+
+
+# -- Philox and its transforms -------------------------------------------------------------------
+@pytest.mark.parametrize("grid", [1, 3])
+def test_philox_kernels_give_numpys_bits_on_any_grid(grid, hk):
+    """Every draw kernel of PHILOX_CUDA_SRC, bit for bit with the NumPy stream, normals too."""
+    cp = HostCupy()
+    seed, sid, d = 31337, 2, 2**32 - 1                    # the draw counter carries into d_hi
+    kinds = [("philox_uint32", np.uint32, 4, lambda s, n: s.uint32(n)),
+             ("philox_uniform_f32", np.float32, 4, lambda s, n: s.uniform(n, np.float32)),
+             ("philox_uniform_f64", np.float64, 2, lambda s, n: s.uniform(n, np.float64)),
+             ("philox_normal_f32", np.float32, 2, lambda s, n: s.normal(n, np.float32)),
+             ("philox_normal_f64", np.float64, 2, lambda s, n: s.normal(n, np.float64))]
+    for name, dtype, _per_block, host_draw in kinds:
+        kernel = cp.RawKernel(philox.PHILOX_CUDA_SRC, name, options=philox.CUDA_OPTIONS)
+        advance = cp.RawKernel(philox.PHILOX_CUDA_SRC, "philox_advance", options=philox.CUDA_OPTIONS)
+        for n in (1, 7, 1001):
+            s = Stream(seed, sid)
+            s.set_state(np.array([*s.key, d & 0xFFFFFFFF, d >> 32], np.uint32))
+            want = host_draw(s, n)
+            dev_d = np.array([d & 0xFFFFFFFF, d >> 32], np.uint32)
+            out = np.empty(n, dtype)
+            kernel((grid,), (64,), (np.uint32(s.key[0]), np.uint32(s.key[1]), dev_d, out, np.uint64(n)))
+            np.testing.assert_array_equal(out.view(f"u{out.itemsize}"), want.view(f"u{want.itemsize}"),
+                                          err_msg=f"{name} n={n}")
+            advance((1,), (1,), (dev_d,))
+            np.testing.assert_array_equal(dev_d, s.state()[2:])
+
+
+def test_philox_block_kernel_gives_the_known_answers(hk):
+    from test_philox import KAT
+
+    cp = HostCupy()
+    ctr = np.array([c for c, _, _ in KAT], np.uint32)
+    key = np.array([k for _, k, _ in KAT], np.uint32)
+    out = np.empty_like(ctr)
+    kernel = cp.RawKernel(philox.PHILOX_CUDA_SRC, "philox4x32_10_blocks", options=philox.CUDA_OPTIONS)
+    kernel((1,), (32,), (ctr, key, out, np.uint64(len(KAT))))
+    assert out.tolist() == [list(e) for _, _, e in KAT]
+
+
+PAIRS = r"""
+extern "C" __global__ void normal_pairs(const double *u1, const double *u2, double *out, u64 b) {
+    for (u64 j = (u64)blockIdx.x * blockDim.x + threadIdx.x; j < b; j += (u64)gridDim.x * blockDim.x)
+        normal_pair(u1[j], u2[j], out + 2 * j, out + 2 * j + 1);
+}
+"""
+
+
+def test_normal_pair_is_box_muller_bit_for_bit_at_the_edges(hk):
+    """u at 2**-53 and 1 - 2**-53, both sides of the sqrt(1/2) split, every quarter turn and
+    the half-way points where rint rounds to even, and random pairs."""
+    edges = [2.0**-53, 3 * 2.0**-53, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875,
+             1 - 2.0**-53, philox.SQRT_HALF, np.nextafter(philox.SQRT_HALF, 0), 1 / 3]
+    u1, u2 = (np.array(v) for v in zip(*[(a, b) for a in edges for b in edges]))
+    r = np.random.default_rng(0)
+    u1 = np.concatenate([u1, (r.integers(0, 2**52, 5000) * 2 + 1) * 2.0**-53])
+    u2 = np.concatenate([u2, (r.integers(0, 2**52, 5000) * 2 + 1) * 2.0**-53])
+    out = np.empty(2 * u1.size)
+    kernel = HostCupy.RawKernel(philox.PHILOX_DEVICE_SRC + PAIRS, "normal_pairs",
+                                options=philox.CUDA_OPTIONS)
+    kernel((4,), (64,), (u1, u2, out, np.uint64(u1.size)))
+    np.testing.assert_array_equal(out.view(np.int64), philox.box_muller(u1, u2).view(np.int64))
