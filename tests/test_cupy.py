@@ -80,18 +80,21 @@ def test_activation_backward_kernel(name, dtype, cb):
 def test_reparam_kl_forward_kernel(dtype, cb):
     r = np.random.default_rng(3)
     N, L = 128, 20
-    ml = r.normal(size=(N, 2 * L))
-    ml[0, L:L + 3] = [40.0, -45.0, 30.0]                   # clamped to ±30 in place
-    (ml, eps), (dml, deps) = twin(cb, dtype, ml, r.normal(size=(N, L)))
-    bufs = [np.empty((N, L), dtype) for _ in range(3)]
-    dbufs = [cb.xp.empty((N, L), dtype) for _ in range(3)]
-    kl = ops.reparam_kl_forward(ml, eps, *bufs)
-    dkl = ops.reparam_kl_forward(dml, deps, *dbufs)
-    assert dkl.shape == () and dkl.dtype == np.dtype(dtype)
-    assert rel(cb.to_host(dkl), kl) <= TWIN[dtype]
-    for got, want in zip(dbufs[:2], bufs[:2]):            # z, std
-        assert rel(cb.to_host(got), want) <= TWIN[dtype]
-    np.testing.assert_array_equal(cb.to_host(dml), ml)    # the clamp, in place
+    base = r.normal(size=(N, 2 * L))
+    eps = r.normal(size=(N, L))
+    for clamp in (False, True):                           # the sum alone; then ±30 clamps,
+        if clamp:                                         # whose e^30 would swamp a wrong sum
+            base[0, L:L + 3] = [40.0, -45.0, 30.0]
+        (ml, e), (dml, de) = twin(cb, dtype, base, eps)
+        bufs = [np.empty((N, L), dtype) for _ in range(3)]
+        dbufs = [cb.xp.empty((N, L), dtype) for _ in range(3)]
+        kl = ops.reparam_kl_forward(ml, e, *bufs)
+        dkl = ops.reparam_kl_forward(dml, de, *dbufs)
+        assert dkl.shape == () and dkl.dtype == np.dtype(dtype)
+        assert rel(cb.to_host(dkl), kl) <= TWIN[dtype]
+        for got, want in zip(dbufs[:2], bufs[:2]):        # z, std
+            assert rel(cb.to_host(got), want) <= TWIN[dtype]
+        np.testing.assert_array_equal(cb.to_host(dml), ml)  # the clamp, in place
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
