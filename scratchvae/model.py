@@ -410,9 +410,10 @@ class VAE:
 
         # forward: encoder, head, sample, decoder, likelihood
         h = self._hidden_forward(x, enc, (ws.enc_a, ws.enc_d))
+        # (the head's and the output layer's biases are added inside the fused blocks)
         matmul(h, P["enc.head.W"], out=ws.ml)
-        ws.ml += P["enc.head.b"]
         if self.mode == "ae":
+            ws.ml += P["enc.head.b"]
             zin, kl = ws.ml, xp.zeros((), dtype=self.dtype)
         else:
             if eps is None:
@@ -420,16 +421,17 @@ class VAE:
             else:
                 self._check_eps(eps, n)
                 ws.eps[...] = eps
-            kl = reparam_kl_forward(ws.ml, ws.eps, ws.z, ws.std, ws.kl_scratch)
+            kl = reparam_kl_forward(ws.ml, ws.eps, ws.z, ws.std, ws.kl_scratch,
+                                    bias=P["enc.head.b"])
             zin = ws.z
         g = self._hidden_forward(zin, dec, (ws.dec_a, ws.dec_d))
         matmul(g, P["dec.out.W"], out=ws.y)
-        ws.y += P["dec.out.b"]
         dls = None
         if self.likelihood == "bernoulli":
             recon = bernoulli_nll_forward_backward(ws.y, target, ws.dy, ws.scratch,
-                                                   overwrite_logits=True)
+                                                   overwrite_logits=True, bias=P["dec.out.b"])
         else:
+            ws.y += P["dec.out.b"]
             log_sigma = self.log_sigma()
             recon, dls = gaussian_nll_forward_backward(
                 ws.y, target, log_sigma, ws.dy, ws.scratch, per_pixel=self.sigma_kind == "per-pixel")

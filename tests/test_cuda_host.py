@@ -14,6 +14,7 @@ from scratchvae import ops
 from scratchvae.backend import _cupy_kernels, philox
 from scratchvae.backend.graph import gather_rows, load_row, record_losses
 from scratchvae.backend.random import Stream
+from scratchvae.errors import InputError
 from scratchvae.optim import adam_update, adam_update_from
 
 from _cuda_host import HostCupy, _compile, compiler
@@ -69,17 +70,18 @@ def test_reparam_kl_forward_and_backward(dtype, hk):
     for clamp in (False, True):                          # the sum alone; then ±30 clamps, whose
         if clamp:                                        # e^30 would swamp a wrong sum
             ml[0, L:L + 3] = [40.0, -45.0, 30.0]
-        host = [np.empty((N, L), dtype) for _ in range(3)]
-        dev = [np.empty((N, L), dtype) for _ in range(3)]
-        ml_h, ml_d = ml.copy(), ml.copy()
-        kl = ops.reparam_kl_forward(ml_h, eps, *host)
-        got = hk.reparam_kl_forward(ml_d, eps, *dev)
-        assert got.shape == () and got.dtype == np.dtype(dtype)
-        assert rel(got, kl) <= TWIN[dtype]
-        for g, w in zip(dev[:2], host[:2]):              # z, std
-            assert rel(g, w) <= TWIN[dtype]
-        np.testing.assert_array_equal(ml_d, ml_h)        # the clamp, in place
-    std = host[1]                                        # (the NumPy body writes into dz)
+        for bias in (r.normal(size=2 * L).astype(dtype), None):  # the head's bias folded in
+            host = [np.empty((N, L), dtype) for _ in range(3)]
+            dev = [np.empty((N, L), dtype) for _ in range(3)]
+            ml_h, ml_d = ml.copy(), ml.copy()
+            kl = ops.reparam_kl_forward(ml_h, eps, *host, bias=bias)
+            got = hk.reparam_kl_forward(ml_d, eps, *dev, bias=bias)
+            assert got.shape == () and got.dtype == np.dtype(dtype)
+            assert rel(got, kl) <= TWIN[dtype]
+            for g, w in zip(dev[:2], host[:2]):          # z, std
+                assert rel(g, w) <= TWIN[dtype]
+            np.testing.assert_array_equal(ml_d, ml_h)    # ml + bias and the clamp, in place
+    std = host[1]                          # of ml_h with its clamps (the NumPy body writes into dz)
     for beta, with_dz in [(1.0, True), (0.3, False), (np.array([0.7]), True)]:
         b_host = float(beta[0]) if isinstance(beta, np.ndarray) else beta
         want = ops.reparam_kl_backward(dz.copy() if with_dz else None, eps, std, ml_h, b_host,
@@ -98,12 +100,15 @@ def test_bernoulli(dtype, hk):
     x = r.uniform(size=y.shape)
     x[1] = x[1] > 0.5
     y, x = arrays(dtype, y, x)
-    dl_h, dl_d = np.empty_like(y), np.empty_like(y)
-    want = ops.bernoulli_nll_forward_backward(y.copy(), x, dl_h, np.empty_like(y))
-    got = hk.bernoulli_nll(y.copy(), x, dl_d)
-    assert got.shape == () and got.dtype == np.dtype(dtype)
-    assert rel(got, want) <= TWIN[dtype]
-    assert rel(dl_d, dl_h) <= TWIN[dtype]
+    for bias in (None, r.normal(size=784).astype(dtype)):   # the output layer's bias folded in
+        dl_h, dl_d = np.empty_like(y), np.empty_like(y)
+        want = ops.bernoulli_nll_forward_backward(y.copy(), x, dl_h, np.empty_like(y), bias=bias)
+        got = hk.bernoulli_nll(y.copy(), x, dl_d, bias=bias)
+        assert got.shape == () and got.dtype == np.dtype(dtype)
+        assert rel(got, want) <= TWIN[dtype]
+        assert rel(dl_d, dl_h) <= TWIN[dtype]
+    with pytest.raises(InputError, match=r"bias must be a \(784,\)"):
+        hk.bernoulli_nll(y, x, dl_d, bias=np.zeros(783, dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import scratchvae
-from scratchvae import VAE, Adam
+from scratchvae import VAE, Adam, ops
 from scratchvae.backend import get_backend
 from scratchvae.errors import BackendError, InputError
 
@@ -193,3 +193,26 @@ def test_sgd_step_allocates_nothing_large():
     finally:
         tracemalloc.stop()
     assert peak - base < 64 * 1024, f"a step allocated {peak - base} bytes at its peak"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_blocks_fold_in_the_bias_exactly(dtype):
+    """bias=b in the Bernoulli and reparam+KL blocks is the block on (y + b): the same bits."""
+    r = np.random.default_rng(0)
+    y, x = r.normal(size=(5, 12)).astype(dtype), r.uniform(size=(5, 12)).astype(dtype)
+    b = r.normal(size=12).astype(dtype)
+    d1, d2 = np.empty_like(y), np.empty_like(y)
+    want = ops.bernoulli_nll_forward_backward(y + b, x, d1, np.empty_like(y))
+    y_kept = y.copy()
+    got = ops.bernoulli_nll_forward_backward(y_kept, x, d2, np.empty_like(y), bias=b)
+    assert got == want and np.array_equal(d1, d2)
+    np.testing.assert_array_equal(y_kept, y)              # not overwrite_logits: y untouched
+    ml, eps = r.normal(size=(5, 8)).astype(dtype), r.normal(size=(5, 4)).astype(dtype)
+    hb = r.normal(size=8).astype(dtype)
+    bufs1, bufs2 = ([np.empty((5, 4), dtype) for _ in range(3)] for _ in range(2))
+    ml1, ml2 = ml + hb, ml.copy()
+    kl1 = ops.reparam_kl_forward(ml1, eps, *bufs1)
+    kl2 = ops.reparam_kl_forward(ml2, eps, *bufs2, bias=hb)
+    assert kl1 == kl2 and np.array_equal(ml1, ml2)        # ml + bias, in place
+    for a1, a2 in zip(bufs1[:2], bufs2[:2]):
+        np.testing.assert_array_equal(a1, a2)

@@ -136,16 +136,21 @@ __device__ void finish_sum(const double* partials, int nb, double scale, T* out)
 }
 
 /* ---- reparameterize + KL --------------------------------------------------------------------- */
-/* ml (N, 2L): mu = [:, :L], logvar = [:, L:] (clamped in place to +-lim); eps, z, std (N, L). */
+/* ml (N, 2L): mu = [:, :L], logvar = [:, L:]; b (2L) or null: ml += b in place first;
+   logvar clamped in place to +-lim; eps, z, std (N, L). */
 template <typename T>
-__device__ void reparam_kl_fwd(T* ml, const T* eps, T* z, T* std_, i64 n, i64 L, T lim, double* partials) {
+__device__ void reparam_kl_fwd(T* ml, const T* b, const T* eps, T* z, T* std_, i64 n, i64 L, T lim,
+                               double* partials) {
     double acc = 0.0;
     GRID_STRIDE(i, n) {
         i64 r = i / L, j = i - r * L;
         T mu = ml[r * 2 * L + j];
         T lv = ml[r * 2 * L + L + j];
-        if (lv > lim) { lv = lim; ml[r * 2 * L + L + j] = lv; }
-        else if (lv < -lim) { lv = -lim; ml[r * 2 * L + L + j] = lv; }
+        bool write_lv = b != nullptr;
+        if (b) { mu = mu + b[j]; lv = lv + b[L + j]; ml[r * 2 * L + j] = mu; }
+        if (lv > lim) { lv = lim; write_lv = true; }
+        else if (lv < -lim) { lv = -lim; write_lv = true; }
+        if (write_lv) ml[r * 2 * L + L + j] = lv;
         T s = lv * T(0.5); s = m_exp(s);
         T t = mu * mu; T e = m_expm1(lv); t = t + e; t = t - lv;
         acc += (double)t;
@@ -175,12 +180,15 @@ __device__ void reparam_kl_bwd(const T* dz, const T* eps, const T* std_, const T
 }
 
 /* ---- Bernoulli NLL on logits ----------------------------------------------------------------- */
-/* sig = 1 / (1 + exp(min(-y, cap)));  term = max(y - log sig, 0) - x y;  dlogits = sig - x. */
+/* y = logits (+ b[i % D] when b is not null: the layer's bias, folded in);
+   sig = 1 / (1 + exp(min(-y, cap)));  term = max(y - log sig, 0) - x y;  dlogits = sig - x. */
 template <typename T>
-__device__ void bernoulli(const T* y, const T* x, T* dy, i64 n, T cap, double* partials) {
+__device__ void bernoulli(const T* logits, const T* b, i64 D, const T* x, T* dy, i64 n, T cap,
+                          double* partials) {
     double acc = 0.0;
     GRID_STRIDE(i, n) {
-        T yi = y[i], xi = x[i];
+        T yi = logits[i], xi = x[i];
+        if (b) yi = yi + b[i % D];
         T s = -yi; s = np_min(s, cap); s = m_exp(s); s = s + T(1);
         T sig = T(1) / s;
         T sp = m_log(sig); sp = yi - sp; sp = np_max(sp, T(0));
@@ -239,13 +247,15 @@ __device__ void record_losses(const T* recon, const T* kl, double* losses, i64* 
 #define TYPED_KERNELS(T, SUF) \
 extern "C" __global__ void finish_sum_##SUF(const double* partials, int nb, double scale, T* out) \
     { finish_sum<T>(partials, nb, scale, out); } \
-extern "C" __global__ void reparam_kl_forward_##SUF(T* ml, const T* eps, T* z, T* s, i64 n, i64 L, T lim, double* partials) \
-    { reparam_kl_fwd<T>(ml, eps, z, s, n, L, lim, partials); } \
+extern "C" __global__ void reparam_kl_forward_##SUF(T* ml, const T* b, const T* eps, T* z, T* s, i64 n, i64 L, \
+        T lim, double* partials) \
+    { reparam_kl_fwd<T>(ml, b, eps, z, s, n, L, lim, partials); } \
 extern "C" __global__ void reparam_kl_backward_##SUF(const T* dz, const T* eps, const T* s, const T* ml, \
         const double* beta_p, T beta_s, T* dml, i64 n, i64 L, T lim) \
     { reparam_kl_bwd<T>(dz, eps, s, ml, beta_p, beta_s, dml, n, L, lim); } \
-extern "C" __global__ void bernoulli_nll_##SUF(const T* y, const T* x, T* dy, i64 n, T cap, double* partials) \
-    { bernoulli<T>(y, x, dy, n, cap, partials); } \
+extern "C" __global__ void bernoulli_nll_##SUF(const T* y, const T* b, i64 D, const T* x, T* dy, i64 n, T cap, \
+        double* partials) \
+    { bernoulli<T>(y, b, D, x, dy, n, cap, partials); } \
 extern "C" __global__ void adam_##SUF(T* p, const T* g, T* m, T* v, i64 n, T step, T sbc2, T b1, T omb1, \
         T b2, T omb2, T eps) \
     { adam<T>(p, g, m, v, n, step, sbc2, b1, omb1, b2, omb2, eps); } \
@@ -391,7 +401,7 @@ class Kernels:
         return act_backward
 
     # -- reparameterize + KL ---------------------------------------------------------------------
-    def reparam_kl_forward(self, ml, eps, z, std, scratch):
+    def reparam_kl_forward(self, ml, eps, z, std, scratch, bias=None):
         from ..ops.gaussian import LOGVAR_LIMIT
 
         suf = self._suffix(ml)
@@ -401,7 +411,8 @@ class Kernels:
         n = N * L
         nb = _blocks(n, REDUCE_BLOCKS)
         self._launch(f"reparam_kl_forward_{suf}", n,
-                     (ml, eps, z, std, np.int64(n), np.int64(L), t(LOGVAR_LIMIT), self.partials()),
+                     (ml, self._vector_or_null(bias, 2 * L, ml.dtype), eps, z, std, np.int64(n),
+                      np.int64(L), t(LOGVAR_LIMIT), self.partials()),
                      REDUCE_BLOCKS)
         return self._finish(suf, ml.dtype, nb, 0.5)
 
@@ -425,7 +436,7 @@ class Kernels:
         return dml
 
     # -- Bernoulli ----------------------------------------------------------------------------------
-    def bernoulli_nll(self, logits, x, dlogits, scratch=None):
+    def bernoulli_nll(self, logits, x, dlogits, scratch=None, bias=None):
         suf = self._suffix(logits)
         t = logits.dtype.type
         # CuPy compiles with -ftz=true: a float32 σ = e^{-88} (subnormal) would flush to 0 and
@@ -435,8 +446,10 @@ class Kernels:
         self._need_c("bernoulli_nll", dlogits)
         n = logits.size
         nb = _blocks(n, REDUCE_BLOCKS)
+        D = logits.shape[-1] if logits.ndim else 1
         self._launch(f"bernoulli_nll_{suf}", n,
-                     (self._c(logits), self._c(x), dlogits, np.int64(n), t(cap), self.partials()),
+                     (self._c(logits), self._vector_or_null(bias, D, logits.dtype), np.int64(max(D, 1)),
+                      self._c(x), dlogits, np.int64(n), t(cap), self.partials()),
                      REDUCE_BLOCKS)
         return self._finish(suf, logits.dtype, nb, 1.0)
 
@@ -483,6 +496,14 @@ class Kernels:
         if kl.dtype != recon.dtype:
             kl = kl.astype(recon.dtype)
         self.fn("record_losses_" + suf)((1,), (1,), (recon, kl, losses, bi, flag))
+
+    def _vector_or_null(self, v, size, dtype):
+        """A folded-in bias: a contiguous (size,) array of ``dtype``, or a null pointer for None."""
+        if v is None:
+            return np.uint64(0)
+        if v.shape != (size,) or v.dtype != dtype:
+            raise InputError(f"bias must be a ({size},) {dtype} array, got {v.dtype} {tuple(v.shape)}")
+        return self._c(v)
 
     def _need_c(self, what, *arrays):
         for a in arrays:

@@ -61,20 +61,23 @@ def kl_standard_normal_backward(mu, logvar):
     return mu.copy(), 0.5 * (xp.exp(logvar) - 1.0)
 
 
-def reparam_kl_forward(mu_logvar, eps, z, std, scratch):
+def reparam_kl_forward(mu_logvar, eps, z, std, scratch, bias=None):
     """Fused block after the encoder's head GEMM: sample z and compute the KL sum.
 
     mu_logvar: (N, 2L) head output, μ = [:, :L], logvar = [:, L:].  eps, z, std, scratch:
-    (N, L) buffers. Clamps logvar in place to ±:data:`LOGVAR_LIMIT` (a no-op in ordinary
-    training). Writes z = μ + σ ⊙ ε and σ = exp(½ logvar) (kept for the backward);
+    (N, L) buffers. ``bias``: an optional (2L,) vector added to mu_logvar in place first (the
+    head's bias folded into this block: one kernel fewer on a GPU). Clamps logvar in place
+    to ±:data:`LOGVAR_LIMIT` (a no-op in ordinary training). Writes z = μ + σ ⊙ ε and σ = exp(½ logvar) (kept for the backward);
     returns KL = ½ Σ (σ² + μ² − 1 − logvar) as a 0-d array (no host sync).
     The same formulas as :func:`reparameterize` and :func:`kl_standard_normal`, arranged
     so that no temporary array is made (``z`` holds σ² before it holds z).
     """
     k = fused("reparam_kl_forward", mu_logvar)
     if k is not None:
-        return k(mu_logvar, eps, z, std, scratch)
+        return k(mu_logvar, eps, z, std, scratch, bias)
     xp = xp_of(mu_logvar)
+    if bias is not None:
+        mu_logvar += bias
     L = z.shape[1]
     mu, logvar = mu_logvar[:, :L], mu_logvar[:, L:]
     if logvar.max() > LOGVAR_LIMIT or logvar.min() < -LOGVAR_LIMIT:

@@ -58,12 +58,14 @@ def bernoulli_nll_backward(logits, x):
     return sigmoid(logits) - x
 
 
-def bernoulli_nll_forward_backward(logits, x, dlogits, scratch, overwrite_logits=False):
+def bernoulli_nll_forward_backward(logits, x, dlogits, scratch, overwrite_logits=False, bias=None):
     """Fused block after the decoder's last GEMM: loss and its gradient together.
 
     Writes dlogits = σ(y) − x and returns Σ softplus(y) − x·y (0-d). ``scratch``: (N, D);
     with ``overwrite_logits`` the logits buffer is used as a second scratch (the model
-    does this: the logits are not needed after this block).
+    does this: the logits are not needed after this block). ``bias``: an optional (D,)
+    vector added to the logits first, y = logits + bias: the layer's bias folded into this
+    block, so that a GPU reads and writes the (N, D) logits once instead of twice.
     Both come from one exponential:
         σ(y) = 1 / (1 + e^{−y}),   softplus(y) = y − log σ(y).
     The exponent is capped, −y ≤ c (c = 88 in float32, 708 in float64, below overflow).
@@ -75,8 +77,10 @@ def bernoulli_nll_forward_backward(logits, x, dlogits, scratch, overwrite_logits
     """
     k = fused("bernoulli_nll", logits)
     if k is not None:
-        return k(logits, x, dlogits, scratch)
+        return k(logits, x, dlogits, scratch, bias)
     xp = xp_of(logits)
+    if bias is not None:
+        logits = xp.add(logits, bias, out=logits if overwrite_logits else None)
     cap = 88.0 if logits.dtype.itemsize == 4 else 708.0
     s = xp.negative(logits, out=dlogits)
     xp.minimum(s, cap, out=s)
