@@ -218,3 +218,37 @@ def test_normal_pair_is_box_muller_bit_for_bit_at_the_edges(hk):
                                 options=philox.CUDA_OPTIONS)
     kernel((4,), (64,), (u1, u2, out, np.uint64(u1.size)))
     np.testing.assert_array_equal(out.view(np.int64), philox.box_muller(u1, u2).view(np.int64))
+
+
+# -- the same sources through nvcc (where the CUDA toolkit is installed; no GPU needed) ------------
+def nvcc_ptx(tmp_path, code, options):
+    import shutil
+    import subprocess
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("no nvcc")
+    (tmp_path / "m.cu").write_text(code)
+    run = subprocess.run(["nvcc", "--ptx", "-arch=sm_80", *options, "-o", str(tmp_path / "m.ptx"),
+                          str(tmp_path / "m.cu")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return (tmp_path / "m.ptx").read_text()
+
+
+def test_philox_module_compiles_with_no_fma_and_rounded_div_sqrt(tmp_path):
+    """nvcc's PTX of the Philox module: no FMA anywhere, IEEE ``div.rn``/``sqrt.rn``/``cvt.rni``."""
+    ptx = nvcc_ptx(tmp_path, philox.PHILOX_CUDA_SRC, philox.CUDA_OPTIONS)
+    for name in philox.CUDA_KERNELS:
+        assert f".entry {name}(" in ptx, name
+    assert "fma." not in ptx and "div.approx" not in ptx
+    for op in ("div.rn.f64", "sqrt.rn.f64", "cvt.rni.f64.f64"):
+        assert op in ptx, op
+
+
+def test_fused_kernel_module_compiles_with_every_kernel_the_launchers_name(tmp_path):
+    ptx = nvcc_ptx(tmp_path, _cupy_kernels.CUDA_SRC, _cupy_kernels.CUDA_OPTIONS)
+    names = ["load_row"] + [f"{k}_{suf}" for suf in ("f32", "f64") for k in (
+        "finish_sum", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll", "adam",
+        "adam_from", "gather_rows", "record_losses",
+        *(f"{p}_{a}" for p in ("bias_act", "act_backward") for a in ops.ACTIVATIONS))]
+    for name in names:
+        assert f".entry {name}(" in ptx, name
