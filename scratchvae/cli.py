@@ -19,7 +19,7 @@ from . import __version__
 from .errors import ScratchVAEError
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 128 + 2   # 128 + the signal's number, as a shell reports it: SIGINT 130, SIGTERM 143
 
 
 # -- argument parsing -----------------------------------------------------------------------
@@ -247,7 +247,7 @@ def cmd_train(a):
                 resume(run, train.images, test.images, epochs=a.epochs, callback=progress, should_stop=stop,
                        graph=False if a.no_graph else None)
             except Interrupted as e:
-                return _interrupted(e, a.resume, progress)
+                return _interrupted(e, a.resume, progress, stop.signum)
         progress.close()
         return 0
 
@@ -277,16 +277,17 @@ def cmd_train(a):
             fit(model, train.images, test.images, config=cfg, run_dir=out, callback=progress, should_stop=stop,
                 graph=False if a.no_graph else None)
         except Interrupted as e:
-            return _interrupted(e, out, progress)
+            return _interrupted(e, out, progress, stop.signum)
     progress.close()
     return 0
 
 
-def _interrupted(e, run_dir, progress):
+def _interrupted(e, run_dir, progress, signum):
+    """Report the checkpoint of an interrupted run; the exit status is 128 + the first signal."""
     progress.close()
     print(f"scratchvae: interrupted: {e}; checkpoint {e.checkpoint}", file=sys.stderr)
     print(f"resume with: scratchvae train --resume {shlex.quote(str(run_dir))} --epochs N", file=sys.stderr)
-    return EXIT_INTERRUPTED
+    return 128 + int(signum) if signum is not None else EXIT_INTERRUPTED
 
 
 def _check_writable(path):

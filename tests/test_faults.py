@@ -104,6 +104,7 @@ def ckpt_of(run, epoch):
 # ------------------------------------------------------------------------ signals
 @pytest.mark.parametrize("signals, kill_after", [
     ((signal.SIGINT,), True),
+    ((signal.SIGTERM,), False),
     ((signal.SIGTERM, signal.SIGINT), False),   # a second signal right behind the first
 ])
 def test_signal_writes_mid_epoch_checkpoint_and_resume_is_bit_identical(straight, tmp_path, signals, kill_after):
@@ -120,7 +121,9 @@ def test_signal_writes_mid_epoch_checkpoint_and_resume_is_bit_identical(straight
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
+    # 128 + the signal handled first: 130 for SIGINT, 143 for SIGTERM (Python runs pending
+    # handlers in signal-number order, so of two at once SIGINT may come first)
+    assert proc.returncode in {128 + s for s in signals}, err
     assert "Traceback" not in err
     assert f"resume with: scratchvae train --resume {run} --epochs N" in err
     newest = latest_checkpoint(run / "checkpoints")
