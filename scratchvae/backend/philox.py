@@ -395,7 +395,9 @@ extern "C" __global__ void philox_uniform_f64(u32 k0, u32 k1, const u32 *d, doub
     }
 }
 
-extern "C" __global__ void philox_normal_f32(u32 k0, u32 k1, const u32 *d, float *out, u64 n) {
+/* Normals of T = float (each float64 normal rounded to nearest even, as NumPy's astype) or double. */
+template <typename T>
+__device__ __forceinline__ void philox_normal(u32 k0, u32 k1, const u32 *d, T *out, u64 n) {
     const u32 d_lo = d[0], d_hi = d[1];
     const u64 B = (n + 1) / 2;
     GRID_STRIDE_BLOCKS(B) {
@@ -404,23 +406,17 @@ extern "C" __global__ void philox_normal_f32(u32 k0, u32 k1, const u32 *d, float
         philox_block(j, k0, k1, d_lo, d_hi, w);
         box_muller(w, &n1, &n2);
         const u64 i = 2 * j;
-        out[i] = (float)n1;  /* round to nearest even, as NumPy's astype */
-        if (i + 1 < n) out[i + 1] = (float)n2;
+        out[i] = (T)n1;
+        if (i + 1 < n) out[i + 1] = (T)n2;
     }
 }
 
+extern "C" __global__ void philox_normal_f32(u32 k0, u32 k1, const u32 *d, float *out, u64 n) {
+    philox_normal<float>(k0, k1, d, out, n);
+}
+
 extern "C" __global__ void philox_normal_f64(u32 k0, u32 k1, const u32 *d, double *out, u64 n) {
-    const u32 d_lo = d[0], d_hi = d[1];
-    const u64 B = (n + 1) / 2;
-    GRID_STRIDE_BLOCKS(B) {
-        u32 w[4];
-        double n1, n2;
-        philox_block(j, k0, k1, d_lo, d_hi, w);
-        box_muller(w, &n1, &n2);
-        const u64 i = 2 * j;
-        out[i] = n1;
-        if (i + 1 < n) out[i + 1] = n2;
-    }
+    philox_normal<double>(k0, k1, d, out, n);
 }
 
 /* Plain Philox4x32-10 of n_blocks arbitrary counters (n_blocks x 4) under keys (n_blocks x 2):
