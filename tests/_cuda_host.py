@@ -139,8 +139,6 @@ class HostCupy:
     ndarray = np.ndarray
     empty = staticmethod(np.empty)
     empty_like = staticmethod(np.empty_like)
-    zeros = staticmethod(np.zeros)
-    asarray = staticmethod(np.asarray)
     ascontiguousarray = staticmethod(np.ascontiguousarray)
     broadcast_to = staticmethod(np.broadcast_to)
 

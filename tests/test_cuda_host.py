@@ -163,20 +163,20 @@ def test_philox_kernels_give_numpys_bits_on_any_grid(grid, hk):
     """Every draw kernel of PHILOX_CUDA_SRC, bit for bit with the NumPy stream, normals too."""
     cp = HostCupy()
     seed, sid, d = 31337, 2, 2**32 - 1                    # the draw counter carries into d_hi
-    kinds = [("philox_uint32", np.uint32, 4, lambda s, n: s.uint32(n)),
-             ("philox_uniform_f32", np.float32, 4, lambda s, n: s.uniform(n, np.float32)),
-             ("philox_uniform_f64", np.float64, 2, lambda s, n: s.uniform(n, np.float64)),
-             ("philox_normal_f32", np.float32, 2, lambda s, n: s.normal(n, np.float32)),
-             ("philox_normal_f64", np.float64, 2, lambda s, n: s.normal(n, np.float64))]
-    for name, dtype, _per_block, host_draw in kinds:
+    draws = {"philox_uint32": lambda s, n: s.uint32(n),
+             "philox_uniform_f32": lambda s, n: s.uniform(n, np.float32),
+             "philox_uniform_f64": lambda s, n: s.uniform(n, np.float64),
+             "philox_normal_f32": lambda s, n: s.normal(n, np.float32),
+             "philox_normal_f64": lambda s, n: s.normal(n, np.float64)}
+    advance = cp.RawKernel(philox.PHILOX_CUDA_SRC, "philox_advance", options=philox.CUDA_OPTIONS)
+    for name, host_draw in draws.items():
         kernel = cp.RawKernel(philox.PHILOX_CUDA_SRC, name, options=philox.CUDA_OPTIONS)
-        advance = cp.RawKernel(philox.PHILOX_CUDA_SRC, "philox_advance", options=philox.CUDA_OPTIONS)
         for n in (1, 7, 1001):
             s = Stream(seed, sid)
             s.set_state(np.array([*s.key, d & 0xFFFFFFFF, d >> 32], np.uint32))
             want = host_draw(s, n)
             dev_d = np.array([d & 0xFFFFFFFF, d >> 32], np.uint32)
-            out = np.empty(n, dtype)
+            out = np.empty(n, want.dtype)
             kernel((grid,), (64,), (np.uint32(s.key[0]), np.uint32(s.key[1]), dev_d, out, np.uint64(n)))
             np.testing.assert_array_equal(out.view(f"u{out.itemsize}"), want.view(f"u{want.itemsize}"),
                                           err_msg=f"{name} n={n}")
