@@ -66,8 +66,9 @@ def reparam_kl_forward(mu_logvar, eps, z, std, scratch, bias=None):
 
     mu_logvar: (N, 2L) head output, μ = [:, :L], logvar = [:, L:].  eps, z, std, scratch:
     (N, L) buffers. ``bias``: an optional (2L,) vector added to mu_logvar in place first (the
-    head's bias folded into this block: one kernel fewer on a GPU). Clamps logvar in place
-    to ±:data:`LOGVAR_LIMIT` (a no-op in ordinary training). Writes z = μ + σ ⊙ ε and σ = exp(½ logvar) (kept for the backward);
+    head's bias folded into this block: one kernel fewer on a GPU; its gradient is the row sum
+    of ``reparam_kl_backward``'s dmu_logvar, formed by the caller as for any dense layer).
+    Clamps logvar in place to ±:data:`LOGVAR_LIMIT` (a no-op in ordinary training). Writes z = μ + σ ⊙ ε and σ = exp(½ logvar) (kept for the backward);
     returns KL = ½ Σ (σ² + μ² − 1 − logvar) as a 0-d array (no host sync).
     The same formulas as :func:`reparameterize` and :func:`kl_standard_normal`, arranged
     so that no temporary array is made (``z`` holds σ² before it holds z).

@@ -65,7 +65,9 @@ def bernoulli_nll_forward_backward(logits, x, dlogits, scratch, overwrite_logits
     with ``overwrite_logits`` the logits buffer is used as a second scratch (the model
     does this: the logits are not needed after this block). ``bias``: an optional (D,)
     vector added to the logits first, y = logits + bias: the layer's bias folded into this
-    block, so that a GPU reads and writes the (N, D) logits once instead of twice.
+    block, so that a GPU reads and writes the (N, D) logits once instead of twice. Since
+    ∂y_nd/∂bias_d = 1, the bias gradient is Σ_n dlogits_n, which the caller forms as before
+    (``dense_backward``'s row sum); folding changes where the addition runs, not a derivative.
     Both come from one exponential:
         σ(y) = 1 / (1 + e^{−y}),   softplus(y) = y − log σ(y).
     The exponent is capped, −y ≤ c (c = 88 in float32, 708 in float64, below overflow).
