@@ -4,8 +4,7 @@ Every layer is hand-written and every gradient hand-derived; see the README's ma
 where each derivation lives.
 """
 
-__version__ = "0.1.0"
-
+from .version import __version__
 from .backend import available_backends, get_backend
 from .errors import ScratchVAEError
 from .gradcheck import gradcheck, gradcheck_model

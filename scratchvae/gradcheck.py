@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import backend_of
 from .errors import InputError
 
 DEFAULT_H = 1e-6
@@ -39,7 +40,7 @@ def gradcheck(fun, inputs: dict, grads: dict, *, h=DEFAULT_H, max_coords=200, se
             raise InputError(f"gradcheck needs float64 inputs; {name} is {p.dtype}")
         if name not in grads:
             raise InputError(f"grads has no entry for input {name!r}")
-        g = _host(grads[name]).reshape(-1)
+        g = np.asarray(backend_of(grads[name]).to_host(grads[name])).reshape(-1)
         if g.size != p.size:
             raise InputError(f"grads[{name!r}] has {g.size} entries, the input {p.size}")
         flat = p.reshape(-1)
@@ -78,7 +79,3 @@ def gradcheck_model(model, x, eps=None, target=None, **kwargs) -> dict:
         return model.loss_and_grads(x, eps=eps, target=target, need_grads=False).objective
 
     return gradcheck(fun, model.params, grads, **kwargs)
-
-
-def _host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)

@@ -5,6 +5,12 @@ structure: either one flat array each (the model's ``theta`` / ``grad``, the fas
 pass over everything) or dicts of arrays keyed like the model's ``params`` / ``grads``.
 Its state (moments and the step count) is arrays that :meth:`state` returns and
 :meth:`load_state` restores.
+
+The training step (:mod:`scratchvae.step`) drives an optimizer through two methods, so that
+the same step can be replayed as a CUDA graph: ``coefficients(t)``, the per-step numbers of
+step t computed on the host (Adam's bias corrections; none for SGD), which the step reads
+from a device-side schedule, and ``step_from(grads, coef)``, the update with those numbers
+read from the device array ``coef``. ``step(grads)`` is the same update for eager use.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ import math
 
 import numpy as np
 
+from .backend import backend_of, fused, xp_of
 from .errors import InputError
-from .ops._seam import fused, xp_of
 
 
 def _as_list(tree):
@@ -57,8 +63,18 @@ class _Optimizer:
         out = {"t": np.array(self.t, dtype=np.int64)}
         for key in self._state_keys:
             for i, a in enumerate(getattr(self, key)):
-                out[f"{key}.{i}"] = a.get() if hasattr(a, "get") else np.array(a)
+                out[f"{key}.{i}"] = np.array(backend_of(a).to_host(a))
         return out
+
+    @classmethod
+    def state_spec(cls, params) -> dict:
+        """name -> (shape, dtype name) of what :meth:`state` returns for ``params`` (a flat
+        array or a dict of arrays), without building an optimizer."""
+        _, arrays = _as_list(params)
+        spec = {"t": ((), "int64")}
+        for key in cls._state_keys:
+            spec.update({f"{key}.{i}": (tuple(a.shape), a.dtype.name) for i, a in enumerate(arrays)})
+        return spec
 
     def load_state(self, state: dict):
         """Restore what :meth:`state` returned (shapes must match)."""
@@ -149,16 +165,13 @@ class Adam(_Optimizer):
             adam_update_from(p, g, self.m[i], self.v[i], coef, b1, b2, self.eps, self._scratch(i))
 
 
-
+@fused("adam")
 def adam_update(p, g, m, v, step_size, sqrt_bc2, b1, b2, eps, scratch):
     """The fused Adam block over one (flat) buffer; ``scratch`` has p's shape.
 
     m ← β₁ m + (1−β₁) g;  v ← β₂ v + (1−β₂) g²;  p ← p − step_size · m / (√v / sqrt_bc2 + ε)
     with step_size = lr / (1 − β₁ᵗ) and sqrt_bc2 = √(1 − β₂ᵗ) computed by the caller.
     """
-    k = fused("adam", p)
-    if k is not None:
-        return k(p, g, m, v, step_size, sqrt_bc2, b1, b2, eps)
     xp = xp_of(p)
     m *= b1
     xp.multiply(g, 1 - b1, out=scratch)
@@ -175,9 +188,11 @@ def adam_update(p, g, m, v, step_size, sqrt_bc2, b1, b2, eps, scratch):
     p -= scratch
 
 
+@fused("adam_from")
 def adam_update_from(p, g, m, v, coef, b1, b2, eps, scratch):
     """:func:`adam_update` with (step_size, sqrt_bc2) = ``coef[0], coef[1]`` (float64, on the backend)."""
-    k = fused("adam_from", p)
-    if k is not None:
-        return k(p, g, m, v, coef, b1, b2, eps)
     return adam_update(p, g, m, v, float(coef[0]), float(coef[1]), b1, b2, eps, scratch)
+
+
+OPTIMIZERS = {"adam": Adam, "sgd": SGD}
+"""The optimizers by name (the ``optimizer`` of a training configuration)."""

@@ -13,10 +13,12 @@ import pytest
 
 from scratchvae import VAE, ops
 from scratchvae.backend import cupy_usable, get_backend
-from scratchvae.backend.graph import gather_rows, load_row, record_losses
+from scratchvae.backend.graph import gather_rows, load_row
+from scratchvae.evaluate import evaluate_elbo
 from scratchvae.ops.dense import matmul, sum_rows
 from scratchvae.optim import Adam, adam_update, adam_update_from
-from scratchvae.train import TrainConfig, evaluate_elbo, fit, load_run, resume
+from scratchvae.step import record_losses
+from scratchvae.train import TrainConfig, fit, load_run, resume
 
 pytestmark = pytest.mark.skipif(not cupy_usable(), reason="needs CuPy and a usable CUDA GPU")
 

@@ -9,8 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scratchvae.backend.philox import philox4x32
-from scratchvae.backend.random import STREAMS, Stream, Streams, derive_key
+from scratchvae.backend.random import Stream, Streams, derive_key
+from scratchvae.model import MODEL_STREAMS
+from scratchvae.step import TRAIN_STREAMS
 from scratchvae.errors import BackendError, InputError
+
+STREAMS = {**MODEL_STREAMS, **TRAIN_STREAMS}   # every stream a run draws from, by id
 
 M32 = 0xFFFFFFFF
 
@@ -120,7 +124,7 @@ def test_key_derivation():
     assert derive_key(seed, 4) == (0x89ABCDEF, 0x01234567 ^ (4 * 0x9E3779B9 & M32))
     assert Stream(seed, 4).state().tolist() == [*derive_key(seed, 4), 0, 0]
     # seeds below 2**32: all (seed, stream) keys distinct
-    keys = {derive_key(seed, i) for seed in range(200) for i in range(len(STREAMS))}
+    keys = {derive_key(seed, i) for seed in range(200) for i in STREAMS.values()}
     assert len(keys) == 200 * len(STREAMS)
 
 
@@ -150,14 +154,14 @@ def test_state_round_trip_gives_the_identical_continuation():
 
 
 def test_streams_state_round_trip_and_names():
-    a = Streams(2024)
+    a = Streams(2024, STREAMS)
     assert a.seed == 2024
-    for i, name in enumerate(STREAMS):
+    for name, i in STREAMS.items():
         np.testing.assert_array_equal(a[name].uint32(3), Stream(2024, i).uint32(3))
     a["noise"].normal(5, np.float32)
     state = a.state()
     assert sorted(state) == sorted(STREAMS) and state["noise"][2] == 2 and state["init"][2] == 1
-    b = Streams(2024)
+    b = Streams(2024, STREAMS)
     b.set_state(state)
     for name in STREAMS:
         np.testing.assert_array_equal(a[name].normal(4, np.float64), b[name].normal(4, np.float64))
@@ -173,12 +177,12 @@ def test_set_state_refuses_bad_states_and_changes_nothing():
         s.set_state(Stream(4, 1).state())
     with pytest.raises(InputError, match="must have key"):
         s.set_state(Stream(3, 2).state())
-    streams = Streams(3)
+    streams = Streams(3, STREAMS)
     streams["init"].uint32(1)
     state = streams.state()
     with pytest.raises(InputError, match="state must have keys"):
         streams.set_state({k: v for k, v in state.items() if k != "eval"})
-    mixed = dict(state, eval=Streams(4).state()["eval"], init=np.array([*state["init"][:2], 50, 0],
+    mixed = dict(state, eval=Streams(4, STREAMS).state()["eval"], init=np.array([*state["init"][:2], 50, 0],
                                                                      np.uint32))
     with pytest.raises(InputError, match=r"state\['eval'\] must have the key"):
         streams.set_state(mixed)
@@ -192,7 +196,7 @@ def test_bad_arguments_say_what_was_expected():
     with pytest.raises(InputError, match="stream_id must be an int"):
         Stream(0, -1)
     with pytest.raises(InputError, match="seed must be an int"):
-        Streams(-5)
+        Streams(-5, STREAMS)
     s = Stream(0, 0)
     for dtype in [None, np.int32, "float16", np.complex64, "nonsense"]:
         with pytest.raises(InputError, match="dtype must be float32 or float64, got"):
@@ -214,7 +218,7 @@ def test_bad_arguments_say_what_was_expected():
     with pytest.raises(BackendError, match="xp must be the numpy or cupy module"):
         Stream(0, 0, xp=math)
     with pytest.raises(InputError, match=r"stream name must be one of \('init', 'noise'"):
-        Streams(0)["nosie"]
+        Streams(0, STREAMS)["nosie"]
     with pytest.raises(InputError, match="n must be an int"):
         s.permutation(-3)
     assert s.state()[2] == 0  # nothing above drew

@@ -3,25 +3,31 @@
 Model code is written once against a :class:`Backend`. ``backend.xp`` is the array module
 (``numpy`` or ``cupy``); everything else in scratchvae reaches the GPU only through here.
 This package is the only place that imports CuPy, and it does so lazily: ``import
-scratchvae`` works with NumPy alone.
+scratchvae`` works with NumPy alone. It imports nothing of scratchvae but :mod:`~scratchvae.errors`.
 
 Host/device transfers happen only at explicit boundaries: :meth:`Backend.asarray`
-(host -> backend) and :meth:`Backend.to_host` (backend -> host NumPy). Mixing arrays of
-two backends is an error (:class:`~scratchvae.errors.BackendError`), never a silent copy.
+(host -> backend), :meth:`Backend.to_host` (backend -> host NumPy) and :meth:`Backend.upload`
+(host -> an existing buffer, in place). Mixing arrays of two backends is an error
+(:class:`~scratchvae.errors.BackendError`), never a silent copy. "Which backend owns this
+array?" has one answer, :func:`backend_of`.
 
 The fused-block seam
 --------------------
 Each elementwise block that sits between two matrix products (bias + activation, the
-activation's backward, reparameterize + KL gradient, sigmoid - x, the Adam update) is one
-function in :mod:`scratchvae.ops` / :mod:`scratchvae.optim`. Its body is the readable NumPy
-implementation (and the one the CPU runs); on a backend that provides a fused kernel of
-the same name (:meth:`Backend.kernel`), the function hands the whole block to that kernel
-instead. Tests compare every kernel with its NumPy twin.
+activation's backward, reparameterize + KL, the Bernoulli loss and its gradient, the Adam
+update, ...) is one function decorated with :func:`fused`, which declares the name of its
+kernel. Its body is the readable NumPy implementation (and the one the CPU runs). For an
+array of another backend the call goes to that backend's kernel of the declared name, which
+must exist: a CuPy array reaching a block without its kernel raises :class:`BackendError`
+rather than running the NumPy body (correct, but slow, allocating and unsafe in a CUDA-graph
+capture). :data:`DECLARED` lists every declared kernel, so a test can check each exists and
+takes its block's arguments.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 
 import numpy as np
@@ -30,22 +36,20 @@ from ..errors import BackendError, InputError
 
 BACKENDS = ("numpy", "cupy", "auto")
 
+DECLARED: dict = {}
+"""kernel name -> the fused block (the decorated function) that declared it."""
+
 
 class Backend:
     """One array backend. Use :func:`get_backend` rather than constructing it."""
 
     name = "numpy"
+    can_capture = False      # CUDA-graph capture of a step (CuPy only)
 
     def __init__(self):
         self.xp = np
 
-    # -- creation and transfers -------------------------------------------------
-    def empty(self, shape, dtype):
-        return self.xp.empty(shape, dtype=dtype)
-
-    def zeros(self, shape, dtype):
-        return self.xp.zeros(shape, dtype=dtype)
-
+    # -- transfers ----------------------------------------------------------------------------
     def asarray(self, a, dtype=None):
         """Host -> backend transfer (an explicit boundary). NumPy: no copy if possible."""
         return np.asarray(a, dtype=dtype)
@@ -54,6 +58,17 @@ class Backend:
         """Backend -> host NumPy array (a sync on a GPU: use at logging/checkpoint boundaries)."""
         return np.asarray(a)
 
+    def upload(self, dst, host):
+        """Write host values into the existing buffer ``dst`` in place (its address is kept,
+        which is what a captured CUDA graph needs)."""
+        dst[...] = host
+
+    def copy(self, dst, src):
+        """dst[...] = src between two arrays of this backend, queued on the current stream
+        (asynchronous on a GPU)."""
+        dst[...] = src
+
+    # -- identity ------------------------------------------------------------------------------
     def owns(self, a) -> bool:
         """True if ``a`` is an array of this backend."""
         return isinstance(a, np.ndarray)
@@ -61,17 +76,20 @@ class Backend:
     def check(self, what: str, a):
         """Raise BackendError unless ``a`` is an array of this backend."""
         if not self.owns(a):
-            got = _describe_array_type(a)
             raise BackendError(
-                f"{what} must be a {self.name} array (the model's backend), got {got}; "
+                f"{what} must be a {self.name} array (the model's backend), got {describe_type(a)}; "
                 f"convert explicitly with backend.asarray(...) or backend.to_host(...)"
             )
+
+    def describe(self) -> dict:
+        """What a run records about where it ran (JSON-able)."""
+        return {"backend": self.name}
 
     def synchronize(self):
         """Wait for queued device work (no-op on NumPy)."""
 
     def kernel(self, name: str):
-        """The fused kernel called ``name``, or None (NumPy: always None)."""
+        """The kernel ``name`` of this backend, or None (NumPy: the block's body runs)."""
         return None
 
     def __repr__(self):
@@ -82,6 +100,7 @@ class CupyBackend(Backend):
     """The CuPy backend. Construct through :func:`get_backend("cupy")`."""
 
     name = "cupy"
+    can_capture = True
 
     def __init__(self, cupy):
         self.xp = cupy
@@ -99,8 +118,28 @@ class CupyBackend(Backend):
             return self.xp.asnumpy(a)
         return np.asarray(a)
 
+    def upload(self, dst, host):
+        dst.set(np.ascontiguousarray(host, dtype=dst.dtype))
+
+    def copy(self, dst, src):
+        if dst.shape != src.shape or dst.dtype != src.dtype or not (
+                dst.flags.c_contiguous and src.flags.c_contiguous):
+            dst[...] = src
+            return
+        dst.data.copy_from_device_async(src.data, src.nbytes, stream=self.xp.cuda.get_current_stream())
+
     def owns(self, a) -> bool:
         return isinstance(a, self.xp.ndarray)
+
+    def describe(self) -> dict:
+        info = {"backend": self.name, "cupy": self.xp.__version__}
+        try:
+            props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
+            name = props["name"]
+            info["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+        except Exception as err:  # pragma: no cover - informational only
+            info["gpu"] = f"unknown ({type(err).__name__}: {err})"
+        return info
 
     def synchronize(self):
         self.xp.cuda.get_current_stream().synchronize()
@@ -113,40 +152,47 @@ class CupyBackend(Backend):
         return self._kernels.get(name)
 
 
-def _describe_array_type(a) -> str:
+def describe_type(a) -> str:
     t = type(a)
     return f"{t.__module__}.{t.__qualname__}"
 
 
-def cupy_usable() -> bool:
-    """True if CuPy imports and sees at least one working CUDA device."""
+def cupy_unusable_reason():
+    """None if CuPy imports and runs a kernel on a CUDA device; else why not (a sentence)."""
     try:
         import cupy
-    except Exception:
-        return False
+    except Exception as err:
+        return f"CuPy does not import ({type(err).__name__}: {err}); install the 'gpu' extra"
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
-            return False
+            return "CuPy sees no CUDA device"
         cupy.arange(2).sum().item()
-    except Exception:
-        return False
-    return True
+    except Exception as err:
+        return f"CuPy cannot run on the GPU ({type(err).__name__}: {err})"
+    return None
+
+
+def cupy_usable() -> bool:
+    """True if CuPy imports and sees at least one working CUDA device."""
+    return _cupy_reason() is None
+
+
+@functools.lru_cache(maxsize=None)
+def _cupy_reason():
+    return cupy_unusable_reason()
 
 
 @functools.lru_cache(maxsize=None)
 def _cupy_backend():
-    try:
-        import cupy
-    except ImportError as e:
-        raise BackendError(
-            "backend 'cupy' needs CuPy: install the 'gpu' extra (pip install 'scratchvae[gpu]')"
-        ) from e
-    if not cupy_usable():
-        raise BackendError("backend 'cupy' was asked for, but CuPy sees no usable CUDA GPU")
+    why = _cupy_reason()
+    if why is not None:
+        raise BackendError(f"backend 'cupy' is not usable: {why}")
+    import cupy
+
     return CupyBackend(cupy)
 
 
-_NUMPY = Backend()
+NUMPY = Backend()
 
 
 def get_backend(name: "str | Backend | None" = None) -> Backend:
@@ -160,21 +206,23 @@ def get_backend(name: "str | Backend | None" = None) -> Backend:
     if name is None:
         name = os.environ.get("SCRATCHVAE_BACKEND", "numpy")
     if name == "numpy":
-        return _NUMPY
+        return NUMPY
     if name == "cupy":
         return _cupy_backend()
     if name == "auto":
-        return _cupy_backend() if cupy_usable() else _NUMPY
+        return _cupy_backend() if cupy_usable() else NUMPY
     raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
 
 
 def backend_of(a) -> Backend:
-    """The backend an array belongs to (NumPy arrays -> numpy; CuPy arrays -> cupy)."""
-    if isinstance(a, np.ndarray):
-        return _NUMPY
-    if type(a).__module__.startswith("cupy"):
+    """The backend an array (or array module) belongs to: NumPy's -> numpy, CuPy's -> cupy."""
+    if isinstance(a, np.ndarray) or a is np:
+        return NUMPY
+    module = getattr(a, "__name__", None) if inspect.ismodule(a) else type(a).__module__
+    if module is not None and module.split(".")[0] == "cupy":
         return _cupy_backend()
-    raise BackendError(f"expected a numpy or cupy array, got {_describe_array_type(a)}")
+    what = f"module {a.__name__}" if inspect.ismodule(a) else describe_type(a)
+    raise BackendError(f"expected a numpy or cupy array or module, got {what}; xp must be the numpy or cupy module")
 
 
 def available_backends() -> list[str]:
@@ -182,18 +230,53 @@ def available_backends() -> list[str]:
     return ["numpy"] + (["cupy"] if cupy_usable() else [])
 
 
-def fused(name, a):
-    """The fused kernel ``name`` of the backend owning ``a``, or None to run the NumPy body.
-
-    NumPy arrays always run the readable NumPy body of an op (see the module docstring).
-    """
-    if isinstance(a, np.ndarray):
-        return None
-    return backend_of(a).kernel(name)
-
-
 def xp_of(a):
     """The array module of ``a`` (numpy or cupy) without importing cupy for numpy arrays."""
     if isinstance(a, np.ndarray):
         return np
     return backend_of(a).xp
+
+
+def fused(kernel: str, on: str | None = None):
+    """Declare a fused block: the decorated function's body is its NumPy form, ``kernel``
+    the name of its kernel on other backends.
+
+    ``on`` names the argument whose backend decides (default: the first parameter). NumPy
+    arrays run the body; any other array goes to its backend's kernel ``kernel``, called with
+    every argument of the block by name (defaults filled in, so a constant such as the
+    leaky-ReLU slope has its one home in the block's signature), or raises BackendError if
+    that backend has none.
+    """
+    def declare(body):
+        sig = inspect.signature(body)
+        params = list(sig.parameters)
+        where = params.index(on) if on is not None else 0
+        if kernel in DECLARED:
+            raise BackendError(f"kernel {kernel!r} is declared twice ({DECLARED[kernel].__qualname__}, "
+                               f"{body.__qualname__})")
+
+        def call_kernel(k, *args, **kwargs):
+            """Run the launcher ``k`` on the block's arguments, by name, defaults filled in."""
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return k(**bound.arguments)
+
+        @functools.wraps(body)
+        def block(*args, **kwargs):
+            a = args[where] if len(args) > where else kwargs[params[where]]
+            if isinstance(a, np.ndarray):
+                return body(*args, **kwargs)
+            b = backend_of(a)
+            k = b.kernel(kernel)
+            if k is None:
+                raise BackendError(f"{body.__qualname__}: the {b.name} backend has no kernel "
+                                   f"{kernel!r}; refusing to run the NumPy body on {b.name} arrays")
+            return call_kernel(k, *args, **kwargs)
+
+        block.kernel = kernel
+        block.body = body
+        block.call_kernel = call_kernel
+        DECLARED[kernel] = block
+        return block
+
+    return declare

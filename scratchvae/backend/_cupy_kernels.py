@@ -1,7 +1,8 @@
 """The CuPy side of the fused-block seam: one CUDA kernel per block, each the twin of a NumPy body.
 
-Every kernel below repeats, operation for operation, the NumPy body of the op it replaces
-(:mod:`scratchvae.ops`, :mod:`scratchvae.optim`, :mod:`scratchvae.backend.graph`): the same
+Every kernel below repeats, operation for operation, the NumPy body of the block that
+declared it (with :func:`scratchvae.backend.fused`, in :mod:`scratchvae.ops`,
+:mod:`scratchvae.optim`, :mod:`scratchvae.step` and :mod:`scratchvae.backend.graph`): the same
 roundings in the same order, with Python scalars rounded to the array's dtype first, as
 NumPy does with its "weak" Python scalars. The module is compiled with ``--fmad=false`` so
 that no ``a * b + c`` is fused into one FMA (that would round once where NumPy rounds twice).
@@ -12,34 +13,38 @@ NumPy's loops are each within a few ulp, not always the same ulp) and (ii) the o
 sums: the reductions here add in float64 in a fixed tree, NumPy adds pairwise in the array's
 dtype. The tests in ``tests/test_cupy.py`` bound both.
 
-Sums are deterministic: each reduction kernel writes one float64 partial sum per block, and
-a one-block kernel adds the partials in a fixed order; no atomics, so a replayed CUDA graph
-and an eager step give the same bits. Results of reductions go to fresh 0-d arrays; every
-other output is written to the caller's buffer. Nothing here synchronises with the host, so
-every kernel can be captured into a CUDA graph (see :mod:`scratchvae.backend.graph`).
+Each launcher (a method of :class:`Kernels`) takes exactly its block's arguments, so the
+block's constants (the leaky-ReLU slope, the logvar clamp) arrive as arguments from the one
+Python constant above; this module imports nothing of scratchvae above the backend.
+
+Sums are deterministic: each reduction kernel writes one float64 partial sum per block into a
+buffer of its own call, and a one-block kernel adds the partials in a fixed order; no atomics,
+so a replayed CUDA graph and an eager step give the same bits. Results of reductions go to
+fresh 0-d arrays; every other output is written to the caller's buffer. Nothing here
+synchronises with the host, so every kernel can be captured into a CUDA graph (see
+:mod:`scratchvae.backend.graph`).
 
 Matrix products go through :mod:`scratchvae.backend.cublas` (a direct binding that also works
 during stream capture, where CuPy refuses cuBLAS); ``sum_rows`` (a bias gradient) is a
 product with a ones vector on the same path.
-
-Kernels by name (``Kernels.get``): ``bias_act_<act>``, ``act_backward_<act>`` for each
-activation; ``reparam_kl_forward``, ``reparam_kl_backward``, ``bernoulli_nll``, ``adam``,
-``adam_from``, ``matmul``, ``sum_rows``, ``gather_rows``, ``load_row``, ``record_losses``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import BackendError, InputError
 
-THREADS = 256
+THREADS = 256            # threads per block; the reductions' shared arrays are sized from it
 MAX_BLOCKS = 8192        # grid-stride loops cover the rest
 REDUCE_BLOCKS = 1024     # partial sums per reduction (fixed: the sum order depends on n only)
-_ACT_CODES = {"relu": 0, "leaky_relu": 1, "tanh": 2, "sigmoid": 3, "softplus": 4}
+ACTIVATIONS = {"relu": 0, "leaky_relu": 1, "tanh": 2, "sigmoid": 3, "softplus": 4}
+"""The activations compiled here, with the template code ``ACT`` each is instantiated for."""
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
-CUDA_SRC = r"""
+assert THREADS & (THREADS - 1) == 0, "the block reductions halve THREADS down to 1"
+
+_CUDA_BODY = r"""
 typedef long long i64;
 
 __device__ __forceinline__ float  m_exp(float x)   { return expf(x); }
@@ -68,12 +73,13 @@ template <typename T> __device__ __forceinline__ T np_sign(T a) {
 #define GRID_STRIDE(i, n) \
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)blockDim.x * gridDim.x)
 
-/* Sum of v over the block (blockDim.x == 256), valid in thread 0. Fixed order. */
+/* Sum of v over the block (blockDim.x == SV_THREADS, a power of two), valid in thread 0.
+   Fixed order. */
 __device__ __forceinline__ double block_sum(double v) {
-    __shared__ double sh[256];
+    __shared__ double sh[SV_THREADS];
     sh[threadIdx.x] = v;
     __syncthreads();
-    for (int s = 128; s > 0; s >>= 1) {
+    for (int s = SV_THREADS / 2; s > 0; s >>= 1) {
         if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
         __syncthreads();
     }
@@ -126,7 +132,7 @@ ALL_ACTS(float, f32)
 ALL_ACTS(double, f64)
 
 /* ---- sums ------------------------------------------------------------------------------------ */
-/* out = (T)(scale * sum of partials[0..nb)), one block of 256 threads, fixed order. */
+/* out = (T)(scale * sum of partials[0..nb)), one block of SV_THREADS threads, fixed order. */
 template <typename T>
 __device__ void finish_sum(const double* partials, int nb, double scale, T* out) {
     double acc = 0.0;
@@ -271,11 +277,16 @@ extern "C" __global__ void record_losses_##SUF(const T* recon, const T* kl, doub
 TYPED_KERNELS(float, f32)
 TYPED_KERNELS(double, f64)
 
-/* cur[k] = table[bi * w + k], k < w (a row of a per-step schedule, picked on the device). */
+/* cur[k] = table[bi * w + k] for every k < w (a row of a per-step schedule, picked on the
+   device); one block, its threads striding over the row, so any width is copied whole. */
 extern "C" __global__ void load_row(const double* table, const i64* bi, i64 w, double* cur) {
-    if (blockIdx.x == 0 && threadIdx.x < w) cur[threadIdx.x] = table[bi[0] * w + threadIdx.x];
+    if (blockIdx.x != 0) return;
+    for (i64 k = threadIdx.x; k < w; k += blockDim.x) cur[k] = table[bi[0] * w + k];
 }
 """
+
+CUDA_SRC = f"#define SV_THREADS {THREADS}\n" + _CUDA_BODY
+"""The module CuPy compiles: the kernels, with the block size of the launchers below."""
 
 CUDA_OPTIONS = ("--std=c++14", "--fmad=false")
 
@@ -285,33 +296,28 @@ def _blocks(n, cap=MAX_BLOCKS):
 
 
 class Kernels:
-    """The fused kernels of one CuPy module (compiled on first use, cached by CuPy on disk)."""
+    """The fused kernels of one CuPy module (compiled on first use, cached by CuPy on disk).
+
+    ``get(name)`` returns the launcher of the kernel a block declared under ``name``; each
+    launcher takes exactly the arguments of its block.
+    """
 
     def __init__(self, cupy):
         self.cp = cupy
         self._module = None
         self._fns = {}
-        self._partials = None   # REDUCE_BLOCKS float64 partial sums, kept for the process
         self._cublas = None
-        self._table = {
-            "reparam_kl_forward": self.reparam_kl_forward,
-            "reparam_kl_backward": self.reparam_kl_backward,
-            "bernoulli_nll": self.bernoulli_nll,
-            "adam": self.adam,
-            "adam_from": self.adam_from,
-            "matmul": self.matmul,
-            "sum_rows": self.sum_rows,
-            "gather_rows": self.gather_rows,
-            "load_row": self.load_row,
-            "record_losses": self.record_losses,
-        }
-        for act, code in _ACT_CODES.items():
-            self._table["bias_act_" + act] = self._bias_act(act)
-            self._table["act_backward_" + act] = self._act_backward(act)
+        self._table = {name: getattr(self, name) for name in (
+            "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
+            "adam", "adam_from", "matmul", "sum_rows", "gather_rows", "load_row", "record_losses")}
 
     def get(self, name):
-        """The kernel called ``name`` (a Python callable), or None if there is none."""
+        """The launcher of kernel ``name`` (a Python callable), or None if there is none."""
         return self._table.get(name)
+
+    def names(self):
+        """Every kernel name this module launches."""
+        return tuple(self._table)
 
     # -- plumbing -------------------------------------------------------------------------------
     def fn(self, name):
@@ -325,15 +331,14 @@ class Kernels:
     def _launch(self, name, n, args, cap=MAX_BLOCKS):
         self.fn(name)((_blocks(n, cap),), (THREADS,), args)
 
-    def partials(self):
-        if self._partials is None:
-            self._partials = self.cp.empty(REDUCE_BLOCKS, dtype=np.float64)
-        return self._partials
-
-    def _finish(self, suffix, dtype, nb, scale):
+    def _reduce(self, name, suffix, dtype, n, args, scale):
+        """Launch reduction kernel ``name`` (its last argument: the partials) and add the
+        partials in fixed order into a fresh 0-d result of ``dtype``."""
+        nb = _blocks(n, REDUCE_BLOCKS)
+        partials = self.cp.empty(nb, dtype=np.float64)      # this call's own, never shared
+        self._launch(name, n, args + (partials,), REDUCE_BLOCKS)
         out = self.cp.empty((), dtype=dtype)
-        self.fn("finish_sum_" + suffix)((1,), (THREADS,), (self.partials(), np.int32(nb),
-                                                            np.float64(scale), out))
+        self.fn("finish_sum_" + suffix)((1,), (THREADS,), (partials, np.int32(nb), np.float64(scale), out))
         return out
 
     @property
@@ -364,63 +369,52 @@ class Kernels:
             raise InputError(f"the CuPy kernels take float32 or float64 arrays, got {a.dtype}")
         return s
 
+    @staticmethod
+    def _act(name):
+        if name not in ACTIVATIONS:
+            raise BackendError(f"no CUDA kernel for activation {name!r}; compiled: {', '.join(ACTIVATIONS)}")
+        return name
+
     # -- activations ------------------------------------------------------------------------------
-    def _bias_act(self, act):
-        def bias_act(pre, b, out=None):
-            from ..ops.activations import LEAKY_SLOPE
+    def bias_act(self, pre, b, name, out, scratch, slope):
+        suf, t = self._suffix(pre), pre.dtype.type
+        w, out = self._out(out, pre)
+        n = pre.size
+        h = pre.shape[-1] if pre.ndim else 1
+        if b.shape != (h,):
+            b = self.cp.broadcast_to(b, (h,))
+        self._launch(f"bias_act_{self._act(name)}_{suf}", n,
+                     (self._c(pre), self._c(b), w, np.int64(n), np.int64(max(h, 1)), t(slope)))
+        if w is not out:
+            out[...] = w
+        return out
 
-            suf = self._suffix(pre)
-            t = pre.dtype.type
-            w, out = self._out(out, pre)
-            n = pre.size
-            h = pre.shape[-1] if pre.ndim else 1
-            if b.shape != (h,):
-                b = self.cp.broadcast_to(b, (h,))
-            self._launch(f"bias_act_{act}_{suf}", n,
-                         (self._c(pre), self._c(b), w, np.int64(n), np.int64(max(h, 1)), t(LEAKY_SLOPE)))
-            if w is not out:
-                out[...] = w
-            return out
-        return bias_act
-
-    def _act_backward(self, act):
-        def act_backward(da, a, out=None):
-            from ..ops.activations import LEAKY_SLOPE
-
-            if out is not None and out is da:
-                raise InputError("activation_backward: out must not be da (use out=a or a new buffer)")
-            suf = self._suffix(a)
-            t = a.dtype.type
-            w, out = self._out(out, a)
-            n = a.size
-            self._launch(f"act_backward_{act}_{suf}", n,
-                         (self._c(da), self._c(a), w, np.int64(n), t(1 - LEAKY_SLOPE), t(LEAKY_SLOPE)))
-            if w is not out:
-                out[...] = w
-            return out
-        return act_backward
+    def act_backward(self, name, da, a, out, mask, slope):
+        if out is not None and out is da:
+            raise InputError("activation_backward: out must not be da (use out=a or a new buffer)")
+        suf, t = self._suffix(a), a.dtype.type
+        w, out = self._out(out, a)
+        n = a.size
+        self._launch(f"act_backward_{self._act(name)}_{suf}", n,
+                     (self._c(da), self._c(a), w, np.int64(n), t(1 - slope), t(slope)))
+        if w is not out:
+            out[...] = w
+        return out
 
     # -- reparameterize + KL ---------------------------------------------------------------------
-    def reparam_kl_forward(self, ml, eps, z, std, scratch, bias=None):
-        from ..ops.gaussian import LOGVAR_LIMIT
-
-        suf = self._suffix(ml)
-        t = ml.dtype.type
+    def reparam_kl_forward(self, mu_logvar, eps, z, std, scratch, bias, limit):
+        ml = mu_logvar
+        suf, t = self._suffix(ml), ml.dtype.type
         N, L = z.shape
         self._need_c("reparam_kl_forward", ml, eps, z, std)
         n = N * L
-        nb = _blocks(n, REDUCE_BLOCKS)
-        self._launch(f"reparam_kl_forward_{suf}", n,
-                     (ml, self._vector_or_null(bias, 2 * L, ml.dtype), eps, z, std, np.int64(n),
-                      np.int64(L), t(LOGVAR_LIMIT), self.partials()),
-                     REDUCE_BLOCKS)
-        return self._finish(suf, ml.dtype, nb, 0.5)
+        return self._reduce(f"reparam_kl_forward_{suf}", suf, ml.dtype, n,
+                            (ml, self._vector_or_null(bias, 2 * L, ml.dtype), eps, z, std, np.int64(n),
+                             np.int64(L), t(limit)), 0.5)
 
-    def reparam_kl_backward(self, dz, eps, std, ml, beta, dml):
-        from ..ops.gaussian import LOGVAR_LIMIT
-
-        suf = self._suffix(ml)
-        t = ml.dtype.type
+    def reparam_kl_backward(self, dz, eps, std, mu_logvar, beta, dmu_logvar, limit):
+        ml, dml = mu_logvar, dmu_logvar
+        suf, t = self._suffix(ml), ml.dtype.type
         N, L = std.shape
         self._need_c("reparam_kl_backward", eps, std, ml, dml, *(() if dz is None else (dz,)))
         if isinstance(beta, self.cp.ndarray):
@@ -432,48 +426,42 @@ class Kernels:
         n = N * L
         self._launch(f"reparam_kl_backward_{suf}", n,
                      (np.uint64(0) if dz is None else dz, eps, std, ml, beta_p, beta_s, dml,
-                      np.int64(n), np.int64(L), t(LOGVAR_LIMIT)))
+                      np.int64(n), np.int64(L), t(limit)))
         return dml
 
     # -- Bernoulli ----------------------------------------------------------------------------------
-    def bernoulli_nll(self, logits, x, dlogits, scratch=None, bias=None):
-        suf = self._suffix(logits)
-        t = logits.dtype.type
+    def bernoulli_nll(self, logits, x, dlogits, scratch, overwrite_logits, bias):
+        suf, t = self._suffix(logits), logits.dtype.type
         # CuPy compiles with -ftz=true: a float32 σ = e^{-88} (subnormal) would flush to 0 and
         # give log 0 = -inf. With the cap at 87, σ ≥ e^{-87} > FLT_MIN stays normal; the NumPy
         # twin (cap 88) differs only below y = -87, where both losses are 0 to within 1e-38.
         cap = 87.0 if logits.dtype.itemsize == 4 else 708.0
         self._need_c("bernoulli_nll", dlogits)
         n = logits.size
-        nb = _blocks(n, REDUCE_BLOCKS)
         D = logits.shape[-1] if logits.ndim else 1
-        self._launch(f"bernoulli_nll_{suf}", n,
-                     (self._c(logits), self._vector_or_null(bias, D, logits.dtype), np.int64(max(D, 1)),
-                      self._c(x), dlogits, np.int64(n), t(cap), self.partials()),
-                     REDUCE_BLOCKS)
-        return self._finish(suf, logits.dtype, nb, 1.0)
+        return self._reduce(f"bernoulli_nll_{suf}", suf, logits.dtype, n,
+                            (self._c(logits), self._vector_or_null(bias, D, logits.dtype), np.int64(max(D, 1)),
+                             self._c(x), dlogits, np.int64(n), t(cap)), 1.0)
 
     # -- Adam -----------------------------------------------------------------------------------------
-    def adam(self, p, g, m, v, step_size, sqrt_bc2, b1, b2, eps):
-        suf = self._suffix(p)
-        t = p.dtype.type
+    def adam(self, p, g, m, v, step_size, sqrt_bc2, b1, b2, eps, scratch):
+        suf, t = self._suffix(p), p.dtype.type
         self._need_c("adam", p, g, m, v)
         self._launch(f"adam_{suf}", p.size,
                      (p, g, m, v, np.int64(p.size), t(step_size), t(sqrt_bc2), t(b1), t(1 - b1),
                       t(b2), t(1 - b2), t(eps)))
 
-    def adam_from(self, p, g, m, v, coef, b1, b2, eps):
-        suf = self._suffix(p)
-        t = p.dtype.type
+    def adam_from(self, p, g, m, v, coef, b1, b2, eps, scratch):
+        suf, t = self._suffix(p), p.dtype.type
         self._need_c("adam_from", p, g, m, v, coef)
         self._launch(f"adam_from_{suf}", p.size,
                      (p, g, m, v, np.int64(p.size), coef, t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps)))
 
     # -- matrix products --------------------------------------------------------------------------------
-    def matmul(self, a, b, out=None):
+    def matmul(self, a, b, out):
         return self.cublas.matmul(a, b, out)
 
-    def sum_rows(self, a, out=None):
+    def sum_rows(self, a, out):
         """Σ_n a[n, :] (the bias gradient) as ones(1, N) @ a on the cuBLAS path."""
         return self.cublas.sum_rows(a, out)
 
@@ -488,6 +476,8 @@ class Kernels:
 
     def load_row(self, table, bi, out):
         self._need_c("load_row", table, out)
+        if out.shape != (table.shape[1],):
+            raise InputError(f"load_row: out must have shape ({table.shape[1]},), got {tuple(out.shape)}")
         self.fn("load_row")((1,), (32,), (table, bi, np.int64(table.shape[1]), out))
         return out
 

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import BackendError, InputError
 
 OP_N, OP_T = 0, 1
-DEFAULT_MATH, PEDANTIC_MATH, TF32_TENSOR_OP_MATH = 0, 2, 3
+DEFAULT_MATH, TF32_TENSOR_OP_MATH = 0, 3
 WORKSPACE_BYTES = 32 << 20
 _LIB = None
 
@@ -89,11 +89,10 @@ def _signatures(lib):
     lib.cublasSetStream_v2.argtypes = [vp, vp]
     lib.cublasSetMathMode.argtypes = [vp, i]
     lib.cublasSetWorkspace_v2.argtypes = [vp, vp, ctypes.c_size_t]
-    lib.cublasGetVersion_v2.argtypes = [vp, p(i)]
     for name in ("cublasSgemm_v2", "cublasDgemm_v2"):
         getattr(lib, name).argtypes = [vp, i, i, i, i, i, vp, vp, i, vp, i, vp, vp, i]
     for name in ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetMathMode", "cublasSetWorkspace_v2",
-                 "cublasGetVersion_v2", "cublasSgemm_v2", "cublasDgemm_v2"):
+                 "cublasSgemm_v2", "cublasDgemm_v2"):
         getattr(lib, name).restype = ctypes.c_int
 
 
@@ -151,11 +150,6 @@ class Cublas:
             _check(self.lib.cublasSetStream_v2(h[0], stream), "cublasSetStream")
             h[2] = stream
         return h[0]
-
-    def version(self):
-        v = ctypes.c_int()
-        _check(self.lib.cublasGetVersion_v2(self.handle(), ctypes.byref(v)), "cublasGetVersion")
-        return v.value
 
     def matmul(self, a, b, out=None):
         """out = a @ b for 2-D float32/float64 CuPy arrays (anything else: ``cupy.matmul``)."""

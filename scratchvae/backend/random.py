@@ -32,14 +32,15 @@ involvement. Use ``draw_*_into(out)`` inside a capture: with ``out`` given nothi
 and nothing synchronises. (The first draw of each kind compiles a kernel: warm up eagerly.)
 """
 
+import inspect
+
 import numpy
 
 from scratchvae.errors import BackendError, InputError
 
+from . import backend_of
 from .philox import (PHILOX_W0, box_muller, cuda_kernel, key_schedule, philox_rows, uniform24,
                      uniform53)
-
-STREAMS = ("init", "noise", "shuffle", "binarize", "eval")
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -70,7 +71,9 @@ class Stream:
         self.seed = int(seed)
         self.stream_id = int(stream_id)
         self.xp = xp
-        self._cupy = _is_cupy(xp)
+        if not inspect.ismodule(xp):
+            raise BackendError(f"xp must be the numpy or cupy module, got {xp!r}")
+        self._cupy = backend_of(xp).name == "cupy"
         if self._cupy:
             self._d = xp.zeros(2, dtype=xp.uint32)  # (d_lo, d_hi), on the current device
         else:
@@ -265,22 +268,29 @@ class Stream:
 
 
 class Streams:
-    """One :class:`Stream` per name in ``STREAMS``, stream ids 0, 1, ... in that order."""
+    """Named :class:`Stream` s of one seed: ``names`` maps each name to its stream id.
 
-    def __init__(self, seed, xp=numpy):
+    The names and ids belong to the code that draws from them (the model's, the training
+    loop's); a stream's id, not its name, fixes its numbers.
+    """
+
+    def __init__(self, seed, names, xp=numpy):
         _check_int("seed", seed, 2**63)
         self.seed = int(seed)
         self.xp = xp
-        self._streams = {name: Stream(seed, i, xp) for i, name in enumerate(STREAMS)}
+        self._streams = {name: Stream(seed, i, xp) for name, i in dict(names).items()}
 
     def __getitem__(self, name):
         try:
             return self._streams[name]
         except (KeyError, TypeError):
-            raise InputError(f"stream name must be one of {STREAMS}, got {name!r}") from None
+            raise InputError(f"stream name must be one of {tuple(self._streams)}, got {name!r}") from None
+
+    def __iter__(self):
+        return iter(self._streams)
 
     def __repr__(self):
-        return f"Streams(seed={self.seed}, xp={self.xp.__name__})"
+        return f"Streams(seed={self.seed}, names={tuple(self._streams)}, xp={self.xp.__name__})"
 
     def state(self):
         """``{name: Stream.state()}`` for every name (a sync per stream on CuPy)."""
@@ -288,11 +298,11 @@ class Streams:
 
     def set_state(self, state):
         """Continue every stream from ``state`` (as returned by ``state()``); all or nothing."""
+        names = tuple(self._streams)
         if not hasattr(state, "keys"):
-            raise InputError(f"state must be a dict with keys {STREAMS}, "
-                             f"got {type(state).__name__}")
-        if set(state.keys()) != set(STREAMS):
-            raise InputError(f"state must have keys {STREAMS}, got {tuple(sorted(state.keys()))}")
+            raise InputError(f"state must be a dict with keys {names}, got {type(state).__name__}")
+        if set(state.keys()) != set(names):
+            raise InputError(f"state must have keys {names}, got {tuple(sorted(state.keys()))}")
         for name, s in self._streams.items():  # validate all before changing any
             _check_state(state[name], f"state[{name!r}]")
             if (int(state[name][0]), int(state[name][1])) != s.key:
@@ -308,14 +318,6 @@ def _words(x, y):
     words.T[0::2] = x  # through the transpose, so the long axis is the inner loop
     words.T[1::2] = y
     return words
-
-
-def _is_cupy(xp):
-    if xp is numpy:
-        return False
-    if getattr(xp, "__name__", None) == "cupy":
-        return True
-    raise BackendError(f"xp must be the numpy or cupy module, got {xp!r}")
 
 
 def _check_int(name, value, stop):

@@ -1,13 +1,17 @@
-"""Forward/backward pairs of every op, each backward's derivation in its docstring.
+"""The blocks of the model, each with its derivation in its docstring.
 
 =====================  =====================================================
-module                 ops
+module                 blocks
 =====================  =====================================================
-:mod:`.dense`          affine layer y = xW + b
+:mod:`.dense`          the affine layer's product and backward
 :mod:`.activations`    relu, leaky_relu, tanh, sigmoid, softplus (+ bias fused)
-:mod:`.gaussian`       reparameterize, KL(N(μ, σ²) ‖ N(0, I)), fused block
-:mod:`.likelihoods`    Bernoulli on logits, Gaussian (fixed / learned σ)
+:mod:`.gaussian`       reparameterize + KL(N(μ, σ²) ‖ N(0, I)) fused; row log-densities
+:mod:`.likelihoods`    Bernoulli on logits, Gaussian (fixed / learned σ); their draws
+:mod:`.reference`      the unfused textbook forms, kept as test oracles
 =====================  =====================================================
+
+A fused block (declared with :func:`scratchvae.backend.fused`) is one function: its body is
+the readable NumPy form, and the backend's kernel of the declared name runs it on a GPU.
 """
 
 from .activations import (
@@ -17,25 +21,28 @@ from .activations import (
     activation_derivative,
     activation_forward,
     bias_act_forward,
+    sigmoid,
+    softplus,
 )
-from .dense import dense_backward, dense_forward
+from .dense import dense_backward, matmul, sum_rows
 from .gaussian import (
-    kl_standard_normal,
-    kl_standard_normal_backward,
+    LOG_2PI,
+    LOGVAR_LIMIT,
+    kl_standard_normal_terms,
+    log_normal_rows,
+    log_standard_normal_rows,
     reparam_kl_backward,
     reparam_kl_forward,
     reparameterize,
-    reparameterize_backward,
 )
 from .likelihoods import (
     LOG_SIGMA_FLOOR,
-    bernoulli_nll,
-    bernoulli_nll_backward,
     bernoulli_nll_forward_backward,
-    gaussian_nll,
+    bernoulli_nll_rows,
     gaussian_nll_forward_backward,
-    sigmoid,
-    softplus,
+    gaussian_nll_rows,
+    sample_bernoulli,
+    sample_gaussian,
     soft_floor_log_sigma,
     soft_floor_log_sigma_backward,
 )

@@ -23,11 +23,29 @@ Derivations, one line each:
 
 from __future__ import annotations
 
+from ..backend import fused, xp_of
 from ..errors import InputError
-from ._seam import fused, xp_of
 
 LEAKY_SLOPE = 0.01
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
+
+
+def sigmoid(z, out=None):
+    """σ(z) = 1/(1 + e^{−z}), computed as ½ + ½ tanh(z/2): bounded, no overflow for any z,
+    in place when ``out`` is ``z``. (Its absolute error is half an ulp of ½; a block that needs
+    σ's relative accuracy in the far tail, the Bernoulli loss, forms σ within its own fused
+    arithmetic.)"""
+    xp = xp_of(z)
+    out = xp.multiply(z, 0.5, out=out)
+    xp.tanh(out, out=out)
+    xp.multiply(out, 0.5, out=out)
+    xp.add(out, 0.5, out=out)
+    return out
+
+
+def softplus(z, out=None):
+    """softplus(z) = log(1 + e^z), computed as logaddexp(z, 0): stable for any z."""
+    return xp_of(z).logaddexp(z, 0, out=out)
 
 
 def check_activation(name: str) -> str:
@@ -36,7 +54,7 @@ def check_activation(name: str) -> str:
     return name
 
 
-def activation_forward(name, z, out=None, scratch=None):
+def activation_forward(name, z, out=None, scratch=None, slope=LEAKY_SLOPE):
     """a = f(z) elementwise (``out`` may be ``z``). See the module table for f.
 
     Leaky ReLU in place needs a second buffer of z's shape: pass ``scratch`` to avoid an
@@ -50,25 +68,20 @@ def activation_forward(name, z, out=None, scratch=None):
     elif name == "leaky_relu":
         # max(z, s z): the one activation that needs a second buffer when done in place.
         sz = scratch if scratch is not None and scratch is not z else xp.empty_like(z)
-        xp.multiply(z, LEAKY_SLOPE, out=sz)
+        xp.multiply(z, slope, out=sz)
         xp.maximum(z, sz, out=out)
     elif name == "tanh":
         xp.tanh(z, out=out)
     elif name == "sigmoid":
-        # σ(z) = ½ + ½ tanh(z/2): in place, no overflow for any z.
-        xp.multiply(z, 0.5, out=out)
-        xp.tanh(out, out=out)
-        xp.multiply(out, 0.5, out=out)
-        xp.add(out, 0.5, out=out)
+        sigmoid(z, out=out)
     elif name == "softplus":
-        # log(1 + e^z) = logaddexp(0, z): stable for large |z|.
-        xp.logaddexp(z, 0, out=out)
+        softplus(z, out=out)
     else:
         check_activation(name)
     return out
 
 
-def activation_derivative(name, a, out=None):
+def activation_derivative(name, a, out=None, slope=LEAKY_SLOPE):
     """f'(z) from the output a = f(z) (see the module table). ``out`` may be ``a``."""
     xp = xp_of(a)
     if out is None:
@@ -78,8 +91,8 @@ def activation_derivative(name, a, out=None):
     elif name == "leaky_relu":
         xp.sign(a, out=out)                   # 1, 0, −1 for z > 0, z = 0, z < 0
         xp.maximum(out, 0, out=out)           # 1, 0, 0
-        out *= 1 - LEAKY_SLOPE
-        out += LEAKY_SLOPE                    # 1, s, s
+        out *= 1 - slope
+        out += slope                          # 1, s, s
     elif name == "tanh":
         xp.multiply(a, a, out=out)
         xp.subtract(1, out, out=out)          # 1 − a²
@@ -97,7 +110,8 @@ def activation_derivative(name, a, out=None):
     return out
 
 
-def activation_backward(name, da, a, out=None, mask=None):
+@fused("act_backward", on="da")
+def activation_backward(name, da, a, out=None, mask=None, slope=LEAKY_SLOPE):
     """dz = da ⊙ f'(z), with f'(z) computed from the output ``a`` (see the module table).
 
     ``out`` may be ``a`` (the model's choice: the activation is spent once its layer's
@@ -106,9 +120,6 @@ def activation_backward(name, da, a, out=None, mask=None):
     ``mask`` buffer of a's shape to avoid allocating it (``np.sign`` written in place runs
     ~15× slower than this on NumPy 2.x).
     """
-    k = fused("act_backward_" + name, da)
-    if k is not None:
-        return k(da, a, out)
     if out is not None and out is da:
         raise InputError("activation_backward: out must not be da (use out=a or a new buffer)")
     if name in ("relu", "leaky_relu"):
@@ -119,26 +130,24 @@ def activation_backward(name, da, a, out=None, mask=None):
         if out is None:
             out = xp.empty_like(da)
         xp.copyto(out, mask)                     # 1 or 0
-        out *= 1 - LEAKY_SLOPE
-        out += LEAKY_SLOPE                       # 1 or s
+        out *= 1 - slope
+        out += slope                             # 1 or s
         out *= da
         return out
-    out = activation_derivative(name, a, out=out)
+    out = activation_derivative(name, a, out=out, slope=slope)
     out *= da
     return out
 
 
-def bias_act_forward(pre, b, name, out=None, scratch=None):
+@fused("bias_act")
+def bias_act_forward(pre, b, name, out=None, scratch=None, slope=LEAKY_SLOPE):
     """Fused block after a GEMM: a = f(pre + b), b broadcast over rows.
 
     pre: (N, H) the product x @ W; b: (H,); out: (N, H), may be ``pre`` (the usual case).
     On a GPU this is one kernel; here it is two in-place passes.
     """
-    k = fused("bias_act_" + name, pre)
-    if k is not None:
-        return k(pre, b, out)
     xp = xp_of(pre)
     if out is None:
         out = xp.empty_like(pre)
     xp.add(pre, b, out=out)
-    return activation_forward(name, out, out=out, scratch=scratch)
+    return activation_forward(name, out, out=out, scratch=scratch, slope=slope)

@@ -2,13 +2,19 @@
 
 Shapes: x (N, I), W (I, O), b (O,), y (N, O). The weight is stored (fan_in, fan_out) so
 the forward product needs no transpose; PyTorch's ``nn.Linear.weight`` is ``W.T``.
+
+Training runs the forward in two pieces: the product x W (:func:`matmul`), then the fused
+block that reads it anyway adds b (bias + activation in :func:`~.activations.bias_act_forward`;
+the head's bias in :func:`~.gaussian.reparam_kl_forward`; the output bias in the likelihood's
+block). The unfused ``dense_forward`` is kept as a test oracle in :mod:`.reference`.
 """
 
 from __future__ import annotations
 
-from ._seam import fused, xp_of
+from ..backend import fused, xp_of
 
 
+@fused("matmul")
 def matmul(a, b, out=None):
     """a @ b into ``out`` (2-D; ``out`` must not overlap a or b), on the backend's GEMM path.
 
@@ -16,25 +22,13 @@ def matmul(a, b, out=None):
     (:mod:`scratchvae.backend.cublas`), which also works inside a CUDA-graph capture, so an
     eager step and a replayed one run the same GEMMs. Transposed views go in without a copy.
     """
-    k = fused("matmul", a)
-    if k is not None:
-        return k(a, b, out)
     return xp_of(a).matmul(a, b, out=out)
 
 
+@fused("sum_rows")
 def sum_rows(a, out=None):
     """Σ_n a[n, :] -> (O,) (a bias gradient). CuPy: ones(1, N) @ a on the GEMM path."""
-    k = fused("sum_rows", a)
-    if k is not None:
-        return k(a, out)
     return xp_of(a).sum(a, axis=0, out=out)
-
-
-def dense_forward(x, W, b, out=None):
-    """y = x W + b  (y_nj = Σ_i x_ni W_ij + b_j).  ``out``: (N, O), must not alias x."""
-    out = matmul(x, W, out=out)
-    out += b
-    return out
 
 
 def dense_backward(dy, x, W, dW=None, db=None, dx=None, need_dx=True):

@@ -2,13 +2,18 @@
 
 Conventions: ``logvar`` is log σ² everywhere; the standard deviation is
 σ = exp(½·logvar). Shapes: μ, logvar, ε, z are (N, L); sums run over all N·L entries.
+
+Training runs the fused pair :func:`reparam_kl_forward` / :func:`reparam_kl_backward`;
+evaluation and the figures call :func:`reparameterize`, :func:`kl_standard_normal_terms` and
+the row-wise log-densities below. The unfused backward pairs are test oracles in
+:mod:`.reference`.
 """
 
 from __future__ import annotations
 
 import math
 
-from ._seam import fused, xp_of
+from ..backend import fused, xp_of
 
 LOG_2PI = math.log(2.0 * math.pi)
 LOGVAR_LIMIT = 30.0
@@ -20,7 +25,8 @@ range and 0 for clamped entries. Ordinary training stays far inside (|logvar| �
 def reparameterize(mu, logvar, eps, out=None, std_out=None):
     """z = μ + σ ⊙ ε with σ = exp(½·logvar) and ε ~ N(0, I) supplied by the caller.
 
-    Returns (z, σ); σ is kept for the backward pass.
+    Returns (z, σ). Any shapes that broadcast (evaluation passes (n, 1, L) parameters and
+    (n, K, L) noise).
     """
     xp = xp_of(mu)
     std = xp.multiply(logvar, 0.5, out=std_out)
@@ -30,59 +36,45 @@ def reparameterize(mu, logvar, eps, out=None, std_out=None):
     return z, std
 
 
-def reparameterize_backward(dz, eps, std):
-    """Gradients through z = μ + exp(½·logvar) ⊙ ε, given dz = ∂ℓ/∂z. Returns (dμ, dlogvar).
-
-    ∂z/∂μ = 1                            ->  dμ = dz
-    ∂z/∂logvar = ε · dσ/dlogvar = ½ σ ε  ->  dlogvar = ½ · dz ⊙ ε ⊙ σ
-    (σ = e^{½ lv}, so dσ/dlv = ½ σ.)  The noise ε is a constant: no gradient flows to it.
-    """
-    return dz.copy(), 0.5 * dz * eps * std
-
-
-def kl_standard_normal(mu, logvar):
-    """KL( N(μ, diag σ²) ‖ N(0, I) ), summed over rows and latent units (a 0-d array).
+def kl_standard_normal_terms(mu, logvar):
+    """KL( N(μ, σ²) ‖ N(0, 1) ) of each latent unit, elementwise:  ½ (σ² + μ² − 1 − log σ²).
 
     Closed form for one row (k latent units, Σ = diag σ²):
-        KL = ½ (tr Σ + μᵀμ − k − log det Σ) = ½ Σ_j (σ_j² + μ_j² − 1 − log σ_j²).
+        KL = ½ (tr Σ + μᵀμ − k − log det Σ) = Σ_j ½ (σ_j² + μ_j² − 1 − log σ_j²).
     Derivation: KL = E_q[log q − log p]; with q = N(μ, Σ), p = N(0, I):
     E_q[−½ (z−μ)ᵀ Σ⁻¹ (z−μ)] = −k/2, E_q[½ zᵀz] = ½(tr Σ + μᵀμ), and the normalisers
-    contribute −½ log det Σ.
-    Computed as ½ Σ (expm1(lv) − lv + μ²): each term is ≥ 0 in floating point, so the KL is
-    never negative (e^{lv} − 1 − lv rounds to −lv < 0 for 0 < lv ≲ 1e-16).
+    contribute −½ log det Σ. Computed as ½ (expm1(lv) − lv + μ²): each term is ≥ 0 in
+    floating point (e^{lv} − 1 − lv would round to −lv < 0 for 0 < lv ≲ 1e-16).
     """
     xp = xp_of(mu)
-    return 0.5 * xp.sum(xp.expm1(logvar) - logvar + mu * mu)
+    return 0.5 * (xp.expm1(logvar) - logvar + mu * mu)
 
 
-def kl_standard_normal_backward(mu, logvar):
-    """Gradients of KL = ½ Σ (e^{lv} + μ² − 1 − lv):  ∂KL/∂μ = μ;  ∂KL/∂lv = ½(e^{lv} − 1)."""
-    xp = xp_of(mu)
-    return mu.copy(), 0.5 * (xp.exp(logvar) - 1.0)
-
-
-def reparam_kl_forward(mu_logvar, eps, z, std, scratch, bias=None):
+@fused("reparam_kl_forward")
+def reparam_kl_forward(mu_logvar, eps, z, std, scratch, bias=None, limit=LOGVAR_LIMIT):
     """Fused block after the encoder's head GEMM: sample z and compute the KL sum.
 
     mu_logvar: (N, 2L) head output, μ = [:, :L], logvar = [:, L:].  eps, z, std, scratch:
-    (N, L) buffers. ``bias``: an optional (2L,) vector added to mu_logvar in place first (the
-    head's bias folded into this block: one kernel fewer on a GPU; its gradient is the row sum
-    of ``reparam_kl_backward``'s dmu_logvar, formed by the caller as for any dense layer).
-    Clamps logvar in place to ±:data:`LOGVAR_LIMIT` (a no-op in ordinary training). Writes z = μ + σ ⊙ ε and σ = exp(½ logvar) (kept for the backward);
-    returns KL = ½ Σ (σ² + μ² − 1 − logvar) as a 0-d array (no host sync).
-    The same formulas as :func:`reparameterize` and :func:`kl_standard_normal`, arranged
-    so that no temporary array is made (``z`` holds σ² before it holds z).
+    (N, L) buffers. Returns KL as a 0-d array (no host sync) and writes
+
+        z = μ + σ ⊙ ε,  σ = exp(½ logvar)         (σ is kept for the backward)
+        KL = ½ Σ_{n,j} (σ² + μ² − 1 − logvar)     (see :func:`kl_standard_normal_terms`)
+
+    ``bias``: an optional (2L,) vector added to mu_logvar in place first: the head's bias
+    folded into this block (one kernel fewer on a GPU). Folding changes where the addition
+    runs, not a derivative: the bias gradient is the row sum of the backward's dmu_logvar,
+    formed by the caller as for any dense layer. logvar is clamped in place to ±``limit``
+    (:data:`LOGVAR_LIMIT`; a no-op in ordinary training). The formulas of
+    :func:`reparameterize` and :func:`kl_standard_normal_terms`, arranged so that no temporary
+    array is made (``z`` holds σ² − 1 before it holds z).
     """
-    k = fused("reparam_kl_forward", mu_logvar)
-    if k is not None:
-        return k(mu_logvar, eps, z, std, scratch, bias)
     xp = xp_of(mu_logvar)
     if bias is not None:
         mu_logvar += bias
     L = z.shape[1]
     mu, logvar = mu_logvar[:, :L], mu_logvar[:, L:]
-    if logvar.max() > LOGVAR_LIMIT or logvar.min() < -LOGVAR_LIMIT:
-        xp.clip(logvar, -LOGVAR_LIMIT, LOGVAR_LIMIT, out=logvar)
+    if logvar.max() > limit or logvar.min() < -limit:
+        xp.clip(logvar, -limit, limit, out=logvar)
     xp.multiply(logvar, 0.5, out=std)
     xp.exp(std, out=std)                  # σ
     t = xp.multiply(mu, mu, out=scratch)  # μ²
@@ -95,21 +87,26 @@ def reparam_kl_forward(mu_logvar, eps, z, std, scratch, bias=None):
     return kl
 
 
-def reparam_kl_backward(dz, eps, std, mu_logvar, beta, dmu_logvar):
+@fused("reparam_kl_backward", on="mu_logvar")
+def reparam_kl_backward(dz, eps, std, mu_logvar, beta, dmu_logvar, limit=LOGVAR_LIMIT):
     """Fused backward of :func:`reparam_kl_forward` for the objective  recon + β·KL.
 
     dz: (N, L) = ∂recon/∂z, **overwritten** (None: no reconstruction term, as in KL-only).
-    Writes dmu_logvar (N, 2L):
-      [:, :L]  dμ  = dz + β μ
-      [:, L:]  dlv = ½ dz ⊙ ε ⊙ σ + ½ β (σ² − 1)  =  ½ (σ (dz ⊙ ε + β σ) − β)
-    i.e. :func:`reparameterize_backward` plus β × :func:`kl_standard_normal_backward`
-    (the two paths into μ and logvar add; σ² = e^{lv}); entries clamped by the forward
-    (|logvar| = LOGVAR_LIMIT) get dlv = 0, the derivative of the clamp.
+    beta: a number, or a float64 backend array of one value (a schedule read on the device).
+    Writes dmu_logvar (N, 2L) = [dμ | dlv]. Derivation, per entry (σ = e^{½ lv}):
+
+        through the sample z = μ + σ ε:   ∂z/∂μ = 1,  ∂z/∂lv = ε dσ/dlv = ½ σ ε
+        through β·KL, KL = ½ (e^{lv} + μ² − 1 − lv):   ∂KL/∂μ = μ,  ∂KL/∂lv = ½ (σ² − 1)
+        the two paths add:
+          dμ  = dz + β μ
+          dlv = ½ dz ε σ + ½ β (σ² − 1)  =  ½ (σ (dz ⊙ ε + β σ) − β)
+
+    Entries clamped by the forward (|logvar| ≥ ``limit``) get dlv = 0, the clamp's derivative.
+    ε is a constant (drawn by the caller): no gradient flows to it.
     """
-    k = fused("reparam_kl_backward", mu_logvar)
-    if k is not None:
-        return k(dz, eps, std, mu_logvar, beta, dmu_logvar)
     xp = xp_of(mu_logvar)
+    if not isinstance(beta, (int, float)):
+        beta = mu_logvar.dtype.type(beta.reshape(-1)[0])   # as the kernel reads it: in the dtype
     L = std.shape[1]
     mu = mu_logvar[:, :L]
     dmu, dlv = dmu_logvar[:, :L], dmu_logvar[:, L:]
@@ -123,8 +120,8 @@ def reparam_kl_backward(dz, eps, std, mu_logvar, beta, dmu_logvar):
     dlv -= beta
     dlv *= 0.5
     lv = mu_logvar[:, L:]
-    if lv.max() >= LOGVAR_LIMIT or lv.min() <= -LOGVAR_LIMIT:
-        dlv *= xp.abs(lv) < LOGVAR_LIMIT       # clamped entries: zero gradient
+    if lv.max() >= limit or lv.min() <= -limit:
+        dlv *= xp.abs(lv) < limit         # clamped entries: zero gradient
     return dmu_logvar
 
 

@@ -24,40 +24,27 @@ from __future__ import annotations
 
 import math
 
-from ._seam import fused, xp_of
+from ..backend import fused, xp_of
+from .activations import sigmoid, softplus
+from .gaussian import LOG_2PI
 
-LOG_2PI = math.log(2.0 * math.pi)
 LOG_SIGMA_FLOOR = -6.0
 
 
-# -- stable scalar functions -------------------------------------------------------
-def softplus(y, out=None):
-    """softplus(y) = log(1 + e^y), computed as logaddexp(y, 0) (stable for any y)."""
-    return xp_of(y).logaddexp(y, 0, out=out)
-
-
-def sigmoid(y, out=None):
-    """σ(y) = 1/(1 + e^{−y}), computed as −expm1(−softplus(y)): exact in both tails."""
-    xp = xp_of(y)
-    out = softplus(y, out=out)
-    xp.negative(out, out=out)
-    xp.expm1(out, out=out)
-    xp.negative(out, out=out)
-    return out
-
-
 # -- Bernoulli ----------------------------------------------------------------------
-def bernoulli_nll(logits, x):
-    """Σ_{n,d} softplus(y) − x·y  (0-d array)."""
-    xp = xp_of(logits)
-    return xp.sum(softplus(logits) - x * logits)
+def sample_bernoulli(p, u, out=None):
+    """Pixels drawn from Bernoulli(p): 1 where u < p, else 0, given uniforms u ∈ (0, 1).
+
+    The one Bernoulli draw of scratchvae (binarising data, drawing pixels from p(x|z));
+    P(u < p) = p for u ~ U(0, 1). ``out`` (p's dtype, may be ``u``) receives 1.0 / 0.0.
+    """
+    xp = xp_of(p)
+    if out is None:
+        out = xp.empty(p.shape, dtype=p.dtype)
+    return xp.less(u, p, out=out)
 
 
-def bernoulli_nll_backward(logits, x):
-    """∂/∂y Σ (softplus(y) − x y) = σ(y) − x   (N, D)."""
-    return sigmoid(logits) - x
-
-
+@fused("bernoulli_nll")
 def bernoulli_nll_forward_backward(logits, x, dlogits, scratch, overwrite_logits=False, bias=None):
     """Fused block after the decoder's last GEMM: loss and its gradient together.
 
@@ -77,9 +64,6 @@ def bernoulli_nll_forward_backward(logits, x, dlogits, scratch, overwrite_logits
     nothing overflows for any finite y. The sum is of the elementwise terms, so large
     logits do not cancel between two large sums.
     """
-    k = fused("bernoulli_nll", logits)
-    if k is not None:
-        return k(logits, x, dlogits, scratch, bias)
     xp = xp_of(logits)
     if bias is not None:
         logits = xp.add(logits, bias, out=logits if overwrite_logits else None)
@@ -101,20 +85,12 @@ def bernoulli_nll_forward_backward(logits, x, dlogits, scratch, overwrite_logits
 # -- Gaussian -----------------------------------------------------------------------
 def soft_floor_log_sigma(s, floor=LOG_SIGMA_FLOOR):
     """log σ = f + softplus(s − f): the learned log σ with a soft floor f.  Returns log σ."""
-    xp = xp_of(s)
-    return floor + xp.logaddexp(s - floor, 0)
+    return floor + softplus(s - floor)
 
 
 def soft_floor_log_sigma_backward(dlog_sigma, s, floor=LOG_SIGMA_FLOOR):
     """ds = dlog σ · sigmoid(s − f)   (d softplus(u)/du = σ(u))."""
     return dlog_sigma * sigmoid(s - floor)
-
-
-def gaussian_nll(mean, x, log_sigma):
-    """Σ ½ log 2π + log σ + (x − m)²/(2σ²)  (0-d); log σ a float, (1,) or (D,)."""
-    xp = xp_of(mean)
-    r = x - mean
-    return xp.sum(0.5 * LOG_2PI + log_sigma + 0.5 * r * r * xp.exp(-2.0 * xp.asarray(log_sigma)))
 
 
 def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=False):
@@ -148,6 +124,16 @@ def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=
         dls = None if fixed else xp.reshape(N * D - quad, (1,))
     loss = 0.5 * quad + (N * D * 0.5 * LOG_2PI) + sum_log_sigma
     return loss, dls
+
+
+def sample_gaussian(mean, log_sigma, eps):
+    """Pixels drawn from N(mean, σ²): mean + σ ⊙ ε, given standard normals ε.
+
+    ``log_sigma``: a float (fixed σ), or an array (1,) / (D,) broadcast over the rows.
+    """
+    xp = xp_of(mean)
+    sigma = xp.exp(xp.asarray(log_sigma, dtype=mean.dtype))
+    return mean + sigma * eps
 
 
 # -- row-wise log-likelihoods (evaluation) ----------------------------------------------
