@@ -42,11 +42,7 @@ import numpy as np
 
 from .backend import backend_of
 from .errors import InputError
-from .ops.gaussian import log_standard_normal_rows
-from .ops.likelihoods import bernoulli_nll_rows, gaussian_nll_rows
-from .inputs import STATIC_TEST_STREAM as _STATIC_TEST_STREAM
-from .inputs import STATIC_TRAIN_STREAM as _STATIC_TRAIN_STREAM
-from .inputs import binarize_static, prepare_images
+from .inputs import STATIC_TEST_STREAM, STATIC_TRAIN_STREAM, binarize_static, prepare_images
 
 EVAL_BATCH = 1000
 
@@ -80,7 +76,7 @@ def rows_per_chunk(model, budget=MEMORY_BUDGET):
 
 
 def _require_q(model):
-    if model.mode == "ae":
+    if not model.posterior.stochastic:
         raise InputError("IWAE needs a VAE: the model's mode is 'ae', which has no q(z|x) to "
                          "sample from (use a 'vae' or 'kl-only' model)")
 
@@ -88,6 +84,7 @@ def _require_q(model):
 def _log_weight_chunks(model, x, k, batch):
     """Yield (start, stop, log w) over chunks of images; log w: (n, k) float64 backend array."""
     xp, L, dt = model.xp, model.latent, model.dtype
+    q, lik = model.posterior, model.likelihood
     N = x.shape[0]
     k_chunk = min(k, batch)
     n_img = max(1, min(N, batch // k_chunk))
@@ -95,22 +92,16 @@ def _log_weight_chunks(model, x, k, batch):
     for i in range(0, N, n_img):
         xb = x[i:i + n_img]
         n = xb.shape[0]
-        mu, logvar = model.encode(xb)
-        std = xp.exp(0.5 * logvar)[:, None, :]                              # (n, 1, L)
-        half_sum_lv = 0.5 * xp.sum(logvar, axis=-1, dtype=np.float64)[:, None]  # (n, 1)
+        params = tuple(p[:, None, :] for p in model.encode(xb))          # each (n, 1, L)
         logw = xp.empty((n, k), dtype=np.float64)
         for k0 in range(0, k, k_chunk):
             kc = min(k_chunk, k - k0)
             eps = stream.normal((n, kc, L), dt.name)
-            z = eps * std
-            z += mu[:, None, :]
-            log_q = log_standard_normal_rows(eps, dtype=np.float64) - half_sum_lv   # (n, kc)
-            log_pz = log_standard_normal_rows(z, dtype=np.float64)
+            z = q.sample(params, eps)                                      # (n, kc, L)
+            log_q = q.log_q_rows(eps, params, dtype=np.float64)            # (n, kc)
+            log_pz = q.log_prior_rows(z, dtype=np.float64)
             y = model.decode(z.reshape(n * kc, L)).reshape(n, kc, -1)
-            if model.likelihood == "bernoulli":
-                nll = bernoulli_nll_rows(y, xb[:, None, :], dtype=np.float64)
-            else:
-                nll = gaussian_nll_rows(y, xb[:, None, :], model.log_sigma(), dtype=np.float64)
+            nll = lik.nll_rows(y, xb[:, None, :], model.params, dtype=np.float64)
             del y
             logw[:, k0:k0 + kc] = log_pz - log_q - nll
         yield i, i + n, logw
@@ -188,7 +179,7 @@ def evaluate_elbo(model, x, batch=EVAL_BATCH):
     for i in range(0, x.shape[0], batch):
         xb = x[i:i + batch]
         eps = None
-        if model.mode != "ae":
+        if model.posterior.stochastic:
             eps = model.rng["eval"].normal((xb.shape[0], model.latent), model.dtype.name)
         r = model.loss_and_grads(xb, eps=eps, need_grads=False)
         tot[0] += r.neg_elbo
@@ -315,13 +306,14 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
     images, labels = test.images, test.labels
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    xtest = _prepare(images, model, tc, _STATIC_TEST_STREAM, "test")
-    xtrain = _prepare(train.images[:probe_limit], model, tc, _STATIC_TRAIN_STREAM, "train")
+    xtest = _prepare(images, model, tc, STATIC_TEST_STREAM, "test")
+    xtrain = _prepare(train.images[:probe_limit], model, tc, STATIC_TRAIN_STREAM, "train")
 
-    res = {"epoch": run.meta.get("epoch"), "mode": model.mode, "likelihood": model.likelihood,
-           "binarize": tc.binarize, "dataset": tc.dataset, "n_test": int(xtest.shape[0])}
+    res = {"epoch": run.meta.get("epoch"), "mode": model.mode, "likelihood": model.likelihood.name,
+           "units": model.likelihood.units, "binarize": tc.binarize, "dataset": tc.dataset,
+           "n_test": int(xtest.shape[0])}
     res["test_elbo"] = evaluate_elbo(model, xtest)
-    if model.mode == "ae":
+    if not model.posterior.stochastic:
         res["log_px"] = None
         res["log_px_note"] = "IWAE needs a VAE: an 'ae' model has no q(z|x)"
     else:
@@ -370,8 +362,8 @@ def format_report(res) -> str:
             r = lp[K]
             lines.append(f"  {int(K):>6}  {r['mean']:11.3f}  {r['se']:7.3f}  {r['gain']:+8.3f}  "
                          f"{r['gain_se']:7.3f}")
-        if res.get("likelihood") == "gaussian":
-            lines.append("  (Gaussian likelihood: log densities, not comparable with Bernoulli nats)")
+        if res.get("units", "nats") != "nats":
+            lines.append(f"  ({res['likelihood']} likelihood: {res['units']})")
     au = res["active_units"]
     lines.append(f"active units    {au['count']:>4d} / {au['of']}  (Var_x E_q[z_u] > {au['threshold']:g})")
     lines.append(f"linear probe    {res['probe_accuracy']:10.3f}  (μ codes: {res.get('n_probe_train')} "

@@ -2,11 +2,21 @@
 
 Architecture (D data, H hidden, L latent; ``hidden=(H1, H2)`` is mirrored in the decoder)::
 
-    encoder   x (N,D) -> act(x W + b) (N,H1) -> ... -> [μ | logvar] (N, 2L)   (one GEMM head)
-    sample    z = μ + exp(½ logvar) ⊙ ε,  ε ~ N(0, I)                         (N, L)
+    encoder   x (N,D) -> act(x W + b) (N,H1) -> ... -> head (N, 2L) = [μ | logvar]   (one GEMM)
+    sample    z = μ + exp(½ logvar) ⊙ ε,  ε ~ N(0, I)                           (N, L)
     decoder   z -> act(z V + c) (N,H_last) -> ... -> y (N,D)   logits (Bernoulli) or means (Gaussian)
     loss      recon = −log p(x|z) summed;  kl = KL(q(z|x) ‖ N(0,I)) summed
               objective = recon + β·kl (what the gradients are of);  neg_elbo = recon + kl
+
+The model composes two objects and asks them instead of branching: its **posterior**
+(:mod:`scratchvae.posteriors`: the head's width, the sample and the KL) and its
+**likelihood** (:mod:`scratchvae.likelihoods`: −log p(x|z), its gradient, the decoder mean,
+draws). The mode is decided once, in :data:`MODES`:
+
+``'vae'``      a diagonal-Gaussian posterior; objective = recon + β·kl.
+``'ae'``       a plain autoencoder: z = μ (a point), no sampling, no KL, the head is (H, L).
+``'kl-only'``  objective = β·kl; the reconstruction is still computed and reported, but
+               nothing of it reaches the gradients (the decoder's gradients are zero).
 
 The fused head. One weight ``enc.head.W`` of shape (H, 2L) and bias (2L,) produce μ and
 logvar in one GEMM: columns [:L] are the μ head and [L:] the logvar head. Two separate
@@ -14,15 +24,14 @@ PyTorch heads ``fc21``/``fc22`` (``nn.Linear(H, L)``) map to it as
 ``fc21.weight = W[:, :L].T, fc21.bias = b[:L]``, ``fc22.weight = W[:, L:].T, fc22.bias = b[L:]``.
 Every weight is stored (fan_in, fan_out): ``nn.Linear.weight`` is its transpose.
 
-Modes. ``'vae'``: the above. ``'ae'``: a plain autoencoder, z = μ, no sampling, no KL and
-no logvar head (the head is (H, L)). ``'kl-only'``: objective = β·kl; the reconstruction is
-still computed and reported, but nothing of it reaches the gradients (the decoder's
-gradients are zero).
-
 Memory. All parameters live in one flat buffer ``theta`` and all gradients in one flat
 buffer ``grad`` (the per-name arrays are views), so an optimizer updates everything in one
 pass. Each batch shape gets a workspace of preallocated buffers; after the first step at a
 shape, a training step allocates nothing large.
+
+The model holds no training state: β is its configured weight of the KL term, which a
+training schedule overrides per step through ``loss_and_grads(..., beta=)`` without writing
+it. Its random streams (``rng``) are its own: 'init' (parameters), 'noise' (ε) and 'eval'.
 """
 
 from __future__ import annotations
@@ -35,65 +44,46 @@ import numpy as np
 from .backend import get_backend
 from .backend.random import Streams
 from .errors import InputError
-from .ops import (
-    activation_backward,
-    bias_act_forward,
-    dense_backward,
-    reparam_kl_backward,
-    reparam_kl_forward,
-    reparameterize,
-    sigmoid,
-    soft_floor_log_sigma,
-    soft_floor_log_sigma_backward,
-)
-from .ops.dense import matmul
-from .ops.gaussian import LOGVAR_LIMIT
-from .ops.activations import check_activation
-from .ops.likelihoods import (
-    bernoulli_nll_forward_backward,
-    gaussian_nll_forward_backward,
-)
+from .likelihoods import make_likelihood
+from .ops.activations import activation_backward, bias_act_forward, check_activation
+from .ops.dense import dense_backward, matmul
+from .posteriors import DiagonalGaussian, PointMass
 
-MODES = ("vae", "ae", "kl-only")
-LIKELIHOODS = ("bernoulli", "gaussian")
+MODES = {"vae": (DiagonalGaussian, True), "ae": (PointMass, True), "kl-only": (DiagonalGaussian, False)}
+"""mode -> (its posterior, whether the reconstruction is in the objective)."""
 DTYPES = ("float32", "float64")
+MODEL_STREAMS = {"init": 0, "noise": 1, "eval": 4}
+"""The model's random streams and their ids (the ids fix the numbers; see backend.random)."""
 _ALIGN = 16  # parameter views start on 64-byte boundaries (float32)
-
-
-def parse_sigma(sigma):
-    """'fixed:V' or a number -> ('fixed', V); 'shared' / 'per-pixel' -> (kind, None)."""
-    if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
-        value = float(sigma)
-    elif isinstance(sigma, str) and sigma in ("shared", "per-pixel"):
-        return sigma, None
-    elif isinstance(sigma, str) and sigma.startswith("fixed:"):
-        try:
-            value = float(sigma[len("fixed:"):])
-        except ValueError:
-            raise InputError(f"sigma must be 'fixed:V' with a number V, got {sigma!r}") from None
-    else:
-        raise InputError(
-            f"sigma must be a positive number, 'fixed:V', 'shared' or 'per-pixel', got {sigma!r}"
-        )
-    if not (value > 0 and math.isfinite(value)):
-        raise InputError(f"sigma must be positive and finite, got {value!r}")
-    return "fixed", value
 
 
 @dataclass
 class LossResult:
     """Loss parts of one batch (batch **sums**, 0-d backend arrays) and the gradients.
 
-    ``grads`` maps every parameter name to ∂objective/∂param; the arrays are views into
+    ``objective`` (recon + β·kl, or β·kl in KL-only mode) and ``neg_elbo`` (recon + kl) are
+    formed when read, so a training step that records only recon and kl launches nothing for
+    them. ``grads`` maps every parameter name to ∂objective/∂param; the arrays are views into
     the model's flat gradient buffer and are overwritten by the next call (copy to keep).
     """
 
     recon: object
     kl: object
-    objective: object
-    neg_elbo: object
     n: int
+    beta: object = 1.0
+    fits_data: bool = True
     grads: dict = field(default_factory=dict)
+
+    @property
+    def objective(self):
+        beta = self.beta
+        if not isinstance(beta, (int, float)):   # a device value from a schedule
+            beta = beta.astype(self.kl.dtype).reshape(())
+        return self.recon + beta * self.kl if self.fits_data else beta * self.kl
+
+    @property
+    def neg_elbo(self):
+        return self.recon + self.kl
 
     def per_sample(self) -> dict:
         """The loss parts as Python floats divided by the batch size (a host sync)."""
@@ -106,24 +96,16 @@ class _Workspace:
     def __init__(self, model, n):
         xp, dt = model.xp, model.dtype
         e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
-        L, D = model.latent, model.input_dim
+        D, head = model.input_dim, model.posterior.head_width(model.latent)
         self.enc_a = [e(n, h) for h in model.hidden]          # activations
         self.enc_d = [e(n, h) for h in model.hidden]          # gradients w.r.t. them
-        widest = max(model.hidden, default=1)
-        self.mask = xp.empty((n, widest), dtype=bool)         # ReLU masks in the backward
-        head = L if model.mode == "ae" else 2 * L
-        self.ml = e(n, head)
-        self.dml = e(n, head)
-        self.eps = e(n, L)
-        self.z = e(n, L)
-        self.std = e(n, L)
-        self.kl_scratch = e(n, L)
-        self.dz = e(n, L)
+        self.mask = xp.empty((n, max(model.hidden, default=1)), dtype=bool)   # ReLU masks
+        self.ml, self.dml = e(n, head), e(n, head)            # the head's output and its gradient
+        self.q = model.posterior.workspace(xp, dt, n, model.latent)
+        self.z = None                                         # the decoder's input (set per step)
         self.dec_a = [e(n, h) for h in model.dec_hidden]
         self.dec_d = [e(n, h) for h in model.dec_hidden]
-        self.y = e(n, D)
-        self.dy = e(n, D)
-        self.scratch = e(n, D)
+        self.y, self.dy, self.scratch = e(n, D), e(n, D), e(n, D)
 
 
 class VAE:
@@ -136,15 +118,14 @@ class VAE:
     latent : latent size L.
     activation : 'relu', 'leaky_relu', 'tanh', 'sigmoid' or 'softplus'.
     likelihood : 'bernoulli' (decoder outputs logits; x in [0, 1]) or 'gaussian'
-        (decoder outputs means).
+        (decoder outputs means); see :mod:`scratchvae.likelihoods`.
     sigma : Gaussian only: a fixed σ (number or 'fixed:V', default 1), or 'shared' /
         'per-pixel' for a learned log σ (soft floor at log σ = −6, see
         :mod:`scratchvae.ops.likelihoods`).
-    mode : 'vae', 'ae' (plain autoencoder) or 'kl-only'.
+    mode : 'vae', 'ae' (plain autoencoder) or 'kl-only' (see :data:`MODES`).
     beta : weight of the KL term in the objective.
     dtype : 'float32' (training) or 'float64' (gradient checks).
-    seed : seeds every random stream (initialisation, noise, shuffling, binarisation,
-        evaluation): see :class:`scratchvae.backend.random.Streams`.
+    seed : seeds the model's random streams ('init', 'noise', 'eval'; see :data:`MODEL_STREAMS`).
     backend : 'numpy', 'cupy', 'auto' or a Backend.
     """
 
@@ -154,29 +135,28 @@ class VAE:
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
         self.input_dim = _positive_int("input_dim", input_dim)
-        if isinstance(hidden, int):
-            hidden = (hidden,)
+        hidden = (hidden,) if isinstance(hidden, int) else hidden
         self.hidden = tuple(_positive_int("hidden", h) for h in hidden)
         self.dec_hidden = self.hidden[::-1]
         self.latent = _positive_int("latent", latent)
         self.activation = check_activation(activation)
-        if likelihood not in LIKELIHOODS:
-            raise InputError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
-        self.likelihood = likelihood
-        self.sigma_kind, self.sigma_value = parse_sigma(sigma)
+        self.likelihood = make_likelihood(likelihood, sigma)
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
-        beta = float(beta)
-        if not (beta >= 0 and math.isfinite(beta)):
-            raise InputError(f"beta must be a finite number >= 0, got {beta!r}")
-        self.beta = beta
+        posterior, self.fits_data = MODES[mode]
+        self.posterior = posterior()
+        self.beta = _beta(beta)
         if str(dtype) not in DTYPES:
             raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.dtype = np.dtype(str(dtype))
         self.seed = seed
-        self.rng = Streams(seed, xp=self.xp)
+        self.rng = Streams(seed, MODEL_STREAMS, xp=self.xp)
+        self._build_params()
+        self._workspaces = {}
 
+    # -- structure --------------------------------------------------------------------
+    def _build_params(self):
         self.shapes = self._param_shapes()
         self._offsets = {}
         off = 0
@@ -187,13 +167,11 @@ class VAE:
         self.grad = self.xp.zeros(off, dtype=self.dtype)
         self.params = self._views(self.theta)
         self.grads = self._views(self.grad)
+        enc, dec = self._layers("enc", len(self.hidden)), self._layers("dec", len(self.dec_hidden))
+        self._enc, self._dec = enc, dec
+        self._enc_head = enc + self._layers("enc", ["head"])
+        self._dec_out = dec + self._layers("dec", ["out"])
         self._init_params()
-        self._workspaces = {}
-
-    # -- structure --------------------------------------------------------------------
-    @property
-    def learned_sigma(self) -> bool:
-        return self.likelihood == "gaussian" and self.sigma_kind != "fixed"
 
     def _param_shapes(self):
         D, L = self.input_dim, self.latent
@@ -202,15 +180,14 @@ class VAE:
         for i, h in enumerate(self.hidden):
             shapes[f"enc.{i}.W"], shapes[f"enc.{i}.b"] = (fan_in, h), (h,)
             fan_in = h
-        head = L if self.mode == "ae" else 2 * L
+        head = self.posterior.head_width(L)
         shapes["enc.head.W"], shapes["enc.head.b"] = (fan_in, head), (head,)
         fan_in = L
         for i, h in enumerate(self.dec_hidden):
             shapes[f"dec.{i}.W"], shapes[f"dec.{i}.b"] = (fan_in, h), (h,)
             fan_in = h
         shapes["dec.out.W"], shapes["dec.out.b"] = (fan_in, D), (D,)
-        if self.learned_sigma:
-            shapes["dec.logsigma"] = (1,) if self.sigma_kind == "shared" else (D,)
+        shapes.update(self.likelihood.param_shapes(D))
         return shapes
 
     def _views(self, flat):
@@ -220,32 +197,33 @@ class VAE:
             out[name] = flat[o:o + int(np.prod(shape))].reshape(shape)
         return out
 
-    def _layers(self, prefix, count):
+    def _layers(self, prefix, which):
+        keys = range(which) if isinstance(which, int) else which
         return [(self.params[f"{prefix}.{i}.W"], self.params[f"{prefix}.{i}.b"],
-                 self.grads[f"{prefix}.{i}.W"], self.grads[f"{prefix}.{i}.b"]) for i in range(count)]
+                 self.grads[f"{prefix}.{i}.W"], self.grads[f"{prefix}.{i}.b"]) for i in keys]
 
     def _init_params(self):
         """PyTorch ``nn.Linear`` default: weight and bias ~ U(−1/√fan_in, 1/√fan_in).
 
-        Drawn from the 'init' stream in float64 (identical on every backend), then cast.
-        The learned raw log σ starts at 0 (σ ≈ 1).
+        Drawn from the 'init' stream in float64 (identical on every backend), then cast. The
+        likelihood initialises its own parameters (a learned raw log σ starts at 0, σ ≈ 1).
         """
         stream = self.rng["init"]
+        own = self.likelihood.param_shapes(self.input_dim)
         for name, shape in self.shapes.items():
-            if name == "dec.logsigma":
-                self.params[name][...] = 0
+            if name in own:
                 continue
-            wname = name[:-1] + "W"
-            bound = 1.0 / math.sqrt(self.shapes[wname][0])
+            bound = 1.0 / math.sqrt(self.shapes[name[:-1] + "W"][0])
             u = stream.uniform(shape, "float64")
             self.params[name][...] = ((2.0 * u - 1.0) * bound).astype(self.dtype)
+        self.likelihood.init_params(self.params)
 
     def config(self) -> dict:
         """The constructor arguments as a JSON-able dict (enough to rebuild the model)."""
-        sigma = (f"fixed:{self.sigma_value!r}" if self.sigma_kind == "fixed" else self.sigma_kind)
         return {"input_dim": self.input_dim, "hidden": list(self.hidden), "latent": self.latent,
-                "activation": self.activation, "likelihood": self.likelihood, "sigma": sigma,
-                "mode": self.mode, "beta": self.beta, "dtype": self.dtype.name, "seed": self.seed}
+                "activation": self.activation, "likelihood": self.likelihood.name,
+                "sigma": self.likelihood.sigma, "mode": self.mode, "beta": self.beta,
+                "dtype": self.dtype.name, "seed": self.seed}
 
     def host_params(self) -> dict:
         """A host NumPy copy of every parameter (checkpoint boundary: a sync on a GPU)."""
@@ -291,11 +269,22 @@ class VAE:
         raise InputError(f"{what} holds {int(bad.sum())} non-finite values (NaN or Inf); "
                          f"the first at index {first}")
 
-    def _check_eps(self, eps, n):
-        self.backend.check("eps", eps)
-        if tuple(eps.shape) != (n, self.latent) or eps.dtype != self.dtype:
-            raise InputError(f"eps must be a {self.dtype.name} array of shape ({n}, {self.latent}), "
-                             f"got {eps.dtype} {tuple(eps.shape)}")
+    def _check_batch(self, x, eps, target):
+        """x and target (N, D), eps (N, L) as :meth:`loss_and_grads` takes them; returns target."""
+        self._check_x(x)
+        n = x.shape[0]
+        if eps is not None and self.posterior.stochastic:
+            self.backend.check("eps", eps)
+            if tuple(eps.shape) != (n, self.latent) or eps.dtype != self.dtype:
+                raise InputError(f"eps must be a {self.dtype.name} array of shape ({n}, {self.latent}), "
+                                 f"got {eps.dtype} {tuple(eps.shape)}")
+        if target is None:
+            return x
+        if target is not x:
+            self._check_x(target, "target")
+            if target.shape != x.shape:
+                raise InputError(f"target must have x's shape {tuple(x.shape)}, got {tuple(target.shape)}")
+        return target
 
     # -- the verbs ----------------------------------------------------------------------
     def _hidden_forward(self, h, layers, outs=None):
@@ -306,25 +295,20 @@ class VAE:
         return h
 
     def encode(self, x):
-        """x (N, D) -> (μ, logvar), each (N, L) (logvar is None in 'ae' mode).
-
-        logvar is clamped to ±LOGVAR_LIMIT = 30 as in training (see ops.gaussian).
+        """x (N, D) -> the posterior's parameters (μ, logvar), each (N, L) (logvar is None in
+        'ae' mode). logvar is clamped to ±LOGVAR_LIMIT = 30 as in training (see ops.gaussian).
         x must be finite, of the model's dtype and backend (uint8 images: divide by 255).
         """
         self._check_x(x)
         self._check_finite("x", x)
-        h = self._hidden_forward(x, self._layers("enc", len(self.hidden)))
-        ml = matmul(h, self.params["enc.head.W"]) + self.params["enc.head.b"]
-        L = self.latent
-        if self.mode == "ae":
-            return ml, None
-        return ml[:, :L].copy(), self.xp.clip(ml[:, L:], -LOGVAR_LIMIT, LOGVAR_LIMIT)
+        h = self._hidden_forward(x, self._enc)
+        return self.posterior.split(matmul(h, self.params["enc.head.W"]) + self.params["enc.head.b"])
 
     def reparameterize(self, mu, logvar, eps=None):
         """z = μ + exp(½ logvar) ⊙ ε; ε drawn from the 'noise' stream unless given."""
         if eps is None:
             eps = self.rng["noise"].normal(mu.shape, self.dtype.name)
-        return reparameterize(mu, logvar, eps)[0]
+        return self.posterior.sample((mu, logvar), eps)
 
     def decode(self, z):
         """z (N, L) -> decoder output (N, D): logits (Bernoulli) or means (Gaussian).
@@ -333,22 +317,17 @@ class VAE:
         """
         self._check_x(z, "z", width=self.latent)
         self._check_finite("z", z)
-        return self._decode(z)
-
-    def _decode(self, z):
-        h = self._hidden_forward(z, self._layers("dec", len(self.dec_hidden)))
+        h = self._hidden_forward(z, self._dec)
         return matmul(h, self.params["dec.out.W"]) + self.params["dec.out.b"]
 
     def decode_mean(self, z):
         """E[x | z]: σ(logits) for Bernoulli, the means for Gaussian."""
         y = self.decode(z)
-        return sigmoid(y, out=y) if self.likelihood == "bernoulli" else y
+        return self.likelihood.mean(y, self.params, out=y)
 
     def log_sigma(self):
-        """The decoder's log σ: a float (fixed σ) or an array (1,) / (D,) (learned)."""
-        if not self.learned_sigma:
-            return math.log(self.sigma_value)
-        return soft_floor_log_sigma(self.params["dec.logsigma"])
+        """The Gaussian decoder's log σ: a float (fixed σ) or an array (1,) / (D,) (learned)."""
+        return self.likelihood.log_sigma(self.params)
 
     def sample(self, n, eps=None, draw=False):
         """Decode n codes z ~ N(0, I) (from the 'eval' stream unless ``eps`` is given).
@@ -363,18 +342,12 @@ class VAE:
             self._check_finite("eps", eps)
         z = eps if eps is not None else self.rng["eval"].normal((n, self.latent), self.dtype.name)
         mean = self.decode_mean(z)
-        if not draw:
-            return mean
-        if self.likelihood == "bernoulli":
-            u = self.rng["eval"].uniform(mean.shape, self.dtype.name)
-            return (u < mean).astype(self.dtype)
-        noise = self.rng["eval"].normal(mean.shape, self.dtype.name)
-        return mean + self.xp.exp(self.xp.asarray(self.log_sigma(), dtype=self.dtype)) * noise
+        return self.likelihood.draw(mean, self.params, self.rng["eval"]) if draw else mean
 
     def reconstruct(self, x, sample_z=False):
         """Decoder means of x's code: z = μ (default) or one z ~ q(z|x)."""
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar) if (sample_z and logvar is not None) else mu
+        z = self.reparameterize(mu, logvar) if (sample_z and self.posterior.stochastic) else mu
         return self.decode_mean(z)
 
     # -- loss and gradients ---------------------------------------------------------------
@@ -384,88 +357,54 @@ class VAE:
             ws = self._workspaces[n] = _Workspace(self, n)
         return ws
 
-    def loss_and_grads(self, x, eps=None, target=None, need_grads=True):
+    def loss_and_grads(self, x, eps=None, target=None, need_grads=True, beta=None):
         """Loss parts of a batch and ∂objective/∂param for every parameter.
 
         x: (N, D) the encoder's input; ``target`` (default x) the reconstruction target
         (a denoising run passes the corrupted x and the clean target). ``eps``: (N, L)
         injected noise; drawn from the 'noise' stream when None (ignored in 'ae' mode).
+        ``beta``: the KL weight of this call (default the model's ``beta``): a number, or a
+        float64 backend array of one value (a training schedule's, read on the device).
         Returns a :class:`LossResult` of batch sums; gradients are of the **sum**
         ``objective = recon + β·kl``, as in the PyTorch VAE example.
         x is checked for backend, shape and dtype but not scanned for NaN/Inf (the hot
         path: ``fit`` checks its data once and the loss every few steps).
         """
-        self._check_x(x)
-        if target is None:
-            target = x
-        elif target is not x:
-            self._check_x(target, "target")
-            if target.shape != x.shape:
-                raise InputError(f"target must have x's shape {tuple(x.shape)}, got {tuple(target.shape)}")
-        n = x.shape[0]
-        xp, ws, L, beta = self.xp, self.workspace(n), self.latent, self.beta
-        enc = self._layers("enc", len(self.hidden))
-        dec = self._layers("dec", len(self.dec_hidden))
-        P, G = self.params, self.grads
-
-        # forward: encoder, head, sample, decoder, likelihood
-        h = self._hidden_forward(x, enc, (ws.enc_a, ws.enc_d))
-        # (the head's and the output layer's biases are added inside the fused blocks)
-        matmul(h, P["enc.head.W"], out=ws.ml)
-        if self.mode == "ae":
-            ws.ml += P["enc.head.b"]
-            zin, kl = ws.ml, xp.zeros((), dtype=self.dtype)
-        else:
-            if eps is None:
-                self.rng["noise"].normal((n, L), self.dtype.name, out=ws.eps)
-            else:
-                self._check_eps(eps, n)
-                ws.eps[...] = eps
-            kl = reparam_kl_forward(ws.ml, ws.eps, ws.z, ws.std, ws.kl_scratch,
-                                    bias=P["enc.head.b"])
-            zin = ws.z
-        g = self._hidden_forward(zin, dec, (ws.dec_a, ws.dec_d))
-        matmul(g, P["dec.out.W"], out=ws.y)
-        dls = None
-        if self.likelihood == "bernoulli":
-            recon = bernoulli_nll_forward_backward(ws.y, target, ws.dy, ws.scratch,
-                                                   overwrite_logits=True, bias=P["dec.out.b"])
-        else:
-            ws.y += P["dec.out.b"]
-            log_sigma = self.log_sigma()
-            recon, dls = gaussian_nll_forward_backward(
-                ws.y, target, log_sigma, ws.dy, ws.scratch, per_pixel=self.sigma_kind == "per-pixel")
-
-        if self.mode == "kl-only":
-            objective = beta * kl
-        else:
-            objective = recon + beta * kl
-        neg_elbo = recon + kl
-        result = LossResult(recon=recon, kl=kl, objective=objective, neg_elbo=neg_elbo, n=n)
-        if not need_grads:
-            return result
-
-        # backward: decoder (skipped in KL-only mode: its gradients are zero)
-        if self.mode == "kl-only":
-            for name in self.shapes:
-                if name.startswith("dec."):
-                    G[name][...] = 0
-            dz = None
-        else:
-            dz = ws.dml if self.mode == "ae" else ws.dz
-            layers = dec + [(P["dec.out.W"], P["dec.out.b"], G["dec.out.W"], G["dec.out.b"])]
-            self._backward_stack(layers, [zin] + ws.dec_a, ws.dec_d, ws.dy, dz, ws.mask)
-            if dls is not None:
-                s = P["dec.logsigma"]
-                G["dec.logsigma"][...] = soft_floor_log_sigma_backward(dls, s)
-
-        # backward: sample and KL, head, encoder
-        if self.mode != "ae":
-            reparam_kl_backward(dz, ws.eps, ws.std, ws.ml, beta, ws.dml)
-        layers = enc + [(P["enc.head.W"], P["enc.head.b"], G["enc.head.W"], G["enc.head.b"])]
-        self._backward_stack(layers, [x] + ws.enc_a, ws.enc_d, ws.dml, None, ws.mask)
-        result.grads = G
+        target = self._check_batch(x, eps, target)
+        ws = self.workspace(x.shape[0])
+        recon, kl, extra = self._forward(x, eps, target, ws)
+        result = LossResult(recon=recon, kl=kl, n=x.shape[0], beta=self.beta if beta is None else beta,
+                            fits_data=self.fits_data)
+        if need_grads:
+            self._backward(x, ws, result.beta, extra)
+            result.grads = self.grads
         return result
+
+    def _forward(self, x, eps, target, ws):
+        """Encoder, head, the posterior's sample and KL, decoder, the likelihood's loss and ∂/∂y."""
+        P = self.params
+        h = self._hidden_forward(x, self._enc, (ws.enc_a, ws.enc_d))
+        matmul(h, P["enc.head.W"], out=ws.ml)     # the head's bias: added in the posterior's block
+        self.posterior.fill_noise(ws.q, eps, self.rng["noise"])
+        ws.z, kl = self.posterior.forward(ws.ml, ws.q, P["enc.head.b"])
+        g = self._hidden_forward(ws.z, self._dec, (ws.dec_a, ws.dec_d))
+        matmul(g, P["dec.out.W"], out=ws.y)       # the output bias: added in the likelihood's block
+        recon, extra = self.likelihood.forward_backward(ws.y, target, ws.dy, ws.scratch, P["dec.out.b"], P)
+        return recon, kl, extra
+
+    def _backward(self, x, ws, beta, extra):
+        """Decoder (with the likelihood's own parameters), the posterior's block, encoder."""
+        if self.fits_data:
+            dz = self.posterior.dz_buffer(ws.q, ws.dml)
+            self._backward_stack(self._dec_out, [ws.z] + ws.dec_a, ws.dec_d, ws.dy, dz, ws.mask)
+            self.likelihood.backward_params(extra, self.params, self.grads)
+        else:   # KL-only: nothing of the reconstruction reaches the gradients
+            for name, g in self.grads.items():
+                if name.startswith("dec."):
+                    g[...] = 0
+            dz = None
+        self.posterior.backward(dz, ws.q, ws.ml, beta, ws.dml)
+        self._backward_stack(self._enc_head, [x] + ws.enc_a, ws.enc_d, ws.dml, None, ws.mask)
 
     def _backward_stack(self, layers, ins, dbufs, d, first_dx, mask):
         """Backpropagate ``d`` = ∂ℓ/∂(output of the last layer) down a stack of dense layers.
@@ -494,3 +433,13 @@ def _positive_int(name, v):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise InputError(f"{name} must be a positive integer, got {v!r}")
     return int(v)
+
+
+def _beta(beta):
+    try:
+        beta = float(beta)
+    except (TypeError, ValueError):
+        raise InputError(f"beta must be a finite number >= 0, got {beta!r}") from None
+    if not (beta >= 0 and math.isfinite(beta)):
+        raise InputError(f"beta must be a finite number >= 0, got {beta!r}")
+    return beta

@@ -117,9 +117,11 @@ def _save(plt, fig, path):
     return path
 
 
+MODE_NAMES = {"vae": "VAE", "ae": "AE", "kl-only": "KL-only"}
+
+
 def _describe(model):
-    kind = {"vae": "VAE", "ae": "AE", "kl-only": "KL-only"}[model.mode]
-    return f"{kind}, L = {model.latent}, {model.likelihood}"
+    return f"{MODE_NAMES[model.mode]}, L = {model.latent}, {model.likelihood.name}"
 
 
 # -- arrays ------------------------------------------------------------------------------------
@@ -279,10 +281,10 @@ def latent_figure(model, test, path, seed=0):
 
 
 # -- 2 manifold ----------------------------------------------------------------------------------
-def kl_per_unit(mu, logvar):
-    """Mean KL of each latent unit over the rows: KL_j = mean_x ½(σ_j² + μ_j² − 1 − logvar_j), (L,)."""
+def kl_per_unit(model, mu, logvar):
+    """Mean KL of each latent unit over the rows (L,): the posterior's KL terms, averaged."""
     mu, logvar = np.asarray(mu, dtype=np.float64), np.asarray(logvar, dtype=np.float64)
-    return (0.5 * (np.expm1(logvar) + mu ** 2 - logvar)).mean(axis=0)
+    return model.posterior.kl_terms((mu, logvar)).mean(axis=0)
 
 
 def manifold_figure(model, test, path, k=15):
@@ -299,12 +301,12 @@ def manifold_figure(model, test, path, k=15):
     L = model.latent
     m = k * k if L == 1 else k  # L = 1: one path of k² values, read row by row
     probs = (np.arange(m) + 0.5) / m
-    if model.mode == "ae":
+    if not model.posterior.stochastic:
         score, centre = mu.var(axis=0), mu.mean(axis=0)
         score_what, unit = "variance of μ", ""
         values = lambda j: np.quantile(mu[:, j], probs)  # noqa: E731
     else:
-        score = kl_per_unit(mu, lv)
+        score = kl_per_unit(model, mu, lv)
         centre = np.zeros(L)
         score_what, unit = "mean KL", " nats"
         phi = np.array([NormalDist().inv_cdf(float(p)) for p in probs])
@@ -331,11 +333,11 @@ def manifold_figure(model, test, path, k=15):
         else:
             ax.set_ylabel(f"z{v + 1}")
             ax.set_xlabel(f"z{u + 1}")
-        grid = "empirical quantiles of μ" if model.mode == "ae" else "Φ⁻¹ of evenly spaced probabilities"
+        grid = "Φ⁻¹ of evenly spaced probabilities" if model.posterior.stochastic else "empirical quantiles of μ"
         if L <= 2:
             chosen = ""
         else:
-            held = "mean μ" if model.mode == "ae" else "0"
+            held = "0" if model.posterior.stochastic else "mean μ"
             chosen = (f"\nunits {u + 1}, {v + 1}: highest {score_what} ({score[u]:.3g}, {score[v]:.3g}{unit});"
                       f" the other {L - 2} at {held}")
         ax.set_title(f"Decoded latent grid ({grid})\n{_describe(model)}{chosen}", fontsize=10)
@@ -370,7 +372,7 @@ def abstraction_figure(model, test, path, inputs=4, samples=10, seed=0):
 
     Not defined for mode 'ae' (no q(z|x)): raises InputError.
     """
-    if model.mode == "ae":
+    if not model.posterior.stochastic:
         raise InputError("the abstraction figure samples z ~ q(z|x): a plain autoencoder ('ae') has none")
     inputs, samples = _positive("inputs", inputs), _positive("samples", samples)
     images, _ = _check_split(test)
@@ -383,7 +385,7 @@ def abstraction_figure(model, test, path, inputs=4, samples=10, seed=0):
     mu_rep = np.repeat(mu, samples, axis=0)
     lv_rep = np.repeat(lv, samples, axis=0)
     eps = model.backend.to_host(stream.normal(mu_rep.shape, model.dtype.name)).astype(np.float64)
-    z = mu_rep + np.exp(0.5 * lv_rep) * eps  # model.reparameterize on host arrays
+    z = model.posterior.sample((mu_rep, lv_rep), eps)   # on host float64 arrays
     dec_mu = _decode(model, mu)
     dec_z = _decode(model, z).reshape(r, samples, -1)
     tiles = np.concatenate([x[:, None], dec_mu[:, None], dec_z], axis=1).reshape(-1, x.shape[1])
@@ -393,7 +395,7 @@ def abstraction_figure(model, test, path, inputs=4, samples=10, seed=0):
         ax = fig.add_subplot()
         _show(ax, mosaic, xticks=(cx, labels))
         ax.tick_params(axis="x", labelrotation=0, labelsize=7)
-        mean_sd = float(np.exp(0.5 * lv).mean())
+        mean_sd = float(model.posterior.std((mu, lv)).mean())
         ax.set_title(f"Abstraction: decodes of several z ~ q(z|x) per input (mean σ of q: {mean_sd:.3f})"
                      f"\n{_describe(model)}", fontsize=10)
     return Path(path)
@@ -409,23 +411,17 @@ def sample_figure(model, n, seed, draw, path):
     """
     n = _positive("n", n)
     side = _side(model)
-    xp, dt = model.xp, model.dtype
-    z = _stream(model, seed, "samples").normal((n, model.latent), dt.name)
+    z = _stream(model, seed, "samples").normal((n, model.latent), model.dtype.name)
     mean = model.decode_mean(z)
     if draw:
-        noise = _stream(model, seed, "samples-draw")
-        if model.likelihood == "bernoulli":
-            mean = (noise.uniform(mean.shape, dt.name) < mean).astype(dt)
-        else:
-            sigma = xp.exp(xp.asarray(model.log_sigma(), dtype=dt))
-            mean = mean + sigma * noise.normal(mean.shape, dt.name)
+        mean = model.likelihood.draw(mean, model.params, _stream(model, seed, "samples-draw"))
     pixels = model.backend.to_host(mean).astype(np.float64)
     rows, cols = _grid_shape(n)
     with _drawing("samples", path=path) as (plt, fig):
         ax = fig.add_subplot()
         _show(ax, _mosaic(pixels, rows, cols, side)[0])
         what = "pixels drawn from p(x|z)" if draw else "decoder means"
-        note = " (an AE has no prior)" if model.mode == "ae" else ""
+        note = "" if model.posterior.stochastic else " (an AE has no prior)"
         ax.set_title(f"{n} decodes of z ~ N(0, I){note}: {what}\n{_describe(model)}, seed {seed}", fontsize=10)
     return Path(path)
 
@@ -608,7 +604,7 @@ def plot_run(run, train, test, out_dir, n=64, seed=0, draw=False):
     paths = [latent_figure(model, test, f["latent"], seed=seed),
              manifold_figure(model, test, f["manifold"]),
              reconstruction_figure(model, test, f["reconstructions"], n=min(n, 32), seed=seed)]
-    if model.mode != "ae":
+    if model.posterior.stochastic:
         paths.append(abstraction_figure(model, test, f["abstraction"], seed=seed))
     paths.append(sample_figure(model, n, seed, draw, f["samples"]))
     paths.append(interpolation_figure(model, test, f["interpolation"], seed=seed))

@@ -13,13 +13,7 @@ import numpy as np
 import pytest
 
 from _idxutil import NAMES, write_idx, write_mnist_like
-from scratchvae.data import (
-    Dataset,
-    binarize_static,
-    default_cache_dir,
-    load_dataset,
-    to_unit_float,
-)
+from scratchvae.data import Dataset, default_cache_dir, load_dataset
 from scratchvae.data import download as dl
 from scratchvae.data.download import SHA256, payload_sha256
 from scratchvae.errors import BackendError, DataError, DownloadError, InputError
@@ -174,32 +168,6 @@ def test_unwritable_cache_is_a_data_error_naming_it(tmp_path, monkeypatch):
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(DataError, match=f"cannot create directory {tmp_path / 'file' / 'mnist'}"):
         load_dataset("mnist", cache_dir=tmp_path / "file")  # fails before any network
-
-
-# ---- pure helpers ----
-
-def test_to_unit_float():
-    x = np.array([[0, 51, 255]], np.uint8)
-    out = to_unit_float(x, np.float32)
-    assert out.dtype == np.float32
-    np.testing.assert_array_equal(out, np.array([[0, 0.2, 1]], np.float32))
-    assert to_unit_float(x, "float64")[0, 1] == 51 / 255
-    with pytest.raises(InputError, match="images must be a uint8 array, got float64"):
-        to_unit_float(x / 255.0, np.float32)
-    with pytest.raises(InputError, match="dtype must be a floating type such as float32, got int32"):
-        to_unit_float(x, np.int32)
-
-
-def test_binarize_static():
-    x = np.array([0.0, 0.25, 0.5, 1.0], np.float32)
-    u = np.array([0.5, 0.2, 0.5, 0.999], np.float32)
-    b = binarize_static(x, u)
-    assert b.dtype == np.float32
-    np.testing.assert_array_equal(b, [0, 1, 0, 1])  # strict >: x == u gives 0
-    with pytest.raises(InputError, match=r"uniforms must have the shape of images \(4,\), got \(3,\)"):
-        binarize_static(x, u[:3])
-    with pytest.raises(BackendError, match="same array library, got numpy and builtins"):
-        binarize_static(x, [0.5] * 4)
 
 
 # ---- full MNIST, when the files are around ----

@@ -36,20 +36,11 @@ from scratchvae.evaluate import (
     _prepare,
 )
 from scratchvae.ops.gaussian import log_normal_rows, log_standard_normal_rows
-from scratchvae.ops.likelihoods import (
-    bernoulli_nll,
-    bernoulli_nll_rows,
-    gaussian_nll,
-    gaussian_nll_rows,
-)
-from scratchvae.train import (
-    _STATIC_TEST_STREAM,
-    TrainConfig,
-    binarize_static,
-    fit,
-    load_run,
-    prepare_images,
-)
+from scratchvae.inputs import STATIC_TEST_STREAM, binarize_static, prepare_images
+from scratchvae.ops.likelihoods import bernoulli_nll_rows, gaussian_nll_rows
+from scratchvae.ops.reference import bernoulli_nll, gaussian_nll
+from scratchvae.runs import write_config
+from scratchvae.train import TrainConfig, fit, load_run
 
 Z_MAX = 4.0  # standard errors
 KS = (1, 10, 100, 1000)
@@ -77,7 +68,7 @@ def linear_gaussian(backend, sigma, perturb):
     W = SCALES[:, None] * Q.T                                   # (L, D), orthogonal rows
     b = 0.5 * _host_normal(2, (D,))
     P = model.params
-    if model.learned_sigma:
+    if model.likelihood.learned:
         P["dec.logsigma"][...] = math.log(0.6)                 # raw s; log σ = soft floor of it
     log_sigma = float(model.backend.to_host(model.xp.asarray(model.log_sigma())).ravel()[0])
     var = math.exp(2 * log_sigma)
@@ -91,7 +82,7 @@ def linear_gaussian(backend, sigma, perturb):
     enc_b[L:] += lv_add
     model.set_params({"enc.head.W": enc_W, "enc.head.b": enc_b, "dec.out.W": W, "dec.out.b": b,
                       **({"dec.logsigma": model.host_params()["dec.logsigma"]}
-                         if model.learned_sigma else {})})
+                         if model.likelihood.learned else {})})
 
     z = _host_normal(3, (N_IMAGES, L))
     x = z @ W + b + math.sqrt(var) * _host_normal(4, (N_IMAGES, D))
@@ -288,8 +279,6 @@ def small_run(tmp_path_factory, embedded):
     model = VAE(hidden=(16,), latent=4, seed=1)
     cfg = TrainConfig(epochs=1, batch_size=50, lr=3e-3, binarize="static")
     run_dir = tmp_path_factory.mktemp("run")
-    from scratchvae.train import write_config
-
     write_config(run_dir, model, cfg)
     fit(model, train.images, test.images, config=cfg, run_dir=run_dir)
     return load_run(run_dir), train, test
@@ -310,8 +299,8 @@ def test_evaluate_run_binarizes_like_fit_and_reports(small_run):
     assert 0.0 <= res["probe_accuracy"] <= 1.0
     # the test images are fit's static binarisation: the first rows of the whole split's draw
     model = run.model
-    full = binarize_static(prepare_images(test.images, model), model, _STATIC_TEST_STREAM)
-    part = _prepare(test.images[:60], model, run.train_config, _STATIC_TEST_STREAM, "test")
+    full = binarize_static(prepare_images(test.images, model), model, STATIC_TEST_STREAM)
+    part = _prepare(test.images[:60], model, run.train_config, STATIC_TEST_STREAM, "test")
     np.testing.assert_array_equal(part, full[:60])
     assert set(np.unique(part)) == {0.0, 1.0}
     text = format_report(res)
@@ -323,8 +312,6 @@ def test_evaluate_run_on_an_autoencoder_skips_iwae(tmp_path, embedded):
     train, test = _slice(embedded[0], 200), _slice(embedded[1], 50)
     model = VAE(hidden=(8,), latent=3, mode="ae", seed=2)
     cfg = TrainConfig(epochs=1, batch_size=50)
-    from scratchvae.train import write_config
-
     write_config(tmp_path, model, cfg)
     fit(model, train.images, None, config=cfg, run_dir=tmp_path)
     res = evaluate_run(load_run(tmp_path), train, test, ks=(1, 10))

@@ -18,7 +18,7 @@ import matplotlib.image as mpimg  # noqa: E402
 from scratchvae import TrainConfig, VAE, fit, load_run  # noqa: E402
 from scratchvae.data import Dataset, load_dataset  # noqa: E402
 from scratchvae.errors import InputError  # noqa: E402
-from scratchvae.train import write_config  # noqa: E402
+from scratchvae.runs import write_config  # noqa: E402
 from scratchvae import plots  # noqa: E402
 
 ALL_FIGURES = ["latent", "manifold", "reconstructions", "abstraction", "samples", "interpolation",
@@ -122,7 +122,8 @@ def test_kl_per_unit_hand_worked():
     # -> ½(4 − 1 − log 4) and 0, mean ¼(3 − log 4)
     mu = np.array([[1.0, 0.0], [-1.0, 0.0]])
     lv = np.array([[0.0, np.log(4.0)], [0.0, 0.0]])
-    np.testing.assert_allclose(plots.kl_per_unit(mu, lv), [0.5, 0.25 * (3 - np.log(4.0))], rtol=1e-15)
+    model = VAE(input_dim=4, hidden=(3,), latent=2, dtype="float64")
+    np.testing.assert_allclose(plots.kl_per_unit(model, mu, lv), [0.5, 0.25 * (3 - np.log(4.0))], rtol=1e-15)
 
 
 def test_slerp_endpoints_and_midpoint():

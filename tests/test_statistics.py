@@ -5,6 +5,7 @@
   a std of exp(logvar).
 * The closed-form KL(N(μ, σ²) ‖ N(0, 1)) agrees with a Monte-Carlo estimate of
   E_q[log q(z) − log p(z)] within 5 standard errors; KL(0, 0) = 0 exactly; KL ≥ 0.
+* The likelihoods' draws: a hand-worked Bernoulli draw and the moments of both draws.
 * The model's loss parts are the ops' values: ``kl`` is the closed form on ``encode``'s
   (μ, logvar), ``recon`` the likelihood of ``decode(z)``, and ``objective``, ``neg_elbo`` and
   ``per_sample`` combine them as documented.
@@ -22,8 +23,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from scratchvae import VAE
-from scratchvae.backend.random import Streams
-from scratchvae.ops import kl_standard_normal, reparameterize
+from scratchvae.backend.random import Stream
+from scratchvae.model import MODEL_STREAMS
+from scratchvae.ops import reparameterize
+from scratchvae.ops.reference import kl_standard_normal
 
 N_DRAWS = 100_000
 Z_MAX = 5.0  # standard errors
@@ -38,7 +41,7 @@ def _z_score(estimate, target, se):
 def test_reparameterized_sample_has_mean_mu_and_std_exp_half_logvar(backend, logvar):
     mu = 0.7
     n = N_DRAWS
-    eps = Streams(20240607, xp=backend.xp)["noise"].normal((n, 1), "float64")
+    eps = Stream(20240607, MODEL_STREAMS["noise"], xp=backend.xp).normal((n, 1), "float64")
     mu_a = backend.asarray(np.full((n, 1), mu))
     lv_a = backend.asarray(np.full((n, 1), logvar))
     z, std = reparameterize(mu_a, lv_a, eps)
@@ -71,7 +74,7 @@ def test_closed_form_kl_matches_monte_carlo(backend, row):
     L, n = mu_h.size, N_DRAWS
     mu = backend.asarray(np.broadcast_to(mu_h, (n, L)).copy())
     lv = backend.asarray(np.broadcast_to(lv_h, (n, L)).copy())
-    eps = Streams(7 + row, xp=backend.xp)["noise"].normal((n, L), "float64")
+    eps = Stream(7 + row, MODEL_STREAMS["noise"], xp=backend.xp).normal((n, L), "float64")
     z = backend.to_host(reparameterize(mu, lv, eps)[0])
 
     # log q(z) − log p(z) per draw, summed over the latent units (the ½ log 2π cancel)
@@ -164,3 +167,30 @@ def test_model_loss_parts_are_the_closed_forms(backend, likelihood):
     assert per == pytest.approx({"recon": recon / N, "kl": kl / N,
                                  "objective": objective / N, "neg_elbo": neg_elbo / N},
                                 rel=1e-14)
+
+
+# -- the draws of the likelihoods ------------------------------------------------------------------
+def test_bernoulli_draw_hand_worked_and_its_mean(backend):
+    from scratchvae.ops import sample_bernoulli
+
+    p = backend.asarray(np.array([0.0, 0.25, 0.5, 1.0], np.float32))
+    u = backend.asarray(np.array([0.5, 0.2, 0.5, 0.999], np.float32))
+    b = sample_bernoulli(p, u)
+    assert b.dtype == np.float32
+    np.testing.assert_array_equal(backend.to_host(b), [0, 1, 0, 1])   # strict u < p: p == u gives 0
+    n = 200_000
+    p = backend.asarray(np.full(n, 0.3))
+    u = Stream(5, 0, xp=backend.xp).uniform(n, "float64")
+    mean = float(backend.to_host(sample_bernoulli(p, u)).mean())
+    assert abs(mean - 0.3) < Z_MAX * math.sqrt(0.3 * 0.7 / n)
+
+
+def test_gaussian_draw_moments(backend):
+    from scratchvae.ops import sample_gaussian
+
+    n = 200_000
+    mean = backend.asarray(np.full((n, 2), [1.0, -2.0]))
+    eps = Stream(6, 0, xp=backend.xp).normal((n, 2), "float64")
+    x = backend.to_host(sample_gaussian(mean, backend.asarray(np.log([0.5, 2.0])), eps))
+    np.testing.assert_allclose(x.mean(axis=0), [1.0, -2.0], atol=Z_MAX * 2.0 / math.sqrt(n))
+    np.testing.assert_allclose(x.std(axis=0), [0.5, 2.0], rtol=Z_MAX / math.sqrt(2 * n))

@@ -1,4 +1,4 @@
-"""Datasets: the embedded MNIST subset, full MNIST and Fashion-MNIST, plus two pure helpers.
+"""Datasets: the embedded MNIST subset, full MNIST and Fashion-MNIST.
 
 :func:`load_dataset` returns ``(train, test)`` :class:`Dataset` pairs of uint8 arrays:
 images ``(N, 784)`` (28x28, row-major, flattened here from the IDX ``(N, 28, 28)``) and
@@ -24,7 +24,7 @@ import numpy as np
 
 from scratchvae.data.download import FILES, download_dataset
 from scratchvae.data.idx import read_idx
-from scratchvae.errors import BackendError, DataError, DownloadError, InputError
+from scratchvae.errors import DataError, DownloadError
 
 #: Names accepted by :func:`load_dataset`.
 DATASETS = ("embedded", "mnist", "fashion-mnist")
@@ -160,33 +160,6 @@ def load_idx_split(images_path, labels_path, name):
     return Dataset(images.reshape(len(images), _SIDE * _SIDE), labels, name)
 
 
-def to_unit_float(images, dtype):
-    """``images / 255`` as ``dtype`` (a float type): uint8 pixels to [0, 1]. Works on cupy too."""
-    if getattr(images, "dtype", None) != np.uint8:
-        raise InputError(f"images must be a uint8 array, got {_describe(images)}")
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        raise InputError(f"dtype must be a floating type such as float32, got {dtype}")
-    out = images.astype(dtype)
-    out /= dtype.type(255)
-    return out
-
-
-def binarize_static(images, uniforms):
-    """Bernoulli draw ``x > u`` elementwise, as ``images.dtype`` (0 or 1).
-
-    ``images`` in [0, 1]; ``uniforms`` the same shape, drawn by the caller from U[0, 1): the
-    result is 1 with probability ``x``. Pure: the randomness is the argument.
-    """
-    if _library(images) != _library(uniforms):
-        raise BackendError(f"images and uniforms must come from the same array library, "
-                           f"got {_library(images)} and {_library(uniforms)}")
-    if images.shape != uniforms.shape:
-        raise InputError(f"uniforms must have the shape of images {images.shape}, "
-                         f"got {uniforms.shape}")
-    return (images > uniforms).astype(images.dtype)
-
-
 def _load_split_pair(found, name):
     return (load_idx_split(found["train-images-idx3-ubyte"], found["train-labels-idx1-ubyte"],
                            f"{name}-train"),
@@ -203,10 +176,6 @@ def _offline(offline):
 
 def _wanted(names):
     return ", ".join(f"{n}[.gz]" for n in names)
-
-
-def _library(a):
-    return type(a).__module__.split(".")[0]
 
 
 def _describe(a):

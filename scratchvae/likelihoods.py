@@ -1,0 +1,187 @@
+"""The decoder's likelihoods p(x | z), one object each, so no caller branches on a name.
+
+A likelihood answers everything the model, evaluation, the figures and the data checks ask of
+p(x|z); its formulas live in :mod:`scratchvae.ops.likelihoods`, and it calls them:
+
+=======================================  ==============================================
+``name``, ``sigma``                      what it is (the model's ``likelihood`` / ``sigma``)
+``param_shapes(D)``, ``init_params(P)``  its own parameters (a learned log σ), if any
+``check_data(x, what)``                  the pixel values it can model
+``forward_backward(y, x, dy, ...)``      the fused −log p(x|z) sum and ∂/∂y (training)
+``backward_params(extra, P, G)``         the gradients of its own parameters
+``nll_rows(y, x, P, dtype)``             −log p(x|z) per row (importance sampling)
+``mean(y, P)``                           E[x | z] from the decoder output y
+``draw(mean, P, stream)``                pixels drawn from p(x|z)
+``log_sigma(P)``                         (Gaussian) log σ
+``units``                                what its log p(x) values are
+=======================================  ==============================================
+
+``y`` is the decoder's output: logits (Bernoulli) or means (Gaussian); ``P`` and ``G`` the
+model's parameter and gradient views by name.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import InputError
+from .ops.activations import sigmoid
+from .ops.likelihoods import (
+    bernoulli_nll_forward_backward,
+    bernoulli_nll_rows,
+    gaussian_nll_forward_backward,
+    gaussian_nll_rows,
+    sample_bernoulli,
+    sample_gaussian,
+    soft_floor_log_sigma,
+    soft_floor_log_sigma_backward,
+)
+
+SIGMA_KINDS = ("fixed", "shared", "per-pixel")
+LOGSIGMA = "dec.logsigma"
+
+
+class Bernoulli:
+    """Pixels in [0, 1] as Bernoulli probabilities σ(y) of logits y; values in nats."""
+
+    name = "bernoulli"
+    has_sigma = False
+    learned = False
+    units = "nats"
+
+    def __init__(self, kind="fixed", value=1.0):
+        self.kind, self.value = kind, value     # no σ here: kept only to record the configuration
+
+    @property
+    def sigma(self):
+        return _sigma_text(self.kind, self.value)
+
+    def param_shapes(self, D):
+        return {}
+
+    def init_params(self, params):
+        pass
+
+    def check_data(self, x, what):
+        """Raise unless the float pixels ``x`` (finite) are probabilities, in [0, 1] (a host sync)."""
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise InputError(f"{what}: a Bernoulli likelihood needs pixel values in [0, 1], got values "
+                             f"in [{lo:g}, {hi:g}]; scale the data or use likelihood='gaussian'")
+
+    def forward_backward(self, y, x, dy, scratch, bias, params):
+        """(Σ −log p(x|y), None), dy = σ(y + bias) − x; y is used as scratch."""
+        return bernoulli_nll_forward_backward(y, x, dy, scratch, overwrite_logits=True, bias=bias), None
+
+    def backward_params(self, extra, params, grads):
+        pass
+
+    def nll_rows(self, y, x, params, dtype=None):
+        return bernoulli_nll_rows(y, x, dtype=dtype)
+
+    def mean(self, y, params, out=None):
+        return sigmoid(y, out=out)
+
+    def draw(self, mean, params, stream):
+        u = stream.uniform(mean.shape, mean.dtype.name)
+        return sample_bernoulli(mean, u, out=u)
+
+    def log_sigma(self, params):
+        raise InputError("a Bernoulli likelihood has no σ (log_sigma is for likelihood='gaussian')")
+
+
+class Gaussian:
+    """Pixels as N(mean, σ²): σ fixed, or a learned log σ shared by all pixels or per pixel.
+
+    A learned log σ has a soft floor (see :mod:`scratchvae.ops.likelihoods`): the parameter
+    ``dec.logsigma`` is its raw value s, starting at 0 (σ ≈ 1). Values are log densities.
+    """
+
+    name = "gaussian"
+    has_sigma = True
+    units = "log densities (not comparable with Bernoulli nats)"
+
+    def __init__(self, kind="fixed", value=1.0):
+        self.kind, self.value = kind, value
+        self.learned = kind != "fixed"
+
+    @property
+    def sigma(self):
+        return _sigma_text(self.kind, self.value)
+
+    def param_shapes(self, D):
+        if not self.learned:
+            return {}
+        return {LOGSIGMA: (1,) if self.kind == "shared" else (D,)}
+
+    def init_params(self, params):
+        if self.learned:
+            params[LOGSIGMA][...] = 0
+
+    def check_data(self, x, what):
+        """Any finite pixel values have a density."""
+
+    def log_sigma(self, params):
+        """log σ: a float (fixed σ) or an array (1,) / (D,) (learned, with its soft floor)."""
+        if not self.learned:
+            return math.log(self.value)
+        return soft_floor_log_sigma(params[LOGSIGMA])
+
+    def forward_backward(self, y, x, dy, scratch, bias, params):
+        """(Σ −log p(x|y), ∂/∂log σ or None), dy = (y + bias − x)/σ²."""
+        y += bias
+        return gaussian_nll_forward_backward(y, x, self.log_sigma(params), dy, scratch,
+                                             per_pixel=self.kind == "per-pixel")
+
+    def backward_params(self, dlog_sigma, params, grads):
+        if self.learned:
+            grads[LOGSIGMA][...] = soft_floor_log_sigma_backward(dlog_sigma, params[LOGSIGMA])
+
+    def nll_rows(self, y, x, params, dtype=None):
+        return gaussian_nll_rows(y, x, self.log_sigma(params), dtype=dtype)
+
+    def mean(self, y, params, out=None):
+        if out is not None and out is not y:
+            out[...] = y
+            return out
+        return y
+
+    def draw(self, mean, params, stream):
+        return sample_gaussian(mean, self.log_sigma(params), stream.normal(mean.shape, mean.dtype.name))
+
+
+LIKELIHOODS = {"bernoulli": Bernoulli, "gaussian": Gaussian}
+
+
+def parse_sigma(sigma):
+    """'fixed:V' or a number -> ('fixed', V); 'shared' / 'per-pixel' -> (kind, None)."""
+    if isinstance(sigma, (int, float, np.floating)) and not isinstance(sigma, bool):
+        value = float(sigma)
+    elif isinstance(sigma, str) and sigma in SIGMA_KINDS[1:]:
+        return sigma, None
+    elif isinstance(sigma, str) and sigma.startswith("fixed:"):
+        try:
+            value = float(sigma[len("fixed:"):])
+        except ValueError:
+            raise InputError(f"sigma must be 'fixed:V' with a number V, got {sigma!r}") from None
+    else:
+        raise InputError(
+            f"sigma must be a positive number, 'fixed:V', 'shared' or 'per-pixel', got {sigma!r}"
+        )
+    if not (value > 0 and math.isfinite(value)):
+        raise InputError(f"sigma must be positive and finite, got {value!r}")
+    return "fixed", value
+
+
+def _sigma_text(kind, value):
+    return f"fixed:{value!r}" if kind == "fixed" else kind
+
+
+def make_likelihood(name, sigma=1.0):
+    """The likelihood called ``name`` ('bernoulli' or 'gaussian'); ``sigma`` as :func:`parse_sigma`
+    (checked for both, used by the Gaussian)."""
+    if name not in LIKELIHOODS:
+        raise InputError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {name!r}")
+    return LIKELIHOODS[name](*parse_sigma(sigma))
