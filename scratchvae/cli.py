@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import inspect
 import json
 import shlex
 import signal
@@ -68,36 +69,49 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
+    from .backend import BACKENDS
+    from .data import DATASETS
+    from .evaluate import DEFAULT_KS
+    from .inputs import BINARIZE
+    from .likelihoods import LIKELIHOODS
+    from .model import DTYPES, MODES, VAE
+    from .ops.activations import ACTIVATIONS
+    from .optim import OPTIMIZERS
+    from .runs import TrainConfig
+
+    model_default = {k: v.default for k, v in inspect.signature(VAE).parameters.items()}
+    train_default = TrainConfig()
     p = _Parser(prog="scratchvae", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"scratchvae {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model and write a run directory")
     d = t.add_argument_group("data")
-    d.add_argument("--dataset", default="embedded", choices=["embedded", "mnist", "fashion-mnist"])
+    d.add_argument("--dataset", default=train_default.dataset, choices=DATASETS)
     d.add_argument("--data-dir", help="folder with the IDX files (raw or .gz)")
-    d.add_argument("--binarize", default="none", choices=["none", "static", "dynamic"])
-    d.add_argument("--corrupt", default="none", help="none | gaussian:S | mask:P (denoising)")
+    d.add_argument("--binarize", default=train_default.binarize, choices=BINARIZE)
+    d.add_argument("--corrupt", default=train_default.corrupt, help="none | gaussian:S | mask:P (denoising)")
     m = t.add_argument_group("model")
-    m.add_argument("--hidden", type=_hidden, default=(400,), help="encoder sizes, e.g. 400 or 512,256; '' is linear")
-    m.add_argument("--latent", type=_positive_int, default=20)
-    m.add_argument("--activation", default="relu", choices=["relu", "leaky_relu", "tanh", "sigmoid", "softplus"])
-    m.add_argument("--likelihood", default="bernoulli", choices=["bernoulli", "gaussian"])
+    m.add_argument("--hidden", type=_hidden, default=model_default["hidden"],
+                   help="encoder sizes, e.g. 400 or 512,256; '' is linear")
+    m.add_argument("--latent", type=_positive_int, default=model_default["latent"])
+    m.add_argument("--activation", default=model_default["activation"], choices=ACTIVATIONS)
+    m.add_argument("--likelihood", default=model_default["likelihood"], choices=list(LIKELIHOODS))
     m.add_argument("--sigma", type=_sigma, default="fixed:1.0", help="Gaussian σ: fixed:V, shared or per-pixel")
-    m.add_argument("--beta", type=_nonneg_float, default=1.0)
-    m.add_argument("--mode", default="vae", choices=["vae", "ae", "kl-only"])
-    m.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    m.add_argument("--beta", type=_nonneg_float, default=model_default["beta"])
+    m.add_argument("--mode", default=model_default["mode"], choices=list(MODES))
+    m.add_argument("--dtype", default=model_default["dtype"], choices=DTYPES)
     o = t.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=_positive_int, default=10, help="total epochs (also on resume)")
-    o.add_argument("--batch-size", type=_positive_int, default=128)
-    o.add_argument("--lr", type=_positive_float, default=1e-3)
-    o.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
-    o.add_argument("--momentum", type=_nonneg_float, default=0.0, help="SGD momentum")
-    o.add_argument("--kl-warmup", type=_nonneg_float, default=0.0, metavar="EPOCHS",
+    o.add_argument("--epochs", type=_positive_int, default=train_default.epochs, help="total epochs (also on resume)")
+    o.add_argument("--batch-size", type=_positive_int, default=train_default.batch_size)
+    o.add_argument("--lr", type=_positive_float, default=train_default.lr)
+    o.add_argument("--optimizer", default=train_default.optimizer, choices=list(OPTIMIZERS))
+    o.add_argument("--momentum", type=_nonneg_float, default=train_default.momentum, help="SGD momentum")
+    o.add_argument("--kl-warmup", type=_nonneg_float, default=train_default.kl_warmup, metavar="EPOCHS",
                    help="β rises linearly per step from 0 over this many epochs")
     r = t.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"])
+    r.add_argument("--seed", type=int, default=model_default["seed"])
+    r.add_argument("--backend", default="numpy", choices=BACKENDS)
     r.add_argument("--out", help="run directory (default runs/<timestamp>)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue this run to --epochs")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
@@ -109,9 +123,9 @@ def build_parser():
     e.add_argument("run_dir")
     e.add_argument("--epoch", type=_positive_int)
     e.add_argument("--limit", type=_positive_int, help="use the first N test images")
-    e.add_argument("--ks", default="1,10,100,1000", help="importance samples K, comma-separated")
+    e.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="importance samples K, comma-separated")
     e.add_argument("--data-dir")
-    e.add_argument("--backend", default=None, choices=["numpy", "cupy", "auto"])
+    e.add_argument("--backend", default=None, choices=BACKENDS)
     e.add_argument("--json", action="store_true", help="print the results as JSON")
 
     for name, helptext in [("sample", "decode samples from the prior"), ("plot", "draw every figure of a run")]:
@@ -123,17 +137,17 @@ def build_parser():
         s.add_argument("--sample-x", action="store_true", help="draw pixels from p(x|z) instead of decoder means")
         s.add_argument("--out", help="output file (sample) or folder (plot)")
         s.add_argument("--data-dir")
-        s.add_argument("--backend", default=None, choices=["numpy", "cupy", "auto"])
+        s.add_argument("--backend", default=None, choices=BACKENDS)
 
     c = sub.add_parser("compare", help="AE vs KL-only vs VAE with a 2-D latent: latent spaces and decodes")
-    c.add_argument("--dataset", default="embedded", choices=["embedded", "mnist", "fashion-mnist"])
+    c.add_argument("--dataset", default=train_default.dataset, choices=DATASETS)
     c.add_argument("--data-dir")
-    c.add_argument("--epochs", type=_positive_int, default=10)
-    c.add_argument("--batch-size", type=_positive_int, default=128)
-    c.add_argument("--hidden", type=_hidden, default=(400,))
-    c.add_argument("--lr", type=_positive_float, default=1e-3)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"])
+    c.add_argument("--epochs", type=_positive_int, default=train_default.epochs)
+    c.add_argument("--batch-size", type=_positive_int, default=train_default.batch_size)
+    c.add_argument("--hidden", type=_hidden, default=model_default["hidden"])
+    c.add_argument("--lr", type=_positive_float, default=train_default.lr)
+    c.add_argument("--seed", type=int, default=model_default["seed"])
+    c.add_argument("--backend", default="numpy", choices=BACKENDS)
     c.add_argument("--out", default="compare.png")
     c.add_argument("--quiet", action="store_true")
     return p
@@ -229,8 +243,10 @@ def _download_progress():
 # -- commands -------------------------------------------------------------------------------
 def cmd_train(a):
     from .errors import InputError
+    from .likelihoods import LIKELIHOODS
     from .model import VAE
-    from .train import Interrupted, TrainConfig, fit, load_run, resume, write_config
+    from .runs import TrainConfig, load_run, write_config
+    from .train import Interrupted, fit, resume
 
     progress = _Progress(a.quiet)
     if a.resume:
@@ -261,7 +277,7 @@ def cmd_train(a):
     _check_writable(out)
     train, test = _load_data(a.dataset, a.data_dir, _download_progress())
     model = VAE(input_dim=train.images.shape[1], hidden=a.hidden, latent=a.latent, activation=a.activation,
-                likelihood=a.likelihood, sigma=a.sigma if a.likelihood == "gaussian" else 1.0,
+                likelihood=a.likelihood, sigma=a.sigma if LIKELIHOODS[a.likelihood].has_sigma else 1.0,
                 mode=a.mode, beta=a.beta, dtype=a.dtype, seed=a.seed, backend=a.backend)
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
                       momentum=a.momentum, binarize=a.binarize, kl_warmup=a.kl_warmup,
@@ -313,7 +329,7 @@ def _clear_run(out):
 
 
 def _run_and_data(a):
-    from .train import load_run
+    from .runs import load_run
 
     run = load_run(a.run_dir, epoch=a.epoch, backend=a.backend)
     train, test = _load_data(run.train_config.dataset, a.data_dir or run.config.get("data_dir"))
@@ -341,8 +357,7 @@ def cmd_evaluate(a):
 
 def cmd_sample(a):
     from .plots import sample_figure
-
-    from .train import load_run
+    from .runs import load_run
 
     run = load_run(a.run_dir, epoch=a.epoch, backend=a.backend)
     out = Path(a.out or Path(a.run_dir) / "samples.png")

@@ -1,7 +1,7 @@
-"""The graph step of ``fit`` (scratchvae.train_graph) against the eager loop, on every backend.
+"""The training step (scratchvae.step) captured and replayed against the same step uncaptured.
 
-NumPy runs the graph step's body eagerly: it must give the eager loop's results bit for bit
-(same schedule, same kernels' twins). CuPy captures and replays it as CUDA graphs: the same
+``fit(graph=True)`` and ``fit(graph=False)`` run the one step body; NumPy has no capture, so
+there the two must agree bit for bit. CuPy captures and replays it as CUDA graphs: the same
 parameters to float tolerance (the arithmetic is the same, so in practice bit for bit), the
 partial last batch on a graph of its own, the non-finite flag, exact resume, and the
 benchmark entry point ``make_graph_step``.
@@ -15,7 +15,7 @@ from scratchvae.errors import NonFiniteError
 from scratchvae.optim import Adam
 from scratchvae.train import Interrupted, TrainConfig, fit, load_run, resume
 from scratchvae.data import load_dataset
-import scratchvae.train_graph as tg
+import scratchvae.step as tg
 
 N_TRAIN, BATCH = 530, 64          # 8 full batches and a partial one of 18
 
@@ -32,8 +32,8 @@ def graphs_made(monkeypatch):
     made = []
 
     class Recording(tg.StepGraphs):
-        def __init__(self, backend):
-            super().__init__(backend)
+        def __init__(self, backend, capture=True):
+            super().__init__(backend, capture)
             made.append(self)
 
     monkeypatch.setattr(tg, "StepGraphs", Recording)
@@ -81,7 +81,8 @@ def test_graph_step_matches_eager_fit(case, backend, data, graphs_made):
         runs.append((backend.to_host(m.theta), h, m.rng.state(), m.beta))
     (t0, h0, r0, b0), (t1, h1, r1, b1) = runs
     assert not [i for e, i in events if e == "graph"], "the graph fell back to eager"
-    assert len(graphs_made) == 1 and len(graphs_made[0]) == (2 if backend.name == "cupy" else 0)
+    assert len(graphs_made) == 2 and len(graphs_made[0]) == 0     # one step each; uncaptured
+    assert len(graphs_made[1]) == (2 if backend.name == "cupy" else 0)   # full and partial batch
     for k in r0:
         np.testing.assert_array_equal(r0[k], r1[k])    # every RNG stream advanced alike
     assert [r["beta"] for r in h0] == [r["beta"] for r in h1] and b0 == b1
@@ -158,4 +159,4 @@ def test_make_graph_step_matches_eager_steps(backend, data):
     backend.synchronize()
     assert opt.t == opt_ref.t == 5
     assert rel(backend.to_host(m.theta), backend.to_host(ref.theta)) <= 1e-6
-    assert rel(backend.to_host(loss), backend.to_host(r.objective)) <= 1e-6
+    assert rel(backend.to_host(loss), backend.to_host(r.neg_elbo)) <= 1e-6

@@ -1,0 +1,225 @@
+"""THE training step, written once, and the schedule that feeds it.
+
+One step: gather the batch by index -> binarise / corrupt it -> draw ε -> forward and
+backward (:meth:`VAE.loss_and_grads`) -> the optimizer's update -> record (−ELBO, recon, KL)
+and the non-finite flag. :class:`TrainStep` holds it as one function of its inputs and of
+device state, ``_body``. On NumPy it runs eagerly; on CuPy it is captured into a CUDA graph
+once per batch shape and replayed (:class:`~scratchvae.backend.graph.StepGraphs`); with
+``capture=False`` (``--no-graph``) the same body runs uncaptured. There is no second copy.
+
+What the body may not do, because a captured CUDA graph replays it without Python:
+
+* **allocate** after its first call at a batch shape: every buffer is made by that first
+  call (the model's workspace, the step's batch buffers, the optimizer's scratch), which
+  runs eagerly before the capture; a replay writes the same addresses;
+* **synchronise** with the host or **read a device value on the host** (``float(x)``,
+  ``.item()``, ``bool(x)``, ``if x.max() > ...`` on device data): a replay would not re-run
+  it. Every per-step value is read on the device: the batch index ``bi``, the schedule's row
+  (the optimizer's coefficients and β), the random streams' counters;
+* **write host state**: the host advances its own copies (the optimizer's ``t``) between
+  steps. Nothing writes ``model.beta``: β is an input, read from the schedule.
+
+A test runs the NumPy step and checks the first rule (no allocation after the first call);
+the rest is how the body is written, and the CuPy tests compare captured and eager steps.
+
+Device state, written by the host only between steps (once per epoch):
+
+==============  =================  ===============================================================
+buffer          shape, dtype       meaning
+==============  =================  ===============================================================
+``perm``        (n,) int64         this epoch's permutation of the training rows
+``bi``          (1,) int64         the batch index: the gather reads it, ``record_losses`` adds 1
+``table``       (S, 3) float64     per batch: the optimizer's two coefficients and β (``Schedule``)
+``cur``         (3,) float64       ``table[bi]``, copied by a kernel at the start of each step
+``losses``      (S, 3) float64     per batch: the (−ELBO, recon, KL) sums
+``flag``        (1,) int64         the first batch whose −ELBO was not finite, else −1
+==============  =================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import fused
+from .backend.graph import StepGraphs, gather_rows, load_row
+from .errors import InputError
+from .inputs import CORRUPTIONS, binarize_dynamic
+
+TRAIN_STREAMS = {"shuffle": 2, "binarize": 3}
+"""The training loop's random streams and their ids (the model has its own, MODEL_STREAMS)."""
+LOSSES = ("neg_elbo", "recon", "kl")
+"""The columns of a step's recorded losses (batch sums)."""
+BETA = 2
+"""The schedule row's column holding β; columns 0 and 1 hold the optimizer's coefficients."""
+
+
+class Schedule:
+    """The per-step inputs of the step: β (linear KL warm-up) and the optimizer's coefficients.
+
+    Step s (1-based, counted over the whole run) has β_s = β · min(1, s / warmup_steps)
+    (β itself without warm-up) and the coefficients ``opt.coefficients(t)`` of the
+    optimizer's own step t (Adam's bias corrections; none for SGD).
+    """
+
+    def __init__(self, opt, beta, warmup_steps=0.0):
+        self.opt, self.beta, self.warmup_steps = opt, float(beta), float(warmup_steps)
+
+    def beta_at(self, step):
+        """β of global step ``step`` (1-based)."""
+        if self.warmup_steps > 0:
+            return self.beta * min(1.0, step / self.warmup_steps)
+        return self.beta
+
+    def rows(self, step, t, count):
+        """(count, 3) float64: row r for global step ``step + r`` and optimizer step ``t + r``."""
+        out = np.zeros((count, 3))
+        for r in range(count):
+            coef = self.opt.coefficients(t + r)
+            out[r, :len(coef)] = coef
+            out[r, BETA] = self.beta_at(step + r)
+        return out
+
+
+@fused("record_losses", on="losses")
+def record_losses(recon, kl, losses, bi, flag):
+    """losses[b] = (recon + kl, recon, kl) with b = bi[0]; then bi[0] = b + 1.
+
+    recon, kl: 0-d arrays of the model's dtype (−ELBO is formed in that dtype, as
+    ``LossResult.neg_elbo``); losses (S, 3) float64. ``flag`` (1,) int64 starts at −1 and
+    receives b the first time recon + kl is not finite, so one small read tells whether any
+    step failed.
+    """
+    b = int(bi[0])
+    ne = recon + kl
+    losses[b, 0], losses[b, 1], losses[b, 2] = ne, recon, kl
+    if not np.isfinite(ne) and flag[0] < 0:
+        flag[0] = b
+    bi[0] = b + 1
+
+
+class TrainStep:
+    """The training step over ``data`` (N, D) (on the model's backend and dtype), see the module.
+
+    ``schedule``: a :class:`Schedule`. ``streams``: the training streams (:data:`TRAIN_STREAMS`;
+    'binarize' is drawn for ``binarize=True``). ``corrupt``: ('none' | 'gaussian' | 'mask',
+    value), its noise from the model's 'noise' stream. ``rows``: batches per :meth:`begin`
+    (default: one epoch's). ``supplied``: ``data`` *is* the batch (a caller copies each
+    batch into it, see :func:`make_graph_step`), nothing is gathered. ``capture``: replay as
+    CUDA graphs where the backend can (CuPy); ``notify(event, info)`` hears if a capture fails.
+    """
+
+    def __init__(self, model, opt, data, batch_size, schedule, *, streams=None, binarize=False,
+                 corrupt=("none", 0.0), rows=None, supplied=False, capture=True, notify=None):
+        for need in ("coefficients", "step_from"):
+            if not callable(getattr(opt, need, None)):
+                raise InputError(f"optimizer must provide coefficients(t) and step_from(grads, coef) "
+                                 f"(as scratchvae's Adam and SGD do); {type(opt).__name__} has no {need}")
+        xp = model.xp
+        self.model, self.opt, self.data, self.schedule = model, opt, data, schedule
+        self.n, self.B = data.shape[0], batch_size
+        self.streams, self.binarize, self.corrupt, self.supplied = streams, binarize, corrupt, supplied
+        self.rows = rows if rows is not None else -(-self.n // batch_size)
+        self.perm = xp.empty(0 if supplied else self.n, dtype=np.int64)
+        self.bi = xp.zeros(1, dtype=np.int64)
+        self.flag = xp.full(1, -1, dtype=np.int64)
+        self.table = xp.zeros((self.rows, 3), dtype=np.float64)
+        self.cur = xp.zeros(3, dtype=np.float64)
+        self.losses = xp.zeros((self.rows, 3), dtype=np.float64)
+        self.graphs = StepGraphs(model.backend, capture)
+        self.notify = notify
+        self._buffers = {}
+
+    def begin(self, first, step, perm=None):
+        """Before batch ``first`` of a new round of ``rows`` batches: upload the permutation and
+        the schedule of the steps after global step ``step``; bi = first, flag = −1."""
+        b = self.model.backend
+        if perm is not None:
+            b.upload(self.perm, np.asarray(perm, dtype=np.int64))
+        table = np.zeros((self.rows, 3))
+        table[first:] = self.schedule.rows(step + 1, self.opt.t + 1, self.rows - first)
+        b.upload(self.table, table)
+        b.upload(self.bi, np.array([first], dtype=np.int64))
+        b.upload(self.flag, np.array([-1], dtype=np.int64))
+        if first:
+            self.losses[:first] = 0
+        return self.losses
+
+    def __call__(self, index):
+        """Run batch ``index`` of this round (a graph replay after the first at its shape)."""
+        nb = self.B if self.supplied else min(self.B, self.n - index * self.B)
+        self.graphs.run(nb, lambda: self._body(nb))
+        if self.graphs.failed is not None and self.notify is not None:
+            self.notify("graph", {"enabled": False, "reason": f"capture failed, running eagerly: "
+                                                             f"{self.graphs.failed}"})
+            self.notify = None
+        self.opt.t += 1
+
+    def failed_batch(self):
+        """The first batch of this round whose loss was not finite, or None (one host sync)."""
+        f = int(self.model.backend.to_host(self.flag)[0])
+        return None if f < 0 else f
+
+    def _batch_buffers(self, nb):
+        bufs = self._buffers.get(nb)
+        if bufs is None:
+            xp, shape = self.model.xp, (nb, self.model.input_dim)
+            bufs = self._buffers[nb] = (self.data if self.supplied else xp.empty(shape, self.model.dtype),
+                                        xp.empty(shape, self.model.dtype))
+        return bufs
+
+    def _body(self, nb):
+        """The step, on device state only (capturable; see the module docstring)."""
+        model = self.model
+        xb, x_in = self._batch_buffers(nb)
+        if not self.supplied:
+            gather_rows(self.data, self.perm, self.bi, self.B, xb)
+        if self.binarize:
+            binarize_dynamic(xb, x_in, self.streams["binarize"])
+        kind, value = self.corrupt
+        x_in = CORRUPTIONS[kind](xb, value, x_in, model.rng["noise"]) if kind in CORRUPTIONS else xb
+        load_row(self.table, self.bi, self.cur)
+        res = model.loss_and_grads(x_in, target=xb, beta=self.cur[BETA:BETA + 1])
+        self.opt.step_from(model.grad, self.cur)
+        record_losses(res.recon, res.kl, self.losses, self.bi, self.flag)
+        return res
+
+
+class BatchStep:
+    """A training step on a batch the caller supplies, replayed as a CUDA graph (benchmarks).
+
+    ``step(x)`` copies ``x`` (the example's shape and dtype, on the model's backend) into the
+    step's input buffer and runs :class:`TrainStep` on it (ε from the model's 'noise' stream,
+    β the model's, the optimizer's coefficients from a schedule uploaded ``chunk`` steps at a
+    time). It returns the step's −ELBO as a 0-d float64 device array, a view of the loss
+    table (no host sync; valid until ``chunk`` more steps). Gradients are left in
+    ``model.grad`` as after ``loss_and_grads``.
+    """
+
+    def __init__(self, model, opt, x_example, chunk=4096, capture=True):
+        model.backend.check("x_example", x_example)
+        self.x = model.xp.empty_like(x_example)
+        self.model = model
+        self.step = TrainStep(model, opt, self.x, x_example.shape[0], Schedule(opt, model.beta),
+                              rows=chunk, supplied=True, capture=capture)
+        self.graphs = self.step.graphs
+        self.row = chunk
+
+    def __call__(self, x):
+        if x.shape != self.x.shape or x.dtype != self.x.dtype:
+            raise InputError(f"step(x): x must be {self.x.dtype} {tuple(self.x.shape)}, "
+                             f"got {x.dtype} {tuple(x.shape)}")
+        if self.row == self.step.rows:
+            self.step.begin(0, self.step.opt.t)
+            self.row = 0
+        with self.graphs.context():
+            self.model.backend.copy(self.x, x)
+        self.step(self.row)
+        self.row += 1
+        return self.step.losses[self.row - 1, 0]
+
+    step_ = __call__
+
+
+def make_graph_step(model, opt, x_example):
+    """A :class:`BatchStep` for ``model`` and ``opt`` at ``x_example``'s shape: ``step(x)``."""
+    return BatchStep(model, opt, x_example)
