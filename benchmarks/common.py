@@ -37,7 +37,8 @@ PARAM_SHAPES = {
     "dec.out.W": (H, D), "dec.out.b": (D,),
 }
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MNIST_DIR = "/work/shared/data/mnist"
+#: The environment variable naming a folder with the four MNIST IDX files.
+MNIST_ENV = "SCRATCHVAE_MNIST_DIR"
 
 
 class Skip(Exception):
@@ -62,25 +63,60 @@ def child_env(device: str, tf32: bool = False) -> dict:
 
 
 # -- data -------------------------------------------------------------------------------------
-def load_train_images(data_dir=None, allow_embedded=False):
-    """MNIST training images (N, 784) uint8 and a description of where they came from.
+def mnist_source(data_dir=None):
+    """Where full MNIST comes from: ``(folder, shown)``.
 
-    ``data_dir``: the IDX folder (default ``$SCRATCHVAE_MNIST_DIR`` or /work/shared/data/mnist).
-    With ``allow_embedded`` (``--smoke`` only) the packaged 6k subset stands in when it is absent.
+    ``data_dir`` (``--data-dir``) when given, else ``$SCRATCHVAE_MNIST_DIR``; ``folder`` is then
+    that path and ``shown`` how the results record it (the path as given, or the variable's
+    name, so a recorded table names no folder of the machine it ran on). Neither set:
+    ``(None, None)``, and :func:`scratchvae.data.load_dataset` looks in scratchvae's cache,
+    downloading the files with SHA-256 checks when they are absent.
+    """
+    if data_dir:
+        return Path(data_dir).expanduser(), str(data_dir)
+    env = os.environ.get(MNIST_ENV)
+    if env:
+        return Path(env).expanduser(), f"${MNIST_ENV}"
+    return None, None
+
+
+def load_mnist(data_dir=None):
+    """``(train, test, shown)``: full MNIST from :func:`mnist_source`'s folder or the cache.
+
+    ``shown`` names the source for the results (see :func:`mnist_source`). A folder without
+    the four IDX files, or a download that fails or is switched off, ends the process with
+    one line saying what to pass.
     """
     from scratchvae.data import load_dataset
     from scratchvae.errors import ScratchVAEError
 
-    folder = Path(data_dir or os.environ.get("SCRATCHVAE_MNIST_DIR") or DEFAULT_MNIST_DIR)
+    folder, shown = mnist_source(data_dir)
+    if folder is None:
+        print(f"benchmarks: no --data-dir or ${MNIST_ENV}: MNIST from scratchvae's cache "
+              f"(downloaded with SHA-256 checks if absent)", file=sys.stderr, flush=True)
     try:
-        train, _ = load_dataset("mnist", data_dir=folder)
-        return train.images, f"MNIST train ({len(train)} images, {folder})"
+        train, test = load_dataset("mnist", data_dir=folder)
     except ScratchVAEError as err:
-        if not allow_embedded:
-            raise SystemExit(f"benchmarks: full MNIST is needed: {err}. Set SCRATCHVAE_MNIST_DIR or "
-                             f"pass --data-dir (only --smoke falls back to the embedded subset)")
-    train, _ = load_dataset("embedded")
-    return train.images, f"embedded MNIST subset ({len(train)} images; full MNIST not found at {folder})"
+        raise SystemExit(f"benchmarks: full MNIST is needed (--data-dir DIR or {MNIST_ENV}=DIR, "
+                         f"DIR a folder holding the four IDX files; else scratchvae's cache): {err}") from None
+    return train, test, shown or "scratchvae's MNIST cache"
+
+
+def load_train_images(data_dir=None, allow_embedded=False):
+    """MNIST training images (N, 784) uint8 and a description of where they came from.
+
+    From ``data_dir``, else ``$SCRATCHVAE_MNIST_DIR``, else scratchvae's cache (see
+    :func:`load_mnist`). With ``allow_embedded`` (``--smoke`` only) and neither folder given,
+    the packaged 6k subset stands in: no cache, no network.
+    """
+    from scratchvae.data import load_dataset
+
+    if allow_embedded and mnist_source(data_dir)[0] is None:
+        train, _ = load_dataset("embedded")
+        return train.images, (f"embedded MNIST subset ({len(train)} images; no --data-dir or "
+                              f"${MNIST_ENV} given)")
+    train, _, shown = load_mnist(data_dir)
+    return train.images, f"MNIST train ({len(train)} images, {shown})"
 
 
 def make_batches(images, batch, seed=0, n_batches=N_BATCHES):

@@ -1,7 +1,8 @@
 """The benchmark harness: ``python -m benchmarks.run --device cpu`` (or ``--device gpu``).
 
-1. Loads full MNIST, writes the preloaded batches (the same sequence for every peer) and
-   the starting parameters (scratchvae's seed-0 initialisation) to a temporary folder.
+1. Loads full MNIST (``--data-dir``, else ``$SCRATCHVAE_MNIST_DIR``, else scratchvae's
+   cache), writes the preloaded batches (the same sequence for every peer) and the starting
+   parameters (scratchvae's seed-0 initialisation) to a temporary folder.
 2. **Same work:** every peer computes, in its own process and in float64, the loss and
    gradients for the same parameters and the same ε (drawn once with numpy and saved);
    each is compared with scratchvae-numpy's (relative error per array ≤ 1e-10) and the
@@ -12,7 +13,8 @@
    benchmarks/results/) and prints the markdown.
 
 ``--smoke``: scratchvae-numpy only, batch 32, 3 warm-up and 5 timed steps, one repeat, the
-embedded subset when full MNIST is absent: the pipeline in seconds (tests/test_bench_smoke.py).
+embedded subset unless ``--data-dir`` or ``$SCRATCHVAE_MNIST_DIR`` names full MNIST: the
+pipeline in seconds (tests/test_bench_smoke.py).
 See benchmarks/README.md for what each peer does.
 """
 
@@ -63,8 +65,9 @@ def parse_args(argv=None):
                                               "1000 / 200 on gpu)")
     p.add_argument("--peers", help=f"comma-separated subset of: {', '.join(PEERS)}")
     p.add_argument("--out", help="folder for the .json and .md (default benchmarks/results)")
-    p.add_argument("--data-dir", help="MNIST IDX folder (default $SCRATCHVAE_MNIST_DIR or "
-                                      "/work/shared/data/mnist)")
+    p.add_argument("--data-dir", help="folder holding the four MNIST IDX files (default "
+                                      "$SCRATCHVAE_MNIST_DIR, else scratchvae's cache, filled by a "
+                                      "checksummed download; --smoke: the embedded subset)")
     p.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matmuls in every peer")
     p.add_argument("--timeout", type=float, default=600, help="seconds per child process")
     p.add_argument("--smoke", action="store_true", help="scratchvae-numpy only, tiny counts, seconds")

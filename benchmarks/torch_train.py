@@ -1,12 +1,13 @@
 """The 10-epoch MNIST run of ``scratchvae train`` written in PyTorch, for the training race.
 
-    python -m benchmarks.torch_train --data-dir /work/shared/data/mnist --epochs 10 \\
-        --batch-size 128 --hidden 400 --latent 20 --lr 1e-3 --out /tmp/torch-run
+    python -m benchmarks.torch_train --data-dir DIR --epochs 10 \\
+        --batch-size 128 --hidden 400 --latent 20 --lr 1e-3 --out runs/torch-run
 
-does what ``scratchvae train --dataset mnist --data-dir ... --epochs 10 --batch-size 128
+does what ``scratchvae train --dataset mnist --data-dir DIR --epochs 10 --batch-size 128
 --hidden 400 --latent 20 --lr 1e-3`` does, the PyTorch way:
 
-- the same IDX files read by the same loader (``scratchvae.data.load_dataset``), pixels / 255
+- the same IDX files read by the same loader (``scratchvae.data.load_dataset``: from DIR, else
+  ``$SCRATCHVAE_MNIST_DIR``, else scratchvae's cache with its checksummed download), pixels / 255
   in float32, preloaded as tensors (no DataLoader);
 - the same model (:func:`benchmarks.peers.torch_peer.build`: 784-400-20-400-784, ReLU, fused
   μ/logvar head, Bernoulli on logits, summed −ELBO), ``nn.Linear``'s default initialisation
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DEFAULT_MNIST_DIR, L, PARAM_SHAPES, THREADS
+from .common import L, PARAM_SHAPES, THREADS, load_mnist
 from .common import H as DEFAULT_H
 
 EVAL_BATCH = 1000
@@ -42,7 +42,9 @@ EVAL_BATCH = 1000
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.torch_train",
                                 description="scratchvae train's MNIST loop in PyTorch (CPU)")
-    p.add_argument("--data-dir", help="MNIST IDX folder (default $SCRATCHVAE_MNIST_DIR or /work/shared/data/mnist)")
+    p.add_argument("--data-dir", help="folder holding the four MNIST IDX files (default "
+                                      "$SCRATCHVAE_MNIST_DIR, else scratchvae's cache, filled by a "
+                                      "checksummed download)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--hidden", type=int, default=DEFAULT_H, help="only 400 is supported (the benchmark model)")
@@ -61,14 +63,11 @@ def main(argv=None):
     a = parse_args(argv)
     import torch
 
-    from scratchvae.data import load_dataset
-
     from .peers.torch_peer import build
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(a.seed)
-    folder = a.data_dir or os.environ.get("SCRATCHVAE_MNIST_DIR") or DEFAULT_MNIST_DIR
-    train, test = load_dataset("mnist", data_dir=folder)
+    train, test, _ = load_mnist(a.data_dir)
     xtrain = torch.from_numpy(train.images.astype(np.float32) / np.float32(255))
     xtest = torch.from_numpy(test.images.astype(np.float32) / np.float32(255))
 

@@ -11,7 +11,9 @@ data loading, every epoch with its test evaluation and checkpoint)::
     python -m benchmarks.torch_train --data-dir D --epochs 10 --batch-size 128 \\
         --hidden 400 --latent 20 --lr 1e-3 --out TMP
 
-both with OMP/OPENBLAS/MKL_NUM_THREADS=2, and reports each wall time, the medians, their
+both with OMP/OPENBLAS/MKL_NUM_THREADS=2 (D is ``--data-dir``, else ``$SCRATCHVAE_MNIST_DIR``;
+with neither, both commands go without ``--data-dir`` to scratchvae's cache, which is filled,
+with checksums, before the first timed run), and reports each wall time, the medians, their
 ratio (torch / scratchvae: > 1 means scratchvae is faster) and each run's final test loss.
 Writes ``train-race-<timestamp>.md`` / ``.json`` under ``--out`` (default benchmarks/results).
 """
@@ -30,16 +32,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import DEFAULT_MNIST_DIR, REPO, child_env, cpu_model, write_json
+from .common import REPO, child_env, cpu_model, load_mnist, mnist_source, write_json
 
 
 def commands(data_dir, epochs, out):
+    """The two commands; without ``data_dir`` both read MNIST from scratchvae's cache."""
+    data = ["--data-dir", str(data_dir)] if data_dir is not None else []
     common = ["--epochs", str(epochs), "--batch-size", "128", "--hidden", "400", "--latent", "20",
               "--lr", "1e-3"]
     return {
         "scratchvae": [sys.executable, "-m", "scratchvae", "train", "--dataset", "mnist",
-                       "--data-dir", str(data_dir), *common, "--out", str(out / "scratchvae"), "--quiet"],
-        "torch": [sys.executable, "-m", "benchmarks.torch_train", "--data-dir", str(data_dir),
+                       *data, *common, "--out", str(out / "scratchvae"), "--quiet"],
+        "torch": [sys.executable, "-m", "benchmarks.torch_train", *data,
                   *common, "--out", str(out / "torch")],
     }
 
@@ -54,11 +58,16 @@ def last_test_loss(run_dir):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_race", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=os.environ.get("SCRATCHVAE_MNIST_DIR") or DEFAULT_MNIST_DIR)
+    p.add_argument("--data-dir", help="folder holding the four MNIST IDX files (default "
+                                      "$SCRATCHVAE_MNIST_DIR, else scratchvae's cache, filled by a "
+                                      "checksummed download)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", help="folder for the .md and .json (default benchmarks/results)")
     a = p.parse_args(argv)
+    folder, shown_dir = mnist_source(a.data_dir)
+    load_mnist(a.data_dir)  # a wrong folder stops here, and no timed run includes a download
+    run_dir_arg = folder.resolve() if folder is not None else None  # the children run in REPO
     env = child_env("cpu")
     started = _dt.datetime.now(_dt.timezone.utc)
     results = {"scratchvae": [], "torch": []}
@@ -67,7 +76,7 @@ def main(argv=None):
         for rep in range(a.repeats):
             for name in ("scratchvae", "torch"):
                 run_dir = tmp / f"{name}-{rep}"
-                cmd = commands(a.data_dir, a.epochs, run_dir)[name]
+                cmd = commands(run_dir_arg, a.epochs, run_dir)[name]
                 t0 = time.perf_counter()
                 proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
                 wall = time.perf_counter() - t0
@@ -81,7 +90,7 @@ def main(argv=None):
         shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(r["wall_s"] for r in v) for k, v in results.items()}
     ratios = [t["wall_s"] / s["wall_s"] for s, t in zip(results["scratchvae"], results["torch"])]
-    shown = commands(a.data_dir, a.epochs, Path("OUT"))
+    shown = commands(shown_dir, a.epochs, Path("OUT"))
     lines = [f"# Training race: {a.epochs} epochs of MNIST, {started.strftime('%Y-%m-%d %H:%M UTC')}", "",
              f"`python -m benchmarks.train_race {' '.join(argv if argv is not None else sys.argv[1:])}`"
              f" on {cpu_model()} ({os.cpu_count()} CPUs), 2 BLAS/torch threads, commands alternated "
