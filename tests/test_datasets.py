@@ -16,7 +16,7 @@ from _idxutil import NAMES, write_idx, write_mnist_like
 from scratchvae.data import Dataset, default_cache_dir, load_dataset
 from scratchvae.data import download as dl
 from scratchvae.data.download import SHA256, payload_sha256
-from scratchvae.errors import BackendError, DataError, DownloadError, InputError
+from scratchvae.errors import DataError, DownloadError
 
 REPO = Path(__file__).resolve().parents[1]
 
