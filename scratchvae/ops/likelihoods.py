@@ -68,7 +68,8 @@ def bernoulli_nll_forward_backward(logits, x, dlogits, scratch, overwrite_logits
     y = logits + bias: the layer's bias folded into this block, so that a GPU reads and
     writes the (N, D) logits once instead of twice. Since ∂y_nd/∂bias_d = 1, the bias
     gradient is Σ_n dlogits_n, which the caller forms as before (``dense_backward``'s row
-    sum); folding changes where the addition runs, not a derivative.
+    sum); folding changes where the addition runs, not a derivative. The NumPy body leaves
+    the elementwise terms in ``scratch`` (the accuracy tests read them there).
 
     Both come from one exponential, t = e^{−y}, with the exponent clipped to [−c, c]
     (c = 88 in float32, 708 in float64, so t, 1/t and 1 + t never overflow):
