@@ -101,11 +101,15 @@ def test_reparam_kl_forward_and_backward(dtype, hk):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bernoulli(dtype, hk):
+    """The kernel against the NumPy body, and its loss (summed in float64) against the exact
+    Σ softplus(y) − x·y: within 4ε, also with the tails where a cancelling form loses the term."""
     r = np.random.default_rng(5)
     y = 4 * r.normal(size=(3, 784))
     y[0, :5] = [1e3, 60.0, -60.0, 0.0, -86.0]            # large logits, short of both caps
     x = r.uniform(size=y.shape)
     x[1] = x[1] > 0.5
+    y[2, :8] = [-10.0, -20.0, -40.0, -80.0, 10.0, 20.0, 40.0, 80.0]   # term e^{−|y|}: the tails
+    x[2, :8] = [0, 0, 0, 0, 1, 1, 1, 1]
     y, x = arrays(dtype, y, x)
     for bias in (None, r.normal(size=784).astype(dtype)):   # the output layer's bias folded in
         dl_h, dl_d = np.empty_like(y), np.empty_like(y)
@@ -114,6 +118,14 @@ def test_bernoulli(dtype, hk):
         assert got.shape == () and got.dtype == np.dtype(dtype)
         assert rel(got, want) <= TWIN[dtype]
         assert rel(dl_d, dl_h) <= TWIN[dtype]
+        yb = (y if bias is None else y + bias).astype(np.longdouble)
+        exact = np.sum(np.maximum(yb, 0) - x.astype(np.longdouble) * yb + np.log1p(np.exp(-np.abs(yb))))
+        assert abs(float(got) - float(exact)) <= 4 * np.finfo(dtype).eps * float(exact)
+    # only tail terms, each e^{−|y|}: a cancelling form is 0.8% off at |y| = 10 and 0 from 15 on
+    yt, xt = arrays(dtype, [[-10.0, -20.0, -40.0, -80.0], [10.0, 20.0, 40.0, 80.0]], [[0.0] * 4, [1.0] * 4])
+    got = hk.bernoulli_nll(yt, xt, np.empty_like(yt))
+    exact = float(np.sum(np.log1p(np.exp(-np.abs(yt.astype(np.longdouble))))))
+    assert abs(float(got) - exact) <= 4 * np.finfo(dtype).eps * exact
     with pytest.raises(InputError, match=r"bias must be a \(784,\)"):
         K(hk, ops.bernoulli_nll_forward_backward, y, x, dl_d, None, bias=np.zeros(783, dtype))
 

@@ -65,6 +65,8 @@ __device__ __forceinline__ double m_ln2(double)    { return 0.693147180559945309
 /* numpy.maximum / numpy.minimum: NaN in the first argument propagates. */
 template <typename T> __device__ __forceinline__ T np_max(T a, T b) { return (a >= b || a != a) ? a : b; }
 template <typename T> __device__ __forceinline__ T np_min(T a, T b) { return (a <= b || a != a) ? a : b; }
+/* numpy.clip(a, lo, hi) for lo <= hi: min(max(a, lo), hi); NaN stays NaN. */
+template <typename T> __device__ __forceinline__ T np_clip(T a, T lo, T hi) { return np_min(np_max(a, lo), hi); }
 /* numpy.sign: 1, -1, 0 (also for -0), NaN stays NaN. */
 template <typename T> __device__ __forceinline__ T np_sign(T a) {
     return a > T(0) ? T(1) : (a < T(0) ? T(-1) : (a == T(0) ? T(0) : a));
@@ -186,8 +188,9 @@ __device__ void reparam_kl_bwd(const T* dz, const T* eps, const T* std_, const T
 }
 
 /* ---- Bernoulli NLL on logits ----------------------------------------------------------------- */
-/* y = logits (+ b[i % D] when b is not null: the layer's bias, folded in);
-   sig = 1 / (1 + exp(min(-y, cap)));  term = max(y - log sig, 0) - x y;  dlogits = sig - x. */
+/* y = logits (+ b[i % D] when b is not null: the layer's bias, folded in);  t = exp(clip(-y, -cap, cap));
+   term = (max(y, 0) - x y) + log1p(min(1/t, t));  dlogits = 1 / (1 + t) - x.
+   max(y, 0) is the NumPy body's clip(y, 0, inf): the same value for every y, NaN included. */
 template <typename T>
 __device__ void bernoulli(const T* logits, const T* b, i64 D, const T* x, T* dy, i64 n, T cap,
                           double* partials) {
@@ -195,11 +198,15 @@ __device__ void bernoulli(const T* logits, const T* b, i64 D, const T* x, T* dy,
     GRID_STRIDE(i, n) {
         T yi = logits[i], xi = x[i];
         if (b) yi = yi + b[i % D];
-        T s = -yi; s = np_min(s, cap); s = m_exp(s); s = s + T(1);
+        T t = -yi; t = np_clip(t, -cap, cap);
+        T xy = yi * xi;
+        T a = np_max(yi, T(0)); a = a - xy;                    /* max(y, 0) - x y */
+        t = m_exp(t);                                          /* e^{-y} */
+        T e = T(1) / t; e = np_min(e, t); e = m_log1p(e);      /* log1p(e^{-|y|}) */
+        e = e + a;
+        acc += (double)e;
+        T s = t + T(1);
         T sig = T(1) / s;
-        T sp = m_log(sig); sp = yi - sp; sp = np_max(sp, T(0));
-        T xy = yi * xi; sp = sp - xy;
-        acc += (double)sp;
         dy[i] = sig - xi;
     }
     acc = block_sum(acc);
@@ -432,9 +439,9 @@ class Kernels:
     # -- Bernoulli ----------------------------------------------------------------------------------
     def bernoulli_nll(self, logits, x, dlogits, scratch, overwrite_logits, bias):
         suf, t = self._suffix(logits), logits.dtype.type
-        # CuPy compiles with -ftz=true: a float32 σ = e^{-88} (subnormal) would flush to 0 and
-        # give log 0 = -inf. With the cap at 87, σ ≥ e^{-87} > FLT_MIN stays normal; the NumPy
-        # twin (cap 88) differs only below y = -87, where both losses are 0 to within 1e-38.
+        # CuPy compiles with -ftz=true: a float32 e^{-88} (subnormal) would flush to 0. With the
+        # cap at 87, t, 1/t, σ and log1p(e^{-|y|}) all stay ≥ e^{-87} > FLT_MIN: normal. The
+        # NumPy twin (cap 88) differs only where |y| > 87, by less than e^{-87} ≈ 1.6e-38 a term.
         cap = 87.0 if logits.dtype.itemsize == 4 else 708.0
         self._need_c("bernoulli_nll", dlogits)
         n = logits.size

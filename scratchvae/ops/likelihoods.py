@@ -50,36 +50,60 @@ def bernoulli_nll_forward_backward(logits, x, dlogits, scratch, overwrite_logits
 
     Writes dlogits = σ(y) − x and returns Σ softplus(y) − x·y (0-d). ``scratch``: (N, D);
     with ``overwrite_logits`` the logits buffer is used as a second scratch (the model
-    does this: the logits are not needed after this block). ``bias``: an optional (D,)
-    vector added to the logits first, y = logits + bias: the layer's bias folded into this
-    block, so that a GPU reads and writes the (N, D) logits once instead of twice. Since
-    ∂y_nd/∂bias_d = 1, the bias gradient is Σ_n dlogits_n, which the caller forms as before
-    (``dense_backward``'s row sum); folding changes where the addition runs, not a derivative.
-    Both come from one exponential:
-        σ(y) = 1 / (1 + e^{−y}),   softplus(y) = y − log σ(y).
-    The exponent is capped, −y ≤ c (c = 88 in float32, 708 in float64, below overflow).
-    For y < −c the true softplus(y) < e^{−c} is below the smallest normal number, while
-    y − log σ becomes y + c + O(e^{−c}) < 0, so max(·, 0) gives the exact value there too;
-    σ is then e^{−c}-small, exact to the last representable digit. No value is clipped and
-    nothing overflows for any finite y. The sum is of the elementwise terms, so large
-    logits do not cancel between two large sums.
+    does this: the logits are not needed after this block; without it, one (N, D)
+    temporary is allocated). ``bias``: an optional (D,) vector added to the logits first,
+    y = logits + bias: the layer's bias folded into this block, so that a GPU reads and
+    writes the (N, D) logits once instead of twice. Since ∂y_nd/∂bias_d = 1, the bias
+    gradient is Σ_n dlogits_n, which the caller forms as before (``dense_backward``'s row
+    sum); folding changes where the addition runs, not a derivative. The NumPy body leaves
+    the elementwise terms in ``scratch`` (the accuracy tests read them there).
+
+    Both come from one exponential, t = e^{−y}, with the exponent clipped to [−c, c]
+    (c = 88 in float32, 708 in float64, so t, 1/t and 1 + t never overflow):
+        σ(y) = 1 / (1 + t)
+        softplus(y) − x·y = [max(y, 0) − x·y] + log1p(e^{−|y|}),   e^{−|y|} = min(t, 1/t)
+    (t ≤ 1 exactly when y ≥ 0). Each piece keeps its relative accuracy:
+      * e^{−|y|} ∈ (0, 1] is t or 1/t: the exponential's error plus at most one rounding;
+        log1p(u) for u ∈ [0, 1] has condition number u / ((1 + u) log1p(u)) ≤ 1.
+      * max(y, 0) − x·y is y − x·y for y ≥ 0 and −x·y for y < 0: one product, one
+        subtraction. For x ∈ [0, 1] it is ≥ 0 after rounding too (fl(x·y) ≤ y when y ≥ 0);
+        exact for x ∈ {0, 1}, and otherwise within u|x·y| of exact (u the unit roundoff)
+        before that subtraction's own rounding — no more than the term moves when x itself
+        changes by one rounding (∂/∂x = −y).
+      * both parts are ≥ 0, so their sum does not cancel.
+    So each term is within a few ulp of softplus(y) − x·y, in both tails: e^{y} for y ≪ 0,
+    x = 0, and e^{−y} for y ≫ 0, x = 1. (The form max(y − log σ(y), 0) − x·y gets these
+    by subtracting numbers of size |y|: 0.8% off at |y| = 10 in float32, 0 from |y| = 15.)
+    Beyond the cap, |y| > c, e^{−|y|} is taken as e^{−c}: each term is then off by at most
+    about e^{−c} (absolute; below the smallest normal float32 for c = 88), and no loss or
+    probability is clipped, nothing overflows, for any finite y. The sum is of the elementwise terms, so
+    large logits do not cancel between two large sums.
+
+    The gradient ∂/∂y (softplus(y) − x·y) = σ(y) − x is formed from t exactly as when the
+    loss read softplus(y) = y − log σ(y) (then t = e^{min(−y, c)}): clipping −y from below
+    changes t only where t < e^{−c}, and there 1 + t rounds to 1 either way. Training runs
+    keep their bits; only the reported loss changed (in its last digits, for most y).
     """
     xp = xp_of(logits)
     if bias is not None:
         logits = xp.add(logits, bias, out=logits if overwrite_logits else None)
     cap = 88.0 if logits.dtype.itemsize == 4 else 708.0
-    s = xp.negative(logits, out=dlogits)
-    xp.minimum(s, cap, out=s)
-    xp.exp(s, out=s)
-    s += 1.0
-    sig = xp.reciprocal(s, out=s)             # σ(y)
-    sp = xp.log(sig, out=scratch)
-    xp.subtract(logits, sp, out=sp)
-    xp.maximum(sp, 0.0, out=sp)               # softplus(y)
-    xy = xp.multiply(logits, x, out=logits if overwrite_logits else None)
-    sp -= xy                                  # softplus(y) − x·y
+    t = xp.negative(logits, out=dlogits)
+    xp.clip(t, -cap, cap, out=t)
+    xy = xp.multiply(logits, x, out=scratch)
+    # max(y, 0), written as clip(y, 0, ∞): the same values, but NumPy's clip loop runs about
+    # 3x faster than maximum against a scalar (measured on float32, NumPy 2.4)
+    a = xp.clip(logits, 0.0, math.inf, out=logits if overwrite_logits else None)
+    a -= xy                                   # max(y, 0) − x·y  (≥ 0)
+    xp.exp(t, out=t)                          # t = e^{−y}
+    e = xp.reciprocal(t, out=scratch)
+    xp.minimum(e, t, out=e)                   # e^{−|y|}
+    xp.log1p(e, out=e)
+    e += a                                    # softplus(y) − x·y
+    t += 1.0
+    sig = xp.reciprocal(t, out=t)             # σ(y)
     sig -= x                                  # dlogits = σ(y) − x
-    return xp.sum(sp)
+    return xp.sum(e)
 
 
 # -- Gaussian -----------------------------------------------------------------------
