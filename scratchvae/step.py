@@ -9,18 +9,22 @@ once per batch shape and replayed (:class:`~scratchvae.backend.graph.StepGraphs`
 
 What the body may not do, because a captured CUDA graph replays it without Python:
 
-* **allocate** after its first call at a batch shape: every buffer is made by that first
-  call (the model's workspace, the step's batch buffers, the optimizer's scratch), which
-  runs eagerly before the capture; a replay writes the same addresses;
+* **allocate a buffer that must outlive one step** after its first call at a batch shape:
+  its working buffers (the model's workspace, the step's batch buffers, the optimizer's
+  scratch) are made by that first call, which runs eagerly before the capture, and a replay
+  writes the same addresses. (Temporaries that live within one step, such as a reduction's
+  partial sums, come from the graph's private pool while it is captured.)
 * **synchronise** with the host or **read a device value on the host** (``float(x)``,
   ``.item()``, ``bool(x)``, ``if x.max() > ...`` on device data): a replay would not re-run
   it. Every per-step value is read on the device: the batch index ``bi``, the schedule's row
-  (the optimizer's coefficients and β), the random streams' counters;
+  (the optimizer's coefficients and β), the random streams' counters; every draw goes into
+  an existing buffer (``draw_*_into``);
 * **write host state**: the host advances its own copies (the optimizer's ``t``) between
   steps. Nothing writes ``model.beta``: β is an input, read from the schedule.
 
-A test runs the NumPy step and checks the first rule (no allocation after the first call);
-the rest is how the body is written, and the CuPy tests compare captured and eager steps.
+``tests/test_step.py`` checks on NumPy that a step after the first allocates no batch-sized
+buffer, and that the warm-up, the captured call and the uncaptured step ask for the same
+kernels, each of which the CUDA module has; the GPU tests compare captured and eager steps.
 
 Device state, written by the host only between steps (once per epoch):
 

@@ -89,7 +89,7 @@ class Backend:
         """Wait for queued device work (no-op on NumPy)."""
 
     def kernel(self, name: str):
-        """The kernel ``name`` of this backend, or None (NumPy: the block's body runs)."""
+        """The kernel ``name`` of this backend, or None (NumPy: none; the block's body runs)."""
         return None
 
     def __repr__(self):
@@ -242,7 +242,8 @@ def fused(kernel: str, on: str | None = None):
     the name of its kernel on other backends.
 
     ``on`` names the argument whose backend decides (default: the first parameter). NumPy
-    arrays run the body; any other array goes to its backend's kernel ``kernel``, called with
+    arrays run the body (or a compiled CPU twin, if the NumPy backend has one under the same
+    name); any other array goes to its backend's kernel ``kernel``, called with
     every argument of the block by name (defaults filled in, so a constant such as the
     leaky-ReLU slope has its one home in the block's signature), or raises BackendError if
     that backend has none.
@@ -265,7 +266,8 @@ def fused(kernel: str, on: str | None = None):
         def block(*args, **kwargs):
             a = args[where] if len(args) > where else kwargs[params[where]]
             if isinstance(a, np.ndarray):
-                return body(*args, **kwargs)
+                k = NUMPY.kernel(kernel)          # a compiled CPU twin, where there is one
+                return body(*args, **kwargs) if k is None else call_kernel(k, *args, **kwargs)
             b = backend_of(a)
             k = b.kernel(kernel)
             if k is None:

@@ -103,10 +103,12 @@ class StepGraphs:
 def gather_rows(src, perm, bi, batch, out):
     """out[r] = src[perm[bi·batch + r]] for r < len(out), with bi = ``bi[0]`` read on the device.
 
-    src (n, D); perm (n,) int64; bi (1,) int64; out (nb, D). NumPy: ``numpy.take``.
+    src (n, D); perm (n,) int64; bi (1,) int64; out (nb, D). NumPy: ``numpy.take``, in place.
     """
     start = int(bi[0]) * batch
-    np.take(src, perm[start:start + out.shape[0]], axis=0, out=out)
+    # mode="clip": the indices are a permutation's, always valid; NumPy's default "raise"
+    # buffers the whole output in a temporary before writing ``out``
+    np.take(src, perm[start:start + out.shape[0]], axis=0, out=out, mode="clip")
     return out
 
 

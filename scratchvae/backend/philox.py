@@ -157,14 +157,15 @@ def philox_rows(x, y, keys, work=None):
     return x, y
 
 
-def uniform24(u, out=None):
+def uniform24(u, out=None, work=None):
     """Float32 uniforms in (0, 1), one per word ``u`` (< 2**32): ``((u >> 8) | 1) * 2**-24``.
 
     ``(u >> 8) | 1 = 2 * (u >> 9) + 1`` is odd and below 2**24, so its float32 conversion and
-    the power-of-two scaling are exact: 2**23 values in ``[2**-24, 1 - 2**-24]``.
+    the power-of-two scaling are exact: 2**23 values in ``[2**-24, 1 - 2**-24]``. work:
+    optional scratch of u's shape and dtype for the odd integers (it may be ``u`` itself).
     """
     u = np.asarray(u)
-    odd = np.right_shift(u, 8, dtype=u.dtype)
+    odd = np.right_shift(u, 8, out=work, dtype=u.dtype)
     odd |= 1
     odd = odd.view(np.int64 if odd.dtype.itemsize == 8 else np.int32)  # < 2**24; faster to float
     return np.multiply(odd, _TWO_M24, out=out, dtype=np.float32, casting="unsafe")

@@ -48,6 +48,7 @@ _FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 _THREADS = 256
 _MAX_GRID = 4096  # grid-stride loops cover the rest; results do not depend on this
 _WORKSPACE_BLOCKS = 1 << 16  # NumPy streams keep scratch for draws up to this many blocks (7 MiB)
+_WORKSPACE_SIZES = 4         # ... for this many draw sizes (a step draws ε and corruption noise)
 
 
 def derive_key(seed, stream_id):
@@ -78,7 +79,7 @@ class Stream:
             self._d = xp.zeros(2, dtype=xp.uint32)  # (d_lo, d_hi), on the current device
         else:
             self._d = 0
-            self._ws = None
+            self._ws = {}
 
     def __repr__(self):
         return (f"Stream(seed={self.seed}, stream_id={self.stream_id}, "
@@ -123,7 +124,7 @@ class Stream:
             x, y = self._host_blocks(-(-n // 4))
             for t, words in enumerate((x[0], y[0], x[1], y[1])):  # word t of each block
                 m = len(range(t, n, 4))
-                uniform24(words[:m], out=flat[t::4])
+                uniform24(words[:m], out=flat[t::4], work=words[:m])   # the words are spent
         else:
             x, y = self._host_blocks(-(-n // 2))
             u = uniform53(x, y, out=self._ws_or_none("u", x), work=y)  # rows: (w0, w1), (w2, w3)
@@ -212,18 +213,19 @@ class Stream:
         return philox_rows(x, y, self._round_keys, work=ws["p"])
 
     def _ws_or_none(self, name, x):
-        """The workspace array ``name`` if ``x`` came from the kept workspace, else None."""
-        ws = self._ws
+        """The workspace array ``name`` if ``x`` came from a kept workspace, else None."""
+        ws = self._ws.get(x.shape[1])
         return ws[name] if ws is not None and ws["x"] is x else None
 
     def _workspace(self, n_blocks):
-        """Scratch arrays for draws of n_blocks blocks; the last size is kept (up to a cap).
+        """Scratch arrays for draws of n_blocks blocks; the last few sizes are kept (up to a cap).
 
         Reusing them matters: fresh arrays of a few hundred kB cost page faults on every draw,
-        about a third of the time of a 1024 x 20 normal draw.
+        about a third of the time of a 1024 x 20 normal draw; and a training step draws two
+        sizes from one stream (ε, and the corruption noise), each step.
         """
-        ws = self._ws
-        if ws is None or ws["n"] != n_blocks:
+        ws = self._ws.get(n_blocks)
+        if ws is None:
             j = numpy.arange(n_blocks, dtype=numpy.uint64)
             ws = {"n": n_blocks, "j_lo": j & numpy.uint64(_MASK32), "j_hi": j >> numpy.uint64(32)}
             for name in ("x", "y", "p"):
@@ -231,7 +233,9 @@ class Stream:
             ws["u"] = numpy.empty((2, n_blocks), dtype=numpy.float64)
             ws["f"] = numpy.empty((6, n_blocks), dtype=numpy.float64)  # box_muller scratch
             if n_blocks <= _WORKSPACE_BLOCKS:
-                self._ws = ws
+                if len(self._ws) >= _WORKSPACE_SIZES:
+                    self._ws.pop(next(iter(self._ws)))          # the oldest size
+                self._ws[n_blocks] = ws
         return ws
 
     def _launch(self, name, out, n, per_block):
