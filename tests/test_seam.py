@@ -1,0 +1,100 @@
+"""The fused-block seam: every block declares its kernel, every declared kernel exists and takes
+its block's arguments, and a device array never falls back to a NumPy body.
+
+Runs without a GPU: the CUDA module's launchers (``backend/_cupy_kernels.Kernels``) are built
+over the host stand-in for CuPy (``tests/_cuda_host.HostCupy``), and the kernels' compiled
+names are read from the CUDA source.
+"""
+
+import inspect
+import re
+
+import numpy as np
+import pytest
+
+import scratchvae.backend as backend
+import scratchvae.step  # noqa: F401  (declares record_losses)
+from scratchvae import ops
+from scratchvae.backend import DECLARED, Backend, _cupy_kernels
+from scratchvae.errors import BackendError
+
+from _cuda_host import HostCupy
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return _cupy_kernels.Kernels(HostCupy())
+
+
+def test_every_declared_kernel_exists_and_takes_its_blocks_arguments(kernels):
+    assert len(DECLARED) >= 12
+    for name, block in DECLARED.items():
+        launcher = kernels.get(name)
+        assert launcher is not None, f"{block.__qualname__} declares kernel {name!r}; the CUDA module has none"
+        want = list(inspect.signature(block.body).parameters)
+        got = list(inspect.signature(launcher).parameters)
+        assert got == want, f"kernel {name!r} takes {got}, its block {block.__qualname__} {want}"
+
+
+def test_every_kernel_belongs_to_a_block(kernels):
+    assert set(kernels.names()) == set(DECLARED)
+
+
+def test_every_activation_and_every_typed_kernel_is_in_the_cuda_source():
+    src = _cupy_kernels.CUDA_SRC
+    compiled = {name: int(code) for name, code in re.findall(r"ACT_KERNELS\((\w+), (\d+), T, SUF\)", src)}
+    assert compiled == _cupy_kernels.ACTIVATIONS and set(compiled) == set(ops.ACTIVATIONS)
+    typed = set(re.findall(r"__global__ void (\w+)_##SUF\(", src))
+    assert typed == {"finish_sum", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll", "adam",
+                     "adam_from", "gather_rows", "record_losses"}
+    assert re.search(r'extern "C" __global__ void load_row\(', src)
+    assert src.startswith(f"#define SV_THREADS {_cupy_kernels.THREADS}\n")
+
+
+class DeviceArray:
+    """Stands for an array of a GPU backend: not a NumPy array, owned by the fake backend."""
+
+    __module__ = "fakegpu"
+
+    def __init__(self, a):
+        self.a = a
+
+
+class FakeGPU(Backend):
+    name = "fakegpu"
+
+    def __init__(self, kernels):
+        super().__init__()
+        self.kernels = kernels
+
+    def kernel(self, name):
+        return self.kernels.get(name)
+
+
+def test_a_device_array_goes_to_the_kernel_or_raises(monkeypatch):
+    calls = []
+    fake = FakeGPU({"bias_act": lambda **kw: calls.append(sorted(kw)) or "from the kernel"})
+    monkeypatch.setattr(backend, "backend_of", lambda a: fake)
+    x = DeviceArray(np.zeros((2, 3), np.float32))
+    assert ops.bias_act_forward(x, None, "relu") == "from the kernel"
+    assert calls == [["b", "name", "out", "pre", "scratch", "slope"]]    # every argument, by name
+    with pytest.raises(BackendError, match=r"reparam_kl_forward: the fakegpu backend has no kernel "
+                                           r"'reparam_kl_forward'; refusing to run the NumPy body"):
+        ops.reparam_kl_forward(x, None, None, None, None)
+
+
+def test_the_constants_reach_the_kernel_as_arguments(monkeypatch):
+    seen = {}
+    fake = FakeGPU({"act_backward": lambda **kw: seen.update(kw),
+                    "reparam_kl_backward": lambda **kw: seen.update(kw)})
+    monkeypatch.setattr(backend, "backend_of", lambda a: fake)
+    x = DeviceArray(None)
+    ops.activation_backward("leaky_relu", x, x)
+    assert seen["slope"] == ops.LEAKY_SLOPE
+    ops.reparam_kl_backward(None, x, x, x, 1.0, x)
+    assert seen["limit"] == ops.LOGVAR_LIMIT
+
+
+def test_a_block_cannot_be_declared_twice():
+    with pytest.raises(BackendError, match="declared twice"):
+        backend.fused("bias_act")(lambda pre: pre)
