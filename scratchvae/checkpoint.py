@@ -308,14 +308,6 @@ def _show(value):
         return repr(value)
 
 
-def _differences(saved, current):
-    flat_saved, flat_current = _flatten(saved), _flatten(current)
-    for key in sorted(flat_saved.keys() | flat_current.keys()):
-        a, b = flat_saved.get(key, _MISSING), flat_current.get(key, _MISSING)
-        if a is _MISSING or b is _MISSING or not _same(a, b):
-            yield key, f"{key}: checkpoint has {_show(a)}, model has {_show(b)}"
-
-
 def config_differences(saved, current):
     """Lines ``key: checkpoint has X, model has Y`` for each differing key.
 
@@ -323,17 +315,13 @@ def config_differences(saved, current):
     on one side only shows ``nothing`` on the other. Values compare as JSON does after a
     round trip: tuples equal lists and 1 equals 1.0, but True differs from 1.
     """
-    return [line for _, line in _differences(saved, current)]
-
-
-def check_config(saved, current, keys=None):
-    """Raise CheckpointError listing every difference (only keys in ``keys`` and below, if given)."""
-    lines = [
-        line for key, line in _differences(saved, current)
-        if keys is None or any(key == k or key.startswith(f"{k}.") for k in keys)
-    ]
-    if lines:
-        raise CheckpointError("checkpoint config does not match the model:\n  - " + "\n  - ".join(lines))
+    flat_saved, flat_current = _flatten(saved), _flatten(current)
+    lines = []
+    for key in sorted(flat_saved.keys() | flat_current.keys()):
+        a, b = flat_saved.get(key, _MISSING), flat_current.get(key, _MISSING)
+        if a is _MISSING or b is _MISSING or not _same(a, b):
+            lines.append(f"{key}: checkpoint has {_show(a)}, model has {_show(b)}")
+    return lines
 
 
 # ---------------------------------------------------------------------------- run directories

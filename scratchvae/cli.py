@@ -69,48 +69,61 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    from .backend import BACKENDS
-    from .data import DATASETS
-    from .evaluate import DEFAULT_KS
-    from .inputs import BINARIZE
-    from .likelihoods import LIKELIHOODS
-    from .model import DTYPES, MODES, VAE
-    from .ops.activations import ACTIVATIONS
-    from .optim import OPTIMIZERS
-    from .runs import TrainConfig
-
-    model_default = {k: v.default for k, v in inspect.signature(VAE).parameters.items()}
-    train_default = TrainConfig()
     p = _Parser(prog="scratchvae", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"scratchvae {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    defaults = _library_defaults()
+    _add_train(sub, defaults)
+    _add_evaluate(sub)
+    for name, helptext in [("sample", "decode samples from the prior"), ("plot", "draw every figure of a run")]:
+        _add_view(sub, name, helptext)
+    _add_compare(sub, defaults)
+    return p
+
+
+def _library_defaults():
+    """The defaults of the model's and the training configuration's arguments."""
+    from .model import VAE
+    from .runs import TrainConfig
+
+    model = {k: v.default for k, v in inspect.signature(VAE).parameters.items()}
+    return {**model, **vars(TrainConfig())}
+
+
+def _add_train(sub, d):
+    from .backend import BACKENDS
+    from .data import DATASETS
+    from .inputs import BINARIZE
+    from .likelihoods import LIKELIHOODS
+    from .model import DTYPES, MODES
+    from .ops.activations import ACTIVATIONS
+    from .optim import OPTIMIZERS
 
     t = sub.add_parser("train", help="train a model and write a run directory")
-    d = t.add_argument_group("data")
-    d.add_argument("--dataset", default=train_default.dataset, choices=DATASETS)
-    d.add_argument("--data-dir", help="folder with the IDX files (raw or .gz)")
-    d.add_argument("--binarize", default=train_default.binarize, choices=BINARIZE)
-    d.add_argument("--corrupt", default=train_default.corrupt, help="none | gaussian:S | mask:P (denoising)")
+    g = t.add_argument_group("data")
+    g.add_argument("--dataset", default=d["dataset"], choices=DATASETS)
+    g.add_argument("--data-dir", help="folder with the IDX files (raw or .gz)")
+    g.add_argument("--binarize", default=d["binarize"], choices=BINARIZE)
+    g.add_argument("--corrupt", default=d["corrupt"], help="none | gaussian:S | mask:P (denoising)")
     m = t.add_argument_group("model")
-    m.add_argument("--hidden", type=_hidden, default=model_default["hidden"],
-                   help="encoder sizes, e.g. 400 or 512,256; '' is linear")
-    m.add_argument("--latent", type=_positive_int, default=model_default["latent"])
-    m.add_argument("--activation", default=model_default["activation"], choices=ACTIVATIONS)
-    m.add_argument("--likelihood", default=model_default["likelihood"], choices=list(LIKELIHOODS))
+    m.add_argument("--hidden", type=_hidden, default=d["hidden"], help="encoder sizes, e.g. 400 or 512,256; '' is linear")
+    m.add_argument("--latent", type=_positive_int, default=d["latent"])
+    m.add_argument("--activation", default=d["activation"], choices=ACTIVATIONS)
+    m.add_argument("--likelihood", default=d["likelihood"], choices=list(LIKELIHOODS))
     m.add_argument("--sigma", type=_sigma, default="fixed:1.0", help="Gaussian σ: fixed:V, shared or per-pixel")
-    m.add_argument("--beta", type=_nonneg_float, default=model_default["beta"])
-    m.add_argument("--mode", default=model_default["mode"], choices=list(MODES))
-    m.add_argument("--dtype", default=model_default["dtype"], choices=DTYPES)
+    m.add_argument("--beta", type=_nonneg_float, default=d["beta"])
+    m.add_argument("--mode", default=d["mode"], choices=list(MODES))
+    m.add_argument("--dtype", default=d["dtype"], choices=DTYPES)
     o = t.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=_positive_int, default=train_default.epochs, help="total epochs (also on resume)")
-    o.add_argument("--batch-size", type=_positive_int, default=train_default.batch_size)
-    o.add_argument("--lr", type=_positive_float, default=train_default.lr)
-    o.add_argument("--optimizer", default=train_default.optimizer, choices=list(OPTIMIZERS))
-    o.add_argument("--momentum", type=_nonneg_float, default=train_default.momentum, help="SGD momentum")
-    o.add_argument("--kl-warmup", type=_nonneg_float, default=train_default.kl_warmup, metavar="EPOCHS",
+    o.add_argument("--epochs", type=_positive_int, default=d["epochs"], help="total epochs (also on resume)")
+    o.add_argument("--batch-size", type=_positive_int, default=d["batch_size"])
+    o.add_argument("--lr", type=_positive_float, default=d["lr"])
+    o.add_argument("--optimizer", default=d["optimizer"], choices=list(OPTIMIZERS))
+    o.add_argument("--momentum", type=_nonneg_float, default=d["momentum"], help="SGD momentum")
+    o.add_argument("--kl-warmup", type=_nonneg_float, default=d["kl_warmup"], metavar="EPOCHS",
                    help="β rises linearly per step from 0 over this many epochs")
     r = t.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=model_default["seed"])
+    r.add_argument("--seed", type=int, default=d["seed"])
     r.add_argument("--backend", default="numpy", choices=BACKENDS)
     r.add_argument("--out", help="run directory (default runs/<timestamp>)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue this run to --epochs")
@@ -118,6 +131,11 @@ def build_parser():
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--no-graph", action="store_true",
                    help="cupy: run each step eagerly instead of replaying it as one CUDA graph")
+
+
+def _add_evaluate(sub):
+    from .backend import BACKENDS
+    from .evaluate import DEFAULT_KS
 
     e = sub.add_parser("evaluate", help="test −ELBO, importance-sampled log p(x), active units, probe")
     e.add_argument("run_dir")
@@ -128,29 +146,36 @@ def build_parser():
     e.add_argument("--backend", default=None, choices=BACKENDS)
     e.add_argument("--json", action="store_true", help="print the results as JSON")
 
-    for name, helptext in [("sample", "decode samples from the prior"), ("plot", "draw every figure of a run")]:
-        s = sub.add_parser(name, help=helptext)
-        s.add_argument("run_dir")
-        s.add_argument("--epoch", type=_positive_int)
-        s.add_argument("--n", type=_positive_int, default=64)
-        s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--sample-x", action="store_true", help="draw pixels from p(x|z) instead of decoder means")
-        s.add_argument("--out", help="output file (sample) or folder (plot)")
-        s.add_argument("--data-dir")
-        s.add_argument("--backend", default=None, choices=BACKENDS)
+
+def _add_view(sub, name, helptext):
+    from .backend import BACKENDS
+
+    s = sub.add_parser(name, help=helptext)
+    s.add_argument("run_dir")
+    s.add_argument("--epoch", type=_positive_int)
+    s.add_argument("--n", type=_positive_int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sample-x", action="store_true", help="draw pixels from p(x|z) instead of decoder means")
+    s.add_argument("--out", help="output file (sample) or folder (plot)")
+    s.add_argument("--data-dir")
+    s.add_argument("--backend", default=None, choices=BACKENDS)
+
+
+def _add_compare(sub, d):
+    from .backend import BACKENDS
+    from .data import DATASETS
 
     c = sub.add_parser("compare", help="AE vs KL-only vs VAE with a 2-D latent: latent spaces and decodes")
-    c.add_argument("--dataset", default=train_default.dataset, choices=DATASETS)
+    c.add_argument("--dataset", default=d["dataset"], choices=DATASETS)
     c.add_argument("--data-dir")
-    c.add_argument("--epochs", type=_positive_int, default=train_default.epochs)
-    c.add_argument("--batch-size", type=_positive_int, default=train_default.batch_size)
-    c.add_argument("--hidden", type=_hidden, default=model_default["hidden"])
-    c.add_argument("--lr", type=_positive_float, default=train_default.lr)
-    c.add_argument("--seed", type=int, default=model_default["seed"])
+    c.add_argument("--epochs", type=_positive_int, default=d["epochs"])
+    c.add_argument("--batch-size", type=_positive_int, default=d["batch_size"])
+    c.add_argument("--hidden", type=_hidden, default=d["hidden"])
+    c.add_argument("--lr", type=_positive_float, default=d["lr"])
+    c.add_argument("--seed", type=int, default=d["seed"])
     c.add_argument("--backend", default="numpy", choices=BACKENDS)
     c.add_argument("--out", default="compare.png")
     c.add_argument("--quiet", action="store_true")
-    return p
 
 
 # -- rendering ------------------------------------------------------------------------------

@@ -248,37 +248,47 @@ def linear_probe(codes_train, y_train, codes_test, y_test, method="softmax", rid
         raise InputError(f"method must be 'softmax' or 'lstsq', got {method!r}")
     classes = np.unique(ytr)
     Y = (ytr[:, None] == classes[None, :]).astype(np.float64)
-    L = Xtr.shape[1]
     if method == "lstsq":
-        A = np.hstack([Xtr, np.ones((len(Xtr), 1))])
-        G = A.T @ A
-        tr = float(np.trace(G[:L, :L]))
-        lam = ridge * (tr / L if tr > 0 else 1.0)
-        G[np.arange(L), np.arange(L)] += lam
-        B = np.linalg.solve(G, A.T @ Y)
-        scores = np.hstack([Xte, np.ones((len(Xte), 1))]) @ B
+        scores = _ridge_scores(Xtr, Y, Xte, ridge)
     else:
-        mean, std = Xtr.mean(axis=0), Xtr.std(axis=0)
-        std[std == 0] = 1.0
-        A = np.hstack([(Xtr - mean) / std, np.ones((len(Xtr), 1))])
-        n = len(A)
-        lip = 0.5 * float(np.linalg.eigvalsh(A.T @ A / n).max()) + l2
-        penal = np.ones((L + 1, 1))
-        penal[L] = 0.0                         # the bias is not penalised
-        W = np.zeros((L + 1, len(classes)))
-        V = W.copy()
-        for t in range(iters):
-            S = A @ V
-            S -= S.max(axis=1, keepdims=True)  # softmax is shift-invariant: no overflow
-            P = np.exp(S)
-            P /= P.sum(axis=1, keepdims=True)
-            grad = A.T @ (P - Y) / n + l2 * penal * V
-            W_next = V - grad / lip
-            V = W_next + (t / (t + 3)) * (W_next - W)
-            W = W_next
-        scores = np.hstack([(Xte - mean) / std, np.ones((len(Xte), 1))]) @ W
+        scores = _softmax_scores(Xtr, Y, Xte, l2, iters)
     pred = classes[np.argmax(scores, axis=1)]
     return float(np.mean(pred == yte))
+
+
+def _ridge_scores(Xtr, Y, Xte, ridge):
+    """Test scores of ridge least squares onto the one-hot labels Y (closed form)."""
+    L = Xtr.shape[1]
+    A = np.hstack([Xtr, np.ones((len(Xtr), 1))])
+    G = A.T @ A
+    tr = float(np.trace(G[:L, :L]))
+    G[np.arange(L), np.arange(L)] += ridge * (tr / L if tr > 0 else 1.0)
+    B = np.linalg.solve(G, A.T @ Y)
+    return np.hstack([Xte, np.ones((len(Xte), 1))]) @ B
+
+
+def _softmax_scores(Xtr, Y, Xte, l2, iters):
+    """Test scores of the softmax classifier of :func:`linear_probe` (Nesterov, step 1/Lip)."""
+    L = Xtr.shape[1]
+    mean, std = Xtr.mean(axis=0), Xtr.std(axis=0)
+    std[std == 0] = 1.0
+    A = np.hstack([(Xtr - mean) / std, np.ones((len(Xtr), 1))])
+    n = len(A)
+    lip = 0.5 * float(np.linalg.eigvalsh(A.T @ A / n).max()) + l2
+    penal = np.ones((L + 1, 1))
+    penal[L] = 0.0                         # the bias is not penalised
+    W = np.zeros((L + 1, Y.shape[1]))
+    V = W.copy()
+    for t in range(iters):
+        S = A @ V
+        S -= S.max(axis=1, keepdims=True)  # softmax is shift-invariant: no overflow
+        P = np.exp(S)
+        P /= P.sum(axis=1, keepdims=True)
+        grad = A.T @ (P - Y) / n + l2 * penal * V
+        W_next = V - grad / lip
+        V = W_next + (t / (t + 3)) * (W_next - W)
+        W = W_next
+    return np.hstack([(Xte - mean) / std, np.ones((len(Xte), 1))]) @ W
 
 
 # -- a whole run ---------------------------------------------------------------------------

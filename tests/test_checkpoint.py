@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from scratchvae import checkpoint as ckpt
 from scratchvae.checkpoint import (
     FORMAT_VERSION,
-    check_config,
     checkpoint_name,
     config_differences,
     latest_checkpoint,
@@ -411,22 +410,6 @@ def test_config_differences():
     assert config_differences(saved, dict(saved)) == []
     assert config_differences({"lr": 1}, {"lr": 1.0}) == []
     assert config_differences({"x": float("nan")}, {"x": float("nan")}) == []
-
-
-def test_check_config():
-    saved = {"latent": 20, "hidden": [400], "optim": {"lr": 1e-3}, "epochs": 10}
-    current = {"latent": 10, "hidden": [200], "optim": {"lr": 1e-2}, "epochs": 20}
-    with pytest.raises(CheckpointError) as info:
-        check_config(saved, current)
-    msg = str(info.value)
-    for line in config_differences(saved, current):
-        assert line in msg
-    with pytest.raises(CheckpointError) as info:
-        check_config(saved, current, keys=["latent", "optim"])
-    assert "latent: checkpoint has 20" in str(info.value) and "optim.lr" in str(info.value)
-    assert "epochs" not in str(info.value) and "hidden" not in str(info.value)
-    check_config(saved, current, keys=["nothing-here"])
-    check_config(saved, dict(saved))
 
 
 # ---------------------------------------------------------------------------- run directories

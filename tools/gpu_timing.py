@@ -13,7 +13,7 @@ from scratchvae.backend import get_backend
 from scratchvae.backend.graph import StepGraphs
 from scratchvae.optim import Adam
 from scratchvae.ops.dense import matmul, sum_rows
-from scratchvae.train_graph import make_graph_step
+from scratchvae.step import make_graph_step
 
 
 def timed(cp, fn, warm, steps):

@@ -10,8 +10,6 @@ one synchronize (the wall clock is recorded too).
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import time
 
 import numpy as np
@@ -65,44 +63,19 @@ def _adam(model):
     return Adam(model.theta, lr=LR, betas=BETAS, eps=ADAM_EPS)
 
 
-# -- the CUDA-graph step: the one place that knows its API ----------------------------------------
-def graph_factory():
-    """``make_graph_step`` from scratchvae.train (or scratchvae.backend.graph), or Skip."""
-    for name in ("scratchvae.train", "scratchvae.backend.graph"):
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        f = getattr(mod, "make_graph_step", None)
-        if f is not None:
-            return f
-    raise Skip("scratchvae.train.make_graph_step not found (the CUDA-graph step of "
-               "scratchvae.backend.graph has not landed yet)")
-
-
+# -- the CUDA-graph step ------------------------------------------------------------------------
 def make_graph_step(model, opt, x_example):
-    """A callable ``step(x) -> loss or None`` replaying the captured step on batch ``x``.
+    """``scratchvae.train.make_graph_step``: ``step(x)`` replays the captured training step on
+    batch ``x`` and returns its −ELBO as a 0-d device array; the gradients stay in
+    ``model.grad`` (the same-work check reads them there)."""
+    from scratchvae.train import make_graph_step as factory
 
-    Adapter over ``make_graph_step(model, opt, ...)``: passes ``batch_size`` / ``x`` when the
-    factory asks for them by name. The step must leave the gradients in ``model.grad``
-    (the same-work check reads them there).
-    """
-    factory = graph_factory()
-    params = inspect.signature(factory).parameters
-    kw = {}
-    if "batch_size" in params:
-        kw["batch_size"] = int(x_example.shape[0])
-    for name in ("x", "x_example", "example"):
-        if name in params:
-            kw[name] = x_example
-    step = factory(model, opt, **kw)
-    return step if callable(step) else getattr(step, "step")
+    return factory(model, opt, x_example)
 
 
 def graph_fallback(step):
     """Why the graph step runs eagerly (its capture failed), or None while it replays a graph."""
-    graphs = getattr(step, "graphs", None) or getattr(getattr(step, "__self__", None), "graphs", None)
-    return getattr(graphs, "failed", None)
+    return step.graphs.failed
 
 
 def _sync(xp):
@@ -136,7 +109,6 @@ def _check_graph(params, x64):
     model, else float32 (bound 1e-5, as in issue 5's float32 parity). The eager CuPy step is
     itself checked against numpy.
     """
-    graph_factory()  # Skip early, with its one line, if the graph step is absent
     failures = []
     for dtype, tol in (("float64", CHECK_TOL), ("float32", GRAPH_TOL_F32)):
         try:
@@ -246,9 +218,7 @@ def time_peer(spec):
         gstep = make_graph_step(model, opt, xs[0])
 
         def step(i):
-            loss = gstep(xs[i % len(xs)])
-            if loss is not None:
-                losses[i] = loss
+            losses[i] = gstep(xs[i % len(xs)])
         forced = "the graph's loss output copied into a device array per step; no host sync"
     else:
         def step(i):
@@ -339,20 +309,18 @@ def gemm_floor(xp, xs, params, B, warmup, steps, timer):
 
 
 def gemm_floor_graph(backend, xs, params, B, warmup, steps, timer):
-    """The same 11 products captured once as a CUDA graph and replayed (GPU, where
-    ``scratchvae.backend.graph`` exists): ``(ms per step, None)`` or ``(None, why not)``."""
-    try:
-        from scratchvae.backend.graph import StepGraphs
-    except ImportError:
-        return None, "scratchvae.backend.graph not found: the GPU floor is the eager one"
+    """The same 11 products captured once as a CUDA graph and replayed (GPU):
+    ``(ms per step, None)`` or ``(None, why not)``."""
+    from scratchvae.backend.graph import StepGraphs
+
     xp = backend.xp
     products = _products(xp, params, B)
     graphs = StepGraphs(backend)
     xbuf = xp.empty_like(xs[0])
 
     def run(i):
-        x = xs[i % len(xs)]
-        xbuf.data.copy_from_device_async(x.data, x.nbytes, stream=graphs.stream)
+        with graphs.context():
+            backend.copy(xbuf, xs[i % len(xs)])
         graphs.run(B, lambda: products(xbuf))
 
     try:

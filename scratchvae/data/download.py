@@ -137,19 +137,7 @@ def download_file(name, target_dir, *, mirrors, sha256, progress=None, timeout=1
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + name + ".gz"
         try:
-            _fetch(url, part, progress, timeout)
-            try:
-                got = payload_sha256(part)
-            except DataError as err:  # a corrupt gzip is a bad transfer: next mirror
-                raise _MirrorFailure(str(err)) from None
-            if got != sha256.lower():
-                raise ChecksumError(
-                    f"{url}: SHA-256 of the decompressed {name} does not match: "
-                    f"expected {sha256.lower()}, got {got}; the download was deleted"
-                )
-            final = target_dir / (f"{name}.gz" if is_gzip(part) else name)
-            os.replace(part, final)
-            return final
+            return _fetch_verified(url, part, name, sha256, progress, timeout)
         except _MirrorFailure as err:
             failures.append(f"{url}: {err}")
         finally:
@@ -157,6 +145,23 @@ def download_file(name, target_dir, *, mirrors, sha256, progress=None, timeout=1
     raise DownloadError(
         f"could not download {name} from any of {len(mirrors)} mirror(s): " + "; ".join(failures)
     )
+
+
+def _fetch_verified(url, part, name, sha256, progress, timeout):
+    """Fetch ``url`` into ``part``, check its payload's SHA-256 and move it to its final name."""
+    _fetch(url, part, progress, timeout)
+    try:
+        got = payload_sha256(part)
+    except DataError as err:  # a corrupt gzip is a bad transfer: next mirror
+        raise _MirrorFailure(str(err)) from None
+    if got != sha256.lower():
+        raise ChecksumError(
+            f"{url}: SHA-256 of the decompressed {name} does not match: "
+            f"expected {sha256.lower()}, got {got}; the download was deleted"
+        )
+    final = part.parent / (f"{name}.gz" if is_gzip(part) else name)
+    os.replace(part, final)
+    return final
 
 
 def download_dataset(dataset, target_dir, *, names=FILES, mirrors=None, sha256=None,

@@ -88,34 +88,8 @@ def read_idx(path, *, max_bytes=None):
 def _read_stream(f, path, limit, file_size):
     """Parse header and payload from ``f``; ``file_size`` is None when it is unknown (gzip)."""
     what = "decompressed content" if file_size is None else "file"
-    magic = f.read(4)
-    if len(magic) < 4:
-        raise DataError(
-            f"{path}: {what} too short for an IDX header: expected at least 4 bytes, "
-            f"got {len(magic)}"
-        )
-    if magic[0] != 0 or magic[1] != 0:
-        raise DataError(
-            f"{path}: bad IDX magic: expected 00 00 08 01 (labels) or 00 00 08 03 (images), "
-            f"got {_hex(magic)}"
-        )
-    if magic[2] != _UINT8:
-        raise DataError(
-            f"{path}: unsupported IDX element type: expected 0x08 (uint8), got 0x{magic[2]:02x}"
-        )
-    ndims = magic[3]
-    if ndims not in _NDIMS:
-        raise DataError(
-            f"{path}: expected 1 (labels) or 3 (images) IDX dimensions, got {ndims}"
-        )
-    raw_dims = f.read(4 * ndims)
-    if len(raw_dims) < 4 * ndims:
-        raise DataError(
-            f"{path}: truncated IDX header: expected {4 + 4 * ndims} bytes for {ndims} "
-            f"dimension(s), got {4 + len(raw_dims)}"
-        )
-    dims = struct.unpack(f">{ndims}I", raw_dims)
-    header = 4 + 4 * ndims
+    dims = _read_header(f, path, what)
+    header = 4 + 4 * len(dims)
     payload = 1
     for d in dims:
         payload *= d
@@ -148,6 +122,37 @@ def _read_stream(f, path, limit, file_size):
             f"bytes ({header}-byte header + {shape} uint8 items), got more"
         )
     return out.reshape(dims)
+
+
+def _read_header(f, path, what):
+    """The magic number and the dimensions of an IDX stream -> the dimensions."""
+    magic = f.read(4)
+    if len(magic) < 4:
+        raise DataError(
+            f"{path}: {what} too short for an IDX header: expected at least 4 bytes, "
+            f"got {len(magic)}"
+        )
+    if magic[0] != 0 or magic[1] != 0:
+        raise DataError(
+            f"{path}: bad IDX magic: expected 00 00 08 01 (labels) or 00 00 08 03 (images), "
+            f"got {_hex(magic)}"
+        )
+    if magic[2] != _UINT8:
+        raise DataError(
+            f"{path}: unsupported IDX element type: expected 0x08 (uint8), got 0x{magic[2]:02x}"
+        )
+    ndims = magic[3]
+    if ndims not in _NDIMS:
+        raise DataError(
+            f"{path}: expected 1 (labels) or 3 (images) IDX dimensions, got {ndims}"
+        )
+    raw_dims = f.read(4 * ndims)
+    if len(raw_dims) < 4 * ndims:
+        raise DataError(
+            f"{path}: truncated IDX header: expected {4 + 4 * ndims} bytes for {ndims} "
+            f"dimension(s), got {4 + len(raw_dims)}"
+        )
+    return struct.unpack(f">{ndims}I", raw_dims)
 
 
 def _hex(b):

@@ -125,6 +125,10 @@ def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=
     Returns (loss 0-d, dlog_sigma or None):
       loss = N·D·½ log 2π + Σ log σ + ½ Σ r²/σ²,  r = m − x
       dlog σ = Σ_(pixels sharing σ) (1 − r²/σ²)
+    Derivation, per pixel, with ℓ = ½ log 2π + log σ + ½ r² e^{−2 log σ}:
+      ∂ℓ/∂m = r e^{−2 log σ} = (m − x)/σ²
+      ∂ℓ/∂log σ = 1 + ½ r² · (−2) e^{−2 log σ} = 1 − r²/σ²
+    and a σ shared by several pixels (or rows) collects the sum of theirs.
     """
     xp = xp_of(mean)
     N, D = mean.shape
