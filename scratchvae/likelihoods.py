@@ -27,17 +27,8 @@ import math
 import numpy as np
 
 from .errors import InputError
+from .ops import likelihoods as ops
 from .ops.activations import sigmoid
-from .ops.likelihoods import (
-    bernoulli_nll_forward_backward,
-    bernoulli_nll_rows,
-    gaussian_nll_forward_backward,
-    gaussian_nll_rows,
-    sample_bernoulli,
-    sample_gaussian,
-    soft_floor_log_sigma,
-    soft_floor_log_sigma_backward,
-)
 
 SIGMA_KINDS = ("fixed", "shared", "per-pixel")
 LOGSIGMA = "dec.logsigma"
@@ -73,20 +64,20 @@ class Bernoulli:
 
     def forward_backward(self, y, x, dy, scratch, bias, params):
         """(Σ −log p(x|y), None), dy = σ(y + bias) − x; y is used as scratch."""
-        return bernoulli_nll_forward_backward(y, x, dy, scratch, overwrite_logits=True, bias=bias), None
+        return ops.bernoulli_nll_forward_backward(y, x, dy, scratch, overwrite_logits=True, bias=bias), None
 
     def backward_params(self, extra, params, grads):
         pass
 
     def nll_rows(self, y, x, params, dtype=None):
-        return bernoulli_nll_rows(y, x, dtype=dtype)
+        return ops.bernoulli_nll_rows(y, x, dtype=dtype)
 
     def mean(self, y, params, out=None):
         return sigmoid(y, out=out)
 
     def draw(self, mean, params, stream):
         u = stream.uniform(mean.shape, mean.dtype.name)
-        return sample_bernoulli(mean, u, out=u)
+        return ops.sample_bernoulli(mean, u, out=u)
 
     def log_sigma(self, params):
         raise InputError("a Bernoulli likelihood has no σ (log_sigma is for likelihood='gaussian')")
@@ -127,20 +118,20 @@ class Gaussian:
         """log σ: a float (fixed σ) or an array (1,) / (D,) (learned, with its soft floor)."""
         if not self.learned:
             return math.log(self.value)
-        return soft_floor_log_sigma(params[LOGSIGMA])
+        return ops.soft_floor_log_sigma(params[LOGSIGMA])
 
     def forward_backward(self, y, x, dy, scratch, bias, params):
         """(Σ −log p(x|y), ∂/∂log σ or None), dy = (y + bias − x)/σ²."""
         y += bias
-        return gaussian_nll_forward_backward(y, x, self.log_sigma(params), dy, scratch,
+        return ops.gaussian_nll_forward_backward(y, x, self.log_sigma(params), dy, scratch,
                                              per_pixel=self.kind == "per-pixel")
 
     def backward_params(self, dlog_sigma, params, grads):
         if self.learned:
-            grads[LOGSIGMA][...] = soft_floor_log_sigma_backward(dlog_sigma, params[LOGSIGMA])
+            grads[LOGSIGMA][...] = ops.soft_floor_log_sigma_backward(dlog_sigma, params[LOGSIGMA])
 
     def nll_rows(self, y, x, params, dtype=None):
-        return gaussian_nll_rows(y, x, self.log_sigma(params), dtype=dtype)
+        return ops.gaussian_nll_rows(y, x, self.log_sigma(params), dtype=dtype)
 
     def mean(self, y, params, out=None):
         if out is not None and out is not y:
@@ -149,7 +140,7 @@ class Gaussian:
         return y
 
     def draw(self, mean, params, stream):
-        return sample_gaussian(mean, self.log_sigma(params), stream.normal(mean.shape, mean.dtype.name))
+        return ops.sample_gaussian(mean, self.log_sigma(params), stream.normal(mean.shape, mean.dtype.name))
 
 
 LIKELIHOODS = {"bernoulli": Bernoulli, "gaussian": Gaussian}

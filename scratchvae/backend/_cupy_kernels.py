@@ -47,18 +47,12 @@ assert THREADS & (THREADS - 1) == 0, "the block reductions halve THREADS down to
 _CUDA_BODY = r"""
 typedef long long i64;
 
-__device__ __forceinline__ float  m_exp(float x)   { return expf(x); }
-__device__ __forceinline__ double m_exp(double x)  { return exp(x); }
-__device__ __forceinline__ float  m_expm1(float x) { return expm1f(x); }
-__device__ __forceinline__ double m_expm1(double x){ return expm1(x); }
-__device__ __forceinline__ float  m_log(float x)   { return logf(x); }
-__device__ __forceinline__ double m_log(double x)  { return log(x); }
-__device__ __forceinline__ float  m_log1p(float x) { return log1pf(x); }
-__device__ __forceinline__ double m_log1p(double x){ return log1p(x); }
-__device__ __forceinline__ float  m_tanh(float x)  { return tanhf(x); }
-__device__ __forceinline__ double m_tanh(double x) { return tanh(x); }
-__device__ __forceinline__ float  m_sqrt(float x)  { return sqrtf(x); }
-__device__ __forceinline__ double m_sqrt(double x) { return sqrt(x); }
+/* m_f(x): the float or the double function of the math library, chosen by x's type. */
+#define MATH_PAIR(NAME, F32, F64) \
+    __device__ __forceinline__ float NAME(float x) { return F32(x); } \
+    __device__ __forceinline__ double NAME(double x) { return F64(x); }
+MATH_PAIR(m_exp, expf, exp) MATH_PAIR(m_expm1, expm1f, expm1) MATH_PAIR(m_log, logf, log)
+MATH_PAIR(m_log1p, log1pf, log1p) MATH_PAIR(m_tanh, tanhf, tanh) MATH_PAIR(m_sqrt, sqrtf, sqrt)
 __device__ __forceinline__ float  m_ln2(float)     { return 0.693147180559945309417232121458176568f; }
 __device__ __forceinline__ double m_ln2(double)    { return 0.693147180559945309417232121458176568; }
 

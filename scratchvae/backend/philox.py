@@ -362,62 +362,66 @@ PHILOX_CUDA_SRC = PHILOX_DEVICE_SRC + r"""
     for (u64 j = (u64)blockIdx.x * blockDim.x + threadIdx.x; j < (B); \
          j += (u64)gridDim.x * blockDim.x)
 
-extern "C" __global__ void philox_uint32(u32 k0, u32 k1, const u32 *d, u32 *out, u64 n) {
+/* Fill out[0 .. n) from the draw's blocks: F turns block j's four words into F::K values
+   (four uniforms or words, or a pair of float64 values), which go to out[K j .. K j + K) (the
+   last block may be cut), each converted to T (double to float: to nearest even, as NumPy's
+   astype). */
+template <typename T, typename F>
+__device__ __forceinline__ void philox_fill(u32 k0, u32 k1, const u32 *d, T *out, u64 n, F f) {
     const u32 d_lo = d[0], d_hi = d[1];
-    const u64 B = (n + 3) / 4;
+    const u64 B = (n + F::K - 1) / F::K;
     GRID_STRIDE_BLOCKS(B) {
         u32 w[4];
+        typename F::V v[F::K];
         philox_block(j, k0, k1, d_lo, d_hi, w);
-        const u64 i = 4 * j;
-        for (int t = 0; t < 4; ++t) if (i + t < n) out[i + t] = w[t];
+        f(w, v);
+        const u64 i = F::K * j;
+        for (int t = 0; t < F::K; ++t) if (i + t < n) out[i + t] = (T)v[t];
     }
+}
+
+struct raw_words {
+    enum { K = 4 };
+    typedef u32 V;
+    __device__ void operator()(const u32 *w, u32 *v) const { for (int t = 0; t < 4; ++t) v[t] = w[t]; }
+};
+struct uniform24_words {
+    enum { K = 4 };
+    typedef float V;
+    __device__ void operator()(const u32 *w, float *v) const { for (int t = 0; t < 4; ++t) v[t] = uniform24(w[t]); }
+};
+struct uniform53_pair {
+    enum { K = 2 };
+    typedef double V;
+    __device__ void operator()(const u32 *w, double *v) const {
+        v[0] = uniform53(w[0], w[1]);
+        v[1] = uniform53(w[2], w[3]);
+    }
+};
+struct normal_words {
+    enum { K = 2 };
+    typedef double V;
+    __device__ void operator()(const u32 *w, double *v) const { box_muller(w, &v[0], &v[1]); }
+};
+
+extern "C" __global__ void philox_uint32(u32 k0, u32 k1, const u32 *d, u32 *out, u64 n) {
+    philox_fill(k0, k1, d, out, n, raw_words());
 }
 
 extern "C" __global__ void philox_uniform_f32(u32 k0, u32 k1, const u32 *d, float *out, u64 n) {
-    const u32 d_lo = d[0], d_hi = d[1];
-    const u64 B = (n + 3) / 4;
-    GRID_STRIDE_BLOCKS(B) {
-        u32 w[4];
-        philox_block(j, k0, k1, d_lo, d_hi, w);
-        const u64 i = 4 * j;
-        for (int t = 0; t < 4; ++t) if (i + t < n) out[i + t] = uniform24(w[t]);
-    }
+    philox_fill(k0, k1, d, out, n, uniform24_words());
 }
 
 extern "C" __global__ void philox_uniform_f64(u32 k0, u32 k1, const u32 *d, double *out, u64 n) {
-    const u32 d_lo = d[0], d_hi = d[1];
-    const u64 B = (n + 1) / 2;
-    GRID_STRIDE_BLOCKS(B) {
-        u32 w[4];
-        philox_block(j, k0, k1, d_lo, d_hi, w);
-        const u64 i = 2 * j;
-        out[i] = uniform53(w[0], w[1]);
-        if (i + 1 < n) out[i + 1] = uniform53(w[2], w[3]);
-    }
-}
-
-/* Normals of T = float (each float64 normal rounded to nearest even, as NumPy's astype) or double. */
-template <typename T>
-__device__ __forceinline__ void philox_normal(u32 k0, u32 k1, const u32 *d, T *out, u64 n) {
-    const u32 d_lo = d[0], d_hi = d[1];
-    const u64 B = (n + 1) / 2;
-    GRID_STRIDE_BLOCKS(B) {
-        u32 w[4];
-        double n1, n2;
-        philox_block(j, k0, k1, d_lo, d_hi, w);
-        box_muller(w, &n1, &n2);
-        const u64 i = 2 * j;
-        out[i] = (T)n1;
-        if (i + 1 < n) out[i + 1] = (T)n2;
-    }
+    philox_fill(k0, k1, d, out, n, uniform53_pair());
 }
 
 extern "C" __global__ void philox_normal_f32(u32 k0, u32 k1, const u32 *d, float *out, u64 n) {
-    philox_normal<float>(k0, k1, d, out, n);
+    philox_fill(k0, k1, d, out, n, normal_words());
 }
 
 extern "C" __global__ void philox_normal_f64(u32 k0, u32 k1, const u32 *d, double *out, u64 n) {
-    philox_normal<double>(k0, k1, d, out, n);
+    philox_fill(k0, k1, d, out, n, normal_words());
 }
 
 /* Plain Philox4x32-10 of n_blocks arbitrary counters (n_blocks x 4) under keys (n_blocks x 2):
