@@ -110,7 +110,7 @@ def _add_train(sub, d):
     m.add_argument("--latent", type=_positive_int, default=d["latent"])
     m.add_argument("--activation", default=d["activation"], choices=ACTIVATIONS)
     m.add_argument("--likelihood", default=d["likelihood"], choices=list(LIKELIHOODS))
-    m.add_argument("--sigma", type=_sigma, default="fixed:1.0", help="Gaussian σ: fixed:V, shared or per-pixel")
+    m.add_argument("--sigma", type=_sigma, default=d["sigma"], help="Gaussian σ: fixed:V, shared or per-pixel")
     m.add_argument("--beta", type=_nonneg_float, default=d["beta"])
     m.add_argument("--mode", default=d["mode"], choices=list(MODES))
     m.add_argument("--dtype", default=d["dtype"], choices=DTYPES)
@@ -149,12 +149,14 @@ def _add_evaluate(sub):
 
 def _add_view(sub, name, helptext):
     from .backend import BACKENDS
+    from .plots import plot_run
 
+    d = {k: v.default for k, v in inspect.signature(plot_run).parameters.items()}
     s = sub.add_parser(name, help=helptext)
     s.add_argument("run_dir")
     s.add_argument("--epoch", type=_positive_int)
-    s.add_argument("--n", type=_positive_int, default=64)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n", type=_positive_int, default=d["n"])
+    s.add_argument("--seed", type=int, default=d["seed"])
     s.add_argument("--sample-x", action="store_true", help="draw pixels from p(x|z) instead of decoder means")
     s.add_argument("--out", help="output file (sample) or folder (plot)")
     s.add_argument("--data-dir")

@@ -70,7 +70,7 @@ def gradcheck_model(model, x, eps=None, target=None, **kwargs) -> dict:
     """
     if model.dtype != np.float64:
         raise InputError(f"gradcheck_model needs a float64 model, got {model.dtype}")
-    if eps is None and model.mode != "ae":
+    if eps is None and model.posterior.stochastic:
         eps = model.rng["noise"].normal((x.shape[0], model.latent), "float64")
     res = model.loss_and_grads(x, eps=eps, target=target)
     grads = {k: model.xp.array(v, copy=True) for k, v in res.grads.items()}

@@ -1,3 +1,3 @@
 """The package version (its own module, so that code below the package's top imports it freely)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -42,10 +42,12 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture
 def backend(request):
     """A scratchvae Backend; cupy skips with a reason when no GPU is usable."""
-    from scratchvae.backend import cupy_usable, get_backend
+    from scratchvae.backend import cupy_unusable_reason, get_backend
 
-    if request.param == "cupy" and not cupy_usable():
-        pytest.skip("cupy backend: CuPy is not installed or sees no usable CUDA GPU")
+    if request.param == "cupy":
+        why = cupy_unusable_reason()
+        if why is not None:
+            pytest.skip(f"cupy backend: {why}")
     return get_backend(request.param)
 
 

@@ -73,11 +73,20 @@ class FakeGPU(Backend):
 
 def test_a_device_array_goes_to_the_kernel_or_raises(monkeypatch):
     calls = []
-    fake = FakeGPU({"bias_act": lambda **kw: calls.append(sorted(kw)) or "from the kernel"})
+
+    def launcher(pre, b, name, out, scratch, slope):
+        calls.append((pre, b, name, out, scratch, slope))
+        return "from the kernel"
+
+    fake = FakeGPU({"bias_act": launcher})
     monkeypatch.setattr(backend, "backend_of", lambda a: fake)
     x = DeviceArray(np.zeros((2, 3), np.float32))
-    assert ops.bias_act_forward(x, None, "relu") == "from the kernel"
-    assert calls == [["b", "name", "out", "pre", "scratch", "slope"]]    # every argument, by name
+    assert ops.bias_act_forward(x, None, "relu", scratch=7) == "from the kernel"
+    assert calls == [(x, None, "relu", None, 7, ops.LEAKY_SLOPE)]      # every argument, in order
+    with pytest.raises(TypeError):
+        ops.bias_act_forward(x, None)                                  # as Python would say
+    with pytest.raises(TypeError):
+        ops.bias_act_forward(x, None, "relu", nonsense=1)
     with pytest.raises(BackendError, match=r"reparam_kl_forward: the fakegpu backend has no kernel "
                                            r"'reparam_kl_forward'; refusing to run the NumPy body"):
         ops.reparam_kl_forward(x, None, None, None, None)
@@ -85,8 +94,8 @@ def test_a_device_array_goes_to_the_kernel_or_raises(monkeypatch):
 
 def test_the_constants_reach_the_kernel_as_arguments(monkeypatch):
     seen = {}
-    fake = FakeGPU({"act_backward": lambda **kw: seen.update(kw),
-                    "reparam_kl_backward": lambda **kw: seen.update(kw)})
+    fake = FakeGPU({"act_backward": lambda name, da, a, out, mask, slope: seen.update(slope=slope),
+                    "reparam_kl_backward": lambda dz, eps, std, ml, beta, dml, limit: seen.update(limit=limit)})
     monkeypatch.setattr(backend, "backend_of", lambda a: fake)
     x = DeviceArray(None)
     ops.activation_backward("leaky_relu", x, x)

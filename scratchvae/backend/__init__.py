@@ -244,7 +244,7 @@ def fused(kernel: str, on: str | None = None):
     ``on`` names the argument whose backend decides (default: the first parameter). NumPy
     arrays run the body (or a compiled CPU twin, if the NumPy backend has one under the same
     name); any other array goes to its backend's kernel ``kernel``, called with
-    every argument of the block by name (defaults filled in, so a constant such as the
+    every argument of the block in its order (defaults filled in, so a constant such as the
     leaky-ReLU slope has its one home in the block's signature), or raises BackendError if
     that backend has none.
     """
@@ -256,11 +256,19 @@ def fused(kernel: str, on: str | None = None):
             raise BackendError(f"kernel {kernel!r} is declared twice ({DECLARED[kernel].__qualname__}, "
                                f"{body.__qualname__})")
 
+        defaults = {n: q.default for n, q in sig.parameters.items() if q.default is not q.empty}
+
         def call_kernel(k, *args, **kwargs):
-            """Run the launcher ``k`` on the block's arguments, by name, defaults filled in."""
-            bound = sig.bind(*args, **kwargs)
-            bound.apply_defaults()
-            return k(**bound.arguments)
+            """Run the launcher ``k`` on every argument of the block, in the block's order,
+            defaults filled in (the launcher's parameters are the block's)."""
+            if len(args) > len(params) or not kwargs.keys() <= set(params[len(args):]):
+                sig.bind(*args, **kwargs)            # raises the TypeError Python would
+            try:
+                rest = [kwargs[n] if n in kwargs else defaults[n] for n in params[len(args):]]
+            except KeyError:
+                sig.bind(*args, **kwargs)            # a required argument is missing: TypeError
+                raise
+            return k(*args, *rest)
 
         @functools.wraps(body)
         def block(*args, **kwargs):

@@ -74,7 +74,8 @@ class Stream:
         self.xp = xp
         if not inspect.ismodule(xp):
             raise BackendError(f"xp must be the numpy or cupy module, got {xp!r}")
-        self._cupy = backend_of(xp).name == "cupy"
+        self._backend = backend_of(xp)
+        self._cupy = self._backend.name == "cupy"
         if self._cupy:
             self._d = xp.zeros(2, dtype=xp.uint32)  # (d_lo, d_hi), on the current device
         else:
@@ -260,8 +261,7 @@ class Stream:
         return out
 
     def _check_out(self, out):
-        module = type(out).__module__.split(".")[0]
-        if not (module == ("cupy" if self._cupy else "numpy") and hasattr(out, "dtype")):
+        if not self._backend.owns(out):
             raise BackendError(f"out must be a {self.xp.__name__} array for this "
                                f"{self.xp.__name__} stream, got {type(out).__module__}."
                                f"{type(out).__name__}")
