@@ -221,8 +221,6 @@ class BatchStep:
         self.row += 1
         return self.step.losses[self.row - 1, 0]
 
-    step_ = __call__
-
 
 def make_graph_step(model, opt, x_example):
     """A :class:`BatchStep` for ``model`` and ``opt`` at ``x_example``'s shape: ``step(x)``."""
