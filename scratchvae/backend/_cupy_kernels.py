@@ -308,6 +308,19 @@ __device__ void gather_rows(const T* src, const i64* perm, const i64* bi, i64 B,
     GRID_STRIDE(i, nb * d) { i64 r = i / d, c = i - r * d; out[i] = src[perm[base + r] * d + c]; }
 }
 
+/* losses[bi] = (bound, recon, kl) (the importance-weighted objective's row); flag and bi as below. */
+template <typename T>
+__device__ void record_bound_losses(const T* bound, const T* recon, const T* kl, double* losses, i64* bi,
+                                    i64* flag) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        i64 b = bi[0];
+        T lb = bound[0];
+        losses[3 * b] = (double)lb; losses[3 * b + 1] = (double)recon[0]; losses[3 * b + 2] = (double)kl[0];
+        if (!(lb - lb == T(0)) && flag[0] < 0) flag[0] = b;
+        bi[0] = b + 1;
+    }
+}
+
 /* losses[bi] = (recon + kl, recon, kl); the first non-finite row's index goes to flag; bi += 1. */
 template <typename T>
 __device__ void record_losses(const T* recon, const T* kl, double* losses, i64* bi, i64* flag) {
@@ -348,7 +361,10 @@ extern "C" __global__ void fullcov_reparam_kl_forward_##SUF(T* h, const T* b, co
     { fullcov_fwd<T>(h, b, eps, z, S, n, L, lim, partials); } \
 extern "C" __global__ void fullcov_reparam_kl_backward_##SUF(const T* dz, const T* eps, const T* S, const T* h, \
         const double* beta_p, T beta_s, T* dh, i64 n, i64 L, T lim) \
-    { fullcov_bwd<T>(dz, eps, S, h, beta_p, beta_s, dh, n, L, lim); }
+    { fullcov_bwd<T>(dz, eps, S, h, beta_p, beta_s, dh, n, L, lim); } \
+extern "C" __global__ void record_bound_losses_##SUF(const T* bound, const T* recon, const T* kl, double* losses, \
+        i64* bi, i64* flag) \
+    { record_bound_losses<T>(bound, recon, kl, losses, bi, flag); }
 
 TYPED_KERNELS(float, f32)
 TYPED_KERNELS(double, f64)
@@ -386,7 +402,7 @@ class Kernels:
         self._table = {name: getattr(self, name) for name in (
             "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
             "adam", "adam_from", "matmul", "sum_rows", "gather_rows", "load_row", "record_losses",
-            "fullcov_reparam_kl_forward", "fullcov_reparam_kl_backward")}
+            "fullcov_reparam_kl_forward", "fullcov_reparam_kl_backward", "record_bound_losses")}
 
     def get(self, name):
         """The launcher of kernel ``name`` (a Python callable), or None if there is none."""
@@ -592,6 +608,11 @@ class Kernels:
         if kl.dtype != recon.dtype:
             kl = kl.astype(recon.dtype)
         self.fn("record_losses_" + suf)((1,), (1,), (recon, kl, losses, bi, flag))
+
+    def record_bound_losses(self, bound, recon, kl, losses, bi, flag):
+        suf = self._suffix(bound)
+        recon, kl = (a if a.dtype == bound.dtype else a.astype(bound.dtype) for a in (recon, kl))
+        self.fn("record_bound_losses_" + suf)((1,), (1,), (bound, recon, kl, losses, bi, flag))
 
     def _vector_or_null(self, v, size, dtype):
         """A folded-in bias: a contiguous (size,) array of ``dtype``, or a null pointer for None."""
