@@ -424,6 +424,7 @@ def cmd_compare(a):
     for name, acc in res["probe_accuracy"].items():
         print(f"{name:8s} linear-probe accuracy {acc:.3f}")
     print(res["figure"])
+    print(res["posterior_figure"])
     return 0
 
 

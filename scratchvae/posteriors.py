@@ -13,6 +13,7 @@ posterior turns them into a sample z and KL(q ‖ p) with p = N(0, I), and back:
 ``split(head)``                             the parameters of q for each row (``encode``)
 ``sample(params, eps)``                     z from the parameters and standard normals ε
 ``std(params)``                             the standard deviation of each unit of q
+``covariance(params)``                      Cov q (…, L, L) (the figures' ellipses)
 ``log_det_rows(params, dtype)``             log |det ∂z/∂ε| per row
 ``log_q_rows(eps, params, dtype)``          log q(z|x) per row for the z that ε made
 ``log_prior_rows(z, dtype)``                log p(z) per row, p = N(0, I)
@@ -135,6 +136,11 @@ class DiagonalGaussian(_Gaussian):
         """The standard deviation of each unit of q, σ = exp(½ logvar)."""
         return xp_of(params[1]).exp(0.5 * params[1])
 
+    def covariance(self, params):
+        """diag(e^{logvar}) (…, L, L)."""
+        xp = xp_of(params[1])
+        return xp.exp(params[1])[..., None] * xp.eye(params[1].shape[-1], dtype=params[1].dtype)
+
     def log_det_rows(self, params, dtype=None):
         """log |det ∂z/∂ε| = Σ_j log σ_j = ½ Σ_j logvar_j per row."""
         return 0.5 * xp_of(params[1]).sum(params[1], axis=-1, dtype=dtype)
@@ -178,6 +184,11 @@ class FullGaussian(_Gaussian):
     def std(self, params):
         """The standard deviation of each unit of q, √(SSᵀ)_ii."""
         return fullcov.fullcov_std(params[1])
+
+    def covariance(self, params):
+        """S Sᵀ (…, L, L)."""
+        S = params[1]
+        return S @ xp_of(S).swapaxes(S, -1, -2)
 
     def log_det_rows(self, params, dtype=None):
         """log |det ∂z/∂ε| = log det S = Σ_i log S_ii per row."""
