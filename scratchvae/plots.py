@@ -124,7 +124,10 @@ MODE_NAMES = {"vae": "VAE", "ae": "AE", "kl-only": "KL-only"}
 
 
 def _describe(model):
-    return f"{MODE_NAMES[model.mode]}, L = {model.latent}, {model.likelihood.name}"
+    extra = model.config_extras()
+    more = (", full-covariance q" if "posterior" in extra else "") + (
+        f", IWAE K = {model.iw_samples}" if "objective" in extra else "")
+    return f"{MODE_NAMES[model.mode]}, L = {model.latent}, {model.likelihood.name}{more}"
 
 
 # -- arrays ------------------------------------------------------------------------------------
@@ -521,15 +524,16 @@ def arithmetic_figure(model, test, path, train=None, pairs=3, per_row=8, seed=0)
 
 
 # -- 8 loss curves ---------------------------------------------------------------------------------------
-def loss_figure(history, path, title=""):
-    """Per-epoch train and test −ELBO, reconstruction and KL (nats per image) from a run's history."""
+def loss_figure(history, path, title="", loss=None):
+    """Per-epoch train and test −ELBO, reconstruction and KL (nats per image) from a run's history;
+    ``loss`` names the first panel if its loss is not the −ELBO (an importance-weighted run's −L_K)."""
     if not history:
         raise InputError("history is empty: no epoch has finished yet")
     epochs = [r["epoch"] for r in history]
     with _drawing("losses", path=path) as (plt, fig):
         axes = fig.subplots(1, 3)
         for ax, key, name in zip(axes, ("loss", "recon", "kl"),
-                                 ("−ELBO (recon + KL)", "reconstruction −log p(x|z)", "KL(q(z|x) ‖ p(z))")):
+                                 (loss or "−ELBO (recon + KL)", "reconstruction −log p(x|z)", "KL(q(z|x) ‖ p(z))")):
             for split, style in (("train", "o-"), ("test", "s--")):
                 ys = [r.get(f"{split}_{key}") for r in history]
                 if all(y is not None for y in ys):
@@ -682,7 +686,8 @@ def plot_run(run, train, test, out_dir, n=64, seed=0, draw=False):
     if run.history:
         epoch = run.meta.get("epoch") if isinstance(getattr(run, "meta", None), dict) else None
         title = _describe(model) + (f", epoch {epoch}" if epoch else "")
-        paths.append(loss_figure(run.history, f["losses"], title=title))
+        loss = f"−L_{model.iw_samples} (importance-weighted bound)" if model.objective == "iwae" else None
+        paths.append(loss_figure(run.history, f["losses"], title=title, loss=loss))
     if model.latent == 2:
         paths.append(posterior_figure(model, test, f["posteriors"], seed=seed))
     return paths

@@ -135,6 +135,8 @@ def test_the_step_records_the_bound_beside_the_elbo_parts():
     r = ref.loss_and_grads(x)                   # the same ε: the same 'noise' stream, same state
     assert loss == float(r.bound) != float(r.neg_elbo)
     np.testing.assert_array_equal(step.step.losses[0], [float(r.bound), float(r.recon), float(r.kl)])
+    per = r.per_sample()
+    assert per["neg_iw_bound"] == per["objective"] == float(r.bound) / 32 and float(r.loss) == float(r.bound)
 
 
 def test_a_run_reports_the_bound_and_loads_back(tmp_path, capsys):

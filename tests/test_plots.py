@@ -34,13 +34,15 @@ def data():
 
 @pytest.fixture(scope="module")
 def runs(data, tmp_path_factory):
-    """name -> Run: VAE with L = 2 and L = 5, an AE, a Gaussian VAE with a learned σ."""
+    """name -> Run: VAE with L = 2 and L = 5, an AE, a Gaussian VAE with a learned σ, and a
+    full-covariance VAE trained on the importance-weighted bound."""
     train, test = data
     specs = {
         "vae2": dict(latent=2),
         "vae5": dict(latent=5),
         "ae2": dict(latent=2, mode="ae"),
         "gauss3": dict(latent=3, likelihood="gaussian", sigma="shared"),
+        "full2iw": dict(latent=2, posterior="full", objective="iwae", iw_samples=2),
     }
     out = {}
     for name, kw in specs.items():
@@ -65,7 +67,7 @@ def check_png(path, kind, columns=1):
     return img
 
 
-@pytest.mark.parametrize("name", ["vae2", "vae5", "ae2", "gauss3"])
+@pytest.mark.parametrize("name", ["vae2", "vae5", "ae2", "gauss3", "full2iw"])
 def test_plot_run_writes_every_figure(runs, data, tmp_path, name):
     import matplotlib.pyplot as plt
 
