@@ -231,7 +231,7 @@ def _add_evaluate(sub):
     e.add_argument("run_dir", metavar="RUN", help="a run folder (as written by train)")
     e.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
     e.add_argument("--limit", type=_positive_int, metavar="N", help="use the first N test images (default: all)")
-    e.add_argument("--ks", type=_ks, default=",".join(map(str, DEFAULT_KS)),
+    e.add_argument("--ks", type=_ks, default=",".join(map(str, DEFAULT_KS)), metavar="K,K,...",
                    help="importance samples K per image, comma-separated")
     e.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is read (default: where it was)")
     e.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
@@ -533,7 +533,6 @@ def _train_new(a):
 def _train(a, folder, replacing, train, *args, **kwargs):
     """Run ``train`` (fit or resume) with ``args`` into ``folder``, render it, report an interrupt
     or a failure, and move a completed run that replaces another (``replacing``) into its place."""
-    from .errors import ScratchVAEError
     from .runs import finish_replacement
     from .train import Interrupted
 
