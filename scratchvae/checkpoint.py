@@ -10,7 +10,10 @@ and decides what the names mean.
 
 Writes are atomic: the archive goes to ``.<name>.tmp-<pid>`` in the same directory, is
 fsync'ed, then ``os.replace``'d onto the final name and the directory fsync'ed. A crash or
-a full disk at any moment leaves the previous checkpoint under that name intact.
+a full disk at any moment leaves the previous checkpoint under that name intact. A writer
+killed outright leaves its temporary file behind; :func:`remove_stale_temps` removes those
+whose process is gone (the run directory does so when it is next opened). Text files
+(a run's config.json, metrics.jsonl) are written the same way by :func:`write_text`.
 
 Reads trust nothing: every way a file can be missing, cut short, corrupted, too new or
 hold pickled objects becomes a :class:`CheckpointError` naming the file, and each entry's
@@ -25,6 +28,7 @@ import json
 import math
 import os
 import re
+import shutil
 import struct
 import zipfile
 import zlib
@@ -107,6 +111,67 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
+def temp_path(path):
+    """``.<name>.tmp-<pid>`` beside ``path``: where this process writes before renaming."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+_TEMP_RE = re.compile(r"\.(.+)\.tmp-(\d+)")
+
+
+def _alive(pid):
+    """Whether process ``pid`` may still run (anything but a clear 'no such process' is yes)."""
+    if pid == os.getpid() or os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temps(directory, name=None):
+    """Remove the temporary files (or folders) ``.<name>.tmp-<pid>`` in ``directory`` whose
+    writer process no longer exists; only those of ``name`` if given. Returns what was removed;
+    one that cannot be removed is left (a read-only folder is no error)."""
+    directory, removed = Path(directory), []
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        m = _TEMP_RE.fullmatch(p.name)
+        if m is None or (name is not None and m.group(1) != name) or _alive(int(m.group(2))):
+            continue
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except OSError:
+            continue
+        removed.append(p)
+    return removed
+
+
+def write_text(path, text):
+    """Write ``text`` to ``path`` atomically (a temporary file, fsync, rename, fsync of the folder)."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
 def save_checkpoint(path, arrays, meta):
     """Atomically write ``arrays`` (name -> numpy array) and JSON ``meta`` to ``path``.
 
@@ -117,7 +182,7 @@ def save_checkpoint(path, arrays, meta):
     path = Path(path)
     _check_arrays(arrays)
     meta_text = _meta_json(meta)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             _write_npz(f, arrays, meta_text)
@@ -273,6 +338,19 @@ def load_checkpoint(path, *, expected=None):
     return entries, meta
 
 
+def read_meta(path):
+    """Only the metadata of the checkpoint at ``path`` (its arrays are not read)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            entries = {META_KEY: npz[META_KEY]}
+    except CheckpointError:
+        raise
+    except _READ_ERRORS as exc:
+        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(exc).__name__}: {exc})") from None
+    return _parse_meta(path, entries)
+
+
 # ---------------------------------------------------------------------------- config
 
 def _flatten(d, prefix=""):
@@ -343,16 +421,25 @@ def checkpoint_name(epoch, batch=None):
     return f"epoch-{epoch:04d}-batch-{batch:06d}.npz"
 
 
-def _progress(name):
-    """(epoch, batch) sort key; end of epoch sorts after all its mid-epoch checkpoints."""
+def checkpoint_position(name):
+    """``(epoch, batch)`` a checkpoint's file name stands for (batch None at an epoch's end), or
+    None for any other name (temporary files, non-canonical spellings such as epoch-00003.npz)."""
     m = _NAME_RE.fullmatch(name)
     if m is None:
         return None
     epoch = int(m.group(1))
     batch = None if m.group(2) is None else int(m.group(2))
-    if checkpoint_name(epoch, batch) != name:  # non-canonical spelling, e.g. epoch-00003.npz
+    if checkpoint_name(epoch, batch) != name:
         return None
-    return (epoch, math.inf if batch is None else batch)
+    return epoch, batch
+
+
+def _progress(name):
+    """(epoch, batch) sort key; end of epoch sorts after all its mid-epoch checkpoints."""
+    pos = checkpoint_position(name)
+    if pos is None:
+        return None
+    return (pos[0], math.inf if pos[1] is None else pos[1])
 
 
 def list_checkpoints(ckpt_dir):

@@ -1,8 +1,9 @@
 """The ``scratchvae`` command: train, evaluate, sample, plot, compare.
 
-User errors (bad flags, bad files, bad data) print one line, ``scratchvae: error: ...``,
-and exit with status 2; tracebacks are kept for bugs. The library never prints: this
-module renders its callbacks (a tqdm bar on a terminal, one line per epoch always).
+User errors (bad flags, bad files, bad data, a flag that does not apply) print one line,
+``scratchvae: error: ...``, naming the flag, and exit with status 2; tracebacks are kept for
+bugs. Every check that can fail runs before anything is written. The library never prints:
+this module renders its callbacks (a tqdm bar on a terminal, one labelled line per epoch).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import datetime as _dt
 import inspect
 import json
+import math
 import shlex
 import signal
 import sys
@@ -21,6 +23,13 @@ from .errors import ScratchVAEError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 128 + 2   # 128 + the signal's number, as a shell reports it: SIGINT 130, SIGTERM 143
+DESCRIPTION = "scratchvae: a variational autoencoder written from scratch on NumPy (CuPy on a GPU)."
+ENVIRONMENT = """environment variables:
+  SCRATCHVAE_OFFLINE    set to 1 to never download (the embedded data needs no download)
+  SCRATCHVAE_CACHE_DIR  where downloaded datasets are kept
+                        (default: $XDG_CACHE_HOME/scratchvae, else ~/.cache/scratchvae)"""
+RESUMABLE = ("epochs", "backend", "no_graph", "quiet", "keep", "data_dir", "resume", "out")
+"""train's flags that --resume takes as given; every other one must equal the run's own value."""
 
 
 # -- argument parsing -----------------------------------------------------------------------
@@ -42,7 +51,7 @@ def _checked(cast, ok, expected):
     def parse(s):
         try:
             v = cast(s)
-        except ValueError:
+        except (ValueError, ScratchVAEError):
             v = None
         if v is None or not ok(v):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {s!r}")
@@ -50,180 +59,331 @@ def _checked(cast, ok, expected):
     return parse
 
 
+def _library_check(check, expected):
+    """An argparse type that keeps the text once ``check(text)`` (a library check) accepts it."""
+    return _checked(lambda s: s if check(s) is not None else None, lambda v: True, expected)
+
+
+def _keep(s):
+    return None if s == "all" else _positive_count(s)
+
+
+def _check_ks(s):
+    from .evaluate import check_ks
+
+    return check_ks(int(p) for p in s.split(","))
+
+
+def _check_figure(s):
+    from .plots import figure_format
+
+    return figure_format(s)
+
+
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_nonneg_float = _checked(float, lambda v: v >= 0, "a number >= 0")
-_positive_float = _checked(float, lambda v: v > 0, "a number > 0")
+_nonneg_float = _checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
+_positive_float = _checked(float, lambda v: 0 < v < math.inf, "a finite number > 0")
+_fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+_seed = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")
+_positive_count = _checked(int, lambda v: v >= 1, "a positive number of checkpoints or 'all'")
+_ks = _checked(_check_ks, lambda v: True, "comma-separated positive integers like 1,10,100")
+_figure_file = _library_check(_check_figure, "a file name ending in .png, .pdf, .svg or .jpg")
 
 
-def _sigma(s):
-    if s in ("shared", "per-pixel") or s.startswith("fixed:"):
-        return s
-    raise argparse.ArgumentTypeError(f"expected fixed:V, shared or per-pixel, got {s!r}")
+class _Given(argparse.Action):
+    """argparse's ``store`` (and, with nargs=0, ``store_true``) that also notes in ``given``
+    which flags the command line named, so a flag that does not apply can be refused."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        namespace.given = getattr(namespace, "given", frozenset()) | {self.dest}
+
+
+def _flag(**kw):
+    return _Given(nargs=0, const=True, **{"default": False, **kw})
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Help that shows each option's default, as ArgumentDefaultsHelpFormatter does, but not
+    for options without one (None) nor for switches (False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or \
+                action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _TopFormatter(argparse.RawDescriptionHelpFormatter, _Formatter):
+    """The top-level help: its epilog (the environment variables) keeps its lines."""
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors as one line, like every other user error (usage: --help)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Given)
+        self.register("action", "store", _Given)
+        self.register("action", "store_true", _flag)
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"scratchvae: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def build_parser():
-    p = _Parser(prog="scratchvae", description=__doc__.splitlines()[0])
+    p = _Parser(prog="scratchvae", description=DESCRIPTION, epilog=ENVIRONMENT, formatter_class=_TopFormatter)
     p.add_argument("--version", action="version", version=f"scratchvae {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     defaults = _library_defaults()
     _add_train(sub, defaults)
     _add_evaluate(sub)
-    for name, helptext in [("sample", "decode samples from the prior"), ("plot", "draw every figure of a run")]:
-        _add_view(sub, name, helptext)
+    _add_sample(sub, defaults)
+    _add_plot(sub, defaults)
     _add_compare(sub, defaults)
     return p
+
+
+def _verb(sub, name, summary, details=""):
+    return sub.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}.{details}")
 
 
 def _library_defaults():
     """The defaults of the model's and the training configuration's arguments."""
     from .model import VAE
-    from .runs import TrainConfig
+    from .plots import plot_run
+    from .runs import DEFAULT_KEEP, TrainConfig
 
     model = {k: v.default for k, v in inspect.signature(VAE).parameters.items()}
-    return {**model, **vars(TrainConfig())}
+    view = {k: v.default for k, v in inspect.signature(plot_run).parameters.items()}
+    d = {**model, **vars(TrainConfig()), "keep": DEFAULT_KEEP, "n": view["n"], "view_seed": view["seed"]}
+    d["hidden"] = ",".join(map(str, d["hidden"]))       # as typed on the command line
+    d["sigma"] = f"fixed:{d['sigma']:g}"
+    return d
 
 
 def _add_train(sub, d):
-    from .backend import BACKENDS
+    t = _verb(sub, "train", "train a model and write a run folder, or continue one with --resume",
+              " A run folder holds config.json, metrics.jsonl (one row per epoch) and checkpoints/.")
+    _add_data_flags(t.add_argument_group("data"), d)
+    _add_model_flags(t.add_argument_group("model"), d)
+    _add_optim_flags(t.add_argument_group("optimisation"), d)
+    _add_run_flags(t.add_argument_group("run"), d)
+
+
+def _add_data_flags(g, d):
     from .data import DATASETS
-    from .inputs import BINARIZE
-    from .likelihoods import LIKELIHOODS
+    from .inputs import BINARIZE, parse_corrupt
+
+    g.add_argument("--dataset", default=d["dataset"], choices=DATASETS,
+                   help="the MNIST subset inside the package, or a dataset read from --data-dir or downloaded")
+    g.add_argument("--data-dir", metavar="DIR", help="mnist / fashion-mnist: read the four IDX files (raw or .gz) "
+                   "from DIR instead of downloading them into the cache")
+    g.add_argument("--binarize", default=d["binarize"], choices=BINARIZE,
+                   help="make pixels 0/1: once per image (static) or at every step (dynamic)")
+    g.add_argument("--corrupt", default=d["corrupt"], metavar="SPEC", type=_library_check(parse_corrupt,
+                   "none, gaussian:S (S > 0) or mask:P (0 < P < 1)"),
+                   help="denoising: none, gaussian:S (add S·N(0, 1)) or mask:P (zero pixels with probability P)")
+
+
+def _add_model_flags(m, d):
+    from .likelihoods import LIKELIHOODS, parse_sigma
     from .model import DTYPES, MODES, OBJECTIVES
     from .ops.activations import ACTIVATIONS
-    from .optim import OPTIMIZERS
     from .posteriors import POSTERIORS
 
-    t = sub.add_parser("train", help="train a model and write a run directory")
-    g = t.add_argument_group("data")
-    g.add_argument("--dataset", default=d["dataset"], choices=DATASETS)
-    g.add_argument("--data-dir", help="folder with the IDX files (raw or .gz)")
-    g.add_argument("--binarize", default=d["binarize"], choices=BINARIZE)
-    g.add_argument("--corrupt", default=d["corrupt"], help="none | gaussian:S | mask:P (denoising)")
-    m = t.add_argument_group("model")
-    m.add_argument("--hidden", type=_hidden, default=d["hidden"], help="encoder sizes, e.g. 400 or 512,256; '' is linear")
-    m.add_argument("--latent", type=_positive_int, default=d["latent"])
-    m.add_argument("--activation", default=d["activation"], choices=ACTIVATIONS)
-    m.add_argument("--likelihood", default=d["likelihood"], choices=list(LIKELIHOODS))
-    m.add_argument("--sigma", type=_sigma, default=d["sigma"], help="Gaussian σ: fixed:V, shared or per-pixel")
-    m.add_argument("--beta", type=_nonneg_float, default=d["beta"])
-    m.add_argument("--mode", default=d["mode"], choices=list(MODES))
+    m.add_argument("--hidden", type=_hidden, default=d["hidden"], metavar="SIZES",
+                   help="encoder layer sizes, mirrored by the decoder: 400 or 512,256; '' is a linear VAE")
+    m.add_argument("--latent", type=_positive_int, default=d["latent"], metavar="L", help="latent size")
+    m.add_argument("--activation", default=d["activation"], choices=ACTIVATIONS, help="hidden-layer activation")
+    m.add_argument("--likelihood", default=d["likelihood"], choices=list(LIKELIHOODS),
+                   help="p(x|z): Bernoulli on logits, or Gaussian (see --sigma)")
+    m.add_argument("--sigma", type=_library_check(parse_sigma, "fixed:V (V > 0), shared or per-pixel"),
+                   default=d["sigma"], help="--likelihood gaussian only: σ fixed at V, or learned (shared, per-pixel)")
+    m.add_argument("--beta", type=_nonneg_float, default=d["beta"], help="weight of the KL term (β-VAE)")
+    m.add_argument("--mode", default=d["mode"], choices=list(MODES),
+                   help="vae; ae: a plain autoencoder (no KL); kl-only: the KL term alone")
     m.add_argument("--posterior", default=d["posterior"], choices=list(POSTERIORS),
                    help="q(z|x): diagonal N(μ, diag σ²) or full N(μ, SSᵀ)")
     m.add_argument("--objective", default=d["objective"], choices=OBJECTIVES,
                    help="elbo, or iwae: the importance-weighted bound of --iw-samples samples")
     m.add_argument("--iw-samples", type=_positive_int, default=d["iw_samples"], metavar="K",
-                   help="samples per image of --objective iwae (default 5)")
-    m.add_argument("--dtype", default=d["dtype"], choices=DTYPES)
-    o = t.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=_positive_int, default=d["epochs"], help="total epochs (also on resume)")
-    o.add_argument("--batch-size", type=_positive_int, default=d["batch_size"])
-    o.add_argument("--lr", type=_positive_float, default=d["lr"])
-    o.add_argument("--optimizer", default=d["optimizer"], choices=list(OPTIMIZERS))
-    o.add_argument("--momentum", type=_nonneg_float, default=d["momentum"], help="SGD momentum")
+                   help="--objective iwae only: samples per image (default 5)")
+    m.add_argument("--dtype", default=d["dtype"], choices=DTYPES, help="floating-point type of the model")
+
+
+def _add_optim_flags(o, d):
+    from .optim import OPTIMIZERS
+
+    o.add_argument("--epochs", type=_positive_int, default=d["epochs"], metavar="N",
+                   help="total epochs; with --resume the run's own unless given (a larger N extends it)")
+    o.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], metavar="B", help="images per step")
+    o.add_argument("--lr", type=_positive_float, default=d["lr"], help="learning rate")
+    o.add_argument("--optimizer", default=d["optimizer"], choices=list(OPTIMIZERS), help="the update rule")
+    o.add_argument("--momentum", type=_fraction, default=d["momentum"], help="--optimizer sgd only: momentum")
     o.add_argument("--kl-warmup", type=_nonneg_float, default=d["kl_warmup"], metavar="EPOCHS",
                    help="β rises linearly per step from 0 over this many epochs")
-    r = t.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=d["seed"])
-    r.add_argument("--backend", default="numpy", choices=BACKENDS)
-    r.add_argument("--out", help="run directory (default runs/<timestamp>)")
-    r.add_argument("--resume", metavar="RUN_DIR", help="continue this run to --epochs")
-    r.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_run_flags(r, d):
+    from .backend import BACKENDS
+
+    r.add_argument("--seed", type=_seed, default=d["seed"], help="seeds the initial weights and every random stream")
+    r.add_argument("--backend", default="numpy", choices=BACKENDS, help="array backend (auto: cupy if a GPU is usable)")
+    r.add_argument("--out", metavar="DIR", help="the run folder to create (default: runs/<timestamp>)")
+    r.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN: to its own --epochs, or to "
+                   "--epochs N; other flags must keep the run's values, except --backend, --no-graph, --quiet, "
+                   "--keep and --data-dir")
+    r.add_argument("--overwrite", action="store_true", help="replace the run in --out: the new run trains in "
+                   "<out>.new and takes its place only once it completes")
+    r.add_argument("--keep", type=_keep, default=d["keep"], metavar="N|all",
+                   help="end-of-epoch checkpoints kept: the newest N plus the best by test loss, or all")
+    r.add_argument("--quiet", action="store_true", help="no progress bar (the per-epoch lines stay)")
     r.add_argument("--no-graph", action="store_true",
-                   help="cupy: run each step eagerly instead of replaying it as one CUDA graph")
+                   help="--backend cupy: run each step eagerly instead of replaying it as one CUDA graph")
 
 
 def _add_evaluate(sub):
     from .backend import BACKENDS
     from .evaluate import DEFAULT_KS
 
-    e = sub.add_parser("evaluate", help="test −ELBO, importance-sampled log p(x), active units, probe")
-    e.add_argument("run_dir")
-    e.add_argument("--epoch", type=_positive_int)
-    e.add_argument("--limit", type=_positive_int, help="use the first N test images")
-    e.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="importance samples K, comma-separated")
-    e.add_argument("--data-dir")
-    e.add_argument("--backend", default=None, choices=BACKENDS)
+    e = _verb(sub, "evaluate", "score a run: test −ELBO, importance-sampled log p(x), active units, linear probe")
+    e.add_argument("run_dir", metavar="RUN", help="a run folder (as written by train)")
+    e.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
+    e.add_argument("--limit", type=_positive_int, metavar="N", help="use the first N test images (default: all)")
+    e.add_argument("--ks", type=_ks, default=",".join(map(str, DEFAULT_KS)), metavar="K,K,...",
+                   help="importance samples K per image, comma-separated")
+    e.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is read (default: where it was)")
+    e.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _add_view(sub, name, helptext):
+def _view_arguments(s, d):
     from .backend import BACKENDS
-    from .plots import plot_run
 
-    d = {k: v.default for k, v in inspect.signature(plot_run).parameters.items()}
-    s = sub.add_parser(name, help=helptext)
-    s.add_argument("run_dir")
-    s.add_argument("--epoch", type=_positive_int)
-    s.add_argument("--n", type=_positive_int, default=d["n"])
-    s.add_argument("--seed", type=int, default=d["seed"])
+    s.add_argument("run_dir", metavar="RUN", help="a run folder (as written by train)")
+    s.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
+    s.add_argument("--n", type=_positive_int, default=d["n"], help="how many prior samples to decode")
+    s.add_argument("--seed", type=_seed, default=d["view_seed"], help="seeds every random choice of the figures")
     s.add_argument("--sample-x", action="store_true", help="draw pixels from p(x|z) instead of decoder means")
-    s.add_argument("--out", help="output file (sample) or folder (plot)")
-    s.add_argument("--data-dir")
-    s.add_argument("--backend", default=None, choices=BACKENDS)
+    s.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
+
+
+def _add_sample(sub, d):
+    s = _verb(sub, "sample", "decode draws from the prior of a trained run into one figure")
+    _view_arguments(s, d)
+    s.add_argument("--out", type=_figure_file, metavar="FILE",
+                   help="the figure; its extension picks the format: .png, .pdf, .svg or .jpg "
+                        "(default: RUN/samples.png)")
+
+
+def _add_plot(sub, d):
+    from .plots import FORMATS
+
+    s = _verb(sub, "plot", "draw every figure of a run (latent space, samples, reconstructions, ...) into a folder")
+    _view_arguments(s, d)
+    s.add_argument("--out", metavar="DIR", help="folder for the figures (default: RUN/figures)")
+    s.add_argument("--format", default="png", choices=sorted(set(FORMATS.values())), help="the figures' file format")
+    s.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is read (default: where it was)")
 
 
 def _add_compare(sub, d):
     from .backend import BACKENDS
     from .data import DATASETS
 
-    c = sub.add_parser("compare", help="AE vs KL-only vs VAE with a 2-D latent: latent spaces and decodes")
-    c.add_argument("--dataset", default=d["dataset"], choices=DATASETS)
-    c.add_argument("--data-dir")
-    c.add_argument("--epochs", type=_positive_int, default=d["epochs"])
-    c.add_argument("--batch-size", type=_positive_int, default=d["batch_size"])
-    c.add_argument("--hidden", type=_hidden, default=d["hidden"])
-    c.add_argument("--lr", type=_positive_float, default=d["lr"])
-    c.add_argument("--seed", type=int, default=d["seed"])
-    c.add_argument("--backend", default="numpy", choices=BACKENDS)
-    c.add_argument("--out", default="compare.png")
-    c.add_argument("--quiet", action="store_true")
+    c = _verb(sub, "compare", "train an AE, a KL-only model and a VAE with a 2-D latent and draw them side by side",
+              " Writes a folder holding each model's run (final checkpoint, metrics with test loss), "
+              "compare.json and compare.png.")
+    c.add_argument("--dataset", default=d["dataset"], choices=DATASETS, help="the data, as for train")
+    c.add_argument("--data-dir", metavar="DIR", help="mnist / fashion-mnist: read the IDX files from DIR")
+    c.add_argument("--epochs", type=_positive_int, default=d["epochs"], metavar="N", help="epochs per model")
+    c.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], metavar="B", help="images per step")
+    c.add_argument("--hidden", type=_hidden, default=d["hidden"], metavar="SIZES", help="encoder layer sizes")
+    c.add_argument("--lr", type=_positive_float, default=d["lr"], help="learning rate")
+    c.add_argument("--seed", type=_seed, default=d["seed"], help="seeds the three models and the shared prior draws")
+    c.add_argument("--backend", default="numpy", choices=BACKENDS, help="array backend")
+    c.add_argument("--out", metavar="DIR", help="the folder to create (default: runs/compare-<timestamp>)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 # -- rendering ------------------------------------------------------------------------------
 class _Progress:
-    """Renders fit's callback: a tqdm bar on a terminal, one line per epoch always."""
+    """Renders the library's callbacks. On a terminal (stderr) and unless ``quiet``: a tqdm bar
+    per epoch from its first step, with rate and ETA (also for downloads and evaluate's
+    importance sampling), cleared before anything else is printed. Always: one labelled line
+    per epoch on stdout. Use it as a context manager, so the bar is gone before an error shows."""
 
-    def __init__(self, quiet, stream=sys.stderr):
-        self.quiet = quiet or not stream.isatty()
-        self.bar = None
-        self.last = 0
+    def __init__(self, quiet, err=None, out=None):
+        self.err, self.out = err or sys.stderr, out or sys.stdout
+        self.bars = not quiet and self.err.isatty()
+        self.bar, self.key = None, None
 
-    def __call__(self, event, info):
-        if event == "batch" and not self.quiet:
-            if self.bar is None:
-                from tqdm import tqdm
+    def __enter__(self):
+        return self
 
-                self.bar = tqdm(total=info["batches"], desc=f"epoch {info['epoch']}", leave=False,
-                                unit="batch", dynamic_ncols=True)
-                self.last = 0
-            self.bar.update(info["batch"] - self.last)
-            self.last = info["batch"]
-        elif event == "epoch":
-            self.close()
-            print(format_epoch(info), flush=True)
-        elif event == "graph" and not info.get("enabled", True):
-            print(f"scratchvae: CUDA graph off ({info['reason']}); training eagerly", file=sys.stderr)
+    def __exit__(self, *exc):
+        self.close()
 
     def close(self):
         if self.bar is not None:
             self.bar.close()
-            self.bar = None
+            self.bar, self.key = None, None
+
+    def _bar(self, key, total, initial=0, **kw):
+        if self.key != key:
+            from tqdm import tqdm
+
+            self.close()
+            self.bar = tqdm(total=total, initial=initial, leave=False, file=self.err, dynamic_ncols=True, **kw)
+            self.key = key
+        return self.bar
+
+    def __call__(self, event, info):
+        """fit's callback (see scratchvae.train)."""
+        if event == "batch" and self.bars:
+            name = f"{info['model']} " if "model" in info else ""
+            bar = self._bar((name, info["epoch"]), info["batches"], info["batch"], unit="batch",
+                            desc=f"{name}epoch {info['epoch']}/{info['epochs']}")
+            if info["batch"] > bar.n:
+                bar.update(info["batch"] - bar.n)
+        elif event == "epoch":
+            self.say(format_epoch(info))
+        elif event == "graph" and not info.get("enabled", True):
+            self.say(f"scratchvae: CUDA graph off ({info['reason']}); training eagerly", err=True)
+
+    def images(self, done, total):
+        """evaluate's importance-sampling progress: ``done`` of ``total`` test images."""
+        if self.bars:
+            bar = self._bar("log p(x)", total, unit="image", desc="log p(x)")
+            bar.update(done - bar.n)
+
+    def download(self, done, total):
+        """A download's progress in bytes (a new bar for each file)."""
+        if self.bars:
+            if done == 0:
+                self.close()
+            bar = self._bar("download", total, unit="B", unit_scale=True, desc="download")
+            bar.update(done - bar.n)
+
+    def say(self, text, err=False):
+        """Print a line (stdout, or stderr with ``err``), the bar cleared first."""
+        self.close()
+        print(text, file=self.err if err else self.out, flush=True)
 
 
 def format_epoch(row):
-    s = (f"epoch {row['epoch']:3d}  train {row['train_loss']:9.3f} (recon {row['train_recon']:8.3f}"
-         f" kl {row['train_kl']:7.3f})")
+    """One epoch's line: its −ELBO (= reconstruction + KL, per image) on train and test, and time."""
+    total = row.get("epochs")
+    at = f"{row['epoch']:>{len(str(total))}}/{total}" if total else f"{row['epoch']:>3}"
+    s = (f"epoch {at}  train -ELBO {row['train_loss']:9.3f} = recon {row['train_recon']:9.3f}"
+         f" + KL {row['train_kl']:7.3f}")
     if "test_loss" in row:
-        s += f"  test {row['test_loss']:9.3f} (recon {row['test_recon']:8.3f} kl {row['test_kl']:7.3f})"
-    s += f"  {row['seconds']:6.1f}s"
+        s += (f"  test -ELBO {row['test_loss']:9.3f} = recon {row['test_recon']:9.3f}"
+              f" + KL {row['test_kl']:7.3f}")
+    s += f"  {row['seconds']:6.1f} s"
     return f"{row['model']:8s} {s}" if "model" in row else s
 
 
@@ -250,67 +410,137 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+# -- checks ---------------------------------------------------------------------------------
+def _flag_name(dest):
+    return "--" + dest.replace("_", "-")
+
+
+def _refuse(a, rules):
+    """InputError naming every flag the command line gave where it does not apply.
+
+    rules: (dest, does not apply here, why) triples."""
+    from .errors import InputError
+
+    why = [text for dest, bad, text in rules if bad and dest in a.given]
+    if why:
+        raise InputError("; ".join(why))
+
+
+def _refuse_data_dir(a, dataset):
+    _refuse(a, [("data_dir", dataset == "embedded",
+                 "--data-dir applies to the datasets read from files (mnist, fashion-mnist), "
+                 "not to the embedded one")])
+
+
+def _shown(v):
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v)) or "''"
+    return str(v)
+
+
+def _refuse_differences(a, run):
+    """--resume: refuse every flag given with a value other than the run's, naming each."""
+    from .errors import InputError
+    from .inputs import parse_corrupt
+    from .likelihoods import parse_sigma
+
+    canonical = {"hidden": tuple, "sigma": parse_sigma, "corrupt": parse_corrupt}  # 400 == [400], ...
+    recorded = {**run.config["model"], **run.config["train"]}
+    diffs = []
+    for dest in sorted(a.given & recorded.keys() - set(RESUMABLE)):
+        same = canonical.get(dest, lambda v: v)
+        if same(getattr(a, dest)) != same(recorded[dest]):
+            diffs.append(f"{_flag_name(dest)} {_shown(getattr(a, dest))} (the run has {_shown(recorded[dest])})")
+    if "out" in a.given and Path(a.out).resolve() != Path(a.resume).resolve():
+        diffs.append(f"--out {a.out} (the run is in {a.resume})")
+    if diffs:
+        raise InputError(f"--resume {a.resume}: {'; '.join(diffs)}: a resumed run keeps its settings "
+                         f"(start a new run to change them; --epochs, --backend, --no-graph, --quiet, "
+                         f"--keep and --data-dir may change)")
+
+
 def _load_data(dataset, data_dir, progress=None):
+    """The dataset, with the data layer's errors speaking of --data-dir."""
     from .data import load_dataset
+    from .errors import DataError
 
-    return load_dataset(dataset, data_dir=data_dir, progress=progress)
+    try:
+        return load_dataset(dataset, data_dir=data_dir, progress=progress)
+    except DataError as err:
+        text = str(err).replace("data_dir=FOLDER", "--data-dir DIR").replace("data_dir", "--data-dir")
+        raise type(err)(text) from None
 
 
-def _download_progress():
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
+def _check_batch_size(batch_size, train):
+    from .errors import InputError
 
-    state = {}
+    if batch_size > len(train):
+        raise InputError(f"--batch-size {batch_size} is larger than the training set ({len(train)} images)")
 
-    def cb(done, total):
-        bar = state.get("bar")
-        if bar is None or done == 0:
-            if bar is not None:
-                bar.close()
-            bar = state["bar"] = tqdm(total=total, unit="B", unit_scale=True, desc="download", leave=False)
-        bar.update(done - bar.n)
 
-    return cb
+def _train_target(out, overwrite):
+    """The folder to train into for --out ``out`` (``out``, or ``<out>.new`` to replace a run
+    there with --overwrite), after checks that only read."""
+    from .errors import InputError
+    from .runs import CONFIG, check_run_dir, replacement_dir
+
+    into = out
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / CONFIG).exists():
+            raise InputError(f"--out {out} exists, is not empty and holds no run; choose another folder"
+                             + (" (--overwrite replaces runs only)" if overwrite else ""))
+        if not overwrite:
+            raise InputError(f"--out {out} already holds a run: pass --resume {out} to continue it "
+                             f"or --overwrite to replace it")
+        into = replacement_dir(out)
+        if into.exists():
+            raise InputError(f"--overwrite: {into} already holds a new run for {out}; continue it with "
+                             f"--resume {into} (it replaces {out} when it completes) or remove it")
+    check_run_dir(into, what="--out")
+    return into
+
+
+def _command(a):
+    return shlex.join(["scratchvae", *a.argv])
+
+
+def _timestamped(prefix=""):
+    return Path("runs") / f"{prefix}{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 # -- commands -------------------------------------------------------------------------------
 def cmd_train(a):
-    from .errors import InputError
+    if a.resume:
+        return _train_resume(a)
+    return _train_new(a)
+
+
+def _train_new(a):
     from .likelihoods import LIKELIHOODS
     from .model import VAE
-    from .runs import TrainConfig, load_run, write_config
-    from .step import check_schedule
-    from .train import Interrupted, fit, resume
+    from .runs import REPLACES, TrainConfig
 
-    progress = _Progress(a.quiet)
-    if a.resume:
-        run = load_run(a.resume, backend=a.backend if a.backend != "numpy" else None)
-        tc = run.train_config
-        train, test = _load_data(tc.dataset, a.data_dir or run.config.get("data_dir"), _download_progress())
-        done = run.meta["epoch"]
-        if a.epochs <= done and not run.meta.get("batch"):
-            raise InputError(f"--epochs is the total: the run already has {done} epochs, got --epochs {a.epochs}")
-        print(f"resuming {a.resume} at epoch {done}"
-              + (f", batch {run.meta['batch']}" if run.meta.get("batch") else "") + f" -> {a.epochs} epochs")
-        with _StopFlag() as stop:
-            try:
-                resume(run, train.images, test.images, epochs=a.epochs, callback=progress, should_stop=stop,
-                       graph=False if a.no_graph else None)
-            except Interrupted as e:
-                return _interrupted(e, a.resume, progress, stop.signum)
-        progress.close()
-        return 0
-
-    out = Path(a.out) if a.out else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    if out.exists() and any(out.iterdir()):
-        if (out / "config.json").exists() and not a.overwrite:
-            raise InputError(f"--out {out} already holds a run: pass --resume {out} to continue it "
-                             f"or --overwrite to replace it")
-        if not (out / "config.json").exists() and not a.overwrite:
-            raise InputError(f"--out {out} exists and is not empty; choose another folder or pass --overwrite")
-    _check_writable(out)
-    train, test = _load_data(a.dataset, a.data_dir, _download_progress())
+    _refuse(a, [
+        ("momentum", a.optimizer != "sgd", f"--momentum applies to --optimizer sgd only, got --optimizer {a.optimizer}"),
+        ("sigma", not LIKELIHOODS[a.likelihood].has_sigma,
+         f"--sigma applies to --likelihood gaussian only, got --likelihood {a.likelihood}"),
+        ("beta", a.mode == "ae", "--beta weighs the KL term, which --mode ae does not have"),
+        ("kl_warmup", a.mode == "ae", "--kl-warmup warms up the KL term, which --mode ae does not have"),
+        ("no_graph", a.backend == "numpy", "--no-graph applies to --backend cupy or auto; numpy runs each step "
+                                           "eagerly anyway"),
+        ("posterior", a.mode == "ae", "--posterior shapes q(z|x), which --mode ae does not have (its code is a point)"),
+        ("objective", a.mode != "vae", f"--objective applies to --mode vae only, got --mode {a.mode}"),
+        ("iw_samples", a.objective != "iwae", "--iw-samples is the K of --objective iwae; the ELBO draws one sample"),
+        ("kl_warmup", a.objective == "iwae", "--kl-warmup does not apply to --objective iwae: its bound has no "
+                                             "separate KL term to warm up"),
+        ("beta", a.objective == "iwae", "--beta weighs the ELBO's KL term; --objective iwae has none"),
+    ])
+    _refuse_data_dir(a, a.dataset)
+    out = Path(a.out) if a.out else _timestamped()
+    into = _train_target(out, a.overwrite)
+    with _Progress(a.quiet) as progress:
+        train, test = _load_data(a.dataset, a.data_dir, progress.download)
+    _check_batch_size(a.batch_size, train)
     model = VAE(input_dim=train.images.shape[1], hidden=a.hidden, latent=a.latent, activation=a.activation,
                 likelihood=a.likelihood, sigma=a.sigma if LIKELIHOODS[a.likelihood].has_sigma else 1.0,
                 mode=a.mode, beta=a.beta, dtype=a.dtype, seed=a.seed, backend=a.backend,
@@ -318,77 +548,107 @@ def cmd_train(a):
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
                       momentum=a.momentum, binarize=a.binarize, kl_warmup=a.kl_warmup,
                       corrupt=a.corrupt, dataset=a.dataset).validate()
-    check_schedule(model, cfg.kl_warmup)
-    if a.overwrite and out.exists():
-        _clear_run(out)
-    write_config(out, model, cfg, extra={"data_dir": str(Path(a.data_dir).resolve()) if a.data_dir else None,
-                                         "command": " ".join(shlex.quote(s) for s in sys.argv)})
-    print(f"training {model} on {a.dataset} ({train.images.shape[0]} train, {test.images.shape[0]} test) "
-          f"-> {out}", flush=True)
-    with _StopFlag() as stop:
+    info = {"data_dir": str(Path(a.data_dir).resolve()) if a.data_dir else None, "command": _command(a)}
+    if into != out:
+        info[REPLACES] = out.name
+    print(f"training {model} on {a.dataset} ({train.images.shape[0]} train, {test.images.shape[0]} test) -> "
+          + (f"{into}, to replace {out} once complete" if into != out else f"{out}"), flush=True)
+    from .train import fit
+
+    return _train(a, into, out if into != out else None, fit, model, train.images, test.images,
+                  config=cfg, run_dir=into, keep=a.keep, run_info=info)
+
+
+def _train(a, folder, replacing, train, *args, **kwargs):
+    """Run ``train`` (fit or resume) with ``args`` into ``folder``, render it, report an interrupt
+    or a failure, and move a completed run that replaces another (``replacing``) into its place."""
+    from .runs import finish_replacement
+    from .train import Interrupted
+
+    with _Progress(a.quiet) as progress, _StopFlag() as stop:
         try:
-            fit(model, train.images, test.images, config=cfg, run_dir=out, callback=progress, should_stop=stop,
-                graph=False if a.no_graph else None)
+            train(*args, callback=progress, should_stop=stop, graph=False if a.no_graph else None, **kwargs)
         except Interrupted as e:
-            return _interrupted(e, out, progress, stop.signum)
-    progress.close()
+            return _interrupted(a, e, folder, replacing, progress, stop.signum)
+        except ScratchVAEError as e:
+            if replacing is None:
+                raise
+            partial = (f"the partial new run is in {folder} (continue it with: {_resume_command(a, folder)})"
+                       if folder.exists() else "no new run was written")
+            raise type(e)(f"{e}; the run in {replacing} is untouched, {partial}") from None
+    moved = finish_replacement(folder)
+    if moved is not None:
+        print(f"the new run replaced the old one in {moved}")
     return 0
 
 
-def _interrupted(e, run_dir, progress, signum):
-    """Report the checkpoint of an interrupted run; the exit status is 128 + the first signal."""
-    progress.close()
-    print(f"scratchvae: interrupted: {e}; checkpoint {e.checkpoint}", file=sys.stderr)
-    print(f"resume with: scratchvae train --resume {shlex.quote(str(run_dir))} --epochs N", file=sys.stderr)
+def _resume_command(a, run_dir):
+    extra = [f for dest, f in (("backend", f"--backend {a.backend}"), ("no_graph", "--no-graph")) if dest in a.given]
+    return " ".join([f"scratchvae train --resume {shlex.quote(str(run_dir))}", *extra])
+
+
+def _interrupted(a, e, run_dir, replacing, progress, signum):
+    """Report the checkpoint of an interrupted run and the command that continues it; the exit
+    status is 128 + the first signal."""
+    progress.say(f"scratchvae: interrupted: {e}; checkpoint {e.checkpoint}", err=True)
+    if replacing is not None:
+        progress.say(f"the run in {replacing} is untouched; the new run, in {run_dir}, replaces it "
+                     f"once it completes", err=True)
+    progress.say(f"resume with: {_resume_command(a, run_dir)}", err=True)
     return 128 + int(signum) if signum is not None else EXIT_INTERRUPTED
 
 
-def _check_writable(path):
+def _train_resume(a):
     from .errors import InputError
+    from .runs import REPLACES, finish_replacement, load_run
+    from .train import resume
 
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise InputError(f"--out {path} is not writable: {err.strerror or err}") from None
+    _refuse(a, [("overwrite", True, "--overwrite does not apply to --resume (a resumed run stays where it is)"),
+                ("no_graph", "backend" in a.given and a.backend == "numpy",
+                 "--no-graph applies to --backend cupy or auto; numpy runs each step eagerly anyway")])
+    run = load_run(a.resume, backend=a.backend if "backend" in a.given else None)
+    _refuse_differences(a, run)
+    _refuse_data_dir(a, run.train_config.dataset)
+    done, batch, epochs = run.meta["epoch"], run.meta.get("batch", 0), run.train_config.epochs
+    if "epochs" in a.given:
+        epochs = a.epochs
+        if epochs < done + (1 if batch else 0):
+            raise InputError(f"--epochs is the total number of epochs: the run has finished {done}"
+                             + (f" and is inside epoch {done + 1}" if batch else "") + f", got --epochs {epochs}")
+    elif epochs <= done:
+        if run.config.get(REPLACES):     # complete, but killed before it replaced the old run
+            print(f"the new run replaced the old one in {finish_replacement(a.resume)}")
+            return 0
+        raise InputError(f"the run in {a.resume} has finished its {done} epochs; "
+                         f"pass --epochs N (N > {done}) to train it further")
+    with _Progress(a.quiet) as progress:
+        train, test = _load_data(run.train_config.dataset, a.data_dir or run.config.get("data_dir"),
+                                 progress.download)
+    print(f"resuming {a.resume} at epoch {done}" + (f", batch {batch}" if batch else "") + f" -> {epochs} epochs",
+          flush=True)
+    replaces = run.config.get(REPLACES)
+    return _train(a, Path(a.resume), Path(a.resume).parent / replaces if replaces else None, resume,
+                  run, train.images, test.images, epochs=epochs,
+                  record={"command": _command(a), "backend": run.model.backend.name},
+                  **({"keep": a.keep} if "keep" in a.given else {}))
 
 
-def _clear_run(out):
-    for name in ("metrics.jsonl", "config.json"):
-        (out / name).unlink(missing_ok=True)
-    ck = out / "checkpoints"
-    if ck.is_dir():
-        for f in ck.iterdir():
-            if f.is_file():
-                f.unlink()
-
-
-def _run_and_data(a):
+def _run_and_data(a, progress=None):
     from .runs import load_run
 
     run = load_run(a.run_dir, epoch=a.epoch, backend=a.backend)
-    train, test = _load_data(run.train_config.dataset, a.data_dir or run.config.get("data_dir"))
+    _refuse_data_dir(a, run.train_config.dataset)
+    train, test = _load_data(run.train_config.dataset, a.data_dir or run.config.get("data_dir"), progress)
     return run, train, test
 
 
 def cmd_evaluate(a):
-    from .errors import InputError
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_run, format_report
 
-    try:
-        ks = tuple(int(k) for k in a.ks.split(","))
-    except ValueError:
-        raise InputError(f"--ks must be comma-separated integers, got {a.ks!r}") from None
-    run, train, test = _run_and_data(a)
-    res = evaluate_run(run, train, test, ks=ks, limit=a.limit)
-    if a.json:
-        print(json.dumps(res, indent=2))
-        return 0
-    from .evaluate import format_report
-
-    print(format_report(res))
+    with _Progress(a.quiet) as progress:
+        run, train, test = _run_and_data(a, progress.download)
+        res = evaluate_run(run, train, test, ks=a.ks, limit=a.limit, progress=progress.images)
+    print(json.dumps(res, indent=2) if a.json else format_report(res))
     return 0
 
 
@@ -408,23 +668,32 @@ def cmd_plot(a):
 
     run, train, test = _run_and_data(a)
     out = Path(a.out or Path(a.run_dir) / "figures")
-    for p in plot_run(run, train, test, out_dir=out, n=a.n, seed=a.seed, draw=a.sample_x):
+    for p in plot_run(run, train, test, out_dir=out, n=a.n, seed=a.seed, draw=a.sample_x, fmt=a.format):
         print(p)
     return 0
 
 
 def cmd_compare(a):
     from .compare import compare_models
+    from .errors import InputError
+    from .runs import check_run_dir, staged_dir
 
-    train, test = _load_data(a.dataset, a.data_dir)
-    progress = _Progress(a.quiet)
-    res = compare_models(train, test, epochs=a.epochs, batch_size=a.batch_size, hidden=a.hidden, lr=a.lr,
-                         seed=a.seed, backend=a.backend, out=Path(a.out), callback=progress)
-    progress.close()
+    _refuse_data_dir(a, a.dataset)
+    out = Path(a.out) if a.out else _timestamped("compare-")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"--out {out} exists and is not empty; choose another folder")
+    check_run_dir(out, what="--out")
+    with _Progress(a.quiet) as progress:
+        train, test = _load_data(a.dataset, a.data_dir, progress.download)
+        _check_batch_size(a.batch_size, train)
+        with staged_dir(out) as folder:
+            res = compare_models(train, test, epochs=a.epochs, batch_size=a.batch_size, hidden=a.hidden, lr=a.lr,
+                                 seed=a.seed, backend=a.backend, out=folder / "compare.png", run_dir=folder,
+                                 callback=progress, run_info={"command": _command(a)})
     for name, acc in res["probe_accuracy"].items():
-        print(f"{name:8s} linear-probe accuracy {acc:.3f}")
-    print(res["figure"])
-    print(res["posterior_figure"])
+        print(f"{name:8s} linear-probe accuracy {acc:.3f}  (run: {out / name})")
+    print(out / "compare.png")
+    print(out / Path(res["posterior_figure"]).name)
     return 0
 
 
@@ -433,13 +702,17 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, 
 
 
 def main(argv=None):
-    parser = build_parser()
-    a = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    a = build_parser().parse_args(argv)
+    a.argv, a.given = argv, getattr(a, "given", frozenset())
     try:
         return COMMANDS[a.command](a)
     except ScratchVAEError as e:
         msg = " ".join(str(e).split())
         print(f"scratchvae: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError as e:      # sizes a user asked for (--latent 10**11) that do not fit
+        print(f"scratchvae: error: not enough memory: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("scratchvae: interrupted", file=sys.stderr)

@@ -134,11 +134,12 @@ def logmeanexp_groups(logw, K):
     return xp.mean(lse, axis=1) - math.log(K)
 
 
-def iwae_estimates(model, x, ks=DEFAULT_KS, batch=None):
+def iwae_estimates(model, x, ks=DEFAULT_KS, batch=None, progress=None):
     """Per-image importance-weighted estimates {K: (N,) host float64 array of L_K(x)}.
 
     Draws max(ks) samples per image once (see the module docstring); ``batch`` caps the
     (image, sample) rows decoded at once (default: :func:`rows_per_chunk`).
+    ``progress(done, N)`` is called after each chunk of images.
     """
     _require_q(model)
     ks = check_ks(ks)
@@ -149,6 +150,8 @@ def iwae_estimates(model, x, ks=DEFAULT_KS, batch=None):
     for i, j, logw in _log_weight_chunks(model, x, ks[-1], batch):
         for K in ks:
             est[K][i:j] = logmeanexp_groups(logw, K)
+        if progress is not None:
+            progress(j, N)
     return {K: model.backend.to_host(v) for K, v in est.items()}
 
 
@@ -295,7 +298,7 @@ def _softmax_scores(Xtr, Y, Xte, l2, iters):
 
 # -- a whole run ---------------------------------------------------------------------------
 def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_TRAIN_LIMIT,
-                 batch=None) -> dict:
+                 batch=None, progress=None) -> dict:
     """Evaluate a loaded run (:func:`scratchvae.train.load_run`) on ``test``.
 
     train, test: :class:`scratchvae.data.Dataset`. ``limit``: use the first ``limit`` test
@@ -310,7 +313,7 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
     {K: {mean, se, gain, gain_se}} (gain: mean rise over the smallest K with its paired SE;
     None for an 'ae' run, with ``log_px_note``), ``active_units`` {count, of, threshold,
     variances}, ``probe_accuracy`` (μ codes of up to ``probe_limit`` train images -> test
-    labels) and ``n_probe_train``.
+    labels) and ``n_probe_train``. ``progress(done, n)``: see :func:`iwae_estimates`.
     """
     model, tc = run.model, run.train_config
     ks = check_ks(ks)
@@ -331,7 +334,7 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
         res["log_px"] = None
         res["log_px_note"] = "IWAE needs a VAE: an 'ae' model has no q(z|x)"
     else:
-        est = iwae_estimates(model, xtest, ks, batch)
+        est = iwae_estimates(model, xtest, ks, batch, progress)
         base = est[ks[0]]
         res["log_px"] = {}
         for K in ks:

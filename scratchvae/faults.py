@@ -15,6 +15,11 @@ Names
 ``mid-epoch:N``
     the training loop calls :func:`mid_epoch_step` with the global step (batches done since
     the run began); the process dies when that step equals ``N``.
+``before-metrics:E``
+    the training loop: epoch ``E``'s checkpoint is written, its row not yet appended to
+    ``metrics.jsonl`` (resuming rebuilds the row from the checkpoint).
+``before-swap``
+    ``train --overwrite``: the new run is complete, the old one not yet replaced.
 
 The variable is read on every call, so a test may set it between two calls in the same
 process (save a good checkpoint, set the fault, save again and die).

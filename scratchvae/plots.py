@@ -1,4 +1,4 @@
-"""Figures of a trained model, written as PNG files (matplotlib, imported lazily).
+"""Figures of a trained model, written as PNG, PDF, SVG or JPEG files (matplotlib, imported lazily).
 
 This is the only module that imports matplotlib, and only inside the functions, so
 ``import scratchvae`` never needs it. If no backend has been chosen (no ``MPLBACKEND``,
@@ -8,9 +8,15 @@ returns the path it wrote. Images are drawn as side×side grayscale tiles (28×2
 MNIST); decoder outputs are clipped to [0, 1] for display (a Gaussian decoder's means can
 leave it). Inputs are shown as the [0, 1] images the model sees (no binarisation).
 
+Formats. A figure's file name picks its format (:data:`FORMATS`: .png, .pdf, .svg, .jpg or
+.jpeg); any other name is refused (:func:`figure_format`), before anything is drawn where the
+caller checks first. Files carry no creation date or software version, so the same figure
+gives the same bytes.
+
 Sizes. Each figure kind has a fixed size ``FIGSIZE[kind]`` (inches) and is saved at
 ``DPI`` without a tight bounding box, so the PNG is exactly ``figsize · DPI`` pixels
-(the comparison figure is ``FIGSIZE["comparison"]`` per model column).
+(the comparison figure is ``FIGSIZE["comparison"]`` per model column); PDF and SVG have
+the same size in points.
 
 Randomness. Every random choice (which test digits, ε for z ~ q(z|x), prior samples,
 drawn pixels) comes from a :class:`~scratchvae.backend.random.Stream` of ``seed`` and a
@@ -67,6 +73,10 @@ FIGSIZE = {
     "posteriors": (4.6, 5.0),  # per model panel
 }
 FILES = {kind: f"{kind}.png" for kind in FIGSIZE if kind != "comparison"}
+FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".jpg": "jpg", ".jpeg": "jpg"}
+"""File extension -> the format written."""
+_UNDATED = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+            "svg": {"Creator": None, "Date": None}, "jpg": None}
 STREAM_IDS = {"latent": 200, "reconstructions": 201, "abstraction": 202, "samples": 203,
               "samples-draw": 204, "interpolation": 205, "arithmetic": 206, "posteriors": 207}
 MAX_SCATTER = 2000     # test points in a scatter
@@ -109,12 +119,24 @@ def _drawing(kind, width_factor=1, *, path):
     _save(plt, fig, path)
 
 
+def figure_format(path):
+    """The format a figure's file name asks for ('png', 'pdf', 'svg' or 'jpg'); InputError otherwise."""
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise InputError(f"a figure's file name must end in .png, .pdf, .svg or .jpg, got {str(path)!r}")
+    return fmt
+
+
 def _save(plt, fig, path):
-    """Write ``fig`` as PNG to ``path`` (parents created) and close it, whatever happens."""
+    """Write ``fig`` to ``path`` in the format its name asks for (parents created) and close it,
+    whatever happens."""
     try:
         path = Path(path)
+        fmt = figure_format(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=DPI, format="png", metadata={"Software": None})
+        fig.savefig(path, dpi=DPI, format=fmt, metadata=_UNDATED[fmt])
+    except OSError as err:
+        raise InputError(f"could not write the figure {path}: {err.strerror or err}") from None
     finally:
         plt.close(fig)
     return path
@@ -660,20 +682,25 @@ def posterior_figure(models, test, path, n=MAX_ELLIPSES, seed=0):
 
 
 # -- everything for a run ----------------------------------------------------------------------------------
-def plot_run(run, train, test, out_dir, n=64, seed=0, draw=False):
+def plot_run(run, train, test, out_dir, n=64, seed=0, draw=False, fmt="png"):
     """Write figures 1–9 of a loaded run into ``out_dir``; returns the paths written.
 
     ``n``: prior samples in samples.png (reconstructions show min(n, 32) inputs); ``seed``:
     every random choice (see the module docstring); ``draw``: samples as pixels drawn from
-    p(x|z). Skipped: abstraction for mode 'ae'; arithmetic with fewer than two classes;
-    losses when no epoch has finished; posteriors unless the latent is 2-D.
+    p(x|z); ``fmt``: the files' format (png, pdf, svg or jpg). Skipped: abstraction for mode
+    'ae'; arithmetic with fewer than two classes; losses when no epoch has finished;
+    posteriors unless the latent is 2-D.
     """
     n = _positive("n", n)
     model = run.model
     _check_split(test)
+    figure_format(f"figure.{fmt}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    f = {k: out / name for k, name in FILES.items()}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"could not create the folder {out}: {err.strerror or err}") from None
+    f = {k: out / Path(name).with_suffix(f".{fmt}") for k, name in FILES.items()}
     paths = [latent_figure(model, test, f["latent"], seed=seed),
              manifold_figure(model, test, f["manifold"]),
              reconstruction_figure(model, test, f["reconstructions"], n=min(n, 32), seed=seed)]

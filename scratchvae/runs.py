@@ -3,10 +3,21 @@
 ::
 
     RUN/config.json      {"model": VAE(...) arguments, "train": TrainConfig fields,
-                          "provenance": versions and machine, + what the caller adds}
+                          "provenance": versions and machine, "keep": the checkpoints kept,
+                          "resumes": [one record per resume], + what the caller adds}
     RUN/metrics.jsonl    one JSON object per finished epoch (see scratchvae.train)
     RUN/checkpoints/     epoch-0003.npz (end of epoch 3),
                          epoch-0004-batch-000120.npz (inside epoch 4, after 120 batches)
+
+A run is written by :class:`RunWriter`. A new run's folder appears with its first
+checkpoint, in one rename of a staged sibling holding config.json and that checkpoint, so a
+run that fails or is killed before then leaves no folder. After each epoch the writer
+appends the metrics row, then prunes: mid-epoch checkpoints of finished epochs go, and
+end-of-epoch checkpoints beyond the newest ``keep`` other than the best by test loss.
+Every checkpoint's metadata carries the metrics row of its last finished epoch, so a run
+killed between an epoch's checkpoint and its row loses nothing: :func:`load_run` rebuilds
+the row and :func:`scratchvae.train.resume` writes it back. Temporary files of a killed
+writer are removed when the run is next opened.
 
 A checkpoint is an ``.npz`` of host arrays plus JSON metadata (the file format, atomic
 writes and untrusting reads: :mod:`scratchvae.checkpoint`). Its schema is written once,
@@ -25,31 +36,42 @@ array              what
 Metadata: ``config`` ({"model", "train"} as in config.json), ``epoch`` (completed epochs),
 ``step`` (completed optimizer steps), ``batch`` (completed batches of the current epoch, 0 at
 an epoch's end), ``rng`` ({stream name: [k0, k1, d_lo, d_hi]}, the model's and the training
-loop's streams), and mid-epoch ``epoch_seconds``. Runs written by scratchvae 0.1.0 have this
-schema too (plus a ``beta_target`` that equals the configured β), so they load and resume.
+loop's streams), mid-epoch ``epoch_seconds``, and ``metrics``, the metrics row of epoch
+``epoch`` (absent before the first epoch ends, and in older checkpoints). Runs written by
+scratchvae 0.1.0 have this schema too (plus a ``beta_target`` that equals the configured β),
+so they load and resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
 import os
 import platform
+import shutil
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from . import faults
 from .backend.random import Streams
 from .checkpoint import (
     check_arrays,
     checkpoint_name,
+    checkpoint_position,
     config_differences,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
+    read_meta,
+    remove_stale_temps,
     save_checkpoint,
+    temp_path,
+    write_text,
 )
 from .errors import CheckpointError, InputError, NonFiniteError, ScratchVAEError
 from .inputs import BINARIZE, parse_corrupt
@@ -59,6 +81,10 @@ from .step import TRAIN_STREAMS
 from .version import __version__
 
 CONFIG, METRICS, CHECKPOINTS = "config.json", "metrics.jsonl", "checkpoints"
+DEFAULT_KEEP = 3
+"""End-of-epoch checkpoints a run keeps by default (the newest ones; plus the best by test loss)."""
+REPLACES = "replaces"
+"""config.json key of a run trained to replace another (``train --overwrite``): that one's name."""
 
 
 @dataclass
@@ -137,22 +163,41 @@ def provenance(model) -> dict:
     }
 
 
+def config_document(model, cfg: TrainConfig, extra=None) -> dict:
+    """What config.json holds for a run of ``model`` trained with ``cfg`` (+ ``extra`` entries)."""
+    doc = {"model": model.config(), "train": vars(cfg), "provenance": provenance(model)}
+    if extra:
+        doc.update(extra)
+    return doc
+
+
+def _dump(doc):
+    return json.dumps(doc, indent=2) + "\n"
+
+
 def write_config(run_dir, model, cfg: TrainConfig, extra=None):
     """Write RUN/config.json (atomically) and return the document."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"model": model.config(), "train": vars(cfg), "provenance": provenance(model)}
-    if extra:
-        doc.update(extra)
-    tmp = run_dir / f".{CONFIG}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, run_dir / CONFIG)
+    doc = config_document(model, cfg, extra)
+    write_text(run_dir / CONFIG, _dump(doc))
+    return doc
+
+
+def edit_config(run_dir, edit):
+    """Rewrite RUN/config.json (atomically) as ``edit(document)`` changes it; returns the document."""
+    path = Path(run_dir) / CONFIG
+    doc = json.loads(path.read_text())
+    edit(doc)
+    write_text(path, _dump(doc))
     return doc
 
 
 def read_config(run_dir):
     """RUN/config.json -> (document, model kwargs, TrainConfig); InputError for anything malformed."""
     path = Path(run_dir) / CONFIG
+    if not Path(run_dir).is_dir():
+        raise InputError(f"{run_dir} is not a scratchvae run: there is no such folder")
     if not path.exists():
         raise InputError(f"{run_dir} is not a scratchvae run: {CONFIG} is missing")
     try:
@@ -170,6 +215,12 @@ def read_config(run_dir):
     return config, dict(config["model"]), TrainConfig(**config["train"])
 
 
+def keep_of(config):
+    """The ``keep`` a run's config.json records (None: every checkpoint; so for runs older than it)."""
+    keep = config.get("keep", "all")
+    return None if keep == "all" else keep
+
+
 def append_metrics(run_dir, row):
     """Append one epoch's row to RUN/metrics.jsonl."""
     path = Path(run_dir) / METRICS
@@ -181,36 +232,79 @@ def append_metrics(run_dir, row):
                               f"(the checkpoint of epoch {row['epoch']} was written)") from None
 
 
-def read_history(run_dir, upto_epoch=None):
-    """The rows of RUN/metrics.jsonl (those of epochs ≤ ``upto_epoch`` if given)."""
-    path = Path(run_dir) / METRICS
+def _read_rows(path):
+    """The rows of a metrics file, and whether its last line was cut short (a killed append)."""
+    if not path.exists():
+        return [], False
+    lines = path.read_text().split("\n")
     rows = []
-    if path.exists():
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if i == len(lines):     # the last line, with no newline: an append cut short
+                return rows, True
+            raise InputError(f"{path}: line {i} is not JSON") from None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            raise InputError(f"{path}: line {i} is not a metrics row (a JSON object with an 'epoch')")
+        rows.append(row)
+    return rows, False
+
+
+def read_history(run_dir, upto_epoch=None):
+    """The rows of RUN/metrics.jsonl (those of epochs ≤ ``upto_epoch`` if given); a last line
+    cut short by a killed append is left out."""
+    rows = _read_rows(Path(run_dir) / METRICS)[0]
     if upto_epoch is not None:
         rows = [r for r in rows if r["epoch"] <= upto_epoch]
     return rows
 
 
-def truncate_metrics(run_dir, epoch):
-    """Drop metric rows past ``epoch`` (they belong to a future a resume will redo)."""
+def run_history(run_dir, path, meta):
+    """The metrics rows of epochs 1..``meta['epoch']`` of the run whose checkpoint ``path`` has
+    ``meta``: those of metrics.jsonl, and rows it lacks rebuilt from the checkpoints that carry
+    them (the row of an epoch whose process was killed before appending it)."""
+    epoch = meta["epoch"]
+    rows = {r["epoch"]: r for r in read_history(run_dir, upto_epoch=epoch)}
+    missing = set(range(1, epoch + 1)) - set(rows)
+    sources = [meta] if missing else []
+    if missing - {epoch}:
+        sources += [_meta_or_none(p) for p in list_checkpoints(Path(path).parent) if p != Path(path)]
+    for m in sources:
+        row = (m or {}).get("metrics")
+        if isinstance(row, dict) and row.get("epoch") in missing:
+            rows[row["epoch"]] = row
+            missing.discard(row["epoch"])
+    return [rows[e] for e in sorted(rows)]
+
+
+def _meta_or_none(path):
+    try:
+        return read_meta(path)
+    except CheckpointError:
+        return None
+
+
+def repair_metrics(run_dir, rows):
+    """Make RUN/metrics.jsonl hold exactly ``rows`` (rewritten atomically, only if it differs);
+    returns whether it was rewritten."""
     path = Path(run_dir) / METRICS
-    if not path.exists():
-        return
-    rows = read_history(run_dir)
-    keep = [r for r in rows if r["epoch"] <= epoch]
-    if len(keep) != len(rows):
-        tmp = path.with_name(f".{METRICS}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, path)
+    have, torn = _read_rows(path)
+    if have == rows and not torn:
+        return False
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return True
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
-def checkpoint_contents(model, opt, cfg, state):
+def checkpoint_contents(model, opt, cfg, state, row=None):
     """(arrays, meta) of a checkpoint of this moment of training (the schema's write side).
 
-    Mid-epoch when ``state.batch`` > 0. Refuses non-finite parameters: the last step's update
-    can poison them after a finite loss, and a checkpoint is never written from them.
+    Mid-epoch when ``state.batch`` > 0. ``row``: the metrics row of epoch ``state.epoch``, kept
+    in the metadata. Refuses non-finite parameters: the last step's update can poison them
+    after a finite loss, and a checkpoint is never written from them.
     """
     params = model.host_params()
     bad = [k for k, v in params.items() if not np.isfinite(v).all()]
@@ -224,6 +318,8 @@ def checkpoint_contents(model, opt, cfg, state):
     meta = {"config": {"model": model.config(), "train": vars(cfg)}, "epoch": state.epoch,
             "step": state.step, "batch": state.batch,
             "rng": {k: [int(w) for w in v] for k, v in rng.items()}}
+    if row is not None:
+        meta["metrics"] = row
     if state.batch:
         arrays["perm"] = np.asarray(state.perm, dtype=np.int64)
         arrays["acc"] = np.asarray(state.acc, dtype=np.float64)
@@ -231,11 +327,159 @@ def checkpoint_contents(model, opt, cfg, state):
     return arrays, meta
 
 
-def save_training_checkpoint(run_dir, model, opt, cfg, state):
-    """Write the checkpoint of this moment into RUN/checkpoints; returns its path."""
-    arrays, meta = checkpoint_contents(model, opt, cfg, state)
-    name = checkpoint_name(state.epoch + 1, state.batch) if state.batch else checkpoint_name(state.epoch)
-    return save_checkpoint(Path(run_dir) / CHECKPOINTS / name, arrays, meta)
+def checkpoint_file(state):
+    """The checkpoint's file name for this moment of training (see the module docstring)."""
+    return checkpoint_name(state.epoch + 1, state.batch) if state.batch else checkpoint_name(state.epoch)
+
+
+def save_training_checkpoint(run_dir, model, opt, cfg, state, row=None):
+    """Write the checkpoint of this moment into RUN/checkpoints (which must exist); returns its path."""
+    arrays, meta = checkpoint_contents(model, opt, cfg, state, row)
+    return save_checkpoint(Path(run_dir) / CHECKPOINTS / checkpoint_file(state), arrays, meta)
+
+
+@contextlib.contextmanager
+def staged_dir(target):
+    """A new folder ``.<name>.tmp-<pid>`` beside ``target`` to fill; renamed onto ``target``
+    (which must not exist, or be an empty folder) when the block completes, removed if the
+    block fails. Leftovers of killed processes staging the same name are removed first."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target.parent, target.name)
+        tmp = temp_path(target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise InputError(f"cannot create {target}: {err.strerror or err}") from None
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise ScratchVAEError(f"could not create {target}: {exc.strerror or exc}") from None
+        raise
+
+
+def check_run_dir(path, what="run_dir", continuing=False):
+    """Raise InputError unless a run can be written at ``path``; reads only.
+
+    ``path`` may be absent, an empty folder, or a run with config.json and no checkpoints (or
+    with some, when ``continuing`` it); the folders written into must be writable: the run's,
+    or the nearest one that exists on the way to a new run.
+    """
+    path = Path(path)
+    holds_run = (path / CONFIG).exists()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path} is a file, not a folder")
+    if holds_run and not continuing and list_checkpoints(path / CHECKPOINTS):
+        raise InputError(f"{what} {path} already holds a run; continue it with "
+                         f"resume(load_run({str(path)!r}), ...) or choose another folder")
+    if path.exists() and not holds_run and any(path.iterdir()):
+        raise InputError(f"{what} {path} exists, is not empty and holds no run; choose another folder")
+    bases = [p for p in (path, path / CHECKPOINTS) if p.exists()] if holds_run else [path.parent]
+    while not bases[0].exists() and bases[0] != bases[0].parent:
+        bases[0] = bases[0].parent
+    for base in bases:
+        if not base.is_dir():
+            raise InputError(f"{what} {path} is not writable: {base} is not a folder")
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise InputError(f"{what} {path} is not writable: no permission to write in {base}")
+
+
+def best_epoch(history):
+    """The epoch of the lowest finite test loss in ``history``, or None (earliest of ties)."""
+    scored = [(r["test_loss"], r["epoch"]) for r in history
+              if isinstance(r.get("test_loss"), (int, float)) and math.isfinite(r["test_loss"])]
+    return min(scored)[1] if scored else None
+
+
+def prune_checkpoints(ckpt_dir, keep=DEFAULT_KEEP, best=None):
+    """Remove the checkpoints a run no longer needs; returns the paths removed.
+
+    Mid-epoch checkpoints of epochs whose end-of-epoch checkpoint exists go; of the end-of-epoch
+    checkpoints, the newest ``keep`` (None: all) stay, and epoch ``best`` if given. One that
+    cannot be removed stays (the next pruning tries again).
+    """
+    found = [(checkpoint_position(p.name), p) for p in list_checkpoints(ckpt_dir)]
+    ends = sorted(epoch for (epoch, batch), _ in found if batch is None)
+    if not ends:
+        return []
+    kept = set(ends if keep is None else ends[-keep:]) | {best}
+    removed = []
+    for (epoch, batch), p in found:
+        if epoch <= ends[-1] if batch is not None else epoch not in kept:
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+class RunWriter:
+    """What a training run writes into its folder: config.json, checkpoints, metrics, pruning.
+
+    ``doc``: config.json's document for a new run (the folder appears with the first
+    checkpoint, see the module docstring); a folder with config.json already is written into.
+    ``keep``: end-of-epoch checkpoints kept (None: all), plus the best by test loss if
+    ``keep_best``.
+    """
+
+    def __init__(self, path, doc, keep=DEFAULT_KEEP, keep_best=True):
+        self.path, self.doc, self.keep, self.keep_best = Path(path), doc, keep, keep_best
+
+    def save(self, model, opt, cfg, state, row=None):
+        """The checkpoint of this moment (creating the run's folder with the first); its path."""
+        if (self.path / CONFIG).exists():
+            try:
+                (self.path / CHECKPOINTS).mkdir(exist_ok=True)
+            except OSError as err:
+                raise InputError(f"run_dir {self.path} is not writable: {err.strerror or err}") from None
+            return save_training_checkpoint(self.path, model, opt, cfg, state, row)
+        arrays, meta = checkpoint_contents(model, opt, cfg, state, row)
+        with staged_dir(self.path) as tmp:
+            write_text(tmp / CONFIG, _dump(self.doc))
+            (tmp / CHECKPOINTS).mkdir()
+            save_checkpoint(tmp / CHECKPOINTS / checkpoint_file(state), arrays, meta)
+        return self.path / CHECKPOINTS / checkpoint_file(state)
+
+    def end_epoch(self, row, history):
+        """After epoch ``row['epoch']``'s checkpoint: append its metrics row, then prune."""
+        faults.point(f"before-metrics:{row['epoch']}")
+        append_metrics(self.path, row)
+        prune_checkpoints(self.path / CHECKPOINTS, self.keep, best_epoch(history) if self.keep_best else None)
+
+
+# -- a run that replaces another (train --overwrite) ----------------------------------------------
+def replacement_dir(run_dir):
+    """Where a run that is to replace ``run_dir`` is trained: ``<run_dir>.new`` beside it."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(run_dir.name + ".new")
+
+
+def finish_replacement(run_dir):
+    """If the run in ``run_dir`` was trained to replace another (config.json's ``replaces``),
+    move it onto that one's place, dropping the old run; returns the new place, else None.
+
+    Call it only once the run is complete: until then the old run is untouched.
+    """
+    run_dir = Path(run_dir)
+    name = read_config(run_dir)[0].get(REPLACES)
+    if not name:
+        return None
+    target = run_dir.parent / name
+    trash = temp_path(target)
+    faults.point("before-swap")
+    try:
+        if target.exists():
+            os.replace(target, trash)
+        os.replace(run_dir, target)
+        edit_config(target, lambda doc: doc.pop(REPLACES, None))
+    except OSError as err:
+        raise ScratchVAEError(f"could not move the new run {run_dir} onto {target}: "
+                              f"{err.strerror or err}") from None
+    shutil.rmtree(trash, ignore_errors=True)
+    return target
 
 
 def expected_arrays(model, cfg, meta, arrays):
@@ -269,10 +513,13 @@ def load_run(run_dir, epoch=None, backend=None, checkpoint=None) -> Run:
     state and training position.
 
     ``epoch``: the end-of-epoch checkpoint to load (default: the newest checkpoint);
-    ``checkpoint``: a checkpoint file to load instead.
+    ``checkpoint``: a checkpoint file to load instead. The history is that of the loaded
+    checkpoint (see :func:`run_history`). Temporary files of killed writers are removed.
     """
     run_dir = Path(run_dir)
     config, model_kw, tc = read_config(run_dir)
+    for folder in (run_dir, run_dir / CHECKPOINTS):   # what killed writers left
+        remove_stale_temps(folder)
     path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / CHECKPOINTS, epoch=epoch)
     arrays, meta = load_checkpoint(path)
     _check_meta(path, meta, config, run_dir / CONFIG)
@@ -283,7 +530,7 @@ def load_run(run_dir, epoch=None, backend=None, checkpoint=None) -> Run:
         raise CheckpointError(f"checkpoint {path} holds non-finite parameters ({', '.join(bad)})")
     model.set_params({k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")})
     state = _restore_state(path, meta, arrays, model)
-    state.history = read_history(run_dir, upto_epoch=meta["epoch"])
+    state.history = run_history(run_dir, path, meta)
     return Run(model=model, config=config, train_config=tc, history=list(state.history),
                optimizer_state={k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")},
                meta=meta, checkpoint=path, state=state)

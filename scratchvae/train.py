@@ -5,14 +5,21 @@ the training step (:class:`scratchvae.step.TrainStep`, the same on every backend
 run directory's format belongs to :mod:`scratchvae.runs`. The library never prints:
 :func:`fit` reports through ``callback(event, info)``:
 
-``"batch"``      every ``report_every`` steps: ``epoch``, ``batch``, ``batches``, ``step``
-``"epoch"``      after each epoch: the metrics row written to ``metrics.jsonl``
+``"batch"``      when an epoch starts (``batch`` 0, or where a resumed epoch stands), every
+                 ``report_every`` steps and after its last batch: ``epoch``, ``epochs`` (the
+                 total), ``batch``, ``batches``, ``step``
+``"epoch"``      after each epoch: the metrics row written to ``metrics.jsonl``, and ``epochs``
 ``"checkpoint"`` after each checkpoint: ``path``, ``epoch``, ``step``
 ``"graph"``      if a CUDA-graph capture failed: ``enabled`` False and the ``reason``
 
 A metrics row: ``epoch``, ``step``, ``train_loss`` / ``train_recon`` / ``train_kl`` (per
 image, over the epoch's steps), ``beta`` (β at the epoch's last step), with test data
-``test_loss`` / ``test_recon`` / ``test_kl``, and ``eval_seconds``, ``seconds``.
+``test_loss`` / ``test_recon`` / ``test_kl``, and ``eval_seconds`` (the test −ELBO's) and
+``seconds`` (the epoch's training and evaluation, up to its checkpoint).
+
+Nothing is written before every check has passed (the data, the configuration, the batch size
+against the training set, the run directory): a run's folder appears with its first
+checkpoint (see :mod:`scratchvae.runs`).
 
 Randomness: shuffling and dynamic binarisation come from the training loop's streams, ε and
 corruption noise from the model's 'noise' stream; evaluation draws from the model's 'eval'
@@ -24,6 +31,7 @@ uninterrupted one exactly on the same backend and thread settings.
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +43,18 @@ from .inputs import STATIC_TEST_STREAM, STATIC_TRAIN_STREAM, binarize_static, pa
 from .model import VAE
 from .runs import (  # noqa: F401  (load_run, Run, TrainConfig, make_optimizer, write_config: public here too)
     CONFIG,
+    DEFAULT_KEEP,
     Run,
+    RunWriter,
     TrainConfig,
     TrainState,
-    append_metrics,
+    check_run_dir,
+    config_document,
+    edit_config,
+    keep_of,
     load_run,
     make_optimizer,
-    save_training_checkpoint,
-    truncate_metrics,
+    repair_metrics,
     write_config,
 )
 from .step import LOSSES, Schedule, TrainStep, make_graph_step  # noqa: F401  (make_graph_step: public here)
@@ -60,12 +72,14 @@ class Interrupted(ScratchVAEError):
 
 @np.errstate(over="ignore", invalid="ignore", divide="ignore")   # the loop checks the loss itself
 def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=None, callback=None,
-        report_every=20, should_stop=None, optimizer=None, graph=None, state: TrainState | None = None):
+        report_every=20, should_stop=None, optimizer=None, graph=None, state: TrainState | None = None,
+        keep=DEFAULT_KEEP, keep_best=True, run_info=None, on_ready=None):
     """Train ``model`` on ``train`` (images (N, D); uint8 or floats) and return the history.
 
     config : a :class:`TrainConfig` (``epochs`` is the **total**, also when continuing).
     test : images for the per-epoch test −ELBO (optional).
-    run_dir : where to write config.json, metrics.jsonl and checkpoints (None: nothing written).
+    run_dir : where to write config.json, metrics.jsonl and checkpoints (None: nothing written):
+        a new or empty folder, or one holding a config.json and no checkpoints.
     callback : ``callback(event, info)`` for progress (see the module docstring).
     should_stop : polled once per step; when it returns True, a mid-epoch checkpoint is
         written and :class:`Interrupted` is raised.
@@ -76,28 +90,48 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
         through ``callback("graph", ...)``.
     state : a :class:`~scratchvae.runs.TrainState` to continue from (as :func:`resume` passes);
         default: a new run. It is updated in place.
+    keep : end-of-epoch checkpoints kept in ``run_dir``: the newest ``keep`` (None: all), and
+        with ``keep_best`` the one of the lowest test loss; mid-epoch checkpoints go once their
+        epoch's checkpoint is written.
+    run_info : more entries for a new run's config.json (the command line records its own).
+    on_ready : called with no arguments once every check has passed, before the first step
+        and before anything is written (:func:`resume` records itself there).
     Every ``NONFINITE_CHECK_EVERY`` steps (one host sync) and at the end of each epoch the
     losses since the last check are tested: a NaN/Inf raises :class:`NonFiniteError` naming
     the step. A checkpoint is never written from non-finite parameters.
     Returns the list of per-epoch metric rows (all epochs, including earlier ones of ``state``).
     """
+    loop = _prepare(model, train, test, config=config, run_dir=run_dir, callback=callback,
+                    report_every=report_every, should_stop=should_stop, optimizer=optimizer, graph=graph,
+                    state=state, keep=keep, keep_best=keep_best, run_info=run_info)
+    if on_ready is not None:
+        on_ready()
+    return loop.run()
+
+
+def _prepare(model, train, test, *, config, run_dir, callback, report_every, should_stop, optimizer,
+             graph, state, keep, keep_best, run_info):
+    """Every check of :func:`fit` and its set-up, nothing written: the loop to run."""
     cfg = (config or TrainConfig()).validate()
     if not isinstance(model, VAE):
         raise InputError(f"model must be a scratchvae.VAE, got {type(model).__name__}")
-    state = state if state is not None else TrainState.start(model)
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise InputError(f"keep must be a positive integer or None (every checkpoint), got {keep!r}")
+    writer = None
+    if run_dir is not None:
+        check_run_dir(run_dir, continuing=state is not None)
+        doc = config_document(model, cfg, {"keep": "all" if keep is None else keep, **(run_info or {})})
+        writer = RunWriter(run_dir, doc, keep, keep_best)
+    resumed = state is not None
+    state = state if resumed else TrainState.start(model)
     xtrain, xtest = _prepare_data(model, train, test, cfg, state)
     opt = optimizer or make_optimizer(model, cfg)
     batches = -(-xtrain.shape[0] // cfg.batch_size)
     step = TrainStep(model, opt, xtrain, cfg.batch_size, Schedule(opt, model.beta, cfg.kl_warmup * batches),
                      streams=state.streams, binarize=cfg.binarize == "dynamic",
                      corrupt=parse_corrupt(cfg.corrupt), capture=graph is not False, notify=callback)
-    if run_dir is not None:
-        run_dir = _open_run_dir(Path(run_dir), model, cfg)
-    loop = _Loop(model, opt, cfg, state, step, run_dir, callback, report_every, should_stop)
-    while state.epoch < cfg.epochs:
-        loop.train_epoch()
-        loop.end_epoch(xtest)
-    return state.history
+    return _Loop(model, opt, cfg, state, step, writer, callback, report_every, should_stop, xtest=xtest,
+                 saved=resumed)
 
 
 def _prepare_data(model, train, test, cfg, state):
@@ -118,23 +152,27 @@ def _prepare_data(model, train, test, cfg, state):
     return xtrain, xtest
 
 
-def _open_run_dir(run_dir, model, cfg):
-    try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        if not (run_dir / CONFIG).exists():
-            write_config(run_dir, model, cfg)   # so load_run works on a run made by fit alone
-    except OSError as err:
-        raise InputError(f"run_dir {run_dir} is not writable: {err.strerror or err}") from None
-    return run_dir
-
-
 class _Loop:
     """One epoch at a time: the batches, the checks, the callbacks and the checkpoints."""
 
-    def __init__(self, model, opt, cfg, state, step, run_dir, callback, report_every, should_stop):
+    def __init__(self, model, opt, cfg, state, step, writer, callback, report_every, should_stop, *, xtest,
+                 saved):
         self.model, self.opt, self.cfg, self.state, self.step = model, opt, cfg, state, step
-        self.run_dir, self.callback, self.report_every, self.should_stop = (
-            run_dir, callback, report_every, should_stop)
+        self.writer, self.callback, self.report_every, self.should_stop = (
+            writer, callback, report_every, should_stop)
+        self.xtest, self.saved = xtest, saved   # the prepared test images; whether a checkpoint exists
+
+    def run(self):
+        """Train to the configured epochs; returns the history."""
+        while self.state.epoch < self.cfg.epochs:
+            self.train_epoch()
+            self.end_epoch()
+        return self.state.history
+
+    def report(self):
+        s = self.state
+        self.callback("batch", {"epoch": s.epoch + 1, "epochs": self.cfg.epochs, "batch": s.batch,
+                                "batches": self.step.rows, "step": s.step})
 
     def train_epoch(self):
         """The remaining batches of the current epoch; the epoch's loss sums go to state.acc."""
@@ -144,6 +182,8 @@ class _Loop:
             s.perm, s.acc, s.batch, s.epoch_seconds = s.streams["shuffle"].permutation(step.n), np.zeros(3), 0, 0.0
         losses = step.begin(s.batch, s.step, s.perm)
         first = checked = s.batch
+        if self.callback:
+            self.report()
         for b in range(s.batch, step.rows):
             step(b)
             s.step, s.batch = s.step + 1, b + 1
@@ -153,8 +193,7 @@ class _Loop:
                     self.check_finite(losses, checked, b + 1)
                 checked = b + 1
             if self.callback and (s.step % self.report_every == 0 or b + 1 == step.rows):
-                self.callback("batch", {"epoch": s.epoch + 1, "batch": b + 1, "batches": step.rows,
-                                        "step": s.step})
+                self.report()
             if self.should_stop is not None and self.should_stop() and b + 1 < step.rows:
                 self.interrupt(losses, first, checked, t0)
         self.check_finite(losses, checked, step.rows)
@@ -167,37 +206,38 @@ class _Loop:
         self.check_finite(losses, checked, s.batch)
         s.acc = s.acc + self.model.backend.to_host(losses[first:s.batch].sum(axis=0))
         s.epoch_seconds += time.perf_counter() - t0
-        path = self.save()
+        last = s.history[-1] if s.history and s.history[-1].get("epoch") == s.epoch else None
+        path = self.save(last)
         raise Interrupted(f"stopped during epoch {s.epoch + 1} after batch {s.batch}", path)
 
-    def end_epoch(self, xtest):
-        """The metrics row (and test −ELBO), the end-of-epoch checkpoint, the callback."""
+    def end_epoch(self):
+        """The metrics row (and test −ELBO), the end-of-epoch checkpoint, the row, the callback."""
         s = self.state
         n = self.step.n
         row = {"epoch": s.epoch + 1, "step": s.step, "train_loss": s.acc[0] / n,
                "train_recon": s.acc[1] / n, "train_kl": s.acc[2] / n,
                "beta": self.step.schedule.beta_at(s.step)}
         te = time.perf_counter()
-        if xtest is not None:
-            ev = evaluate_elbo(self.model, xtest)
+        if self.xtest is not None:
+            ev = evaluate_elbo(self.model, self.xtest)
             row.update(test_loss=ev["loss"], test_recon=ev["recon"], test_kl=ev["kl"])
-        eval_seconds = time.perf_counter() - te
+        row["eval_seconds"] = time.perf_counter() - te
+        row["seconds"] = s.epoch_seconds + row["eval_seconds"]
         s.epoch, s.perm, s.acc, s.batch = s.epoch + 1, None, None, 0
-        self.save()
-        row["eval_seconds"] = eval_seconds
-        row["seconds"] = s.epoch_seconds + (time.perf_counter() - te)
+        self.save(row)
         s.history.append(row)
-        if self.run_dir is not None:
-            append_metrics(self.run_dir, row)
+        if self.writer is not None:
+            self.writer.end_epoch(row, s.history)
         if self.callback:
-            self.callback("epoch", row)
+            self.callback("epoch", {**row, "epochs": self.cfg.epochs})
 
-    def save(self):
+    def save(self, row=None):
         """The checkpoint of this moment (mid-epoch if a batch is done), or None without a run dir."""
-        if self.run_dir is None:
+        if self.writer is None:
             return None
         s = self.state
-        path = save_training_checkpoint(self.run_dir, self.model, self.opt, self.cfg, s)
+        path = self.writer.save(self.model, self.opt, self.cfg, s, row)
+        self.saved = True
         if self.callback:
             self.callback("checkpoint", {"path": str(path), "epoch": s.epoch, "step": s.step})
         return path
@@ -209,20 +249,47 @@ class _Loop:
         if bad.size:
             s = self.state
             step = s.step - (stop - start) + int(bad[0]) + 1
+            kept = ("" if self.writer is None else "the checkpoints already written predate it and are intact. "
+                    if self.saved else "nothing was written. ")
             raise NonFiniteError(
                 f"the loss became non-finite at step {step} (epoch {s.epoch + 1}, batch {start + int(bad[0]) + 1}); "
-                f"the checkpoints already written predate it and are intact. "
-                f"Try a smaller --lr, --kl-warmup, or float64")
+                f"{kept}Try a smaller --lr, --kl-warmup, or float64")
 
 
-def resume(run: Run, train, test=None, *, epochs=None, run_dir=None, **kwargs):
+_RECORDED = object()
+
+
+def resume(run: Run, train, test=None, *, epochs=None, run_dir=None, keep=_RECORDED, record=None, **kwargs):
     """Continue a loaded :class:`~scratchvae.runs.Run` to ``epochs`` total epochs (default: its
-    config's), in ``run_dir`` (default: the run's own folder). Other keywords go to :func:`fit`."""
+    config's), in ``run_dir`` (default: the run's own folder). Other keywords go to :func:`fit`.
+
+    ``keep``: default the run's own (config.json's). Once every check has passed, a run
+    continued in its own folder gets its metrics.jsonl repaired to the loaded checkpoint's
+    history (rows past it dropped, a row lost to a kill rebuilt) and config.json records the
+    resume: ``epochs`` becomes the new total, and ``resumes`` gains {"at", "from", "epochs",
+    "keep"} plus ``record``'s entries.
+    """
     cfg = run.train_config
     if epochs is not None:
         cfg = TrainConfig(**{**vars(cfg), "epochs": int(epochs)})
     opt = make_optimizer(run.model, cfg)
     opt.load_state(run.optimizer_state)
     rd = Path(run_dir) if run_dir is not None else run.checkpoint.parent.parent
-    truncate_metrics(rd, run.state.epoch)
-    return fit(run.model, train, test, config=cfg, run_dir=rd, optimizer=opt, state=run.state, **kwargs)
+    keep = keep_of(run.config) if keep is _RECORDED else keep
+
+    def ready():
+        if not (rd / CONFIG).exists():
+            return
+        repair_metrics(rd, run.history)
+        source = run.checkpoint.relative_to(rd) if run.checkpoint.is_relative_to(rd) else run.checkpoint
+        note = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "from": source.as_posix(),
+                "epochs": cfg.epochs, "keep": "all" if keep is None else keep, **(record or {})}
+        edit_config(rd, lambda doc: _note_resume(doc, note))
+    return fit(run.model, train, test, config=cfg, run_dir=rd, optimizer=opt, state=run.state, keep=keep,
+               on_ready=ready, **kwargs)
+
+
+def _note_resume(doc, note):
+    doc["train"]["epochs"] = note["epochs"]
+    doc["keep"] = note["keep"]
+    doc.setdefault("resumes", []).append(note)

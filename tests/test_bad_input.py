@@ -276,10 +276,20 @@ def test_diverging_lr_names_the_first_nonfinite_step():
 
 # ------------------------------------------------------------------------ files through fit
 def test_unwritable_run_dir_is_one_error(tmp_path):
+    """Refused before the first step: a path under a file, a file, a folder holding other things."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(InputError, match=f"run_dir {blocker / 'run'} is not writable: Not a directory"):
-        fit(model(), data(), config=cfg(), run_dir=blocker / "run")
+    calls = []
+    with pytest.raises(InputError, match=f"run_dir {blocker / 'run'} is not writable: {blocker} is not a folder"):
+        fit(model(), data(), config=cfg(), run_dir=blocker / "run", callback=lambda *e: calls.append(e))
+    with pytest.raises(InputError, match=f"run_dir {blocker} is a file, not a folder"):
+        fit(model(), data(), config=cfg(), run_dir=blocker, callback=lambda *e: calls.append(e))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(InputError, match="exists, is not empty and holds no run"):
+        fit(model(), data(), config=cfg(), run_dir=tmp_path / "notes", callback=lambda *e: calls.append(e))
+    assert calls == [] and sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "notes"]
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["todo.txt"]
 
 
 def _disk_full_on_second_write(monkeypatch):
@@ -451,10 +461,16 @@ BAD_INVOCATIONS = {
     "no command": (lambda t, r: [], "required: COMMAND"),
     "--hidden abc": (lambda t, r: ["train", "--hidden", "abc"], "argument --hidden"),
     "--latent 0": (lambda t, r: ["train", "--latent", "0"], "argument --latent"),
-    "--lr -1": (lambda t, r: ["train", "--lr", "-1"], "argument --lr: expected a number > 0, got '-1'"),
+    "--lr -1": (lambda t, r: ["train", "--lr", "-1"], "argument --lr: expected a finite number > 0, got '-1'"),
+    "--lr inf": (lambda t, r: ["train", "--lr", "inf"], "argument --lr: expected a finite number > 0, got 'inf'"),
+    "--seed -1": (lambda t, r: ["train", "--seed", "-1"], "argument --seed: expected an integer in [0, 2**63)"),
+    "--momentum 1": (lambda t, r: ["train", "--optimizer", "sgd", "--momentum", "1"],
+                     "argument --momentum: expected a number in [0, 1), got '1'"),
     "--activation gelu": (lambda t, r: ["train", "--activation", "gelu"], "invalid choice: 'gelu'"),
     "--corrupt bogus": (lambda t, r: ["train", *TINY, "--corrupt", "bogus", "--out", str(t / "o")],
-                        "corrupt must be 'none'"),
+                        "argument --corrupt: expected none, gaussian:S (S > 0) or mask:P (0 < P < 1), got 'bogus'"),
+    "--sigma bogus": (lambda t, r: ["train", "--sigma", "fixed:-1"], "argument --sigma: expected fixed:V (V > 0)"),
+    "--keep 0": (lambda t, r: ["train", "--keep", "0"], "argument --keep: expected a positive number"),
     "bad dataset dir": (lambda t, r: ["train", *TINY, "--dataset", "mnist", "--data-dir", str(t / "nope"),
                                       "--out", str(t / "o")], str(Path("nope"))),
     "unreadable IDX": (lambda t, r: ["train", *TINY, "--dataset", "mnist", "--data-dir", str(_garbage_idx(t)),
@@ -462,30 +478,75 @@ BAD_INVOCATIONS = {
     "fashion-mnist offline": (lambda t, r: ["train", *TINY, "--dataset", "fashion-mnist",
                                             "--out", str(t / "o")], "fashion-mnist"),
     "--batch-size > data": (lambda t, r: ["train", *TINY, "--batch-size", "6000", "--out", str(t / "o")],
-                            "batch_size (6000) is larger than the training set (5000 images)"),
+                            "--batch-size 6000 is larger than the training set (5000 images)"),
+    "--data-dir not a folder": (lambda t, r: ["train", *TINY, "--dataset", "mnist", "--data-dir", str(t / "nope"),
+                                              "--out", str(t / "o")], "--data-dir must be an existing folder"),
     "--out existing run": (lambda t, r: ["train", *TINY, "--out", str(r)], "already holds a run"),
-    "--out not empty": (lambda t, r: ["train", *TINY, "--out", str(_not_a_run(t))], "exists and is not empty"),
+    "--out not empty": (lambda t, r: ["train", *TINY, "--out", str(_not_a_run(t))],
+                        "exists, is not empty and holds no run"),
+    "--overwrite a non-run": (lambda t, r: ["train", *TINY, "--overwrite", "--out", str(_not_a_run(t))],
+                              "holds no run; choose another folder (--overwrite replaces runs only)"),
     "--out under a file": (lambda t, r: ["train", *TINY, "--out", str(_under_a_file(t))], "is not writable"),
     "--resume missing dir": (lambda t, r: ["train", "--resume", str(t / "gone")], "is not a scratchvae run"),
     "--resume fewer epochs": (lambda t, r: ["train", "--resume", str(r), "--epochs", "1"],
-                              "--epochs is the total: the run already has 2 epochs"),
+                              "--epochs is the total number of epochs: the run has finished 2, got --epochs 1"),
+    "--resume a finished run": (lambda t, r: ["train", "--resume", str(r)],
+                                "has finished its 2 epochs; pass --epochs N (N > 2) to train it further"),
     "evaluate non-run dir": (lambda t, r: ["evaluate", str(_not_a_run(t))], "config.json is missing"),
-    "evaluate --ks a,b": (lambda t, r: ["evaluate", str(r), "--ks", "a,b"], "--ks must be comma-separated"),
+    "evaluate --ks a,b": (lambda t, r: ["evaluate", str(r), "--ks", "a,b"], "argument --ks: expected comma-separated"),
+    "evaluate --ks 0": (lambda t, r: ["evaluate", str(r), "--ks", "0,10"], "argument --ks: expected comma-separated"),
+    "evaluate --data-dir": (lambda t, r: ["evaluate", str(r), "--data-dir", str(t)], "--data-dir applies to the"),
     "evaluate --epoch 9": (lambda t, r: ["evaluate", str(r), "--epoch", "9"],
                            "no end-of-epoch checkpoint for epoch 9"),
     "sample missing dir": (lambda t, r: ["sample", str(t / "gone")], "is not a scratchvae run"),
+    "sample --out x.gif": (lambda t, r: ["sample", str(r), "--out", str(t / "x.gif")],
+                           "argument --out: expected a file name ending in .png, .pdf, .svg or .jpg"),
     "diverging --lr": (lambda t, r: ["train", *TINY, "--optimizer", "sgd", "--lr", "1000", "--out", str(t / "o")],
                        "the loss became non-finite at step"),
+    # flags that do not apply to the options chosen
+    "--momentum with adam": (lambda t, r: ["train", "--momentum", "0.9", "--out", str(t / "o")],
+                             "--momentum applies to --optimizer sgd only, got --optimizer adam"),
+    "--sigma with bernoulli": (lambda t, r: ["train", "--sigma", "shared", "--out", str(t / "o")],
+                               "--sigma applies to --likelihood gaussian only, got --likelihood bernoulli"),
+    "--beta, --kl-warmup with ae": (lambda t, r: ["train", "--mode", "ae", "--beta", "2", "--kl-warmup", "1"],
+                                    "--beta weighs the KL term, which --mode ae does not have; --kl-warmup"),
+    "--no-graph with numpy": (lambda t, r: ["train", "--no-graph"], "--no-graph applies to --backend cupy or auto"),
+    "train --data-dir embedded": (lambda t, r: ["train", "--data-dir", str(t)], "--data-dir applies to the datasets"),
+    "--overwrite with --resume": (lambda t, r: ["train", "--resume", str(r), "--overwrite", "--epochs", "3"],
+                                  "--overwrite does not apply to --resume"),
+    "compare --data-dir embedded": (lambda t, r: ["compare", "--data-dir", str(t)], "--data-dir applies to the"),
+    "plot --data-dir embedded run": (lambda t, r: ["plot", str(r), "--data-dir", str(t)], "--data-dir applies to"),
+    # resume keeps the run's settings
+    "--resume --lr other": (lambda t, r: ["train", "--resume", str(r), "--epochs", "3", "--lr", "0.01"],
+                            "--lr 0.01 (the run has 0.001)"),
+    "--resume --out other": (lambda t, r: ["train", "--resume", str(r), "--epochs", "3", "--out", str(t / "o")],
+                             "(the run is in"),
+    # --overwrite keeps the old run whatever fails
+    "--overwrite, bad --batch-size": (lambda t, r: ["train", *TINY, "--overwrite", "--batch-size", "6000",
+                                                    "--out", str(r)], "--batch-size 6000 is larger"),
+    "--overwrite, diverging": (lambda t, r: ["train", *TINY, "--overwrite", "--optimizer", "sgd", "--lr", "1000",
+                                             "--out", str(r)],
+                               "nothing was written. Try a smaller --lr, --kl-warmup, or float64; the run in"),
+    "compare --out not empty": (lambda t, r: ["compare", "--out", str(r)], "exists and is not empty"),
 }
+
+
+def tree(*folders):
+    """Every file and folder under ``folders`` -> its bytes (None for a folder)."""
+    return {p: None if p.is_dir() else p.read_bytes() for f in folders for p in [f, *f.rglob("*")] if p.exists()}
 
 
 @pytest.mark.parametrize("name", BAD_INVOCATIONS)
 def test_cli_user_errors_are_one_line(name, run_copy, tmp_path, capsys):
+    """One line naming what is wrong, and the file system as it was: nothing created, nothing
+    changed (a failed train leaves no folder; the run it was pointed at is intact)."""
     make_argv, words = BAD_INVOCATIONS[name]
     argv = make_argv(tmp_path, run_copy)
+    before = tree(tmp_path, run_copy)
     capsys.readouterr()
     line = one_line_error(capsys, run_main(argv))
     assert words in line, line
+    assert tree(tmp_path, run_copy) == before
 
 
 def test_cli_fault_spec_typo_is_one_line(tmp_path, monkeypatch, capsys):

@@ -1,9 +1,9 @@
 """Interrupted and killed training runs: nothing saved is lost, and resuming is exact.
 
 Every run here is ``python -m scratchvae train`` in a subprocess on the embedded data with
-a tiny model (hidden 8, latent 2, batch 50: 100 steps an epoch) and one BLAS thread, so a
-resumed run can be compared bit for bit (``np.array_equal``) with one uninterrupted run
-(``straight``, 8 epochs, every end-of-epoch checkpoint kept). Kills use
+a tiny model (hidden 8, latent 2, batch 50: 100 steps an epoch, ``--keep all``) and one BLAS
+thread, so a resumed run can be compared bit for bit (``np.array_equal``) with one
+uninterrupted run (``straight``, 8 epochs, every end-of-epoch checkpoint kept). Kills use
 ``SCRATCHVAE_FAULT`` (see :mod:`scratchvae.faults`): the process sends itself SIGKILL at a
 named point. Checkpoint-level crash tests are in test_checkpoint.py.
 """
@@ -25,7 +25,7 @@ from scratchvae.checkpoint import latest_checkpoint, list_checkpoints, load_chec
 from scratchvae.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--hidden", "8", "--latent", "2", "--batch-size", "50", "--seed", "3", "--quiet"]
+TINY = ["--hidden", "8", "--latent", "2", "--batch-size", "50", "--seed", "3", "--keep", "all", "--quiet"]
 STEPS_PER_EPOCH = 100
 STRAIGHT_EPOCHS = 8
 TIMING_KEYS = {"seconds", "eval_seconds"}
@@ -125,7 +125,7 @@ def test_signal_writes_mid_epoch_checkpoint_and_resume_is_bit_identical(straight
     # handlers in signal-number order, so of two at once SIGINT may come first)
     assert proc.returncode in {128 + s for s in signals}, err
     assert "Traceback" not in err
-    assert f"resume with: scratchvae train --resume {run} --epochs N" in err
+    assert f"resume with: scratchvae train --resume {run}\n" in err
     newest = latest_checkpoint(run / "checkpoints")
     assert f"checkpoint {newest}" in err
     m = re.fullmatch(r"epoch-(\d{4})-batch-(\d{6})\.npz", newest.name)
@@ -195,14 +195,44 @@ def test_sigkill_while_writing_keeps_the_previous_checkpoint(straight, one_epoch
     ok(resume(run, 3))
     assert_identical(ckpt_of(run, 3), ckpt_of(straight, 3))
     assert rows(run) == rows(straight)[:3]
+    assert not [p for p in run.rglob(".*")], "the killed writer's temporary file was removed"
 
 
-def test_killed_before_the_first_checkpoint_says_so(tmp_path):
-    run = tmp_path / "RUN"
+def test_killed_before_the_first_checkpoint_leaves_no_folder(tmp_path):
+    run = tmp_path / "runs" / "RUN"
     killed(train(run, 3, fault="mid-epoch:40"))
+    assert list(tmp_path.iterdir()) == []
     r = resume(run, 3)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        f"scratchvae: error: no checkpoints in {run / 'checkpoints'}"]
+        f"scratchvae: error: {run} is not a scratchvae run: there is no such folder"]
+
+
+def test_killed_while_writing_the_first_checkpoint_leaves_no_run(straight, tmp_path):
+    """The folder appears with its first checkpoint, in one rename: a kill before that leaves
+    only the staged folder, hidden, which the next train into the same --out removes."""
+    run = tmp_path / "RUN"
+    killed(train(run, 1, fault="before-rename"))
+    staged = [p.name for p in tmp_path.iterdir()]
+    assert not run.exists() and len(staged) == 1 and staged[0].startswith(".RUN.tmp-")
+    ok(train(run, 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RUN"]
+    assert_identical(ckpt_of(run, 1), ckpt_of(straight, 1))
+
+
+def test_killed_between_checkpoint_and_metrics_row_loses_no_row(straight, one_epoch, tmp_path):
+    """SIGKILL after epoch 2's checkpoint, before its metrics row: load_run rebuilds the row from
+    the checkpoint (without writing), resume writes it back, and the run ends as the straight one."""
+    run = tmp_path / "RUN"
+    shutil.copytree(one_epoch, run)
+    killed(resume(run, 3, fault="before-metrics:2"))
+    assert ckpt_of(run, 2).exists() and [r["epoch"] for r in rows(run)] == [1]
+    from scratchvae.runs import load_run
+
+    history = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in load_run(run).history]
+    assert history == rows(straight)[:2] and [r["epoch"] for r in rows(run)] == [1]
+    ok(resume(run, 3))
+    assert rows(run) == rows(straight)[:3]
+    assert_identical(ckpt_of(run, 3), ckpt_of(straight, 3))
 
 
 KILL_SEED = 20240613
@@ -216,10 +246,26 @@ def test_seeded_random_kills_then_resume_is_bit_identical(straight, tmp_path):
     run = tmp_path / "RUN"
     killed(train(run, 6, fault=f"mid-epoch:{kills[0]}"))
     for k in kills[1:]:
-        newest = assert_all_checkpoints_load(run)[-1]
+        before = load_checkpoint(assert_all_checkpoints_load(run)[-1])[1]["step"]
         killed(resume(run, 6, fault=f"mid-epoch:{k}"))
-        assert load_checkpoint(assert_all_checkpoints_load(run)[-1])[1]["step"] >= \
-            load_checkpoint(newest)[1]["step"]
+        assert load_checkpoint(assert_all_checkpoints_load(run)[-1])[1]["step"] >= before
     ok(resume(run, 6))
     assert_identical(ckpt_of(run, 6), ckpt_of(straight, 6))
     assert rows(run) == rows(straight)[:6]
+
+
+def test_killed_before_an_overwrite_swaps_keeps_both_runs(one_epoch, tmp_path):
+    """--overwrite killed once the new run is complete but before it replaced the old one: the
+    old run is intact; resuming the new one only completes the swap."""
+    run = tmp_path / "RUN"
+    shutil.copytree(one_epoch, run)
+    old = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    killed(_cli("train", *TINY, "--epochs", "1", "--seed", "8", "--out", str(run), "--overwrite", fault="before-swap"))
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == old
+    new = tmp_path / "RUN.new"
+    assert json.loads((new / "config.json").read_text())["replaces"] == "RUN"
+    r = _cli("train", "--resume", str(new), "--quiet")
+    ok(r)
+    assert f"the new run replaced the old one in {run}" in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RUN"]
+    assert json.loads((run / "config.json").read_text())["model"]["seed"] == 8
