@@ -95,9 +95,10 @@ def _add_train(sub, d):
     from .data import DATASETS
     from .inputs import BINARIZE
     from .likelihoods import LIKELIHOODS
-    from .model import DTYPES, MODES
+    from .model import DTYPES, MODES, OBJECTIVES
     from .ops.activations import ACTIVATIONS
     from .optim import OPTIMIZERS
+    from .posteriors import POSTERIORS
 
     t = sub.add_parser("train", help="train a model and write a run directory")
     g = t.add_argument_group("data")
@@ -113,6 +114,12 @@ def _add_train(sub, d):
     m.add_argument("--sigma", type=_sigma, default=d["sigma"], help="Gaussian σ: fixed:V, shared or per-pixel")
     m.add_argument("--beta", type=_nonneg_float, default=d["beta"])
     m.add_argument("--mode", default=d["mode"], choices=list(MODES))
+    m.add_argument("--posterior", default=d["posterior"], choices=list(POSTERIORS),
+                   help="q(z|x): diagonal N(μ, diag σ²) or full N(μ, SSᵀ)")
+    m.add_argument("--objective", default=d["objective"], choices=OBJECTIVES,
+                   help="elbo, or iwae: the importance-weighted bound of --iw-samples samples")
+    m.add_argument("--iw-samples", type=_positive_int, default=d["iw_samples"], metavar="K",
+                   help="samples per image of --objective iwae (default 5)")
     m.add_argument("--dtype", default=d["dtype"], choices=DTYPES)
     o = t.add_argument_group("optimisation")
     o.add_argument("--epochs", type=_positive_int, default=d["epochs"], help="total epochs (also on resume)")
@@ -273,6 +280,7 @@ def cmd_train(a):
     from .likelihoods import LIKELIHOODS
     from .model import VAE
     from .runs import TrainConfig, load_run, write_config
+    from .step import check_schedule
     from .train import Interrupted, fit, resume
 
     progress = _Progress(a.quiet)
@@ -305,10 +313,12 @@ def cmd_train(a):
     train, test = _load_data(a.dataset, a.data_dir, _download_progress())
     model = VAE(input_dim=train.images.shape[1], hidden=a.hidden, latent=a.latent, activation=a.activation,
                 likelihood=a.likelihood, sigma=a.sigma if LIKELIHOODS[a.likelihood].has_sigma else 1.0,
-                mode=a.mode, beta=a.beta, dtype=a.dtype, seed=a.seed, backend=a.backend)
+                mode=a.mode, beta=a.beta, dtype=a.dtype, seed=a.seed, backend=a.backend,
+                posterior=a.posterior, objective=a.objective, iw_samples=a.iw_samples)
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
                       momentum=a.momentum, binarize=a.binarize, kl_warmup=a.kl_warmup,
                       corrupt=a.corrupt, dataset=a.dataset).validate()
+    check_schedule(model, cfg.kl_warmup)
     if a.overwrite and out.exists():
         _clear_run(out)
     write_config(out, model, cfg, extra={"data_dir": str(Path(a.data_dir).resolve()) if a.data_dir else None,
@@ -414,6 +424,7 @@ def cmd_compare(a):
     for name, acc in res["probe_accuracy"].items():
         print(f"{name:8s} linear-probe accuracy {acc:.3f}")
     print(res["figure"])
+    print(res["posterior_figure"])
     return 0
 
 

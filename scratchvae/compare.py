@@ -7,6 +7,8 @@ and scores them with :mod:`scratchvae.evaluate`); the figure is drawn by
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .evaluate import PROBE_TRAIN_LIMIT, _positive, encode_mean, linear_probe
@@ -29,13 +31,17 @@ def compare_models(train, test, *, epochs, batch_size, hidden, lr, seed, backend
     events with ``info["model"]`` naming the model. Writes the figure with
     :func:`scratchvae.plots.comparison_figure` to ``out``.
 
-    Returns {"probe_accuracy": {name: float}, "figure": str(out), "history": {name: rows}}.
+    Beside it, ``<out stem>-posteriors<suffix>``: the three models' test posteriors
+    (:func:`scratchvae.plots.posterior_figure`: ellipses for the VAEs, points for the AE).
+
+    Returns {"probe_accuracy": {name: float}, "figure": str(out), "posterior_figure": str,
+    "history": {name: rows}}.
     """
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr).validate()
     probe_limit = _positive("probe_limit", probe_limit)
     from .model import VAE
 
-    results, history, z = {}, {}, None
+    results, history, models, z = {}, {}, {}, None
     for name, mode in COMPARE_MODELS:
         model = VAE(input_dim=train.images.shape[1], hidden=hidden, latent=2, activation="relu",
                     likelihood="bernoulli", mode=mode, seed=seed, backend=backend)
@@ -43,6 +49,7 @@ def compare_models(train, test, *, epochs, batch_size, hidden, lr, seed, backend
         if callback is not None:
             cb = (lambda nm: lambda event, info: callback(event, {**info, "model": nm}))(name)
         history[name] = fit(model, train.images, None, config=cfg, callback=cb)
+        models[name] = model
         if z is None:
             z = model.rng["eval"].normal((COMPARE_GRID * COMPARE_GRID, model.latent), model.dtype.name)
         xtr = prepare_images(train.images[:probe_limit], model, "train")
@@ -53,8 +60,10 @@ def compare_models(train, test, *, epochs, batch_size, hidden, lr, seed, backend
                          "labels": np.asarray(test.labels),
                          "decodes": model.backend.to_host(model.decode_mean(z)),
                          "probe_accuracy": acc}
-    from .plots import comparison_figure
+    from .plots import comparison_figure, posterior_figure
 
     comparison_figure(results, out)
+    posteriors = Path(out).with_name(f"{Path(out).stem}-posteriors{Path(out).suffix}")
+    posterior_figure(models, test, posteriors)
     return {"probe_accuracy": {k: v["probe_accuracy"] for k, v in results.items()},
-            "figure": str(out), "history": history}
+            "figure": str(out), "posterior_figure": str(posteriors), "history": history}

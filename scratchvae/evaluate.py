@@ -172,7 +172,9 @@ def _mean_se(v):
 def evaluate_elbo(model, x, batch=EVAL_BATCH):
     """Test −ELBO per sample with z sampled (from the 'eval' stream), and its parts.
 
-    Returns a dict of floats: loss (= recon + kl), recon, kl; one host sync at the end.
+    Returns a dict of floats: loss (= recon + kl; with ``objective='iwae'`` the model's own
+    loss, −L_K of its K samples, beside the first sample's recon and the closed-form kl), recon,
+    kl; one host sync at the end.
     """
     xp = model.xp
     tot = xp.zeros(3, dtype=np.float64)
@@ -180,9 +182,9 @@ def evaluate_elbo(model, x, batch=EVAL_BATCH):
         xb = x[i:i + batch]
         eps = None
         if model.posterior.stochastic:
-            eps = model.rng["eval"].normal((xb.shape[0], model.latent), model.dtype.name)
+            eps = model.rng["eval"].normal(model.eps_shape(xb.shape[0]), model.dtype.name)
         r = model.loss_and_grads(xb, eps=eps, need_grads=False)
-        tot[0] += r.neg_elbo
+        tot[0] += r.loss
         tot[1] += r.recon
         tot[2] += r.kl
     t = model.backend.to_host(tot) / x.shape[0]
@@ -302,7 +304,9 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
     binary images; the probe's train images likewise (the train stream).
 
     Returns a JSON-able dict: ``epoch``, ``mode``, ``likelihood``, ``binarize``, ``n_test``,
-    ``test_elbo`` {loss, recon, kl} per image (one z per image), ``log_px``
+    ``posterior`` / ``objective`` / ``iw_samples`` where not the defaults,
+    ``test_elbo`` {loss, recon, kl} per image (one z per image; ``loss`` is −L_K for an
+    ``objective='iwae'`` model, see :func:`evaluate_elbo`), ``log_px``
     {K: {mean, se, gain, gain_se}} (gain: mean rise over the smallest K with its paired SE;
     None for an 'ae' run, with ``log_px_note``), ``active_units`` {count, of, threshold,
     variances}, ``probe_accuracy`` (μ codes of up to ``probe_limit`` train images -> test
@@ -321,7 +325,7 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
 
     res = {"epoch": run.meta.get("epoch"), "mode": model.mode, "likelihood": model.likelihood.name,
            "units": model.likelihood.units, "binarize": tc.binarize, "dataset": tc.dataset,
-           "n_test": int(xtest.shape[0])}
+           "n_test": int(xtest.shape[0]), **model.config_extras()}
     res["test_elbo"] = evaluate_elbo(model, xtest)
     if not model.posterior.stochastic:
         res["log_px"] = None
@@ -355,11 +359,16 @@ def _prepare(images, model, tc, stream_id, what):
 
 def format_report(res) -> str:
     """A readable multi-line report of :func:`evaluate_run`'s dict."""
-    lines = [f"epoch {res.get('epoch')} · {res.get('mode')} · {res.get('likelihood')} · "
+    extras = "".join(f" · {k} {res[k]}" for k in ("posterior", "objective", "iw_samples") if k in res)
+    lines = [f"epoch {res.get('epoch')} · {res.get('mode')} · {res.get('likelihood')}{extras} · "
              f"binarize {res.get('binarize')} · {res['n_test']} test images"]
     e = res["test_elbo"]
-    lines.append(f"test −ELBO      {e['loss']:10.3f} nats/image  (recon {e['recon']:.3f} + kl {e['kl']:.3f}; "
-                 f"one z per image)")
+    if res.get("objective") == "iwae":
+        lines.append(f"test −L_{res['iw_samples']:<8d}{e['loss']:10.3f} nats/image  (its objective; one z per "
+                     f"image: recon {e['recon']:.3f}, kl {e['kl']:.3f})")
+    else:
+        lines.append(f"test −ELBO      {e['loss']:10.3f} nats/image  (recon {e['recon']:.3f} + kl {e['kl']:.3f}; "
+                     f"one z per image)")
     lp = res.get("log_px")
     if lp is None:
         lines.append(f"log p(x)        n/a ({res.get('log_px_note', 'no q(z|x)')})")

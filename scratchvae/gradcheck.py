@@ -66,12 +66,14 @@ def gradcheck_model(model, x, eps=None, target=None, **kwargs) -> dict:
     """:func:`gradcheck` of ``model.loss_and_grads`` over every parameter (fixed ε).
 
     The model must be float64. ``eps`` defaults to one draw from the model's noise stream,
-    held fixed for all evaluations. Returns parameter name -> relative error.
+    of the shape the model's objective takes (``model.eps_shape``: (N, L), or (K, N, L) for
+    the importance-weighted bound), held fixed for all evaluations. Returns parameter name
+    -> relative error.
     """
     if model.dtype != np.float64:
         raise InputError(f"gradcheck_model needs a float64 model, got {model.dtype}")
     if eps is None and model.posterior.stochastic:
-        eps = model.rng["noise"].normal((x.shape[0], model.latent), "float64")
+        eps = model.rng["noise"].normal(model.eps_shape(x.shape[0]), "float64")
     res = model.loss_and_grads(x, eps=eps, target=target)
     grads = {k: model.xp.array(v, copy=True) for k, v in res.grads.items()}
 

@@ -9,6 +9,7 @@ p(x|z); its formulas live in :mod:`scratchvae.ops.likelihoods`, and it calls the
 ``check_data(x, what)``                  the pixel values it can model
 ``forward_backward(y, x, dy, ...)``      the fused −log p(x|z) sum and ∂/∂y (training)
 ``backward_params(extra, P, G)``         the gradients of its own parameters
+``weighted_backward(y, x, w, dy, ...)``  ∂/∂y of Σ_r w_r (−log p(x_r|y_r)) (importance weights)
 ``nll_rows(y, x, P, dtype)``             −log p(x|z) per row (importance sampling)
 ``mean(y, P)``                           E[x | z] from the decoder output y
 ``draw(mean, P, stream)``                pixels drawn from p(x|z)
@@ -69,6 +70,11 @@ class Bernoulli:
     def backward_params(self, extra, params, grads):
         pass
 
+    def weighted_backward(self, y, x, weights, dy, scratch, params):
+        """dy = w_r (σ(y_r) − x_r) row by row (y: logits, bias added, used as scratch); returns None."""
+        ops.bernoulli_nll_forward_backward(y, x, dy, scratch, overwrite_logits=True)
+        dy *= weights[:, None]
+
     def nll_rows(self, y, x, params, dtype=None):
         return ops.bernoulli_nll_rows(y, x, dtype=dtype)
 
@@ -125,6 +131,12 @@ class Gaussian:
         y += bias
         return ops.gaussian_nll_forward_backward(y, x, self.log_sigma(params), dy, scratch,
                                              per_pixel=self.kind == "per-pixel")
+
+    def weighted_backward(self, y, x, weights, dy, scratch, params):
+        """dy = w_r (y_r − x_r)/σ² row by row (y: means, bias added) and, for a learned σ,
+        Σ_r w_r ∂(−log p(x_r|y_r))/∂log σ (for :meth:`backward_params`), else None."""
+        return ops.gaussian_nll_forward_backward(y, x, self.log_sigma(params), dy, scratch,
+                                                 per_pixel=self.kind == "per-pixel", row_weights=weights)[1]
 
     def backward_params(self, dlog_sigma, params, grads):
         if self.learned:

@@ -13,10 +13,15 @@ The model composes two objects and asks them instead of branching: its **posteri
 **likelihood** (:mod:`scratchvae.likelihoods`: −log p(x|z), its gradient, the decoder mean,
 draws). The mode is decided once, in :data:`MODES`:
 
-``'vae'``      a diagonal-Gaussian posterior; objective = recon + β·kl.
+``'vae'``      a Gaussian posterior (``posterior='diagonal'`` or ``'full'``, N(μ, SSᵀ));
+               objective = recon + β·kl.
 ``'ae'``       a plain autoencoder: z = μ (a point), no sampling, no KL, the head is (H, L).
 ``'kl-only'``  objective = β·kl; the reconstruction is still computed and reported, but
                nothing of it reaches the gradients (the decoder's gradients are zero).
+
+The objective is decided once too: ``'elbo'`` (above), or ``'iwae'``, the importance-weighted
+bound L_K of K = ``iw_samples`` samples per image (:mod:`scratchvae.ops.iwae`; its
+forward and backward are :meth:`VAE._forward_iw` and :meth:`VAE._backward_iw`).
 
 The fused head. One weight ``enc.head.W`` of shape (H, 2L) and bias (2L,) produce μ and
 logvar in one GEMM: columns [:L] are the μ head and [L:] the logvar head. Two separate
@@ -47,10 +52,15 @@ from .errors import InputError
 from .likelihoods import make_likelihood
 from .ops.activations import activation_backward, bias_act_forward, check_activation
 from .ops.dense import dense_backward, matmul
-from .posteriors import DiagonalGaussian, PointMass
+from .ops.iwae import iw_bound_and_weights
+from .posteriors import POSTERIORS, PointMass
 
-MODES = {"vae": (DiagonalGaussian, True), "ae": (PointMass, True), "kl-only": (DiagonalGaussian, False)}
-"""mode -> (its posterior, whether the reconstruction is in the objective)."""
+MODES = {"vae": (None, True), "ae": (PointMass, True), "kl-only": (None, False)}
+"""mode -> (its posterior: None for the Gaussian family ``posterior=`` names, whether the
+reconstruction is in the objective)."""
+OBJECTIVES = ("elbo", "iwae")
+IW_SAMPLES = 5
+"""K of ``objective='iwae'`` when ``iw_samples`` is not given (Burda et al.'s smaller K)."""
 DTYPES = ("float32", "float64")
 MODEL_STREAMS = {"init": 0, "noise": 1, "eval": 4}
 """The model's random streams and their ids (the ids fix the numbers; see backend.random)."""
@@ -73,9 +83,14 @@ class LossResult:
     beta: object = 1.0
     fits_data: bool = True
     grads: dict = field(default_factory=dict)
+    bound: object = None
+    """``objective='iwae'``: −Σ_n L_K(x_n), the negative importance-weighted bound (then recon
+    is the first sample's and kl the closed form: the single-sample ELBO's parts)."""
 
     @property
     def objective(self):
+        if self.bound is not None:
+            return self.bound
         beta = self.beta
         if not isinstance(beta, (int, float)):   # a device value from a schedule
             beta = beta.astype(self.kl.dtype).reshape(())
@@ -85,9 +100,16 @@ class LossResult:
     def neg_elbo(self):
         return self.recon + self.kl
 
+    @property
+    def loss(self):
+        """What a run reports as its loss: −L_K (``objective='iwae'``), else −ELBO."""
+        return self.neg_elbo if self.bound is None else self.bound
+
     def per_sample(self) -> dict:
-        """The loss parts as Python floats divided by the batch size (a host sync)."""
-        return {k: float(getattr(self, k)) / self.n for k in ("recon", "kl", "objective", "neg_elbo")}
+        """The loss parts as Python floats divided by the batch size (a host sync); with
+        ``objective='iwae'`` also ``neg_iw_bound``."""
+        keys = ("recon", "kl", "objective", "neg_elbo") + (() if self.bound is None else ("neg_iw_bound",))
+        return {k: float(self.bound if k == "neg_iw_bound" else getattr(self, k)) / self.n for k in keys}
 
 
 class _Workspace:
@@ -97,15 +119,21 @@ class _Workspace:
         xp, dt = model.xp, model.dtype
         e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
         D, head = model.input_dim, model.posterior.head_width(model.latent)
+        K = model.iw_samples
+        rows = n * K                                          # decoded rows: K samples per image
         self.enc_a = [e(n, h) for h in model.hidden]          # activations
         self.enc_d = [e(n, h) for h in model.hidden]          # gradients w.r.t. them
-        self.mask = xp.empty((n, max(model.hidden, default=1)), dtype=bool)   # ReLU masks
+        self.mask = xp.empty((rows, max(model.hidden, default=1)), dtype=bool)   # ReLU masks
         self.ml, self.dml = e(n, head), e(n, head)            # the head's output and its gradient
-        self.q = model.posterior.workspace(xp, dt, n, model.latent)
+        self.q = model.posterior.workspace(xp, dt, rows, model.latent)
         self.z = None                                         # the decoder's input (set per step)
-        self.dec_a = [e(n, h) for h in model.dec_hidden]
-        self.dec_d = [e(n, h) for h in model.dec_hidden]
-        self.y, self.dy, self.scratch = e(n, D), e(n, D), e(n, D)
+        self.dec_a = [e(rows, h) for h in model.dec_hidden]
+        self.dec_d = [e(rows, h) for h in model.dec_hidden]
+        self.y, self.dy, self.scratch = e(rows, D), e(rows, D), e(rows, D)
+        if model.objective == "iwae":                         # the head and target once per sample
+            self.mlk, self.dmlk = (e(rows, head), e(rows, head)) if K > 1 else (self.ml, self.dml)
+            self.xt = e(rows, D) if K > 1 else None
+            self.w, self.target = e(K, n), None               # normalised weights w̃ (K, N)
 
 
 class VAE:
@@ -123,6 +151,12 @@ class VAE:
         'per-pixel' for a learned log σ (soft floor at log σ = −6, see
         :mod:`scratchvae.ops.likelihoods`).
     mode : 'vae', 'ae' (plain autoencoder) or 'kl-only' (see :data:`MODES`).
+    posterior : 'diagonal' (N(μ, diag σ²)) or 'full' (N(μ, SSᵀ), S lower triangular); not
+        for mode 'ae', whose code is a point.
+    objective : 'elbo' (recon + β·KL) or 'iwae' (the importance-weighted bound of
+        ``iw_samples`` samples, K; default :data:`IW_SAMPLES`). 'iwae' needs mode 'vae' and
+        β = 1: its weights p(x|z)p(z)/q(z|x) hold the prior and the posterior inside one
+        log-mean-exp, with no separate KL term for β to weight.
     beta : weight of the KL term in the objective.
     dtype : 'float32' (training) or 'float64' (gradient checks).
     seed : seeds the model's random streams ('init', 'noise', 'eval'; see :data:`MODEL_STREAMS`).
@@ -131,7 +165,7 @@ class VAE:
 
     def __init__(self, input_dim=784, hidden=(400,), latent=20, activation="relu",
                  likelihood="bernoulli", sigma=1.0, mode="vae", beta=1.0, dtype="float32",
-                 seed=0, backend="numpy"):
+                 seed=0, backend="numpy", posterior="diagonal", objective="elbo", iw_samples=None):
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
         self.input_dim = _positive_int("input_dim", input_dim)
@@ -144,9 +178,9 @@ class VAE:
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
-        posterior, self.fits_data = MODES[mode]
-        self.posterior = posterior()
         self.beta = _beta(beta)
+        self.posterior, self.fits_data = _posterior(mode, posterior)
+        self.objective, self.iw_samples = _objective(objective, iw_samples, mode, self.beta)
         if str(dtype) not in DTYPES:
             raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.dtype = np.dtype(str(dtype))
@@ -219,11 +253,24 @@ class VAE:
         self.likelihood.init_params(self.params)
 
     def config(self) -> dict:
-        """The constructor arguments as a JSON-able dict (enough to rebuild the model)."""
+        """The constructor arguments as a JSON-able dict (enough to rebuild the model).
+
+        The arguments added after 0.1.0 (``posterior``, ``objective``, ``iw_samples``) appear
+        only when they differ from the defaults, so a model of 0.1.0's kind has 0.1.0's config.
+        """
         return {"input_dim": self.input_dim, "hidden": list(self.hidden), "latent": self.latent,
                 "activation": self.activation, "likelihood": self.likelihood.name,
                 "sigma": self.likelihood.sigma, "mode": self.mode, "beta": self.beta,
-                "dtype": self.dtype.name, "seed": self.seed}
+                "dtype": self.dtype.name, "seed": self.seed, **self.config_extras()}
+
+    def config_extras(self) -> dict:
+        """``posterior``, ``objective`` and ``iw_samples`` where they differ from the defaults."""
+        c = {}
+        if self.posterior.name not in ("diagonal", "point"):
+            c["posterior"] = self.posterior.name
+        if self.objective != "elbo":
+            c["objective"], c["iw_samples"] = self.objective, self.iw_samples
+        return c
 
     def host_params(self) -> dict:
         """A host NumPy copy of every parameter (checkpoint boundary: a sync on a GPU)."""
@@ -269,14 +316,20 @@ class VAE:
         raise InputError(f"{what} holds {int(bad.sum())} non-finite values (NaN or Inf); "
                          f"the first at index {first}")
 
+    def eps_shape(self, n):
+        """The shape of the noise ε of one :meth:`loss_and_grads` call on n images: (n, L), or
+        (K, n, L) with ``objective='iwae'``."""
+        return (n, self.latent) if self.objective == "elbo" else (self.iw_samples, n, self.latent)
+
     def _check_batch(self, x, eps, target):
-        """x and target (N, D), eps (N, L) as :meth:`loss_and_grads` takes them; returns target."""
+        """x and target (N, D), eps :meth:`eps_shape` as :meth:`loss_and_grads` takes them;
+        returns target."""
         self._check_x(x)
         n = x.shape[0]
         if eps is not None and self.posterior.stochastic:
             self.backend.check("eps", eps)
-            if tuple(eps.shape) != (n, self.latent) or eps.dtype != self.dtype:
-                raise InputError(f"eps must be a {self.dtype.name} array of shape ({n}, {self.latent}), "
+            if tuple(eps.shape) != self.eps_shape(n) or eps.dtype != self.dtype:
+                raise InputError(f"eps must be a {self.dtype.name} array of shape {self.eps_shape(n)}, "
                                  f"got {eps.dtype} {tuple(eps.shape)}")
         if target is None:
             return x
@@ -295,8 +348,10 @@ class VAE:
         return h
 
     def encode(self, x):
-        """x (N, D) -> the posterior's parameters (μ, logvar), each (N, L) (logvar is None in
-        'ae' mode). logvar is clamped to ±LOGVAR_LIMIT = 30 as in training (see ops.gaussian).
+        """x (N, D) -> the posterior's parameters: (μ, logvar), each (N, L), for the diagonal
+        posterior; (μ, scale_tril) with scale_tril S (N, L, L) lower triangular, q = N(μ, SSᵀ),
+        for the full one; (μ, None) in 'ae' mode. The log-scales are clamped as in training
+        (logvar to ±30, log S_ii to ±15; see ops.gaussian, ops.fullcov).
         x must be finite, of the model's dtype and backend (uint8 images: divide by 255).
         """
         self._check_x(x)
@@ -305,7 +360,8 @@ class VAE:
         return self.posterior.split(matmul(h, self.params["enc.head.W"]) + self.params["enc.head.b"])
 
     def reparameterize(self, mu, logvar, eps=None):
-        """z = μ + exp(½ logvar) ⊙ ε; ε drawn from the 'noise' stream unless given."""
+        """z = μ + exp(½ logvar) ⊙ ε (full posterior: ``logvar`` is scale_tril S, z = μ + S ε);
+        ε drawn from the 'noise' stream unless given."""
         if eps is None:
             eps = self.rng["noise"].normal(mu.shape, self.dtype.name)
         return self.posterior.sample((mu, logvar), eps)
@@ -362,16 +418,28 @@ class VAE:
 
         x: (N, D) the encoder's input; ``target`` (default x) the reconstruction target
         (a denoising run passes the corrupted x and the clean target). ``eps``: (N, L)
-        injected noise; drawn from the 'noise' stream when None (ignored in 'ae' mode).
+        injected noise, (K, N, L) with ``objective='iwae'`` (:meth:`eps_shape`); drawn from
+        the 'noise' stream when None (ignored in 'ae' mode).
         ``beta``: the KL weight of this call (default the model's ``beta``): a number, or a
-        float64 backend array of one value (a training schedule's, read on the device).
+        float64 backend array of one value (a training schedule's, read on the device);
+        'iwae' has none (a number must be 1; an array is not read).
         Returns a :class:`LossResult` of batch sums; gradients are of the **sum**
-        ``objective = recon + β·kl``, as in the PyTorch VAE example.
+        ``objective = recon + β·kl``, as in the PyTorch VAE example (with 'iwae': of
+        −Σ_n L_K(x_n), ``LossResult.bound``).
         x is checked for backend, shape and dtype but not scanned for NaN/Inf (the hot
         path: ``fit`` checks its data once and the loss every few steps).
         """
         target = self._check_batch(x, eps, target)
         ws = self.workspace(x.shape[0])
+        if self.objective == "iwae":
+            if isinstance(beta, (int, float)) and beta != 1:
+                raise InputError(f"objective 'iwae' has no KL weight: beta must be 1, got {beta!r}")
+            recon, kl, bound = self._forward_iw(x, eps, target, ws)
+            result = LossResult(recon=recon, kl=kl, n=x.shape[0], bound=bound)
+            if need_grads:
+                self._backward_iw(x, ws)
+                result.grads = self.grads
+            return result
         recon, kl, extra = self._forward(x, eps, target, ws)
         result = LossResult(recon=recon, kl=kl, n=x.shape[0], beta=self.beta if beta is None else beta,
                             fits_data=self.fits_data)
@@ -406,6 +474,48 @@ class VAE:
         self.posterior.backward(dz, ws.q, ws.ml, beta, ws.dml)
         self._backward_stack(self._enc_head, [x] + ws.enc_a, ws.enc_d, ws.dml, None, ws.mask)
 
+    def _forward_iw(self, x, eps, target, ws):
+        """The importance-weighted forward: the encoder once; K samples per image through the
+        posterior's block (the head repeated K times) and the decoder; per (sample, image) the
+        log-weight log w = log p(x|z) + log p(z) − log q(z|x); the bound and its weights w̃
+        (kept in ``ws.w``). Returns (recon, kl, −Σ_n L_K): recon of the first sample and the
+        closed-form KL, the single-sample ELBO's parts, beside the bound."""
+        P, q, lik = self.params, self.posterior, self.likelihood
+        K, n = self.iw_samples, x.shape[0]
+        h = self._hidden_forward(x, self._enc, (ws.enc_a, ws.enc_d))
+        matmul(h, P["enc.head.W"], out=ws.ml)
+        ws.target = target
+        if K > 1:
+            ws.mlk.reshape(K, n, -1)[...] = ws.ml        # row k·n + i: image i, sample k
+            ws.target = ws.xt
+            ws.xt.reshape(K, n, -1)[...] = target
+        q.fill_noise(ws.q, None if eps is None else eps.reshape(K * n, -1), self.rng["noise"])
+        ws.z, kl = q.forward(ws.mlk, ws.q, P["enc.head.b"])      # kl: K times the closed form
+        g = self._hidden_forward(ws.z, self._dec, (ws.dec_a, ws.dec_d))
+        y = matmul(g, P["dec.out.W"], out=ws.y)
+        y += P["dec.out.b"]
+        nll = lik.nll_rows(y, ws.target, P)               # −log p(x|z) per (sample, image)
+        logw = q.iw_log_ratio_rows(ws.q, ws.mlk)
+        logw -= nll
+        bound = iw_bound_and_weights(logw.reshape(K, n), ws.w)
+        return self.xp.sum(nll[:n]), kl / K, -bound
+
+    def _backward_iw(self, x, ws):
+        """∂(−Σ_n L_K)/∂θ = Σ_{k,n} w̃_kn ∂(−log w_kn)/∂θ (see :mod:`scratchvae.ops.iwae`):
+        the likelihood's gradient weighted row by row, back through the decoder; the prior's
+        and log q's terms and the sample (:meth:`~scratchvae.posteriors._Gaussian.iw_backward`);
+        the K head gradients of an image summed (its head feeds all K samples); the encoder."""
+        K, n = self.iw_samples, x.shape[0]
+        w = ws.w.reshape(-1)
+        extra = self.likelihood.weighted_backward(ws.y, ws.target, w, ws.dy, ws.scratch, self.params)
+        dz = self.posterior.dz_buffer(ws.q, ws.dmlk)
+        self._backward_stack(self._dec_out, [ws.z] + ws.dec_a, ws.dec_d, ws.dy, dz, ws.mask)
+        self.likelihood.backward_params(extra, self.params, self.grads)
+        self.posterior.iw_backward(dz, ws.q, ws.mlk, w, ws.dmlk)
+        if K > 1:
+            self.xp.sum(ws.dmlk.reshape(K, n, -1), axis=0, out=ws.dml)
+        self._backward_stack(self._enc_head, [x] + ws.enc_a, ws.enc_d, ws.dml, None, ws.mask[:n])
+
     def _backward_stack(self, layers, ins, dbufs, d, first_dx, mask):
         """Backpropagate ``d`` = ∂ℓ/∂(output of the last layer) down a stack of dense layers.
 
@@ -424,8 +534,9 @@ class VAE:
 
     def __repr__(self):
         c = self.config()
+        extra = "".join(f", {k}={c[k]}" for k in ("posterior", "objective", "iw_samples") if k in c)
         return (f"VAE(D={c['input_dim']}, hidden={tuple(c['hidden'])}, L={c['latent']}, "
-                f"{c['activation']}, {c['likelihood']}, mode={c['mode']}, β={c['beta']}, "
+                f"{c['activation']}, {c['likelihood']}, mode={c['mode']}, β={c['beta']}{extra}, "
                 f"{c['dtype']}, backend={self.backend.name})")
 
 
@@ -433,6 +544,38 @@ def _positive_int(name, v):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise InputError(f"{name} must be a positive integer, got {v!r}")
     return int(v)
+
+
+def _posterior(mode, name):
+    """(the posterior object, whether the reconstruction is in the objective) of a mode."""
+    posterior, fits_data = MODES[mode]
+    if name not in POSTERIORS:
+        raise InputError(f"posterior must be one of {', '.join(POSTERIORS)}, got {name!r}")
+    if posterior is None:
+        return POSTERIORS[name](), fits_data
+    if name != "diagonal":
+        raise InputError(f"posterior={name!r} does not apply to mode {mode!r}: its code is a point, "
+                         f"with no posterior to shape")
+    return posterior(), fits_data
+
+
+def _objective(objective, iw_samples, mode, beta):
+    """(objective, K) after the checks: 'iwae' needs mode 'vae' and β = 1 (see :class:`VAE`)."""
+    if objective not in OBJECTIVES:
+        raise InputError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if objective == "elbo":
+        if iw_samples not in (None, 1):
+            raise InputError(f"iw_samples is the K of objective='iwae'; the ELBO draws one sample, "
+                             f"got iw_samples={iw_samples!r}")
+        return objective, 1
+    if mode != "vae":
+        why = ("an autoencoder has no q(z|x) to sample" if mode == "ae" else
+               "without the reconstruction the weights p(z)/q(z|x) bound log ∫p(z)dz = 0: nothing to learn")
+        raise InputError(f"objective 'iwae' needs mode 'vae', got {mode!r}: {why}")
+    if beta != 1:
+        raise InputError(f"objective 'iwae' needs beta = 1, got {beta!r}: its weights p(x|z)p(z)/q(z|x) "
+                         f"hold the prior and the posterior in one log-mean-exp, with no KL term to weight")
+    return objective, _positive_int("iw_samples", IW_SAMPLES if iw_samples is None else iw_samples)
 
 
 def _beta(beta):

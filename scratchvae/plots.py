@@ -28,6 +28,7 @@ The figures (``plot_run`` writes 1–8 into a folder)::
     6 interpolation.png    linear and spherical (slerp) paths between two test μ's
     7 arithmetic.png       μ(x) + (mean μ | class b − mean μ | class a) for digits x of class a
     8 losses.png           train/test −ELBO, reconstruction and KL per epoch (if any epoch is done)
+    9 posteriors.png       L = 2 only: each test image's q(z|x) as its 1-σ ellipse (an AE: its code, a point)
 
 Mode 'ae' (a plain autoencoder) has no q(z|x) to sample and no KL: the abstraction figure
 is skipped; the manifold picks the two units of largest variance of μ and spans each over
@@ -63,12 +64,14 @@ FIGSIZE = {
     "arithmetic": (8.0, 6.4),
     "losses": (13.0, 4.0),
     "comparison": (4.5, 9.0),  # per model column
+    "posteriors": (4.6, 5.0),  # per model panel
 }
 FILES = {kind: f"{kind}.png" for kind in FIGSIZE if kind != "comparison"}
 STREAM_IDS = {"latent": 200, "reconstructions": 201, "abstraction": 202, "samples": 203,
-              "samples-draw": 204, "interpolation": 205, "arithmetic": 206}
+              "samples-draw": 204, "interpolation": 205, "arithmetic": 206, "posteriors": 207}
 MAX_SCATTER = 2000     # test points in a scatter
 MAX_CLASS_MEAN = 10000  # images encoded for the class means of the attribute vectors
+MAX_ELLIPSES = 200     # test images whose posteriors are drawn
 _BATCH = 1000
 _PAD, _GAP, _PAD_VALUE = 2, 8, 0.35  # pixels between tiles, extra between groups, their gray
 
@@ -121,7 +124,10 @@ MODE_NAMES = {"vae": "VAE", "ae": "AE", "kl-only": "KL-only"}
 
 
 def _describe(model):
-    return f"{MODE_NAMES[model.mode]}, L = {model.latent}, {model.likelihood.name}"
+    extra = model.config_extras()
+    more = (", full-covariance q" if "posterior" in extra else "") + (
+        f", IWAE K = {model.iw_samples}" if "objective" in extra else "")
+    return f"{MODE_NAMES[model.mode]}, L = {model.latent}, {model.likelihood.name}{more}"
 
 
 # -- arrays ------------------------------------------------------------------------------------
@@ -518,15 +524,16 @@ def arithmetic_figure(model, test, path, train=None, pairs=3, per_row=8, seed=0)
 
 
 # -- 8 loss curves ---------------------------------------------------------------------------------------
-def loss_figure(history, path, title=""):
-    """Per-epoch train and test −ELBO, reconstruction and KL (nats per image) from a run's history."""
+def loss_figure(history, path, title="", loss=None):
+    """Per-epoch train and test −ELBO, reconstruction and KL (nats per image) from a run's history;
+    ``loss`` names the first panel if its loss is not the −ELBO (an importance-weighted run's −L_K)."""
     if not history:
         raise InputError("history is empty: no epoch has finished yet")
     epochs = [r["epoch"] for r in history]
     with _drawing("losses", path=path) as (plt, fig):
         axes = fig.subplots(1, 3)
         for ax, key, name in zip(axes, ("loss", "recon", "kl"),
-                                 ("−ELBO (recon + KL)", "reconstruction −log p(x|z)", "KL(q(z|x) ‖ p(z))")):
+                                 (loss or "−ELBO (recon + KL)", "reconstruction −log p(x|z)", "KL(q(z|x) ‖ p(z))")):
             for split, style in (("train", "o-"), ("test", "s--")):
                 ys = [r.get(f"{split}_{key}") for r in history]
                 if all(y is not None for y in ys):
@@ -586,14 +593,80 @@ def comparison_figure(results, path):
     return Path(path)
 
 
+# -- 10 posteriors as ellipses ------------------------------------------------------------------------------
+def ellipse_axes(cov):
+    """(widths, heights, angles in degrees) of the 1-σ ellipses {z : (z − μ)ᵀ Σ⁻¹ (z − μ) = 1} of
+    2×2 covariances (n, 2, 2): Σ = V diag(λ) Vᵀ, the axes along V's columns with half-lengths √λ."""
+    lam, vec = np.linalg.eigh(np.asarray(cov, dtype=np.float64))      # λ ascending
+    lam = np.maximum(lam, 0.0)
+    angles = np.degrees(np.arctan2(vec[:, 1, 1], vec[:, 0, 1]))       # the major axis's direction
+    return 2 * np.sqrt(lam[:, 1]), 2 * np.sqrt(lam[:, 0]), angles
+
+
+def _posterior_panel(ax, model, name, images, labels, colours):
+    """One model's panel: 1-σ ellipses of q(z|x) (or an AE's points) and the prior's 1-σ circle."""
+    from matplotlib.collections import EllipseCollection
+    from matplotlib.patches import Circle
+
+    mu, second = _encode(model, images)
+    c = [colours[int(k)] for k in labels]
+    if not model.posterior.stochastic:
+        ax.scatter(mu[:, 0], mu[:, 1], c=c, s=6, linewidths=0)
+        spread, what = np.zeros(len(mu)), "its codes z = μ(x): points"
+    else:
+        w, h, a = ellipse_axes(model.posterior.covariance((mu, second)))
+        ax.add_collection(EllipseCollection(w, h, a, units="xy", offsets=mu, offset_transform=ax.transData,
+                                            facecolors=[(*k[:3], 0.08) for k in c], edgecolors=c, linewidths=0.6))
+        ax.add_patch(Circle((0, 0), 1.0, fill=False, linestyle="--", color="0.3", linewidth=0.8))
+        spread, what = w / 2, f"q(z|x) as 1-σ ellipses ({model.posterior.name} covariance)"
+    lo = np.quantile(mu - spread[:, None], 0.01, axis=0)
+    hi = np.quantile(mu + spread[:, None], 0.99, axis=0)
+    centre, half = (lo + hi) / 2, 0.54 * (hi - lo).max()          # a square window: circles stay round
+    ax.set_xlim(centre[0] - half, centre[0] + half)
+    ax.set_ylim(centre[1] - half, centre[1] + half)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("z₁")
+    ax.set_ylabel("z₂")
+    ax.set_title(f"{name}\n{what}", fontsize=9)
+
+
+def posterior_figure(models, test, path, n=MAX_ELLIPSES, seed=0):
+    """A distribution instead of a point: ``n`` test images (chosen by ``seed``, the same in every
+    panel) through each model with a 2-D latent. A VAE's q(z|x) is drawn as its 1-σ ellipse,
+    coloured by label (diagonal posterior: axis-aligned; full: rotated), with the prior's 1-σ
+    circle dashed; an autoencoder's code as a point. ``models``: a VAE or a dict name -> VAE
+    (one panel each, left to right)."""
+    n = _positive("n", n)
+    models = models if isinstance(models, dict) else {MODE_NAMES[models.mode]: models}
+    bad = [k for k, m in models.items() if m.latent != 2]
+    if not models or bad:
+        raise InputError(f"the posterior figure draws 2-D latents: {', '.join(bad) or 'no model'} "
+                         f"{'has' if len(bad) == 1 else 'have'} latent ≠ 2")
+    images, labels = _check_split(test)
+    first = next(iter(models.values()))
+    idx = _stream(first, seed, "posteriors").permutation(len(images))[:n]
+    colours = _class_colours(sorted(int(c) for c in np.unique(labels)))
+    with _drawing("posteriors", len(models), path=path) as (plt, fig):
+        axes = fig.subplots(1, len(models), squeeze=False)[0]
+        for ax, (name, model) in zip(axes, models.items()):
+            _posterior_panel(ax, model, name, images[idx], labels[idx], colours)
+        from matplotlib.lines import Line2D
+
+        fig.legend(handles=[Line2D([], [], marker="o", linestyle="", color=v, label=str(k)) for k, v in colours.items()],
+                   title="label", loc="outside lower center", ncol=len(colours), fontsize=8, frameon=False)
+        fig.suptitle(f"Posteriors of {len(idx)} test images: a distribution instead of a point "
+                     f"(dashed: the prior's 1-σ circle)", fontsize=11)
+    return Path(path)
+
+
 # -- everything for a run ----------------------------------------------------------------------------------
 def plot_run(run, train, test, out_dir, n=64, seed=0, draw=False):
-    """Write figures 1–8 of a loaded run into ``out_dir``; returns the paths written.
+    """Write figures 1–9 of a loaded run into ``out_dir``; returns the paths written.
 
     ``n``: prior samples in samples.png (reconstructions show min(n, 32) inputs); ``seed``:
     every random choice (see the module docstring); ``draw``: samples as pixels drawn from
     p(x|z). Skipped: abstraction for mode 'ae'; arithmetic with fewer than two classes;
-    losses when no epoch has finished.
+    losses when no epoch has finished; posteriors unless the latent is 2-D.
     """
     n = _positive("n", n)
     model = run.model
@@ -613,5 +686,8 @@ def plot_run(run, train, test, out_dir, n=64, seed=0, draw=False):
     if run.history:
         epoch = run.meta.get("epoch") if isinstance(getattr(run, "meta", None), dict) else None
         title = _describe(model) + (f", epoch {epoch}" if epoch else "")
-        paths.append(loss_figure(run.history, f["losses"], title=title))
+        loss = f"−L_{model.iw_samples} (importance-weighted bound)" if model.objective == "iwae" else None
+        paths.append(loss_figure(run.history, f["losses"], title=title, loss=loss))
+    if model.latent == 2:
+        paths.append(posterior_figure(model, test, f["posteriors"], seed=seed))
     return paths

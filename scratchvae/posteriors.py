@@ -10,16 +10,25 @@ posterior turns them into a sample z and KL(q ‖ p) with p = N(0, I), and back:
 ``forward(head, q, bias)``                  (z, KL sum): the fused sample-and-KL block
 ``dz_buffer(q, dhead)``                     where the decoder writes ∂recon/∂z
 ``backward(dz, q, head, beta, dhead)``      ∂(recon + β·KL)/∂head into dhead
-``split(head)``                             the parameters (μ, logvar) of q for each row
+``split(head)``                             the parameters of q for each row (``encode``)
 ``sample(params, eps)``                     z from the parameters and standard normals ε
 ``std(params)``                             the standard deviation of each unit of q
+``covariance(params)``                      Cov q (…, L, L) (the figures' ellipses)
+``log_det_rows(params, dtype)``             log |det ∂z/∂ε| per row
 ``log_q_rows(eps, params, dtype)``          log q(z|x) per row for the z that ε made
 ``log_prior_rows(z, dtype)``                log p(z) per row, p = N(0, I)
 ``kl_terms(params)``                        KL of each latent unit, per row
+``iw_log_ratio_rows(q, head)``              log p(z) − log q(z|x) per row of a training sample
+``iw_backward(dz, q, head, weights, dhead)``  the importance-weighted gradient into dhead
 ==========================================  ===========================================
 
-Its formulas live in :mod:`scratchvae.ops.gaussian`. ``stochastic`` says whether there is a
-q(z|x) to sample at all (a plain autoencoder's code is a point).
+Two Gaussian families: :class:`DiagonalGaussian`, whose parameters are (μ, logvar), and
+:class:`FullGaussian`, whose parameters are (μ, ``scale_tril`` S) with q = N(μ, SSᵀ). Their
+formulas live in :mod:`scratchvae.ops.gaussian` and :mod:`scratchvae.ops.fullcov`. Both heads
+start with [μ | log-scale], the log-scale columns [L:2L] being logvar = 2 log σ (diagonal) or
+d = log S_ii (full), so log |det ∂z/∂ε| = c · Σ of those columns with c = ½ or 1
+(``log_scale_weight``). ``stochastic`` says whether there is a q(z|x) to sample at all (a plain
+autoencoder's code is a point).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from .backend import xp_of
+from .ops import fullcov
 from .ops.gaussian import (
     LOGVAR_LIMIT,
     kl_standard_normal_terms,
@@ -37,11 +47,66 @@ from .ops.gaussian import (
 )
 
 
-class DiagonalGaussian:
+class _Gaussian:
+    """What both Gaussian families share: the noise, log q by the change of variables, the
+    prior, and the pieces of the importance-weighted objective."""
+
+    stochastic = True
+
+    def fill_noise(self, q, eps, stream):
+        if eps is None:
+            stream.normal(q.eps.shape, q.eps.dtype.name, out=q.eps)
+        else:
+            q.eps[...] = eps
+
+    def dz_buffer(self, q, dhead):
+        return q.dz
+
+    def log_q_rows(self, eps, params, dtype=None):
+        """log q(z|x) for z = z(ε): log N(ε; 0, I) − log |det ∂z/∂ε| (the change of variables
+        z -> ε; no ε is recomputed from z). eps (..., L); the parameters broadcast to it."""
+        return log_standard_normal_rows(eps, dtype=dtype) - self.log_det_rows(params, dtype)
+
+    def log_prior_rows(self, z, dtype=None):
+        """log p(z) per row, p = N(0, I)."""
+        return log_standard_normal_rows(z, dtype=dtype)
+
+    def iw_log_ratio_rows(self, q, head):
+        """log p(z) − log q(z|x) per row for the sample of :meth:`forward` (head as it left it):
+        −½‖z‖² + ½‖ε‖² + c Σ_i head[:, L + i]  (the ½ L log 2π of both densities cancel)."""
+        xp = xp_of(head)
+        L = q.z.shape[1]
+        ratio = xp.sum(q.eps * q.eps, axis=1)
+        ratio -= xp.sum(q.z * q.z, axis=1)
+        ratio *= 0.5
+        ratio += self.log_scale_weight * xp.sum(head[:, L:2 * L], axis=1)
+        return ratio
+
+    def iw_backward(self, dz, q, head, weights, dhead):
+        """∂/∂head of Σ_r w̃_r (−log p(z_r) + log q(z_r|x)) + (what ``dz`` carries) into dhead.
+
+        ``dz`` (rows, L) arrives as w̃_r ∂(−log p(x|z_r))/∂z_r (the decoder's backward of the
+        weighted likelihood gradient) and is overwritten; ``weights`` (rows,) are w̃. Per row,
+        with −log p(z) + log q(z|x) = ½‖z‖² − ½‖ε‖² − c Σ_i s_i (+ const), s the log-scale columns:
+        ∂/∂z = z (ε is fixed), which goes through the sample with the rest of dz (the fused
+        backward with β = 0), and ∂/∂s_i = −c directly. Clamped log-scales get 0, as in training.
+        """
+        xp = xp_of(head)
+        L = q.z.shape[1]
+        w = weights[:, None]
+        dz += w * q.z
+        self.backward(dz, q, head, 0.0, dhead)
+        ds = dhead[:, L:2 * L]
+        ds -= self.log_scale_weight * w
+        ds *= xp.abs(head[:, L:2 * L]) < self.log_scale_limit
+
+
+class DiagonalGaussian(_Gaussian):
     """q(z|x) = N(μ(x), diag e^{logvar(x)}); the head outputs [μ | logvar], (N, 2L)."""
 
     name = "diagonal"
-    stochastic = True
+    log_scale_weight = 0.5          # log σ = ½ logvar
+    log_scale_limit = LOGVAR_LIMIT
 
     def head_width(self, L):
         return 2 * L
@@ -50,18 +115,9 @@ class DiagonalGaussian:
         e = lambda: xp.empty((n, L), dtype=dtype)  # noqa: E731
         return SimpleNamespace(eps=e(), z=e(), std=e(), scratch=e(), dz=e())
 
-    def fill_noise(self, q, eps, stream):
-        if eps is None:
-            stream.normal(q.eps.shape, q.eps.dtype.name, out=q.eps)
-        else:
-            q.eps[...] = eps
-
     def forward(self, head, q, bias):
         kl = reparam_kl_forward(head, q.eps, q.z, q.std, q.scratch, bias=bias)
         return q.z, kl
-
-    def dz_buffer(self, q, dhead):
-        return q.dz
 
     def backward(self, dz, q, head, beta, dhead):
         reparam_kl_backward(dz, q.eps, q.std, head, beta, dhead)
@@ -80,21 +136,71 @@ class DiagonalGaussian:
         """The standard deviation of each unit of q, σ = exp(½ logvar)."""
         return xp_of(params[1]).exp(0.5 * params[1])
 
-    def log_q_rows(self, eps, params, dtype=None):
-        """log N(z; μ, σ²) for z = μ + σ ε, as log N(ε; 0, I) − ½ Σ_j logvar_j (the change of
-        variables z -> ε; no (z − μ)/σ is recomputed). eps (..., L); logvar broadcast to it."""
-        _, logvar = params
-        xp = xp_of(eps)
-        half_sum = 0.5 * xp.sum(logvar, axis=-1, dtype=dtype)
-        return log_standard_normal_rows(eps, dtype=dtype) - half_sum
+    def covariance(self, params):
+        """diag(e^{logvar}) (…, L, L)."""
+        xp = xp_of(params[1])
+        return xp.exp(params[1])[..., None] * xp.eye(params[1].shape[-1], dtype=params[1].dtype)
 
-    def log_prior_rows(self, z, dtype=None):
-        """log p(z) per row, p = N(0, I)."""
-        return log_standard_normal_rows(z, dtype=dtype)
+    def log_det_rows(self, params, dtype=None):
+        """log |det ∂z/∂ε| = Σ_j log σ_j = ½ Σ_j logvar_j per row."""
+        return 0.5 * xp_of(params[1]).sum(params[1], axis=-1, dtype=dtype)
 
     def kl_terms(self, params):
         """KL(q ‖ p) of each latent unit, elementwise over (μ, logvar)."""
         return kl_standard_normal_terms(*params)
+
+
+class FullGaussian(_Gaussian):
+    """q(z|x) = N(μ(x), S(x) S(x)ᵀ), S lower triangular with a positive diagonal; the head
+    outputs [μ | log diag S | strict lower triangle of S], (N, 2L + L(L−1)/2)."""
+
+    name = "full"
+    log_scale_weight = 1.0          # log |det S| = Σ_i log S_ii
+    log_scale_limit = fullcov.LOG_SCALE_LIMIT
+
+    def head_width(self, L):
+        return 2 * L + fullcov.tril_size(L)
+
+    def workspace(self, xp, dtype, n, L):
+        e = lambda *shape: xp.empty(shape, dtype=dtype)  # noqa: E731
+        return SimpleNamespace(eps=e(n, L), z=e(n, L), scratch=e(n, L), dz=e(n, L),
+                               scale=xp.zeros((n, L, L), dtype=dtype), outer=e(n, L, L),
+                               gathered=e(n, fullcov.tril_size(L)))
+
+    def forward(self, head, q, bias):
+        kl = fullcov.fullcov_reparam_kl_forward(head, q.eps, q.z, q.scale, q.scratch, bias=bias)
+        return q.z, kl
+
+    def backward(self, dz, q, head, beta, dhead):
+        fullcov.fullcov_reparam_kl_backward(dz, q.eps, q.scale, head, beta, dhead, q.outer, q.gathered)
+
+    def split(self, head):
+        """(μ, scale_tril S (N, L, L)) of a head output (bias included), clamped as in training."""
+        return fullcov.scale_tril_from_head(head)
+
+    def sample(self, params, eps):
+        return fullcov.fullcov_sample(params[0], params[1], eps)
+
+    def std(self, params):
+        """The standard deviation of each unit of q, √(SSᵀ)_ii."""
+        return fullcov.fullcov_std(params[1])
+
+    def covariance(self, params):
+        """S Sᵀ (…, L, L)."""
+        S = params[1]
+        return S @ xp_of(S).swapaxes(S, -1, -2)
+
+    def log_det_rows(self, params, dtype=None):
+        """log |det ∂z/∂ε| = log det S = Σ_i log S_ii per row."""
+        return fullcov.fullcov_log_det_rows(params[1], dtype)
+
+    def kl_terms(self, params):
+        """Each unit's share of KL(q ‖ p), row i of S (see :func:`~scratchvae.ops.fullcov.fullcov_kl_terms`)."""
+        return fullcov.fullcov_kl_terms(*params)
+
+
+POSTERIORS = {"diagonal": DiagonalGaussian, "full": FullGaussian}
+"""The Gaussian families a VAE's ``posterior=`` names."""
 
 
 class PointMass:

@@ -2,7 +2,8 @@
 
 One step: gather the batch by index -> binarise / corrupt it -> draw ε -> forward and
 backward (:meth:`VAE.loss_and_grads`) -> the optimizer's update -> record (−ELBO, recon, KL)
-and the non-finite flag. :class:`TrainStep` holds it as one function of its inputs and of
+and the non-finite flag (with the importance-weighted objective: (−L_K, recon, KL), the bound
+beside the single-sample ELBO's parts). :class:`TrainStep` holds it as one function of its inputs and of
 device state, ``_body``. On NumPy it runs eagerly; on CuPy it is captured into a CUDA graph
 once per batch shape and replayed (:class:`~scratchvae.backend.graph.StepGraphs`); with
 ``capture=False`` (``--no-graph``) the same body runs uncaptured. There is no second copy.
@@ -35,7 +36,7 @@ buffer          shape, dtype       meaning
 ``bi``          (1,) int64         the batch index: the gather reads it, ``record_losses`` adds 1
 ``table``       (S, 3) float64     per batch: the optimizer's two coefficients and β (``Schedule``)
 ``cur``         (3,) float64       ``table[bi]``, copied by a kernel at the start of each step
-``losses``      (S, 3) float64     per batch: the (−ELBO, recon, KL) sums
+``losses``      (S, 3) float64     per batch: the (−ELBO or −L_K, recon, KL) sums
 ``flag``        (1,) int64         the first batch whose −ELBO was not finite, else −1
 ==============  =================  ===============================================================
 """
@@ -52,7 +53,8 @@ from .inputs import CORRUPTIONS, binarize_dynamic
 TRAIN_STREAMS = {"shuffle": 2, "binarize": 3}
 """The training loop's random streams and their ids (the model has its own, MODEL_STREAMS)."""
 LOSSES = ("neg_elbo", "recon", "kl")
-"""The columns of a step's recorded losses (batch sums)."""
+"""The columns of a step's recorded losses (batch sums); with ``objective='iwae'`` the first
+holds −L_K, the loss that objective reports (:attr:`~scratchvae.model.LossResult.loss`)."""
 BETA = 2
 """The schedule row's column holding β; columns 0 and 1 hold the optimizer's coefficients."""
 
@@ -101,6 +103,25 @@ def record_losses(recon, kl, losses, bi, flag):
     bi[0] = b + 1
 
 
+@fused("record_bound_losses", on="losses")
+def record_bound_losses(bound, recon, kl, losses, bi, flag):
+    """losses[b] = (bound, recon, kl) with b = bi[0]; then bi[0] = b + 1 (the importance-weighted
+    objective's row: −L_K beside the single-sample ELBO's parts). ``flag`` as in
+    :func:`record_losses`, for a non-finite bound."""
+    b = int(bi[0])
+    losses[b, 0], losses[b, 1], losses[b, 2] = bound, recon, kl
+    if not np.isfinite(bound) and flag[0] < 0:
+        flag[0] = b
+    bi[0] = b + 1
+
+
+def check_schedule(model, warmup_steps):
+    """Refuse a KL warm-up for a model with no KL weight (``objective='iwae'``)."""
+    if warmup_steps and model.objective == "iwae":
+        raise InputError("KL warm-up does not apply to objective 'iwae': its bound has no KL term to "
+                         "weight (the prior and the posterior sit inside one log-mean-exp)")
+
+
 class TrainStep:
     """The training step over ``data`` (N, D) (on the model's backend and dtype), see the module.
 
@@ -118,6 +139,7 @@ class TrainStep:
             if not callable(getattr(opt, need, None)):
                 raise InputError(f"optimizer must provide coefficients(t) and step_from(grads, coef) "
                                  f"(as scratchvae's Adam and SGD do); {type(opt).__name__} has no {need}")
+        check_schedule(model, schedule.warmup_steps)
         xp = model.xp
         self.model, self.opt, self.data, self.schedule = model, opt, data, schedule
         self.n, self.B = data.shape[0], batch_size
@@ -184,7 +206,10 @@ class TrainStep:
         load_row(self.table, self.bi, self.cur)
         res = model.loss_and_grads(x_in, target=xb, beta=self.cur[BETA:BETA + 1])
         self.opt.step_from(model.grad, self.cur)
-        record_losses(res.recon, res.kl, self.losses, self.bi, self.flag)
+        if res.bound is None:
+            record_losses(res.recon, res.kl, self.losses, self.bi, self.flag)
+        else:
+            record_bound_losses(res.bound, res.recon, res.kl, self.losses, self.bi, self.flag)
         return res
 
 
@@ -194,7 +219,7 @@ class BatchStep:
     ``step(x)`` copies ``x`` (the example's shape and dtype, on the model's backend) into the
     step's input buffer and runs :class:`TrainStep` on it (ε from the model's 'noise' stream,
     β the model's, the optimizer's coefficients from a schedule uploaded ``chunk`` steps at a
-    time). It returns the step's −ELBO as a 0-d float64 device array, a view of the loss
+    time). It returns the step's −ELBO (−L_K with ``objective='iwae'``) as a 0-d float64 device array, a view of the loss
     table (no host sync; valid until ``chunk`` more steps). Gradients are left in
     ``model.grad`` as after ``loss_and_grads``.
     """

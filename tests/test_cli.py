@@ -83,7 +83,7 @@ def test_sample_and_plot(trained, tmp_path, capsys):
     assert main(["plot", str(trained), "--out", str(figs)]) == 0
     printed = capsys.readouterr().out.split()
     pngs = sorted(figs.glob("*.png"))
-    assert len(pngs) == 8 and sorted(printed) == sorted(str(p) for p in pngs)
+    assert len(pngs) == 9 and sorted(printed) == sorted(str(p) for p in pngs)   # latent 2: posteriors too
     for p in pngs:
         assert mpimg.imread(p).std() > 0.05, p
 

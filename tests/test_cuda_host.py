@@ -16,7 +16,7 @@ from scratchvae.backend.graph import gather_rows, load_row
 from scratchvae.backend.random import Stream
 from scratchvae.errors import InputError
 from scratchvae.optim import adam_update, adam_update_from
-from scratchvae.step import record_losses
+from scratchvae.step import record_bound_losses, record_losses
 
 from _cuda_host import HostCupy, _compile, compiler
 
@@ -100,6 +100,40 @@ def test_reparam_kl_forward_and_backward(dtype, hk):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_fullcov_reparam_kl_forward_and_backward(dtype, hk):
+    """The full-covariance block: S, z, the KL sum (three blocks of partial sums) and the head as
+    the forward leaves it (bias added, clamps) within the twin tolerance / exactly; the backward,
+    made of products and sums only, bit for bit."""
+    r = np.random.default_rng(4)
+    N, L = 61, 6                                         # 366 threads: two blocks; M = 15
+    P = 2 * L + L * (L - 1) // 2
+    head, eps, dz = arrays(dtype, 0.5 * r.normal(size=(N, P)), r.normal(size=(N, L)), r.normal(size=(N, L)))
+    head[0, L:L + 3] = [20.0, -22.0, 15.0]               # clamped to ±15 (e^30 would swamp a wrong sum)
+    bufs = lambda: (np.empty((N, L), dtype), np.zeros((N, L, L), dtype), np.empty((N, L), dtype))  # noqa: E731
+    for bias in (r.normal(size=P).astype(dtype) * 0.1, None):
+        (z_h, S_h, s_h), (z_d, S_d, s_d) = bufs(), bufs()
+        h_h, h_d = head.copy(), head.copy()
+        kl = ops.fullcov_reparam_kl_forward(h_h, eps, z_h, S_h, s_h, bias=bias)
+        got = K(hk, ops.fullcov_reparam_kl_forward, h_d, eps, z_d, S_d + np.nan, s_d, bias=bias)
+        assert got.shape == () and got.dtype == np.dtype(dtype)
+        assert rel(got, kl) <= TWIN[dtype]
+        np.testing.assert_array_equal(h_d, h_h)          # head + bias and the clamp, in place
+        assert rel(z_d, z_h) <= TWIN[dtype]
+    S_d = np.full((N, L, L), np.nan, dtype)              # the kernel writes every entry of S
+    K(hk, ops.fullcov_reparam_kl_forward, h_h.copy(), eps, z_d, S_d, s_d)
+    assert rel(S_d, S_h) <= TWIN[dtype] and np.all(np.triu(S_d, 1) == 0)
+    outer, gathered = np.empty((N, L, L), dtype), np.empty((N, P - 2 * L), dtype)
+    for beta, with_dz in [(1.0, True), (0.3, False), (np.array([0.7]), True)]:
+        b_host = float(beta[0]) if isinstance(beta, np.ndarray) else beta
+        want = ops.fullcov_reparam_kl_backward(dz.copy() if with_dz else None, eps, S_h, h_h, b_host,
+                                               np.empty((N, P), dtype), outer, gathered)
+        got = K(hk, ops.fullcov_reparam_kl_backward, dz.copy() if with_dz else None, eps, S_h, h_h, beta,
+                np.empty((N, P), dtype), None, None)
+        np.testing.assert_array_equal(got, want)
+        assert got[0, L] == 0 and got[0, L + 1] == 0 and got[0, L + 2] == 0   # clamped: no gradient
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_bernoulli(dtype, hk):
     """The kernel against the NumPy body, and its loss (summed in float64) against the exact
     Σ softplus(y) − x·y: within 4ε, also with the tails where a cancelling form loses the term."""
@@ -166,6 +200,15 @@ def test_graph_plumbing(dtype, hk):
     cur = np.empty(3)
     K(hk, load_row, table, np.array([4]), cur)
     np.testing.assert_array_equal(cur, load_row(table, np.array([4]), np.empty(3)))
+    bound = {}
+    for name, rec in (("kernel", lambda *a: K(hk, record_bound_losses, *a)), ("numpy", record_bound_losses)):
+        losses, bi, flag = np.zeros((4, 3)), np.array([0]), np.array([-1])
+        for b in (7.5, 8.0, np.inf, np.nan):
+            rec(np.array(b, dtype), np.array(5.5, dtype), np.array(0.25, dtype), losses, bi, flag)
+        bound[name] = (losses, bi, flag)
+    for a, b in zip(bound["kernel"], bound["numpy"]):
+        np.testing.assert_array_equal(a, b)
+    assert bound["kernel"][0][0].tolist() == [7.5, 5.5, 0.25] and bound["kernel"][2][0] == 2
     state = {}
     for name, rec in (("kernel", lambda *a: K(hk, record_losses, *a)), ("numpy", record_losses)):
         losses, bi, flag = np.zeros((4, 3)), np.array([1]), np.array([-1])
@@ -268,7 +311,8 @@ def test_fused_kernel_module_compiles_with_every_kernel_the_launchers_name(tmp_p
     ptx = nvcc_ptx(tmp_path, _cupy_kernels.CUDA_SRC, _cupy_kernels.CUDA_OPTIONS)
     names = ["load_row"] + [f"{k}_{suf}" for suf in ("f32", "f64") for k in (
         "finish_sum", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll", "adam",
-        "adam_from", "gather_rows", "record_losses",
+        "adam_from", "gather_rows", "record_losses", "fullcov_reparam_kl_forward",
+        "fullcov_reparam_kl_backward", "record_bound_losses",
         *(f"{p}_{a}" for p in ("bias_act", "act_backward") for a in ops.ACTIVATIONS))]
     for name in names:
         assert f".entry {name}(" in ptx, name

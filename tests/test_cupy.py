@@ -121,6 +121,34 @@ def test_reparam_kl_backward_kernel(dtype, beta, with_dz, cb):
     assert got[1, L] == 0
 
 
+# -- full-covariance reparameterize + KL --------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fullcov_kernels(dtype, cb):
+    r = np.random.default_rng(5)
+    N, L = 128, 20
+    P = 2 * L + L * (L - 1) // 2
+    base = 0.3 * r.normal(size=(N, P))
+    base[0, L:L + 3] = [20.0, -22.0, 15.0]                # clamped to ±15
+    (h, eps, dz, bias), (dh, deps, ddz, dbias) = twin(cb, dtype, base, r.normal(size=(N, L)),
+                                                      r.normal(size=(N, L)), 0.1 * r.normal(size=P))
+    S, dS = np.zeros((N, L, L), dtype), cb.xp.full((N, L, L), np.nan, dtype)
+    z, dzz = np.empty((N, L), dtype), cb.xp.empty((N, L), dtype)
+    kl = ops.fullcov_reparam_kl_forward(h, eps, z, S, np.empty((N, L), dtype), bias=bias)
+    dkl = ops.fullcov_reparam_kl_forward(dh, deps, dzz, dS, cb.xp.empty((N, L), dtype), bias=dbias)
+    assert dkl.shape == () and rel(cb.to_host(dkl), kl) <= TWIN[dtype]
+    for got, want in ((dzz, z), (dS, S)):
+        assert rel(cb.to_host(got), want) <= TWIN[dtype]
+    np.testing.assert_array_equal(cb.to_host(dh), h)      # bias and clamp, in place
+    dS = cb.asarray(S)                                    # the backward from the same S
+    for beta, b_dev, with_dz in [(1.0, 1.0, True), (0.3, 0.3, False), (0.7, cb.xp.asarray(np.float64(0.7)), True)]:
+        want = ops.fullcov_reparam_kl_backward(dz.copy() if with_dz else None, eps, S, h, beta, np.empty((N, P), dtype),
+                                               np.empty((N, L, L), dtype), np.empty((N, P - 2 * L), dtype))
+        got = ops.fullcov_reparam_kl_backward(ddz.copy() if with_dz else None, deps, dS, dh, b_dev,
+                                              cb.xp.empty((N, P), dtype), None, None)
+        got = cb.to_host(got)
+        assert rel(got, want) <= TWIN[dtype] and got[0, L] == 0 and got[0, L + 1] == 0
+
+
 # -- Bernoulli -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bernoulli_kernel(dtype, cb):
@@ -250,6 +278,9 @@ MODELS = {
     "gaussian-shared": {"likelihood": "gaussian", "sigma": "shared"},
     "ae": {"mode": "ae"},
     "kl-only": {"mode": "kl-only", "beta": 0.5},
+    "full-tanh": {"posterior": "full", "activation": "tanh"},
+    "full-iwae-tanh": {"posterior": "full", "objective": "iwae", "iw_samples": 3, "activation": "tanh"},
+    "diagonal-iwae-tanh": {"objective": "iwae", "iw_samples": 2, "activation": "tanh"},
 }
 
 
@@ -291,8 +322,8 @@ def test_loss_and_grads_parity(case, dtype, cb):
     r = np.random.default_rng(11)
     N, D, L = 128, 784, 20
     x = r.uniform(size=(N, D)).astype(dtype)
-    eps = r.normal(size=(N, L)).astype(dtype)
     mh = VAE(hidden=hidden, latent=L, dtype=dtype, seed=1, **kw)
+    eps = r.normal(size=mh.eps_shape(N)).astype(dtype)
     keep_off_kinks(mh, x, eps)
     md = VAE(hidden=hidden, latent=L, dtype=dtype, seed=1, backend="cupy", **kw)
     md.set_params(mh.host_params())

@@ -14,6 +14,7 @@ All draws come from scratchvae's own streams under fixed seeds.
 """
 
 import math
+from pathlib import Path
 import sys
 import tracemalloc
 import types
@@ -328,13 +329,18 @@ def _fake_plots(monkeypatch):
         calls.append((results, path))
         return path
 
+    def posterior_figure(models, test, path):
+        calls.append(({k: m.mode for k, m in models.items()}, path))
+        return path
+
     try:
         import scratchvae.plots as plots
 
         monkeypatch.setattr(plots, "comparison_figure", comparison_figure)
+        monkeypatch.setattr(plots, "posterior_figure", posterior_figure)
     except ImportError:
-        monkeypatch.setitem(sys.modules, "scratchvae.plots",
-                            types.SimpleNamespace(comparison_figure=comparison_figure))
+        monkeypatch.setitem(sys.modules, "scratchvae.plots", types.SimpleNamespace(
+            comparison_figure=comparison_figure, posterior_figure=posterior_figure))
     return calls
 
 
@@ -351,8 +357,9 @@ def test_compare_models_structure_and_probes(monkeypatch, tmp_path, embedded):
     # weak even when trained (it reads 10 classes off 3 numbers per class), so the bar is low
     assert res["probe_accuracy"]["AE"] > 0.18 and res["probe_accuracy"]["VAE"] > 0.18, res
     assert {i["model"] for e, i in events if e == "epoch"} == {"AE", "KL-only", "VAE"}
-    (results, path), = calls
-    assert path == out
+    (results, path), (modes, posteriors) = calls
+    assert path == out and posteriors == tmp_path / "compare-posteriors.png" == Path(res["posterior_figure"])
+    assert modes == {"AE": "ae", "KL-only": "kl-only", "VAE": "vae"}
     for name, r in results.items():
         assert r["codes"].shape == (200, 2) and isinstance(r["codes"], np.ndarray)
         np.testing.assert_array_equal(r["labels"], test.labels)
@@ -380,6 +387,7 @@ def test_compare_models_draws_a_real_figure(tmp_path, embedded):
     res = compare_models(train, test, epochs=1, batch_size=50, hidden=(16,), lr=3e-3, seed=0,
                          backend="numpy", out=out)
     assert out.exists() and out.stat().st_size > 0 and res["figure"] == str(out)
+    assert (tmp_path / "compare-posteriors.png").stat().st_size > 0
 
 
 def test_softmax_probe_does_not_mask_classes():

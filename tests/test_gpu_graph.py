@@ -62,6 +62,7 @@ CASES = {
     "ae": ({"mode": "ae"}, {}),
     "kl-only": ({"mode": "kl-only"}, {}),
     "tanh-2layer": ({"hidden": (24, 12), "activation": "tanh"}, {}),
+    "full-iwae": ({"posterior": "full", "objective": "iwae", "iw_samples": 3}, {"binarize": "dynamic"}),
 }
 
 

@@ -34,13 +34,15 @@ def data():
 
 @pytest.fixture(scope="module")
 def runs(data, tmp_path_factory):
-    """name -> Run: VAE with L = 2 and L = 5, an AE, a Gaussian VAE with a learned σ."""
+    """name -> Run: VAE with L = 2 and L = 5, an AE, a Gaussian VAE with a learned σ, and a
+    full-covariance VAE trained on the importance-weighted bound."""
     train, test = data
     specs = {
         "vae2": dict(latent=2),
         "vae5": dict(latent=5),
         "ae2": dict(latent=2, mode="ae"),
         "gauss3": dict(latent=3, likelihood="gaussian", sigma="shared"),
+        "full2iw": dict(latent=2, posterior="full", objective="iwae", iw_samples=2),
     }
     out = {}
     for name, kw in specs.items():
@@ -65,7 +67,7 @@ def check_png(path, kind, columns=1):
     return img
 
 
-@pytest.mark.parametrize("name", ["vae2", "vae5", "ae2", "gauss3"])
+@pytest.mark.parametrize("name", ["vae2", "vae5", "ae2", "gauss3", "full2iw"])
 def test_plot_run_writes_every_figure(runs, data, tmp_path, name):
     import matplotlib.pyplot as plt
 
@@ -74,6 +76,7 @@ def test_plot_run_writes_every_figure(runs, data, tmp_path, name):
     before = {k: v.copy() for k, v in run.model.rng.state().items()}
     paths = plots.plot_run(run, train, test, tmp_path / "figs", n=16, seed=3, draw=name == "gauss3")
     kinds = [k for k in ALL_FIGURES if not (k == "abstraction" and run.model.mode == "ae")]
+    kinds += ["posteriors"] if run.model.latent == 2 else []
     assert [p.name for p in paths] == [plots.FILES[k] for k in kinds]
     for p, kind in zip(paths, kinds):
         check_png(p, kind)
@@ -213,3 +216,26 @@ def test_figures_on_every_backend(backend, data, tmp_path):
     check_png(plots.abstraction_figure(model, small, tmp_path / "a.png", inputs=2, samples=3), "abstraction")
     check_png(plots.arithmetic_figure(model, small, tmp_path / "r.png", train=small, pairs=2), "arithmetic")
     check_png(plots.manifold_figure(model, small, tmp_path / "m.png", k=5), "manifold")
+
+
+def test_posterior_figure_ellipses_and_panels(data, tmp_path):
+    """Three panels side by side (AE points, diagonal and full ellipses) at the fixed size; the
+    ellipse axes of a hand-worked covariance; models without a 2-D latent are refused."""
+    import matplotlib.pyplot as plt
+
+    _, test = data
+    small = Dataset(test.images[:120], test.labels[:120], "test120")
+    models = {"AE": VAE(hidden=(16,), latent=2, seed=1, mode="ae"), "diagonal": VAE(hidden=(16,), latent=2, seed=1),
+              "full": VAE(hidden=(16,), latent=2, seed=1, posterior="full")}
+    check_png(plots.posterior_figure(models, small, tmp_path / "p.png", n=50), "posteriors", columns=3)
+    check_png(plots.posterior_figure(models["full"], small, tmp_path / "one.png"), "posteriors")
+    assert plt.get_fignums() == []
+    # Σ = R diag(9, 1) Rᵀ with R a rotation by 30°: axes 2·3 and 2·1, the major one at 30°
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    R = np.array([[c, -s], [s, c]])
+    w, h, a = plots.ellipse_axes((R @ np.diag([9.0, 1.0]) @ R.T)[None])
+    np.testing.assert_allclose([w[0], h[0], a[0] % 180], [6.0, 2.0, 30.0], rtol=1e-12)
+    w, h, a = plots.ellipse_axes(np.diag([0.25, 4.0])[None])            # axis-aligned: along z₂
+    np.testing.assert_allclose([w[0], h[0], abs(a[0]) % 180], [4.0, 1.0, 90.0], rtol=1e-12)
+    with pytest.raises(InputError, match="the posterior figure draws 2-D latents: big has latent"):
+        plots.posterior_figure({"big": VAE(hidden=(8,), latent=3)}, small, tmp_path / "x.png")

@@ -46,7 +46,8 @@ def test_every_activation_and_every_typed_kernel_is_in_the_cuda_source():
     assert compiled == _cupy_kernels.ACTIVATIONS and set(compiled) == set(ops.ACTIVATIONS)
     typed = set(re.findall(r"__global__ void (\w+)_##SUF\(", src))
     assert typed == {"finish_sum", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll", "adam",
-                     "adam_from", "gather_rows", "record_losses"}
+                     "adam_from", "gather_rows", "record_losses", "fullcov_reparam_kl_forward",
+                     "fullcov_reparam_kl_backward", "record_bound_losses"}
     assert re.search(r'extern "C" __global__ void load_row\(', src)
     assert src.startswith(f"#define SV_THREADS {_cupy_kernels.THREADS}\n")
 

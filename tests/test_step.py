@@ -46,6 +46,7 @@ CASES = {
     "gaussian-fixed": {"model_kw": {"likelihood": "gaussian"}},
     "ae": {"model_kw": {"mode": "ae"}},
     "kl-only": {"model_kw": {"mode": "kl-only"}},
+    "full": {"model_kw": {"posterior": "full"}, "warmup": 2.0},
 }
 
 
@@ -103,7 +104,20 @@ class RecordingGraphs(step_module.StepGraphs):
         return fn()
 
 
-def test_warm_up_capture_and_replay_ask_for_the_kernels_the_uncaptured_step_asks_for(monkeypatch):
+STEP_KERNELS = {"gather_rows", "load_row", "bias_act", "matmul", "bernoulli_nll", "act_backward", "sum_rows",
+                "adam_from"}
+KERNEL_CASES = {
+    "elbo": ({"binarize": True, "corrupt": ("gaussian", 0.1), "warmup": 3.0},
+             STEP_KERNELS | {"reparam_kl_forward", "reparam_kl_backward", "record_losses"}),
+    "full-iwae": ({"model_kw": {"posterior": "full", "objective": "iwae", "iw_samples": 3}, "binarize": True,
+                   "corrupt": ("gaussian", 0.1)},
+                  STEP_KERNELS | {"fullcov_reparam_kl_forward", "fullcov_reparam_kl_backward", "record_bound_losses"}),
+}
+
+
+@pytest.mark.parametrize("case", list(KERNEL_CASES))
+def test_warm_up_capture_and_replay_ask_for_the_kernels_the_uncaptured_step_asks_for(monkeypatch, case):
+    kw, expected = KERNEL_CASES[case]
     calls, steps = [], []
 
     def record(name):
@@ -114,7 +128,6 @@ def test_warm_up_capture_and_replay_ask_for_the_kernels_the_uncaptured_step_asks
     for name in ("draw_uniform_into", "draw_normal_into"):
         real = getattr(Stream, name)
         monkeypatch.setattr(Stream, name, lambda self, out, _r=real, _n=name: (record(_n), _r(self, out))[1])
-    kw = {"binarize": True, "corrupt": ("gaussian", 0.1), "warmup": 3.0}
 
     def run(s, batches):
         steps.append(1)
@@ -133,8 +146,7 @@ def test_warm_up_capture_and_replay_ask_for_the_kernels_the_uncaptured_step_asks
     assert eager[:3] == ["gather_rows", "draw_uniform_into", "draw_normal_into"]   # binarise, corrupt
     kernels = _cupy_kernels.Kernels(HostCupy())
     fused = [n for n in eager if not n.startswith("draw_")]
-    assert {"gather_rows", "load_row", "bias_act", "reparam_kl_forward", "bernoulli_nll", "matmul",
-            "act_backward", "reparam_kl_backward", "sum_rows", "adam_from", "record_losses"} <= set(fused)
+    assert expected <= set(fused)
     assert [n for n in fused if kernels.get(n) is None] == []
 
 

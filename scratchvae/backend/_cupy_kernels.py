@@ -181,6 +181,75 @@ __device__ void reparam_kl_bwd(const T* dz, const T* eps, const T* std_, const T
     }
 }
 
+/* ---- full-covariance reparameterize + KL (ops/fullcov.py) ------------------------------------ */
+/* h (N, P), P = 2L + L(L-1)/2: mu = [:, :L], d = log diag S = [:, L:2L], the strict lower triangle
+   of S row by row from column 2L (row i's entries at 2L + i(i-1)/2); b (P) or null: h += b in place
+   first; d clamped in place to +-lim. One thread per (row r, unit i): row i of S (N, L, L) written
+   whole, z_i = (sum_{j<i} S_ij eps_j + S_ii eps_i) + mu_i, and the KL terms of unit i:
+   (mu^2 + expm1(2d)) - 2d and S_ij^2 for j < i (their sum is halved by finish_sum). */
+template <typename T>
+__device__ void fullcov_fwd(T* h, const T* b, const T* eps, T* z, T* S, i64 n, i64 L, T lim, double* partials) {
+    i64 P = 2 * L + L * (L - 1) / 2;
+    double acc = 0.0;
+    GRID_STRIDE(t, n) {
+        i64 r = t / L, i = t - r * L, off = 2 * L + i * (i - 1) / 2;
+        T* hr = h + r * P;
+        const T* er = eps + r * L;
+        T* Sr = S + (r * L + i) * L;
+        T mu = hr[i], d = hr[L + i];
+        bool write_d = b != nullptr;
+        if (b) { mu = mu + b[i]; d = d + b[L + i]; hr[i] = mu; }
+        if (d > lim) { d = lim; write_d = true; }
+        else if (d < -lim) { d = -lim; write_d = true; }
+        if (write_d) hr[L + i] = d;
+        T lv = d * T(2);
+        T u = mu * mu; T e = m_expm1(lv); u = u + e; u = u - lv;
+        acc += (double)u;
+        T zz = T(0);
+        for (i64 j = 0; j < i; ++j) {
+            T o = hr[off + j];
+            if (b) { o = o + b[off + j]; hr[off + j] = o; }
+            Sr[j] = o;
+            T sq = o * o; acc += (double)sq;
+            T p = o * er[j]; zz = zz + p;
+        }
+        T s = m_exp(d);
+        Sr[i] = s;
+        for (i64 j = i + 1; j < L; ++j) Sr[j] = T(0);
+        T p = s * er[i]; zz = zz + p;
+        z[t] = zz + mu;
+    }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
+/* dmu = beta mu (+ dz);  dd = (beta S_ii (+ dz_i eps_i)) S_ii - beta, 0 where |d| >= lim;
+   d(S_ij) = beta S_ij (+ dz_i eps_j) for j < i. beta as in reparam_kl_bwd. */
+template <typename T>
+__device__ void fullcov_bwd(const T* dz, const T* eps, const T* S, const T* h, const double* beta_p, T beta_s,
+                            T* dh, i64 n, i64 L, T lim) {
+    T beta = beta_p ? (T)beta_p[0] : beta_s;
+    i64 P = 2 * L + L * (L - 1) / 2;
+    GRID_STRIDE(t, n) {
+        i64 r = t / L, i = t - r * L, off = 2 * L + i * (i - 1) / 2;
+        const T* hr = h + r * P;
+        const T* er = eps + r * L;
+        T* dr = dh + r * P;
+        T mu = hr[i], d = hr[L + i], s = S[(r * L + i) * L + i];
+        T dmu = mu * beta, dd = s * beta, dzi = T(0);
+        if (dz) { dzi = dz[t]; dmu = dmu + dzi; T g = dzi * er[i]; dd = dd + g; }
+        dd = dd * s; dd = dd - beta;
+        if (!(d < lim && d > -lim) && d == d) dd = dd * T(0);  /* clamped: zero gradient */
+        dr[i] = dmu;
+        dr[L + i] = dd;
+        for (i64 j = 0; j < i; ++j) {
+            T g = hr[off + j] * beta;
+            if (dz) { T p = dzi * er[j]; g = g + p; }
+            dr[off + j] = g;
+        }
+    }
+}
+
 /* ---- Bernoulli NLL on logits ----------------------------------------------------------------- */
 /* y = logits (+ b[i % D] when b is not null: the layer's bias, folded in);  t = exp(clip(-y, -cap, cap));
    term = (max(y, 0) - x y) + log1p(min(1/t, t));  dlogits = 1 / (1 + t) - x.
@@ -239,6 +308,19 @@ __device__ void gather_rows(const T* src, const i64* perm, const i64* bi, i64 B,
     GRID_STRIDE(i, nb * d) { i64 r = i / d, c = i - r * d; out[i] = src[perm[base + r] * d + c]; }
 }
 
+/* losses[bi] = (bound, recon, kl) (the importance-weighted objective's row); flag and bi as below. */
+template <typename T>
+__device__ void record_bound_losses(const T* bound, const T* recon, const T* kl, double* losses, i64* bi,
+                                    i64* flag) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        i64 b = bi[0];
+        T lb = bound[0];
+        losses[3 * b] = (double)lb; losses[3 * b + 1] = (double)recon[0]; losses[3 * b + 2] = (double)kl[0];
+        if (!(lb - lb == T(0)) && flag[0] < 0) flag[0] = b;
+        bi[0] = b + 1;
+    }
+}
+
 /* losses[bi] = (recon + kl, recon, kl); the first non-finite row's index goes to flag; bi += 1. */
 template <typename T>
 __device__ void record_losses(const T* recon, const T* kl, double* losses, i64* bi, i64* flag) {
@@ -273,7 +355,16 @@ extern "C" __global__ void gather_rows_##SUF(const T* src, const i64* perm, cons
         i64 d, T* out) \
     { gather_rows<T>(src, perm, bi, B, nb, d, out); } \
 extern "C" __global__ void record_losses_##SUF(const T* recon, const T* kl, double* losses, i64* bi, i64* flag) \
-    { record_losses<T>(recon, kl, losses, bi, flag); }
+    { record_losses<T>(recon, kl, losses, bi, flag); } \
+extern "C" __global__ void fullcov_reparam_kl_forward_##SUF(T* h, const T* b, const T* eps, T* z, T* S, i64 n, \
+        i64 L, T lim, double* partials) \
+    { fullcov_fwd<T>(h, b, eps, z, S, n, L, lim, partials); } \
+extern "C" __global__ void fullcov_reparam_kl_backward_##SUF(const T* dz, const T* eps, const T* S, const T* h, \
+        const double* beta_p, T beta_s, T* dh, i64 n, i64 L, T lim) \
+    { fullcov_bwd<T>(dz, eps, S, h, beta_p, beta_s, dh, n, L, lim); } \
+extern "C" __global__ void record_bound_losses_##SUF(const T* bound, const T* recon, const T* kl, double* losses, \
+        i64* bi, i64* flag) \
+    { record_bound_losses<T>(bound, recon, kl, losses, bi, flag); }
 
 TYPED_KERNELS(float, f32)
 TYPED_KERNELS(double, f64)
@@ -310,7 +401,8 @@ class Kernels:
         self._cublas = None
         self._table = {name: getattr(self, name) for name in (
             "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
-            "adam", "adam_from", "matmul", "sum_rows", "gather_rows", "load_row", "record_losses")}
+            "adam", "adam_from", "matmul", "sum_rows", "gather_rows", "load_row", "record_losses",
+            "fullcov_reparam_kl_forward", "fullcov_reparam_kl_backward", "record_bound_losses")}
 
     def get(self, name):
         """The launcher of kernel ``name`` (a Python callable), or None if there is none."""
@@ -430,6 +522,35 @@ class Kernels:
                       np.int64(n), np.int64(L), t(limit)))
         return dml
 
+    # -- full-covariance reparameterize + KL --------------------------------------------------------
+    def fullcov_reparam_kl_forward(self, head, eps, z, scale, scratch, bias, limit):
+        suf, t = self._suffix(head), head.dtype.type
+        N, L = z.shape
+        self._need_c("fullcov_reparam_kl_forward", head, eps, z, scale)
+        n = N * L
+        return self._reduce(f"fullcov_reparam_kl_forward_{suf}", suf, head.dtype, n,
+                            (head, self._vector_or_null(bias, head.shape[1], head.dtype), eps, z, scale,
+                             np.int64(n), np.int64(L), t(limit)), 0.5)
+
+    def fullcov_reparam_kl_backward(self, dz, eps, scale, head, beta, dhead, outer, gathered, limit):
+        suf, t = self._suffix(head), head.dtype.type
+        N, L = eps.shape
+        self._need_c("fullcov_reparam_kl_backward", eps, scale, head, dhead, *(() if dz is None else (dz,)))
+        beta_p, beta_s = self._beta(beta, t)
+        n = N * L
+        self._launch(f"fullcov_reparam_kl_backward_{suf}", n,
+                     (np.uint64(0) if dz is None else dz, eps, scale, head, beta_p, beta_s, dhead,
+                      np.int64(n), np.int64(L), t(limit)))
+        return dhead
+
+    def _beta(self, beta, t):
+        """(device pointer or null, host value) of a β given as a number or a float64 device scalar."""
+        if isinstance(beta, self.cp.ndarray):
+            if beta.dtype != np.float64 or beta.size != 1:
+                raise InputError(f"a device beta must be one float64 value, got {beta.dtype} {beta.shape}")
+            return beta, t(0)
+        return np.uint64(0), t(beta)
+
     # -- Bernoulli ----------------------------------------------------------------------------------
     def bernoulli_nll(self, logits, x, dlogits, scratch, overwrite_logits, bias):
         suf, t = self._suffix(logits), logits.dtype.type
@@ -487,6 +608,11 @@ class Kernels:
         if kl.dtype != recon.dtype:
             kl = kl.astype(recon.dtype)
         self.fn("record_losses_" + suf)((1,), (1,), (recon, kl, losses, bi, flag))
+
+    def record_bound_losses(self, bound, recon, kl, losses, bi, flag):
+        suf = self._suffix(bound)
+        recon, kl = (a if a.dtype == bound.dtype else a.astype(bound.dtype) for a in (recon, kl))
+        self.fn("record_bound_losses_" + suf)((1,), (1,), (bound, recon, kl, losses, bi, flag))
 
     def _vector_or_null(self, v, size, dtype):
         """A folded-in bias: a contiguous (size,) array of ``dtype``, or a null pointer for None."""

@@ -6,6 +6,8 @@ module                 blocks
 :mod:`.dense`          the affine layer's product and backward
 :mod:`.activations`    relu, leaky_relu, tanh, sigmoid, softplus (+ bias fused)
 :mod:`.gaussian`       reparameterize + KL(N(μ, σ²) ‖ N(0, I)) fused; row log-densities
+:mod:`.fullcov`        z = μ + Sε + KL(N(μ, SSᵀ) ‖ N(0, I)) fused; S, log det S, samples
+:mod:`.iwae`           the importance-weighted bound L_K and its normalised weights
 :mod:`.likelihoods`    Bernoulli on logits, Gaussian (fixed / learned σ); their draws
 :mod:`.reference`      the unfused textbook forms, kept as test oracles
 =====================  =====================================================
@@ -25,6 +27,16 @@ from .activations import (
     softplus,
 )
 from .dense import dense_backward, matmul, sum_rows
+from .fullcov import (
+    LOG_SCALE_LIMIT,
+    fullcov_kl_terms,
+    fullcov_log_det_rows,
+    fullcov_reparam_kl_backward,
+    fullcov_reparam_kl_forward,
+    fullcov_sample,
+    fullcov_std,
+    scale_tril_from_head,
+)
 from .gaussian import (
     LOG_2PI,
     LOGVAR_LIMIT,
@@ -35,6 +47,7 @@ from .gaussian import (
     reparam_kl_forward,
     reparameterize,
 )
+from .iwae import iw_bound_and_weights
 from .likelihoods import (
     LOG_SIGMA_FLOOR,
     bernoulli_nll_forward_backward,
@@ -52,6 +65,7 @@ __all__ = [
     "LEAKY_SLOPE",
     "LOGVAR_LIMIT",
     "LOG_2PI",
+    "LOG_SCALE_LIMIT",
     "LOG_SIGMA_FLOOR",
     "activation_backward",
     "activation_derivative",
@@ -60,8 +74,15 @@ __all__ = [
     "bernoulli_nll_rows",
     "bias_act_forward",
     "dense_backward",
+    "fullcov_kl_terms",
+    "fullcov_log_det_rows",
+    "fullcov_reparam_kl_backward",
+    "fullcov_reparam_kl_forward",
+    "fullcov_sample",
+    "fullcov_std",
     "gaussian_nll_forward_backward",
     "gaussian_nll_rows",
+    "iw_bound_and_weights",
     "kl_standard_normal_terms",
     "log_normal_rows",
     "log_standard_normal_rows",
@@ -71,6 +92,7 @@ __all__ = [
     "reparameterize",
     "sample_bernoulli",
     "sample_gaussian",
+    "scale_tril_from_head",
     "sigmoid",
     "soft_floor_log_sigma",
     "soft_floor_log_sigma_backward",

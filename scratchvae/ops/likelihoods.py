@@ -117,7 +117,7 @@ def soft_floor_log_sigma_backward(dlog_sigma, s, floor=LOG_SIGMA_FLOOR):
     return dlog_sigma * sigmoid(s - floor)
 
 
-def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=False):
+def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=False, row_weights=None):
     """Fused block for the Gaussian likelihood: loss, ∂/∂mean and ∂/∂log σ together.
 
     mean, x, dmean, scratch: (N, D). log_sigma: a Python float (fixed σ), or a backend
@@ -129,28 +129,34 @@ def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=
       ∂ℓ/∂m = r e^{−2 log σ} = (m − x)/σ²
       ∂ℓ/∂log σ = 1 + ½ r² · (−2) e^{−2 log σ} = 1 − r²/σ²
     and a σ shared by several pixels (or rows) collects the sum of theirs.
+    ``row_weights`` (N,): the same for Σ_n w_n ℓ_n, the rows weighted (the importance-weighted
+    objective's w̃): each row's terms scaled by w_n, N replaced by W = Σ_n w_n.
     """
     xp = xp_of(mean)
     N, D = mean.shape
+    n = N if row_weights is None else xp.sum(row_weights)      # rows, or their total weight
     xp.subtract(mean, x, out=dmean)                      # r
     fixed = isinstance(log_sigma, (int, float))
     if fixed:
         inv_var = math.exp(-2.0 * log_sigma)
-        sum_log_sigma = N * D * log_sigma
+        sum_log_sigma = n * D * log_sigma
     else:
         inv_var = xp.exp(-2.0 * log_sigma)
-        sum_log_sigma = N * (xp.sum(log_sigma) if per_pixel else D * log_sigma[0])
+        sum_log_sigma = n * (xp.sum(log_sigma) if per_pixel else D * log_sigma[0])
     q = xp.multiply(dmean, dmean, out=scratch)
     q *= inv_var                                         # r²/σ²
     dmean *= inv_var                                     # r/σ²
+    if row_weights is not None:
+        q *= row_weights[:, None]
+        dmean *= row_weights[:, None]
     if per_pixel:
         col = xp.sum(q, axis=0)                          # (D,)
         quad = xp.sum(col)
-        dls = None if fixed else N - col
+        dls = None if fixed else n - col
     else:
         quad = xp.sum(q)
-        dls = None if fixed else xp.reshape(N * D - quad, (1,))
-    loss = 0.5 * quad + (N * D * 0.5 * LOG_2PI) + sum_log_sigma
+        dls = None if fixed else xp.reshape(n * D - quad, (1,))
+    loss = 0.5 * quad + (n * D * 0.5 * LOG_2PI) + sum_log_sigma
     return loss, dls
 
 

@@ -14,6 +14,9 @@ reference                       the function training runs
 :func:`bernoulli_nll`           :func:`.likelihoods.bernoulli_nll_forward_backward`
 :func:`bernoulli_nll_backward`  :func:`.likelihoods.bernoulli_nll_forward_backward`
 :func:`gaussian_nll`            :func:`.likelihoods.gaussian_nll_forward_backward`
+:func:`fullcov_kl`              :func:`.fullcov.fullcov_reparam_kl_forward`
+:func:`fullcov_kl_backward`     :func:`.fullcov.fullcov_reparam_kl_backward`
+:func:`fullcov_reparameterize_backward`  :func:`.fullcov.fullcov_reparam_kl_backward`
 ==============================  ===================================================
 """
 
@@ -64,3 +67,31 @@ def gaussian_nll(mean, x, log_sigma):
     xp = xp_of(mean)
     r = x - mean
     return xp.sum(0.5 * LOG_2PI + log_sigma + 0.5 * r * r * xp.exp(-2.0 * xp.asarray(log_sigma)))
+
+
+def fullcov_kl(mu, scale_tril):
+    """KL( N(μ, SSᵀ) ‖ N(0, I) ) summed over rows (0-d), as the textbook writes it:
+    ½ Σ_n (tr Σ + μᵀμ − L − log det Σ) with Σ = S Sᵀ formed and log det Σ from ``slogdet``.
+    See :mod:`.fullcov` (which never forms Σ)."""
+    xp = xp_of(mu)
+    L = mu.shape[-1]
+    cov = xp.matmul(scale_tril, xp.swapaxes(scale_tril, -1, -2))
+    _, logdet = xp.linalg.slogdet(cov)
+    return 0.5 * xp.sum(xp.trace(cov, axis1=-2, axis2=-1) + xp.sum(mu * mu, axis=-1) - L - logdet)
+
+
+def fullcov_kl_backward(mu, scale_tril):
+    """Gradients of :func:`fullcov_kl`: ∂KL/∂μ = μ;  ∂KL/∂S = S − S⁻ᵀ on the lower triangle.
+
+    From ∂ tr(SSᵀ)/∂S = 2S and ∂ log det(SSᵀ)/∂S = 2 S⁻ᵀ (Jacobi's formula); only S's lower
+    triangle is a parameter, and S⁻ᵀ is upper triangular, so there S − S⁻ᵀ = S − diag(1/S_ii).
+    """
+    xp = xp_of(mu)
+    inv_t = xp.swapaxes(xp.linalg.inv(scale_tril), -1, -2)
+    return mu.copy(), (scale_tril - inv_t) * xp.tri(mu.shape[-1], dtype=mu.dtype)
+
+
+def fullcov_reparameterize_backward(dz, eps):
+    """(dμ, dS) through z = μ + S ε per row:  dμ = dz,  dS = tril(dz εᵀ)  (∂z_i/∂S_ij = ε_j)."""
+    lower = xp_of(dz).tri(dz.shape[-1], dtype=dz.dtype)
+    return dz.copy(), dz[..., :, None] * eps[..., None, :] * lower
