@@ -54,6 +54,7 @@ from .ops.activations import activation_backward, bias_act_forward, check_activa
 from .ops.dense import dense_backward, matmul
 from .ops.iwae import iw_bound_and_weights
 from .posteriors import POSTERIORS, PointMass
+from .saving import load_model, save_model
 
 MODES = {"vae": (None, True), "ae": (PointMass, True), "kl-only": (None, False)}
 """mode -> (its posterior: None for the Gaussian family ``posterior=`` names, whether the
@@ -287,6 +288,17 @@ class VAE:
                 ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else []) + bad))
         for k, v in arrays.items():
             self.params[k][...] = self.backend.asarray(v, dtype=self.dtype)
+
+    def save(self, path):
+        """Write the model, its configuration and parameters (and its random streams' state), to
+        one ``.npz`` at ``path``: no optimizer state, nothing pickled (see :mod:`scratchvae.saving`)."""
+        return save_model(self, path)
+
+    @classmethod
+    def load(cls, path, backend=None):
+        """The model saved at ``path`` by :meth:`save`, or the model of a run's checkpoint file,
+        on ``backend`` (default numpy)."""
+        return load_model(cls, path, backend)
 
     # -- validation ---------------------------------------------------------------------
     def _check_x(self, x, what="x", width=None):

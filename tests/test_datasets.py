@@ -34,7 +34,8 @@ def _no_network_env(monkeypatch, tmp_path):
 
 
 def test_unknown_name_lists_the_choices():
-    with pytest.raises(DataError, match="must be one of 'embedded', 'mnist', 'fashion-mnist', got 'cifar10'"):
+    with pytest.raises(DataError, match="must be one of 'embedded', 'mnist', 'fashion-mnist' or the path "
+                                        "of an .npz file or a folder of images, got 'cifar10', which does not exist"):
         load_dataset("cifar10")
 
 
@@ -119,10 +120,19 @@ def test_labels_out_of_range(tmp_path):
 
 
 def test_dataset_checks_its_fields_and_is_frozen():
-    with pytest.raises(DataError, match=r"images must be a uint8 array of shape \(N, 784\), got uint8 array of shape \(3, 28, 28\)"):
+    with pytest.raises(DataError, match=r"images must be an \(N, D\) array of uint8 or floats, got uint8 array of shape \(3, 28, 28\)"):
         Dataset(np.zeros((3, 28, 28), np.uint8), np.zeros(3, np.uint8), "x")
+    with pytest.raises(DataError, match=r"images must be an \(N, D\) array of uint8 or floats, got int32"):
+        Dataset(np.zeros((3, 4), np.int32), None, "x")
     with pytest.raises(DataError, match="same length, got 3 images and 2 labels"):
         Dataset(np.zeros((3, 784), np.uint8), np.zeros(2, np.uint8), "x")
+    with pytest.raises(DataError, match="labels must be an integer array of shape"):
+        Dataset(np.zeros((3, 784), np.uint8), np.zeros(3, np.float32), "x")
+    with pytest.raises(DataError, match="labels must be >= 0, got a -1"):
+        Dataset(np.zeros((3, 784), np.uint8), np.array([0, -1, 2]), "x")
+    with pytest.raises(DataError, match=r"image_shape must be .* H·W·C = 784 values per row, got \(28, 27\)"):
+        Dataset(np.zeros((3, 784), np.uint8), None, "x", (28, 27))
+    assert Dataset(np.zeros((2, 12), np.float32), None, "x", [2, 2, 3]).image_shape == (2, 2, 3)
     ds = Dataset(np.zeros((3, 784), np.uint8), np.zeros(3, np.uint8), "x")
     with pytest.raises(dataclasses.FrozenInstanceError):
         ds.name = "y"

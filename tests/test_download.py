@@ -161,17 +161,70 @@ def test_unwritable_target_dir_is_a_data_error_naming_it(server, tmp_path):
 
 def test_missing_checksum_refuses_to_download(server, tmp_path):
     mirror = _serve(server, "m1", "ok", gz(RAW))
-    with pytest.raises(DownloadError, match=f"no SHA-256 is pinned for {NAME}"):
+    with pytest.raises(DownloadError, match=f"no checksum is pinned for {NAME}"):
         download_file(NAME, tmp_path, mirrors=[mirror], sha256=None)
     assert server.hits == []
 
 
-def test_fashion_mnist_is_not_downloaded_without_pinned_checksums(server, tmp_path, monkeypatch):
+def test_unpinned_files_are_not_downloaded(server, tmp_path, monkeypatch):
     monkeypatch.setitem(dl.MIRRORS, "fashion-mnist", (f"{server.base}/f/",))
+    monkeypatch.setitem(dl.GZ_CHECKS, "fashion-mnist", {})
     monkeypatch.delenv("SCRATCHVAE_OFFLINE", raising=False)
-    with pytest.raises(DownloadError, match="checksums of the decompressed files are not pinned.*data_dir"):
+    with pytest.raises(DownloadError, match="no checksums are pinned in scratchvae for .*data_dir"):
         load_dataset("fashion-mnist", cache_dir=tmp_path)
     assert server.hits == []
+
+
+def test_published_fashion_mnist_checksums_are_pinned():
+    table = dl.GZ_CHECKS["fashion-mnist"]
+    assert set(table) == set(NAMES)
+    assert table["train-images-idx3-ubyte"] == ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", 26_421_880)
+    assert table["t10k-labels-idx1-ubyte"] == ("bb300cfdad3c16e7a12a480ee83cd310", 5_148)
+    assert all(len(md5) == 32 and size > 0 for md5, size in table.values())
+
+
+def _fashion_like(server, tmp_path, monkeypatch):
+    """Synthetic Fashion-MNIST-like files served as .gz, with their MD5 and size pinned."""
+    src = tmp_path / "src"
+    src.mkdir()
+    raw, arrays = write_mnist_like(src, compress=(False,) * 4)
+    bodies = {n: gz(d) for n, d in raw.items()}
+    for name, body in bodies.items():
+        _serve(server, "fashion", "ok", body, name=name)
+    monkeypatch.setitem(dl.MIRRORS, "fashion-mnist", (f"{server.base}/fashion/",))
+    monkeypatch.setitem(dl.GZ_CHECKS, "fashion-mnist",
+                        {n: (hashlib.md5(b).hexdigest(), len(b)) for n, b in bodies.items()})
+    monkeypatch.delenv("SCRATCHVAE_OFFLINE", raising=False)
+    return raw, arrays
+
+
+def test_fashion_mnist_downloads_checked_by_size_and_md5_and_records_sha256(server, tmp_path, monkeypatch):
+    raw, (tr_x, tr_y, te_x, te_y) = _fashion_like(server, tmp_path, monkeypatch)
+    cache = tmp_path / "cache"
+    train, test = load_dataset("fashion-mnist", cache_dir=cache)
+    np.testing.assert_array_equal(train.images, tr_x)
+    np.testing.assert_array_equal(test.labels, te_y)
+    assert dl.read_manifest(cache / "fashion-mnist") == {n: hashlib.sha256(d).hexdigest() for n, d in raw.items()}
+    hits = len(server.hits)
+    load_dataset("fashion-mnist", cache_dir=cache)          # from the cache, checked, no requests
+    assert len(server.hits) == hits
+    path = cache / "fashion-mnist" / f"{NAMES[1]}.gz"         # a cached file changed on disk
+    path.write_bytes(gz(raw[NAMES[1]][:-1] + bytes([raw[NAMES[1]][-1] ^ 1])))
+    with pytest.raises(ChecksumError, match=f"{path} changed since it was downloaded.*delete it"):
+        load_dataset("fashion-mnist", cache_dir=cache)
+
+
+@pytest.mark.parametrize("damage", ["size", "md5"])
+def test_fashion_mnist_download_with_the_wrong_size_or_md5_is_refused(damage, server, tmp_path, monkeypatch):
+    raw, _ = _fashion_like(server, tmp_path, monkeypatch)
+    md5, size = dl.GZ_CHECKS["fashion-mnist"][NAME]
+    wrong = (md5, size + 1) if damage == "size" else ("0" * 32, size)
+    monkeypatch.setitem(dl.GZ_CHECKS["fashion-mnist"], NAME, wrong)
+    expect = f"has {size} bytes, expected the published {size + 1}" if damage == "size" else \
+        f"MD5 of {NAME}.gz does not match: expected the published {'0' * 32}, got {md5}"
+    with pytest.raises(ChecksumError, match=expect):
+        load_dataset("fashion-mnist", cache_dir=tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache" / "fashion-mnist").iterdir() if p.name.startswith(NAME)]
 
 
 def test_pinned_mnist_hashes_are_the_published_ones():
@@ -193,7 +246,7 @@ def test_load_dataset_downloads_missing_files_into_the_cache(server, tmp_path, m
     train, test = load_dataset("mnist", cache_dir=cache, progress=lambda d, t: None)
     np.testing.assert_array_equal(train.images, tr_x)
     np.testing.assert_array_equal(test.labels, te_y)
-    assert sorted(p.name for p in (cache / "mnist").iterdir()) == sorted(f"{n}.gz" for n in NAMES)
+    assert sorted(p.name for p in (cache / "mnist").iterdir()) == sorted([f"{n}.gz" for n in NAMES] + ["SHA256SUMS"])
     hits = len(server.hits)
     load_dataset("mnist", cache_dir=cache)  # second time: from the cache, no requests
     assert len(server.hits) == hits

@@ -16,14 +16,15 @@ labels ``(N,)`` in 0..9. Where MNIST / Fashion-MNIST come from, in order:
 """
 
 import os
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from scratchvae.data.download import FILES, download_dataset
-from scratchvae.data.idx import read_idx
+from scratchvae.data.custom import load_path
+from scratchvae.data.dataset import Dataset
+from scratchvae.data.download import download_dataset, verify_cached
+from scratchvae.data.idx import FILES, find_idx_files, read_idx
 from scratchvae.errors import DataError, DownloadError
 
 #: Names accepted by :func:`load_dataset`.
@@ -34,44 +35,30 @@ _N_CLASSES = 10
 _FALSE = ("", "0", "false", "no", "off")
 
 
-@dataclass(frozen=True, eq=False)
-class Dataset:
-    """One split: ``images`` (N, 784) uint8, ``labels`` (N,) uint8 in 0..9, and a ``name``."""
+def load_dataset(name, data_dir=None, *, cache_dir=None, offline=None, progress=None,
+                 test_fraction=None, seed=0, image_shape=None):
+    """Load ``(train, test)``: a built-in dataset, or one's own data at a path.
 
-    images: np.ndarray
-    labels: np.ndarray
-    name: str
-
-    def __post_init__(self):
-        im, lb = self.images, self.labels
-        if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 2 \
-                or im.shape[1] != _SIDE * _SIDE:
-            raise DataError(f"{self.name}: images must be a uint8 array of shape (N, 784), "
-                            f"got {_describe(im)}")
-        if not isinstance(lb, np.ndarray) or lb.dtype != np.uint8 or lb.ndim != 1:
-            raise DataError(f"{self.name}: labels must be a uint8 array of shape (N,), "
-                            f"got {_describe(lb)}")
-        if len(im) != len(lb):
-            raise DataError(f"{self.name}: images and labels must have the same length, "
-                            f"got {len(im)} images and {len(lb)} labels")
-        if lb.size and int(lb.max()) >= _N_CLASSES:
-            raise DataError(f"{self.name}: labels must lie in 0..9, got a {int(lb.max())}")
-
-    def __len__(self):
-        return len(self.labels)
-
-
-def load_dataset(name, data_dir=None, *, cache_dir=None, offline=None, progress=None):
-    """Load ``(train, test)`` for ``name`` in ``('embedded', 'mnist', 'fashion-mnist')``.
-
-    ``progress(done_bytes, total_bytes_or_None)`` is called while a file downloads.
-    Raises :class:`DataError` for an unknown name, missing or malformed files, or an
-    unwritable cache; :class:`DownloadError` when files are missing and downloads are off
-    or fail; :class:`ChecksumError` when a download does not match its pinned SHA-256.
+    ``name``: 'embedded', 'mnist' or 'fashion-mnist' (the built-in names win), or the path of
+    an .npz file or a folder of images (:mod:`scratchvae.data.custom`; ``test_fraction``,
+    ``seed`` and ``image_shape`` are for those). ``progress(done_bytes, total_bytes_or_None)``
+    is called while a file downloads. Raises :class:`DataError` for missing or malformed
+    files, or an unwritable cache; :class:`DownloadError` when files are missing and
+    downloads are off or fail; :class:`ChecksumError` when a download does not match its
+    pinned checksum.
     """
     if name not in DATASETS:
-        raise DataError(f"dataset name must be one of {', '.join(map(repr, DATASETS))}, "
-                        f"got {name!r}")
+        if not Path(str(name)).expanduser().exists():
+            raise DataError(f"dataset must be one of {', '.join(map(repr, DATASETS))} or the path of an "
+                            f".npz file or a folder of images, got {str(name)!r}, which does not exist")
+        if data_dir is not None:
+            raise DataError(f"data_dir (--data-dir) is the folder of IDX files for 'mnist' and "
+                            f"'fashion-mnist', got it with dataset {str(name)!r}")
+        return load_path(name, test_fraction=test_fraction, seed=seed, image_shape=image_shape)
+    for arg, value in (("test_fraction (--test-fraction)", test_fraction),
+                       ("image_shape (--image-shape)", image_shape)):
+        if value is not None:
+            raise DataError(f"{arg} is for one's own data; {name!r} has its own test split and 28x28 images")
     if name == "embedded":
         if data_dir is not None:
             raise DataError(f"data_dir is only used by 'mnist' and 'fashion-mnist', got "
@@ -100,6 +87,7 @@ def load_dataset(name, data_dir=None, *, cache_dir=None, offline=None, progress=
         found, missing = find_idx_files(where)
         if missing:  # e.g. a concurrent process removed them; say so rather than KeyError
             raise DataError(f"{name}: {_wanted(missing)} missing from {where} after download")
+    verify_cached(where, found)
     return _load_split_pair(found, name)
 
 
@@ -113,8 +101,8 @@ def load_embedded():
     except (OSError, KeyError, ValueError) as err:
         raise DataError(f"the packaged {EMBEDDED_RESOURCE} is unreadable or incomplete "
                         f"(expected train/test images and labels): {err}") from None
-    return (Dataset(arrays["train_images"], arrays["train_labels"], "embedded-train"),
-            Dataset(arrays["test_images"], arrays["test_labels"], "embedded-test"))
+    return (Dataset(arrays["train_images"], arrays["train_labels"], "embedded-train", (_SIDE, _SIDE)),
+            Dataset(arrays["test_images"], arrays["test_labels"], "embedded-test", (_SIDE, _SIDE)))
 
 
 def default_cache_dir(name, cache_dir=None):
@@ -126,22 +114,6 @@ def default_cache_dir(name, cache_dir=None):
         xdg = os.environ.get("XDG_CACHE_HOME")
         cache_dir = Path(xdg) / "scratchvae" if xdg else Path.home() / ".cache" / "scratchvae"
     return Path(cache_dir).expanduser() / name
-
-
-def find_idx_files(directory):
-    """Map each of the four IDX names to ``directory/<name>`` or ``<name>.gz`` (raw first).
-
-    Returns ``(found, missing)``: a ``{name: Path}`` dict and a list of names absent.
-    """
-    found, missing = {}, []
-    for n in FILES:
-        hit = next((p for p in (Path(directory) / n, Path(directory) / f"{n}.gz")
-                    if p.is_file()), None)
-        if hit is None:
-            missing.append(n)
-        else:
-            found[n] = hit
-    return found, missing
 
 
 def load_idx_split(images_path, labels_path, name):
@@ -157,7 +129,9 @@ def load_idx_split(images_path, labels_path, name):
     if len(images) != len(labels):
         raise DataError(f"{name}: {images_path} holds {len(images)} images but {labels_path} "
                         f"holds {len(labels)} labels: expected the same number")
-    return Dataset(images.reshape(len(images), _SIDE * _SIDE), labels, name)
+    if labels.size and int(labels.max()) >= _N_CLASSES:
+        raise DataError(f"{labels_path}: labels must lie in 0..{_N_CLASSES - 1}, got a {int(labels.max())}")
+    return Dataset(images.reshape(len(images), _SIDE * _SIDE), labels, name, (_SIDE, _SIDE))
 
 
 def _load_split_pair(found, name):
@@ -176,9 +150,3 @@ def _offline(offline):
 
 def _wanted(names):
     return ", ".join(f"{n}[.gz]" for n in names)
-
-
-def _describe(a):
-    if hasattr(a, "dtype") and hasattr(a, "shape"):
-        return f"{a.dtype} array of shape {tuple(a.shape)}"
-    return type(a).__name__

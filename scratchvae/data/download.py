@@ -1,18 +1,22 @@
-"""Download MNIST-like IDX files from public mirrors, verified by SHA-256.
+"""Download MNIST-like IDX files from public mirrors, verified.
 
 One try per mirror, in order. Each file is streamed into ``<name>.part`` in the target
 directory and renamed to its final name (``<name>.gz``, or ``<name>`` if a mirror served it
-uncompressed) only after the SHA-256 of the **decompressed** IDX bytes matches the pinned
-value: the same bytes whichever mirror served the gzip. A mismatch deletes the ``.part`` and
-raises :class:`ChecksumError`; a server error, timeout or dropped connection moves on to the
-next mirror, and when all fail :class:`DownloadError` lists each mirror's failure.
+uncompressed) only once verified:
+
+* MNIST: the SHA-256 of the **decompressed** IDX bytes must match the pinned value (the same
+  bytes whichever mirror served the gzip);
+* Fashion-MNIST: its authors publish the MD5 and size of each ``.gz`` (the values torchvision
+  uses too); both are checked on the downloaded bytes before anything is decompressed.
+
+A mismatch deletes the ``.part`` and raises :class:`ChecksumError`; a server error, timeout
+or dropped connection moves on to the next mirror, and when all fail :class:`DownloadError`
+lists each mirror's failure. The SHA-256 of every file's decompressed bytes is recorded in
+the cache folder's ``SHA256SUMS`` (as ``sha256sum`` writes it), and reads from the cache
+check it (:func:`verify_cached`), so a file changed on disk after its download is refused.
 
 Nothing is printed: pass ``progress(done_bytes, total_bytes_or_None)`` to be told how the
 current file is going (it restarts at 0 for each file).
-
-Fashion-MNIST's decompressed SHA-256 values are not pinned (no trustworthy published source
-was found; its maintainers publish MD5s of the gzip files only), so downloading it raises
-:class:`DownloadError` telling the user to fetch the files and pass ``data_dir``.
 """
 
 import gzip
@@ -24,16 +28,9 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from scratchvae.data.idx import MAX_PAYLOAD_BYTES, is_gzip
+from scratchvae.data.idx import FILES, MAX_PAYLOAD_BYTES, is_gzip
 from scratchvae.errors import ChecksumError, DataError, DownloadError
 
-#: The four IDX files of an MNIST-like dataset, without ``.gz``.
-FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 
 #: Public mirrors, tried in order; ``<mirror><name>.gz`` is fetched.
 MIRRORS = {
@@ -48,7 +45,7 @@ MIRRORS = {
     ),
 }
 
-#: SHA-256 of each file's decompressed IDX bytes. Fashion-MNIST: deliberately empty (not pinned).
+#: SHA-256 of each file's decompressed IDX bytes (MNIST).
 SHA256 = {
     "mnist": {
         "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -56,8 +53,18 @@ SHA256 = {
         "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
         "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     },
-    "fashion-mnist": {},
 }
+
+#: MD5 and byte size of each ``.gz`` as its authors publish them (Fashion-MNIST).
+GZ_CHECKS = {
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", 26_421_880),
+        "train-labels-idx1-ubyte": ("25c81989df183df01b3e8a0aad5dffbe", 29_515),
+        "t10k-images-idx3-ubyte": ("bef4ecab320f06d8554ea6380940ec79", 4_422_102),
+        "t10k-labels-idx1-ubyte": ("bb300cfdad3c16e7a12a480ee83cd310", 5_148),
+    },
+}
+MANIFEST = "SHA256SUMS"
 
 _CHUNK = 1 << 16
 # A download or its decompressed content larger than this is refused (largest IDX + header).
@@ -91,7 +98,7 @@ def payload_sha256(path):
     return h.hexdigest()
 
 
-def download_file(name, target_dir, *, mirrors, sha256, progress=None, timeout=10.0):
+def download_file(name, target_dir, *, mirrors, sha256=None, gz=None, progress=None, timeout=10.0):
     """Fetch ``<mirror><name>.gz`` from the first mirror that delivers it, verified.
 
     Parameters
@@ -102,8 +109,11 @@ def download_file(name, target_dir, *, mirrors, sha256, progress=None, timeout=1
         Directory to write into (created if missing).
     mirrors : sequence of str
         Base URLs, tried in order, one try each.
-    sha256 : str
+    sha256 : str, optional
         Expected SHA-256 (hex) of the decompressed IDX bytes.
+    gz : (md5 hex, size in bytes), optional
+        The published MD5 and size of the ``.gz`` itself, checked before decompressing.
+        At least one of ``sha256`` and ``gz`` is required.
     progress : callable, optional
         ``progress(done_bytes, total_bytes_or_None)`` after each chunk received.
     timeout : float
@@ -119,13 +129,13 @@ def download_file(name, target_dir, *, mirrors, sha256, progress=None, timeout=1
     DataError
         ``target_dir`` cannot be created or written.
     ChecksumError
-        A file arrived whole but its decompressed SHA-256 differs from ``sha256``.
+        A file arrived whole but its size, MD5 or decompressed SHA-256 differs from the pinned one.
     DownloadError
-        ``sha256`` is missing, or every mirror failed (each failure is listed).
+        No checksum is given, or every mirror failed (each failure is listed).
     """
-    if not sha256:
+    if not sha256 and not gz:
         raise DownloadError(
-            f"no SHA-256 is pinned for {name}, so it is not downloaded; "
+            f"no checksum is pinned for {name}, so it is not downloaded; "
             f"fetch it yourself and pass its folder as data_dir"
         )
     if not mirrors:
@@ -137,7 +147,7 @@ def download_file(name, target_dir, *, mirrors, sha256, progress=None, timeout=1
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + name + ".gz"
         try:
-            return _fetch_verified(url, part, name, sha256, progress, timeout)
+            return _fetch_verified(url, part, name, sha256, gz, progress, timeout)
         except _MirrorFailure as err:
             failures.append(f"{url}: {err}")
         finally:
@@ -147,43 +157,95 @@ def download_file(name, target_dir, *, mirrors, sha256, progress=None, timeout=1
     )
 
 
-def _fetch_verified(url, part, name, sha256, progress, timeout):
-    """Fetch ``url`` into ``part``, check its payload's SHA-256 and move it to its final name."""
+def _fetch_verified(url, part, name, sha256, gz, progress, timeout):
+    """Fetch ``url`` into ``part``, check it, move it to its final name and record its SHA-256."""
     _fetch(url, part, progress, timeout)
+    if gz is not None:
+        _check_gz(url, part, name, *gz)
     try:
         got = payload_sha256(part)
     except DataError as err:  # a corrupt gzip is a bad transfer: next mirror
         raise _MirrorFailure(str(err)) from None
-    if got != sha256.lower():
+    if sha256 and got != sha256.lower():
         raise ChecksumError(
             f"{url}: SHA-256 of the decompressed {name} does not match: "
             f"expected {sha256.lower()}, got {got}; the download was deleted"
         )
     final = part.parent / (f"{name}.gz" if is_gzip(part) else name)
     os.replace(part, final)
+    record_sha256(part.parent, name, got)
     return final
 
 
-def download_dataset(dataset, target_dir, *, names=FILES, mirrors=None, sha256=None,
+def _check_gz(url, part, name, md5, size):
+    """The downloaded ``.gz`` must have the published size and MD5 (before it is decompressed)."""
+    got_size = part.stat().st_size
+    if got_size != size:
+        raise ChecksumError(f"{url}: {name}.gz has {got_size} bytes, expected the published "
+                            f"{size}; the download was deleted")
+    h = hashlib.md5(usedforsecurity=False)
+    with open(part, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    if h.hexdigest() != md5.lower():
+        raise ChecksumError(f"{url}: MD5 of {name}.gz does not match: expected the published "
+                            f"{md5.lower()}, got {h.hexdigest()}; the download was deleted")
+
+
+def record_sha256(directory, name, digest):
+    """Write ``digest  name`` into ``directory/SHA256SUMS`` (replacing that name's line)."""
+    path = Path(directory) / MANIFEST
+    table = read_manifest(directory)
+    table[name] = digest
+    tmp = path.with_name(f".{MANIFEST}.tmp")
+    tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(table.items())))
+    os.replace(tmp, path)
+
+
+def read_manifest(directory):
+    """``{name: sha256}`` from ``directory/SHA256SUMS`` ({} if there is none)."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return {}
+    table = {}
+    for line in path.read_text().splitlines():
+        digest, _, name = line.strip().partition("  ")
+        if len(digest) == 64 and name:
+            table[name] = digest
+    return table
+
+
+def verify_cached(directory, found):
+    """Raise ChecksumError for a file of ``found`` ({name: path}) whose decompressed bytes no
+    longer have the SHA-256 recorded when it was downloaded."""
+    table = read_manifest(directory)
+    for name, path in found.items():
+        if name in table and payload_sha256(path) != table[name]:
+            raise ChecksumError(f"{path} changed since it was downloaded (its SHA-256 is not the one "
+                                f"recorded in {Path(directory) / MANIFEST}); delete it to download it again")
+
+
+def download_dataset(dataset, target_dir, *, names=FILES, mirrors=None, sha256=None, gz=None,
                      progress=None, timeout=10.0):
     """Download ``names`` of ``dataset`` ('mnist' or 'fashion-mnist') into ``target_dir``.
 
-    ``mirrors`` and ``sha256`` (a ``{name: hex}`` table) default to :data:`MIRRORS` and
-    :data:`SHA256` for ``dataset``; tests point them at a local server. Every name must have
-    a pinned hash before anything is fetched, else :class:`DownloadError` says what to do.
-    Returns the list of paths written, in the order of ``names``.
+    ``mirrors``, ``sha256`` ({name: hex}) and ``gz`` ({name: (md5, size)}) default to
+    :data:`MIRRORS`, :data:`SHA256` and :data:`GZ_CHECKS` for ``dataset``; tests point them at
+    a local server. Every name must have a pinned checksum before anything is fetched, else
+    :class:`DownloadError` says what to do. Returns the list of paths written, in order.
     """
     mirrors = MIRRORS.get(dataset, ()) if mirrors is None else tuple(mirrors)
-    table = SHA256.get(dataset, {}) if sha256 is None else dict(sha256)
-    unpinned = [n for n in names if not table.get(n)]
+    sha = SHA256.get(dataset, {}) if sha256 is None else dict(sha256)
+    gzs = GZ_CHECKS.get(dataset, {}) if gz is None else dict(gz)
+    unpinned = [n for n in names if not sha.get(n) and not gzs.get(n)]
     if unpinned:
         where = " or ".join(MIRRORS.get(dataset, ())) or "the dataset's publisher"
         raise DownloadError(
-            f"{dataset}: SHA-256 checksums of the decompressed files are not pinned in "
-            f"scratchvae for {', '.join(unpinned)}, so they are not downloaded automatically; "
-            f"download the .gz files from {where} and pass their folder as data_dir"
+            f"{dataset}: no checksums are pinned in scratchvae for {', '.join(unpinned)}, so they "
+            f"are not downloaded automatically; download the .gz files from {where} and pass "
+            f"their folder as data_dir"
         )
-    return [download_file(n, target_dir, mirrors=mirrors, sha256=table[n],
+    return [download_file(n, target_dir, mirrors=mirrors, sha256=sha.get(n), gz=gzs.get(n),
                           progress=progress, timeout=timeout) for n in names]
 
 

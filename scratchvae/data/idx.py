@@ -23,6 +23,15 @@ import numpy as np
 
 from scratchvae.errors import DataError
 
+#: The four IDX files of an MNIST-like dataset, without ``.gz``.
+FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
 #: Largest payload (bytes) a header may declare unless the caller passes ``max_bytes``.
 MAX_PAYLOAD_BYTES = 2**31
 
@@ -157,3 +166,19 @@ def _read_header(f, path, what):
 
 def _hex(b):
     return " ".join(f"{x:02x}" for x in b) or "nothing"
+
+
+def find_idx_files(directory):
+    """Map each of the four IDX names to ``directory/<name>`` or ``<name>.gz`` (raw first).
+
+    Returns ``(found, missing)``: a ``{name: Path}`` dict and a list of names absent.
+    """
+    found, missing = {}, []
+    for n in FILES:
+        hit = next((p for p in (Path(directory) / n, Path(directory) / f"{n}.gz")
+                    if p.is_file()), None)
+        if hit is None:
+            missing.append(n)
+        else:
+            found[n] = hit
+    return found, missing
