@@ -80,14 +80,28 @@ def _check_figure(s):
     return figure_format(s)
 
 
+def _figure_ok(s):
+    try:
+        return _check_figure(s) is not None
+    except ScratchVAEError:
+        return False
+
+
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _nonneg_float = _checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
 _positive_float = _checked(float, lambda v: 0 < v < math.inf, "a finite number > 0")
 _fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+_open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+_image_shape = _checked(lambda s: tuple(int(p) for p in s.split(",")),
+                        lambda v: len(v) in (2, 3) and min(v) > 0 and (len(v) == 2 or v[2] in (1, 3)),
+                        "H,W or H,W,C with positive sizes and C 1 or 3")
 _seed = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")
 _positive_count = _checked(int, lambda v: v >= 1, "a positive number of checkpoints or 'all'")
 _ks = _checked(_check_ks, lambda v: True, "comma-separated positive integers like 1,10,100")
 _figure_file = _library_check(_check_figure, "a file name ending in .png, .pdf, .svg or .jpg")
+_npz_file = _checked(str, lambda v: v.lower().endswith(".npz"), "a file name ending in .npz")
+_image_output = _checked(str, lambda v: v.lower().endswith(".npz") or _figure_ok(v),
+                         "a file name ending in .png, .pdf, .svg, .jpg or .npz")
 
 
 class _Given(argparse.Action):
@@ -142,6 +156,8 @@ def build_parser():
     _add_evaluate(sub)
     _add_sample(sub, defaults)
     _add_plot(sub, defaults)
+    _add_encode(sub)
+    _add_decode(sub)
     _add_compare(sub, defaults)
     return p
 
@@ -175,10 +191,18 @@ def _add_train(sub, d):
 
 def _add_data_flags(g, d):
     from .data import DATASETS
+    from .data.custom import DEFAULT_TEST_FRACTION
     from .inputs import BINARIZE, parse_corrupt
 
-    g.add_argument("--dataset", default=d["dataset"], choices=DATASETS,
-                   help="the MNIST subset inside the package, or a dataset read from --data-dir or downloaded")
+    g.add_argument("--dataset", default=d["dataset"], metavar="NAME|PATH",
+                   help=f"{', '.join(DATASETS)} (the MNIST subset inside the package, or read from --data-dir or "
+                        "downloaded), or one's own data: an .npz file (x_train[, x_test, y_train, y_test]) or "
+                        "a folder of PNG/JPEG images (labels from class sub-folders)")
+    g.add_argument("--test-fraction", type=_open_fraction, metavar="F",
+                   help="own data without a test split: hold out this part of the images, chosen by --seed "
+                        f"(default {DEFAULT_TEST_FRACTION})")
+    g.add_argument("--image-shape", type=_image_shape, metavar="H,W[,C]",
+                   help="own flat data (N, D): the image shape its rows unflatten to, for the figures")
     g.add_argument("--data-dir", metavar="DIR", help="mnist / fashion-mnist: read the four IDX files (raw or .gz) "
                    "from DIR instead of downloading them into the cache")
     g.add_argument("--binarize", default=d["binarize"], choices=BINARIZE,
@@ -290,6 +314,36 @@ def _add_plot(sub, d):
     s.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is read (default: where it was)")
 
 
+def _add_encode(sub):
+    from .backend import BACKENDS
+
+    e = _verb(sub, "encode", "write the codes of a run's images: q(z|x)'s parameters per image, their labels, "
+              "and with --sample one z ~ q(z|x)",
+              " The .npz holds mu and logvar (diagonal posterior), mu and scale_tril (full), or mu alone (ae); "
+              "y when the data have labels; z with --sample.")
+    e.add_argument("run_dir", metavar="RUN", help="a run folder (as written by train)")
+    e.add_argument("--split", default="test", choices=("test", "train"), help="which of the run's images")
+    e.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images of the split")
+    e.add_argument("--sample", action="store_true", help="also one z ~ q(z|x) per image (the model's eval stream)")
+    e.add_argument("--out", type=_npz_file, metavar="FILE.npz", help="where to write (default: RUN/codes-<split>.npz)")
+    e.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
+    e.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is read (default: where it was)")
+    e.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
+
+
+def _add_decode(sub):
+    from .backend import BACKENDS
+
+    d = _verb(sub, "decode", "decode codes (z if the file has it, else mu) into images",
+              " Edit the codes written by encode (attribute arithmetic, interpolation, ...) and decode them.")
+    d.add_argument("run_dir", metavar="RUN", help="a run folder (as written by train)")
+    d.add_argument("codes", metavar="CODES.npz", help="an .npz with z or mu of shape (N, latent), as encode writes")
+    d.add_argument("--out", type=_image_output, metavar="FILE", help="a figure (.png, .pdf, .svg, .jpg) of the "
+                   "decoder means, or an .npz holding them as x (default: RUN/decoded.png)")
+    d.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
+    d.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
+
+
 def _add_compare(sub, d):
     from .backend import BACKENDS
     from .data import DATASETS
@@ -297,7 +351,8 @@ def _add_compare(sub, d):
     c = _verb(sub, "compare", "train an AE, a KL-only model and a VAE with a 2-D latent and draw them side by side",
               " Writes a folder holding each model's run (final checkpoint, metrics with test loss), "
               "compare.json and compare.png.")
-    c.add_argument("--dataset", default=d["dataset"], choices=DATASETS, help="the data, as for train")
+    c.add_argument("--dataset", default=d["dataset"], metavar="NAME|PATH",
+                   help=f"the data, as for train: {', '.join(DATASETS)}, or a labelled .npz or image folder")
     c.add_argument("--data-dir", metavar="DIR", help="mnist / fashion-mnist: read the IDX files from DIR")
     c.add_argument("--epochs", type=_positive_int, default=d["epochs"], metavar="N", help="epochs per model")
     c.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], metavar="B", help="images per step")
@@ -427,9 +482,16 @@ def _refuse(a, rules):
 
 
 def _refuse_data_dir(a, dataset):
-    _refuse(a, [("data_dir", dataset == "embedded",
-                 "--data-dir applies to the datasets read from files (mnist, fashion-mnist), "
-                 "not to the embedded one")])
+    _refuse(a, [("data_dir", dataset not in ("mnist", "fashion-mnist"),
+                 "--data-dir applies to the datasets read from IDX files (mnist, fashion-mnist), "
+                 f"not to {dataset}")])
+
+
+def _run_data(run, data_dir, progress=None):
+    """A run's (train, test): its dataset, split and shaped as when it was trained."""
+    tc = run.train_config
+    return _load_data(tc.dataset, data_dir or run.config.get("data_dir"), progress, test_fraction=tc.test_fraction,
+                      seed=run.config["model"].get("seed", 0), image_shape=tc.image_shape)
 
 
 def _shown(v):
@@ -444,8 +506,9 @@ def _refuse_differences(a, run):
     from .inputs import parse_corrupt
     from .likelihoods import parse_sigma
 
-    canonical = {"hidden": tuple, "sigma": parse_sigma, "corrupt": parse_corrupt}  # 400 == [400], ...
-    recorded = {**run.config["model"], **run.config["train"]}
+    canonical = {"hidden": tuple, "sigma": parse_sigma, "corrupt": parse_corrupt,  # 400 == [400], ...
+                 "dataset": _dataset_name, "image_shape": lambda v: tuple(v) if v else None}
+    recorded = {**run.config["model"], **vars(run.train_config)}
     diffs = []
     for dest in sorted(a.given & recorded.keys() - set(RESUMABLE)):
         same = canonical.get(dest, lambda v: v)
@@ -459,13 +522,14 @@ def _refuse_differences(a, run):
                          f"--keep and --data-dir may change)")
 
 
-def _load_data(dataset, data_dir, progress=None):
-    """The dataset, with the data layer's errors speaking of --data-dir."""
+def _load_data(dataset, data_dir, progress=None, **own):
+    """The dataset, with the data layer's errors speaking of --data-dir. ``own``: test_fraction,
+    seed and image_shape, for one's own data."""
     from .data import load_dataset
     from .errors import DataError
 
     try:
-        return load_dataset(dataset, data_dir=data_dir, progress=progress)
+        return load_dataset(dataset, data_dir=data_dir, progress=progress, **own)
     except DataError as err:
         text = str(err).replace("data_dir=FOLDER", "--data-dir DIR").replace("data_dir", "--data-dir")
         raise type(err)(text) from None
@@ -520,6 +584,39 @@ def _train_new(a):
     from .model import VAE
     from .runs import REPLACES, TrainConfig
 
+    _refuse_train_flags(a)
+    out = Path(a.out) if a.out else _timestamped()
+    into = _train_target(out, a.overwrite)
+    with _Progress(a.quiet) as progress:
+        train, test = _load_data(a.dataset, a.data_dir, progress.download, test_fraction=a.test_fraction,
+                                 seed=a.seed, image_shape=a.image_shape)
+    _check_batch_size(a.batch_size, train)
+    model = VAE(input_dim=train.images.shape[1], hidden=a.hidden, latent=a.latent, activation=a.activation,
+                likelihood=a.likelihood, sigma=a.sigma if LIKELIHOODS[a.likelihood].has_sigma else 1.0,
+                mode=a.mode, beta=a.beta, dtype=a.dtype, seed=a.seed, backend=a.backend,
+                posterior=a.posterior, objective=a.objective, iw_samples=a.iw_samples)
+    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
+                      momentum=a.momentum, binarize=a.binarize, kl_warmup=a.kl_warmup,
+                      corrupt=a.corrupt, dataset=_dataset_name(a.dataset), test_fraction=test.held_out,
+                      image_shape=list(a.image_shape) if a.image_shape else None).validate()
+    info = {"data_dir": str(Path(a.data_dir).resolve()) if a.data_dir else None, "command": _command(a),
+            "data": {"image_shape": train.image_shape, "classes": train.classes}}
+    if into != out:
+        info[REPLACES] = out.name
+    print(f"training {model} on {a.dataset} ({train.images.shape[0]} train, {test.images.shape[0]} test) -> "
+          + (f"{into}, to replace {out} once complete" if into != out else f"{out}"), flush=True)
+    from .train import fit
+
+    return _train(a, into, out if into != out else None, fit, model, train.images, test.images,
+                  config=cfg, run_dir=into, keep=a.keep, run_info=info)
+
+
+def _refuse_train_flags(a):
+    """Refuse, naming them, the flags of a new run that do not apply to its other flags."""
+    from .data import DATASETS
+    from .likelihoods import LIKELIHOODS
+
+    own = a.dataset not in DATASETS
     _refuse(a, [
         ("momentum", a.optimizer != "sgd", f"--momentum applies to --optimizer sgd only, got --optimizer {a.optimizer}"),
         ("sigma", not LIKELIHOODS[a.likelihood].has_sigma,
@@ -534,29 +631,17 @@ def _train_new(a):
         ("kl_warmup", a.objective == "iwae", "--kl-warmup does not apply to --objective iwae: its bound has no "
                                              "separate KL term to warm up"),
         ("beta", a.objective == "iwae", "--beta weighs the ELBO's KL term; --objective iwae has none"),
+        ("test_fraction", not own, f"--test-fraction applies to one's own data; {a.dataset} has its own test split"),
+        ("image_shape", not own, f"--image-shape applies to one's own flat data; {a.dataset} are 28x28 images"),
     ])
     _refuse_data_dir(a, a.dataset)
-    out = Path(a.out) if a.out else _timestamped()
-    into = _train_target(out, a.overwrite)
-    with _Progress(a.quiet) as progress:
-        train, test = _load_data(a.dataset, a.data_dir, progress.download)
-    _check_batch_size(a.batch_size, train)
-    model = VAE(input_dim=train.images.shape[1], hidden=a.hidden, latent=a.latent, activation=a.activation,
-                likelihood=a.likelihood, sigma=a.sigma if LIKELIHOODS[a.likelihood].has_sigma else 1.0,
-                mode=a.mode, beta=a.beta, dtype=a.dtype, seed=a.seed, backend=a.backend,
-                posterior=a.posterior, objective=a.objective, iw_samples=a.iw_samples)
-    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
-                      momentum=a.momentum, binarize=a.binarize, kl_warmup=a.kl_warmup,
-                      corrupt=a.corrupt, dataset=a.dataset).validate()
-    info = {"data_dir": str(Path(a.data_dir).resolve()) if a.data_dir else None, "command": _command(a)}
-    if into != out:
-        info[REPLACES] = out.name
-    print(f"training {model} on {a.dataset} ({train.images.shape[0]} train, {test.images.shape[0]} test) -> "
-          + (f"{into}, to replace {out} once complete" if into != out else f"{out}"), flush=True)
-    from .train import fit
 
-    return _train(a, into, out if into != out else None, fit, model, train.images, test.images,
-                  config=cfg, run_dir=into, keep=a.keep, run_info=info)
+
+def _dataset_name(dataset):
+    """What a run records of --dataset: a built-in name, or the absolute path of one's own data."""
+    from .data import DATASETS
+
+    return dataset if dataset in DATASETS else str(Path(dataset).expanduser().resolve())
 
 
 def _train(a, folder, replacing, train, *args, **kwargs):
@@ -622,8 +707,7 @@ def _train_resume(a):
         raise InputError(f"the run in {a.resume} has finished its {done} epochs; "
                          f"pass --epochs N (N > {done}) to train it further")
     with _Progress(a.quiet) as progress:
-        train, test = _load_data(run.train_config.dataset, a.data_dir or run.config.get("data_dir"),
-                                 progress.download)
+        train, test = _run_data(run, a.data_dir, progress.download)
     print(f"resuming {a.resume} at epoch {done}" + (f", batch {batch}" if batch else "") + f" -> {epochs} epochs",
           flush=True)
     replaces = run.config.get(REPLACES)
@@ -638,7 +722,7 @@ def _run_and_data(a, progress=None):
 
     run = load_run(a.run_dir, epoch=a.epoch, backend=a.backend)
     _refuse_data_dir(a, run.train_config.dataset)
-    train, test = _load_data(run.train_config.dataset, a.data_dir or run.config.get("data_dir"), progress)
+    train, test = _run_data(run, a.data_dir, progress)
     return run, train, test
 
 
@@ -658,8 +742,53 @@ def cmd_sample(a):
 
     run = load_run(a.run_dir, epoch=a.epoch, backend=a.backend)
     out = Path(a.out or Path(a.run_dir) / "samples.png")
-    sample_figure(run.model, n=a.n, seed=a.seed, draw=a.sample_x, path=out)
+    sample_figure(run.model, n=a.n, seed=a.seed, draw=a.sample_x, path=out, image_shape=_image_shape_of(run))
     print(out)
+    return 0
+
+
+def _image_shape_of(run):
+    """The image shape a run's data were recorded with (None: older runs, square images)."""
+    shape = (run.config.get("data") or {}).get("image_shape")
+    return tuple(shape) if shape else None
+
+
+def cmd_encode(a):
+    from .codes import encode_images, write_codes
+    from .evaluate import _prepare
+    from .inputs import STATIC_TEST_STREAM, STATIC_TRAIN_STREAM
+
+    with _Progress(True) as progress:
+        run, train, test = _run_and_data(a, progress.download)
+    data = test if a.split == "test" else train
+    images, labels = data.images[:a.limit], None if data.labels is None else data.labels[:a.limit]
+    stream = STATIC_TEST_STREAM if a.split == "test" else STATIC_TRAIN_STREAM
+    x = _prepare(images, run.model, run.train_config, stream, a.split)   # binarised as in training
+    codes = encode_images(run.model, x, labels, sample=a.sample)
+    out = Path(a.out or Path(a.run_dir) / f"codes-{a.split}.npz")
+    write_codes(out, codes, {"run": str(Path(a.run_dir).resolve()), "epoch": run.meta.get("epoch"),
+                             "split": a.split, "posterior": run.model.posterior.name, "sampled": a.sample})
+    shapes = ", ".join(f"{k} {v.shape}" for k, v in codes.items())
+    print(f"{out}: {shapes}")
+    return 0
+
+
+def cmd_decode(a):
+    from .codes import decode_codes, read_codes
+    from .plots import _tile, grid_figure
+    from .runs import load_run
+
+    run = load_run(a.run_dir, epoch=a.epoch, backend=a.backend)
+    pixels, which = decode_codes(run.model, read_codes(a.codes))
+    out = Path(a.out or Path(a.run_dir) / "decoded.png")
+    if out.suffix.lower() == ".npz":
+        from .codes import write_codes
+
+        write_codes(out, {"x": pixels}, {"decoded": which, "codes": str(a.codes)})
+    else:
+        shape = _tile(run.model, image_shape=_image_shape_of(run))
+        grid_figure(pixels, shape, out, f"decoder means of {len(pixels)} codes ({which}) — {Path(a.codes).name}")
+    print(f"decoded {which} of {len(pixels)} codes -> {out}")
     return 0
 
 
@@ -684,7 +813,7 @@ def cmd_compare(a):
         raise InputError(f"--out {out} exists and is not empty; choose another folder")
     check_run_dir(out, what="--out")
     with _Progress(a.quiet) as progress:
-        train, test = _load_data(a.dataset, a.data_dir, progress.download)
+        train, test = _load_data(a.dataset, a.data_dir, progress.download, seed=a.seed)
         _check_batch_size(a.batch_size, train)
         with staged_dir(out) as folder:
             res = compare_models(train, test, epochs=a.epochs, batch_size=a.batch_size, hidden=a.hidden, lr=a.lr,
@@ -698,7 +827,7 @@ def cmd_compare(a):
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,
-            "compare": cmd_compare}
+            "encode": cmd_encode, "decode": cmd_decode, "compare": cmd_compare}
 
 
 def main(argv=None):

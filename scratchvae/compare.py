@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import write_text
+from .errors import InputError
 from .evaluate import PROBE_TRAIN_LIMIT, _positive, encode_mean, linear_probe
 from .inputs import prepare_images
 from .train import TrainConfig, fit
@@ -45,6 +46,9 @@ def compare_models(train, test, *, epochs, batch_size, hidden, lr, seed, backend
     Returns {"probe_accuracy": {name: float}, "figure": str(out), "posterior_figure": str,
     "history": {name: rows}}.
     """
+    if train.labels is None or test.labels is None:
+        raise InputError("the comparison colours codes by label and scores a linear probe: it needs "
+                         "labelled data, got unlabelled images")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr).validate()
     probe_limit = _positive("probe_limit", probe_limit)
     from .model import VAE
@@ -65,7 +69,7 @@ def compare_models(train, test, *, epochs, batch_size, hidden, lr, seed, backend
         xte = prepare_images(test.images, model, "test")
         codes = encode_mean(model, xte)
         acc = linear_probe(encode_mean(model, xtr), train.labels[:probe_limit], codes, test.labels)
-        results[name] = {"codes": model.backend.to_host(codes),
+        results[name] = {"codes": model.backend.to_host(codes), "image_shape": test.image_shape,
                          "labels": np.asarray(test.labels),
                          "decodes": model.backend.to_host(model.decode_mean(z)),
                          "probe_accuracy": acc}

@@ -313,7 +313,7 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
     {K: {mean, se, gain, gain_se}} (gain: mean rise over the smallest K with its paired SE;
     None for an 'ae' run, with ``log_px_note``), ``active_units`` {count, of, threshold,
     variances}, ``probe_accuracy`` (μ codes of up to ``probe_limit`` train images -> test
-    labels) and ``n_probe_train``. ``progress(done, n)``: see :func:`iwae_estimates`.
+    labels; None for unlabelled data) and ``n_probe_train``. ``progress(done, n)``: see :func:`iwae_estimates`.
     """
     model, tc = run.model, run.train_config
     ks = check_ks(ks)
@@ -322,7 +322,7 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
     probe_limit = _positive("probe_limit", probe_limit)
     images, labels = test.images, test.labels
     if limit is not None:
-        images, labels = images[:limit], labels[:limit]
+        images, labels = images[:limit], None if labels is None else labels[:limit]
     xtest = _prepare(images, model, tc, STATIC_TEST_STREAM, "test")
     xtrain = _prepare(train.images[:probe_limit], model, tc, STATIC_TRAIN_STREAM, "train")
 
@@ -345,9 +345,10 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
     count, var = active_units(model, xtest) if xtest.shape[0] > 1 else (0, np.zeros(model.latent))
     res["active_units"] = {"count": count, "of": model.latent, "threshold": ACTIVE_THRESHOLD,
                            "variances": [float(v) for v in var]}
+    labelled = labels is not None and train.labels is not None
     res["probe_accuracy"] = linear_probe(encode_mean(model, xtrain), train.labels[:probe_limit],
-                                         encode_mean(model, xtest), labels)
-    res["n_probe_train"] = int(xtrain.shape[0])
+                                         encode_mean(model, xtest), labels) if labelled else None
+    res["n_probe_train"] = int(xtrain.shape[0]) if labelled else 0
     return res
 
 
@@ -388,8 +389,11 @@ def format_report(res) -> str:
             lines.append(f"  ({res['likelihood']} likelihood: {res['units']})")
     au = res["active_units"]
     lines.append(f"active units    {au['count']:>4d} / {au['of']}  (Var_x E_q[z_u] > {au['threshold']:g})")
-    lines.append(f"linear probe    {res['probe_accuracy']:10.3f}  (μ codes: {res.get('n_probe_train')} "
-                 f"train -> {res['n_test']} test images, softmax classifier)")
+    if res["probe_accuracy"] is None:
+        lines.append("linear probe         n/a  (the data have no labels)")
+    else:
+        lines.append(f"linear probe    {res['probe_accuracy']:10.3f}  (μ codes: {res.get('n_probe_train')} "
+                     f"train -> {res['n_test']} test images, softmax classifier)")
     return "\n".join(lines)
 
 

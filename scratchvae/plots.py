@@ -153,12 +153,20 @@ def _describe(model):
 
 
 # -- arrays ------------------------------------------------------------------------------------
-def _side(model):
+def _tile(model, data=None, image_shape=None):
+    """The (H, W) or (H, W, C) each row of the model's data is drawn as: ``image_shape``, else the
+    dataset's, else a square of the input's size."""
+    shape = image_shape if image_shape is not None else getattr(data, "image_shape", None)
+    if shape is not None:
+        shape = tuple(int(d) for d in shape)
+        if int(np.prod(shape)) != model.input_dim:
+            raise InputError(f"image_shape {shape} does not hold the model's {model.input_dim} values per image")
+        return shape
     side = math.isqrt(model.input_dim)
     if side * side != model.input_dim:
-        raise InputError(f"images are drawn as squares: input_dim must be a square number, "
-                         f"got {model.input_dim}")
-    return side
+        raise InputError(f"the images have no shape to be drawn in: {model.input_dim} values per image is not a "
+                         f"square; give the data an image shape (--image-shape H,W[,C])")
+    return (side, side)
 
 
 def _positive(name, v):
@@ -172,12 +180,14 @@ def _stream(model, seed, kind):
 
 
 def _check_split(split, what="test"):
-    images, labels = getattr(split, "images", None), getattr(split, "labels", None)
-    if images is None or labels is None:
+    """(images, labels or None) of a Dataset."""
+    images = getattr(split, "images", None)
+    if images is None or not hasattr(split, "labels"):
         raise InputError(f"{what} must be a Dataset with .images and .labels, got {type(split).__name__}")
-    if len(images) != len(labels):
+    labels = split.labels
+    if labels is not None and len(images) != len(labels):
         raise InputError(f"{what}: {len(images)} images but {len(labels)} labels")
-    return images, np.asarray(labels)
+    return images, None if labels is None else np.asarray(labels)
 
 
 def _unit_images(model, images):
@@ -206,34 +216,38 @@ def _decode(model, z):
     return np.concatenate(out).astype(np.float64)
 
 
-def _offsets(count, side, gaps=()):
+def _offsets(count, size, gaps=()):
     pos, x = [], _PAD
     for i in range(count):
         pos.append(x)
-        x += side + _PAD + (_GAP if i in gaps else 0)
+        x += size + _PAD + (_GAP if i in gaps else 0)
     return pos, x
 
 
-def _mosaic(images, rows, cols, side, row_gaps=(), col_gaps=()):
-    """Tile images (rows·cols, D) row by row into one 2-D array; NaN rows stay blank.
+def _mosaic(images, rows, cols, shape, row_gaps=(), col_gaps=()):
+    """Tile images (rows·cols, D), each drawn as ``shape`` (H, W) or (H, W, C), row by row into
+    one array (2-D, or 3-D for RGB); NaN rows stay blank.
 
     Returns the mosaic and the centres of the rows and columns (for tick labels).
     """
-    ys, h = _offsets(rows, side, row_gaps)
-    xs, w = _offsets(cols, side, col_gaps)
-    out = np.full((h, w), _PAD_VALUE)
-    images = np.asarray(images, dtype=np.float64).reshape(-1, side, side)
+    h, w = shape[:2]
+    rgb = len(shape) == 3 and shape[2] == 3
+    ys, height = _offsets(rows, h, row_gaps)
+    xs, width = _offsets(cols, w, col_gaps)
+    out = np.full((height, width, 3) if rgb else (height, width), _PAD_VALUE)
+    images = np.asarray(images, dtype=np.float64).reshape(-1, h, w, *shape[2:])
+    if not rgb and images.ndim == 4:
+        images = images[..., 0]
     for i, im in enumerate(images[:rows * cols]):
         if np.isnan(im).all():
             continue
         r, c = divmod(i, cols)
-        out[ys[r]:ys[r] + side, xs[c]:xs[c] + side] = np.clip(im, 0.0, 1.0)
-    centre = (side - 1) / 2
-    return out, [y + centre for y in ys], [x + centre for x in xs]
+        out[ys[r]:ys[r] + h, xs[c]:xs[c] + w] = np.clip(im, 0.0, 1.0)
+    return out, [y + (h - 1) / 2 for y in ys], [x + (w - 1) / 2 for x in xs]
 
 
 def _show(ax, mosaic, xticks=None, yticks=None):
-    ax.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.imshow(mosaic, cmap=None if mosaic.ndim == 3 else "gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     for setter, ticks in ((ax.set_xticks, xticks), (ax.set_yticks, yticks)):
         if ticks is None:
             setter([])
@@ -276,6 +290,9 @@ def _scatter(ax, codes, labels, legend="axes"):
     from matplotlib.lines import Line2D
 
     xy, xlabel, ylabel = _project(codes)
+    if labels is None:                   # unlabelled data: one colour, no legend
+        labels = np.zeros(len(xy), dtype=np.int64)
+        legend = None
     classes = sorted(int(c) for c in np.unique(labels))
     colours = _class_colours(classes)
     if xy.shape[1] == 1:  # L = 1: μ against the label, spread by a fixed low-discrepancy jitter
@@ -302,7 +319,7 @@ def latent_figure(model, test, path, seed=0):
     mu, _ = _encode(model, images[idx])
     with _drawing("latent", path=path) as (plt, fig):
         ax = fig.add_subplot()
-        _scatter(ax, mu, labels[idx])
+        _scatter(ax, mu, None if labels is None else labels[idx])
         how = "" if model.latent <= 2 else f", PCA of {model.latent}-D μ"
         ax.set_title(f"Latent means of {len(idx)} test images{how}\n{_describe(model)}", fontsize=10)
     return Path(path)
@@ -324,7 +341,7 @@ def manifold_figure(model, test, path, k=15):
     """
     k = _positive("k", k)
     images, _ = _check_split(test)
-    side = _side(model)
+    side = _tile(model, test)
     mu, lv = _encode(model, images)
     L = model.latent
     m = k * k if L == 1 else k  # L = 1: one path of k² values, read row by row
@@ -377,7 +394,7 @@ def reconstruction_figure(model, test, path, n=32, seed=0):
     """``n`` test inputs (chosen by ``seed``) above their decoder means at z = μ."""
     n = _positive("n", n)
     images, _ = _check_split(test)
-    side = _side(model)
+    side = _tile(model, test)
     idx = _stream(model, seed, "reconstructions").permutation(len(images))[:n]
     x = _unit_images(model, images[idx])
     mu, _ = _encode(model, images[idx])
@@ -404,7 +421,7 @@ def abstraction_figure(model, test, path, inputs=4, samples=10, seed=0):
         raise InputError("the abstraction figure samples z ~ q(z|x): a plain autoencoder ('ae') has none")
     inputs, samples = _positive("inputs", inputs), _positive("samples", samples)
     images, _ = _check_split(test)
-    side = _side(model)
+    side = _tile(model, test)
     stream = _stream(model, seed, "abstraction")
     idx = stream.permutation(len(images))[:inputs]
     x = _unit_images(model, images[idx])
@@ -430,7 +447,7 @@ def abstraction_figure(model, test, path, inputs=4, samples=10, seed=0):
 
 
 # -- 5 samples ---------------------------------------------------------------------------------------
-def sample_figure(model, n, seed, draw, path):
+def sample_figure(model, n, seed, draw, path, image_shape=None):
     """Decodes of ``n`` codes z ~ N(0, I) from stream ``seed``.
 
     ``draw=False``: decoder means (what ``model.sample(n, eps=z)`` returns); ``draw=True``:
@@ -438,19 +455,25 @@ def sample_figure(model, n, seed, draw, path):
     for display), with this module's own uniforms/normals rather than ``model.rng['eval']``.
     """
     n = _positive("n", n)
-    side = _side(model)
+    side = _tile(model, image_shape=image_shape)
     z = _stream(model, seed, "samples").normal((n, model.latent), model.dtype.name)
     mean = model.decode_mean(z)
     if draw:
         mean = model.likelihood.draw(mean, model.params, _stream(model, seed, "samples-draw"))
-    pixels = model.backend.to_host(mean).astype(np.float64)
-    rows, cols = _grid_shape(n)
+    what = "pixels drawn from p(x|z)" if draw else "decoder means"
+    note = "" if model.posterior.stochastic else " (an AE has no prior)"
+    return grid_figure(model.backend.to_host(mean), side, path,
+                       f"{n} decodes of z ~ N(0, I){note}: {what}\n{_describe(model)}, seed {seed}")
+
+
+def grid_figure(images, image_shape, path, title):
+    """Images (n, D) in [0, 1] (clipped) drawn as a near-square grid of ``image_shape`` tiles."""
+    images = np.asarray(images, dtype=np.float64)
+    rows, cols = _grid_shape(len(images))
     with _drawing("samples", path=path) as (plt, fig):
         ax = fig.add_subplot()
-        _show(ax, _mosaic(pixels, rows, cols, side)[0])
-        what = "pixels drawn from p(x|z)" if draw else "decoder means"
-        note = "" if model.posterior.stochastic else " (an AE has no prior)"
-        ax.set_title(f"{n} decodes of z ~ N(0, I){note}: {what}\n{_describe(model)}, seed {seed}", fontsize=10)
+        _show(ax, _mosaic(images, rows, cols, tuple(image_shape))[0])
+        ax.set_title(title, fontsize=10)
     return Path(path)
 
 
@@ -475,10 +498,10 @@ def interpolation_figure(model, test, path, steps=10, seed=0):
     the spherical path between their μ's, the inputs at both ends."""
     steps = _positive("steps", steps)
     images, labels = _check_split(test)
-    side = _side(model)
+    side = _tile(model, test)
     perm = _stream(model, seed, "interpolation").permutation(len(images))
     a = int(perm[0])
-    other = [int(i) for i in perm[1:] if labels[i] != labels[a]]
+    other = [int(i) for i in perm[1:] if labels is not None and labels[i] != labels[a]]
     b = other[0] if other else int(perm[min(1, len(perm) - 1)])
     mu, _ = _encode(model, images[[a, b]])
     t = np.linspace(0.0, 1.0, steps)
@@ -494,8 +517,8 @@ def interpolation_figure(model, test, path, steps=10, seed=0):
         ax = fig.add_subplot()
         _show(ax, mosaic, xticks=(cx, xl), yticks=(ry, ["linear", "slerp"]))
         ax.set_xlabel("t (fraction of the way from μ(x_a) to μ(x_b))")
-        ax.set_title(f"Interpolation in μ-space: test #{a} (label {labels[a]}) → test #{b} (label {labels[b]})"
-                     f" — {_describe(model)}", fontsize=10)
+        named = (lambda i: f"test #{i}") if labels is None else (lambda i: f"test #{i} (label {labels[i]})")
+        ax.set_title(f"Interpolation in μ-space: {named(a)} → {named(b)} — {_describe(model)}", fontsize=10)
     return Path(path)
 
 
@@ -509,7 +532,9 @@ def arithmetic_figure(model, test, path, train=None, pairs=3, per_row=8, seed=0)
     """
     pairs, per_row = _positive("pairs", pairs), _positive("per_row", per_row)
     images, labels = _check_split(test)
-    side = _side(model)
+    if labels is None or (train is not None and train.labels is None):
+        raise InputError("attribute vectors need labelled data (class means), got unlabelled images")
+    side = _tile(model, test)
     stream = _stream(model, seed, "arithmetic")
     if train is not None:
         tr_images, tr_labels = _check_split(train, "train")
@@ -594,10 +619,10 @@ def comparison_figure(results, path):
                              f"got {codes.shape} and {labels.shape}")
         m = decodes.shape[0] if decodes.ndim == 2 else 0
         rows = math.isqrt(m)
-        side = math.isqrt(decodes.shape[1]) if decodes.ndim == 2 else 0
-        if decodes.ndim != 2 or m < 1 or rows * rows != m or side * side != decodes.shape[1]:
-            raise InputError(f"results[{name!r}]: decodes must be (m, D) with m and D square numbers, "
-                             f"got {decodes.shape}")
+        side = r.get("image_shape") or (math.isqrt(decodes.shape[1]),) * 2 if decodes.ndim == 2 else (0, 0)
+        if decodes.ndim != 2 or m < 1 or rows * rows != m or int(np.prod(side)) != decodes.shape[1]:
+            raise InputError(f"results[{name!r}]: decodes must be (m, D) with m a square number and D a "
+                             f"square or the product of image_shape, got {decodes.shape}")
         keep = np.unique(np.linspace(0, len(codes) - 1, min(len(codes), MAX_SCATTER)).astype(int))
         checked[name] = (codes[keep], labels[keep], decodes, rows, side, float(r["probe_accuracy"]))
     with _drawing("comparison", len(checked), path=path) as (plt, fig):
@@ -665,6 +690,7 @@ def posterior_figure(models, test, path, n=MAX_ELLIPSES, seed=0):
         raise InputError(f"the posterior figure draws 2-D latents: {', '.join(bad) or 'no model'} "
                          f"{'has' if len(bad) == 1 else 'have'} latent ≠ 2")
     images, labels = _check_split(test)
+    labels = np.zeros(len(images), dtype=np.int64) if labels is None else labels   # unlabelled: one colour
     first = next(iter(models.values()))
     idx = _stream(first, seed, "posteriors").permutation(len(images))[:n]
     colours = _class_colours(sorted(int(c) for c in np.unique(labels)))
@@ -687,9 +713,9 @@ def plot_run(run, train, test, out_dir, n=64, seed=0, draw=False, fmt="png"):
 
     ``n``: prior samples in samples.png (reconstructions show min(n, 32) inputs); ``seed``:
     every random choice (see the module docstring); ``draw``: samples as pixels drawn from
-    p(x|z); ``fmt``: the files' format (png, pdf, svg or jpg). Skipped: abstraction for mode
-    'ae'; arithmetic with fewer than two classes; losses when no epoch has finished;
-    posteriors unless the latent is 2-D.
+    p(x|z); ``fmt``: the files' format (png, pdf, svg or jpg). Images are drawn in the test
+    set's image shape. Skipped: abstraction for mode 'ae'; arithmetic without labels or with
+    fewer than two classes; losses when no epoch has finished; posteriors unless the latent is 2-D.
     """
     n = _positive("n", n)
     model = run.model
@@ -706,9 +732,10 @@ def plot_run(run, train, test, out_dir, n=64, seed=0, draw=False, fmt="png"):
              reconstruction_figure(model, test, f["reconstructions"], n=min(n, 32), seed=seed)]
     if model.posterior.stochastic:
         paths.append(abstraction_figure(model, test, f["abstraction"], seed=seed))
-    paths.append(sample_figure(model, n, seed, draw, f["samples"]))
+    paths.append(sample_figure(model, n, seed, draw, f["samples"], image_shape=_tile(model, test)))
     paths.append(interpolation_figure(model, test, f["interpolation"], seed=seed))
-    if len(np.unique(np.asarray(test.labels))) >= 2:
+    if test.labels is not None and len(np.unique(np.asarray(test.labels))) >= 2 and \
+            (train is None or train.labels is not None):
         paths.append(arithmetic_figure(model, test, f["arithmetic"], train=train, seed=seed))
     if run.history:
         epoch = run.meta.get("epoch") if isinstance(getattr(run, "meta", None), dict) else None

@@ -11,6 +11,7 @@ posterior turns them into a sample z and KL(q ‖ p) with p = N(0, I), and back:
 ``dz_buffer(q, dhead)``                     where the decoder writes ∂recon/∂z
 ``backward(dz, q, head, beta, dhead)``      ∂(recon + β·KL)/∂head into dhead
 ``split(head)``                             the parameters of q for each row (``encode``)
+``param_names``                             their names (the arrays ``scratchvae encode`` writes)
 ``sample(params, eps)``                     z from the parameters and standard normals ε
 ``std(params)``                             the standard deviation of each unit of q
 ``covariance(params)``                      Cov q (…, L, L) (the figures' ellipses)
@@ -105,6 +106,7 @@ class DiagonalGaussian(_Gaussian):
     """q(z|x) = N(μ(x), diag e^{logvar(x)}); the head outputs [μ | logvar], (N, 2L)."""
 
     name = "diagonal"
+    param_names = ("mu", "logvar")
     log_scale_weight = 0.5          # log σ = ½ logvar
     log_scale_limit = LOGVAR_LIMIT
 
@@ -155,6 +157,7 @@ class FullGaussian(_Gaussian):
     outputs [μ | log diag S | strict lower triangle of S], (N, 2L + L(L−1)/2)."""
 
     name = "full"
+    param_names = ("mu", "scale_tril")
     log_scale_weight = 1.0          # log |det S| = Σ_i log S_ii
     log_scale_limit = fullcov.LOG_SCALE_LIMIT
 
@@ -207,6 +210,7 @@ class PointMass:
     """A plain autoencoder's code: z = μ(x), no sampling and no KL; the head outputs μ, (N, L)."""
 
     name = "point"
+    param_names = ("mu",)
     stochastic = False
 
     def head_width(self, L):

@@ -87,6 +87,9 @@ REPLACES = "replaces"
 """config.json key of a run trained to replace another (``train --overwrite``): that one's name."""
 
 
+OPTIONAL_FIELDS = ("test_fraction", "image_shape")
+
+
 @dataclass
 class TrainConfig:
     """Everything about a run that is not the model's own configuration."""
@@ -100,6 +103,8 @@ class TrainConfig:
     kl_warmup: float = 0.0
     corrupt: str = "none"
     dataset: str = "embedded"
+    test_fraction: float = None     # own data without a test split: the part held out (seeded)
+    image_shape: list = None        # own flat data: the (H, W[, C]) its rows unflatten to
 
     def validate(self):
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -115,7 +120,14 @@ class TrainConfig:
         if not (self.kl_warmup >= 0 and math.isfinite(self.kl_warmup)):
             raise InputError(f"kl_warmup must be a number of epochs >= 0, got {self.kl_warmup!r}")
         parse_corrupt(self.corrupt)
+        if self.test_fraction is not None and not 0 < self.test_fraction < 1:
+            raise InputError(f"test_fraction must be a number in (0, 1), got {self.test_fraction!r}")
         return self
+
+    def to_json(self):
+        """The fields as recorded in config.json and checkpoints; the optional data fields only
+        when set, so a run of 0.1.0's kind records 0.1.0's fields."""
+        return {k: v for k, v in vars(self).items() if v is not None or k not in OPTIONAL_FIELDS}
 
 
 def make_optimizer(model, cfg: TrainConfig):
@@ -165,7 +177,7 @@ def provenance(model) -> dict:
 
 def config_document(model, cfg: TrainConfig, extra=None) -> dict:
     """What config.json holds for a run of ``model`` trained with ``cfg`` (+ ``extra`` entries)."""
-    doc = {"model": model.config(), "train": vars(cfg), "provenance": provenance(model)}
+    doc = {"model": model.config(), "train": cfg.to_json(), "provenance": provenance(model)}
     if extra:
         doc.update(extra)
     return doc
@@ -315,7 +327,7 @@ def checkpoint_contents(model, opt, cfg, state, row=None):
     arrays = {f"param/{k}": v for k, v in params.items()}
     arrays.update({f"optim/{k}": v for k, v in opt.state().items()})
     rng = {**model.rng.state(), **state.streams.state()}
-    meta = {"config": {"model": model.config(), "train": vars(cfg)}, "epoch": state.epoch,
+    meta = {"config": {"model": model.config(), "train": cfg.to_json()}, "epoch": state.epoch,
             "step": state.step, "batch": state.batch,
             "rng": {k: [int(w) for w in v] for k, v in rng.items()}}
     if row is not None:

@@ -141,8 +141,8 @@ def test_every_verb_has_a_one_line_description(capsys):
     out = capsys.readouterr().out
     assert "``" not in out and "SCRATCHVAE_OFFLINE" in out and "SCRATCHVAE_CACHE_DIR" in out
     verbs = re.findall(r"^    (\w+) +(\S.*)$", out, flags=re.M)
-    assert [v for v, _ in verbs] == ["train", "evaluate", "sample", "plot", "compare"]
-    assert len({text for _, text in verbs}) == 5
+    assert [v for v, _ in verbs] == ["train", "evaluate", "sample", "plot", "encode", "decode", "compare"]
+    assert len({text for _, text in verbs}) == 7
 
 
 def test_every_flag_has_help_showing_its_default():

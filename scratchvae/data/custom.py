@@ -76,7 +76,8 @@ def split_test(data, fraction, seed):
                         f"with test_fraction (--test-fraction) {fraction}")
     perm = Stream(seed, SPLIT_STREAM).permutation(n)
     test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
-    return data.take(train_idx, f"{data.name}-train"), data.take(test_idx, f"{data.name}-test")
+    return (data.take(train_idx, f"{data.name}-train"),
+            data.take(test_idx, f"{data.name}-test", held_out=float(fraction)))
 
 
 # -- .npz ------------------------------------------------------------------------------------------

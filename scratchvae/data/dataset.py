@@ -14,7 +14,8 @@ class Dataset:
     ``images`` (N, D): uint8 pixels 0..255, or floats (float32/float64); ``labels`` (N,)
     non-negative integers, or None for unlabelled data; ``name``; ``image_shape`` (H, W) or
     (H, W, C) with C = 1 or 3, the shape each row unflattens to for figures (None: not images);
-    ``classes``: the name of each label value, where the data named them (image sub-folders).
+    ``classes``: the name of each label value, where the data named them (image sub-folders);
+    ``held_out``: on a test set that was split off the training images, the fraction held out.
     """
 
     images: np.ndarray
@@ -22,6 +23,7 @@ class Dataset:
     name: str
     image_shape: object = None
     classes: object = None
+    held_out: object = None
 
     def __post_init__(self):
         im, lb = self.images, self.labels
@@ -49,10 +51,10 @@ class Dataset:
     def __len__(self):
         return len(self.images)
 
-    def take(self, index, name=None):
+    def take(self, index, name=None, held_out=None):
         """The rows ``index`` (an index array or slice) as a Dataset of the same kind."""
         return Dataset(self.images[index], None if self.labels is None else self.labels[index],
-                       name or self.name, self.image_shape, self.classes)
+                       name or self.name, self.image_shape, self.classes, held_out)
 
 
 def _describe(a):

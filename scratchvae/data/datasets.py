@@ -24,7 +24,7 @@ import numpy as np
 from scratchvae.data.custom import load_path
 from scratchvae.data.dataset import Dataset
 from scratchvae.data.download import download_dataset, verify_cached
-from scratchvae.data.idx import FILES, find_idx_files, read_idx
+from scratchvae.data.idx import find_idx_files, read_idx
 from scratchvae.errors import DataError, DownloadError
 
 #: Names accepted by :func:`load_dataset`.

@@ -1,0 +1,150 @@
+"""One's own data through the command line: train on an .npz or an image folder, a recorded test
+split, figures in the data's own image shape, and codes out (encode) and back (decode)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scratchvae import VAE
+from scratchvae.cli import main
+from scratchvae.codes import read_codes
+from scratchvae.runs import load_run
+
+SMALL = ["--hidden", "8", "--latent", "2", "--epochs", "1", "--batch-size", "16", "--quiet"]
+
+
+def run_cli(args):
+    """main's exit status, argparse's usage errors (SystemExit) included."""
+    try:
+        return main(args)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+@pytest.fixture
+def rgb_npz(tmp_path):
+    r = np.random.default_rng(0)
+    x = r.integers(0, 256, (60, 6, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "rgb.npz", x_train=x, y_train=np.arange(60) % 3)
+    return tmp_path / "rgb.npz"
+
+
+def test_train_on_an_npz_records_its_split_and_shape_and_codes_round_trip(rgb_npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(rgb_npz), "--test-fraction", "0.2", *SMALL, "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["dataset"] == str(rgb_npz.resolve()) and config["train"]["test_fraction"] == 0.2
+    assert config["data"]["image_shape"] == [6, 5, 3]
+    assert "48 train, 12 test" in capsys.readouterr().out
+    assert main(["encode", str(run), "--out", str(tmp_path / "codes.npz")]) == 0
+    codes = read_codes(tmp_path / "codes.npz")
+    assert sorted(codes) == ["logvar", "mu", "y"] and codes["mu"].shape == (12, 2)
+    assert main(["encode", str(run), "--split", "train", "--sample", "--limit", "10",
+                 "--out", str(tmp_path / "train.npz")]) == 0
+    assert sorted(read_codes(tmp_path / "train.npz")) == ["logvar", "mu", "y", "z"]
+    edited = {"mu": codes["mu"] + np.float32(0.5)}                 # attribute arithmetic by hand
+    np.savez(tmp_path / "edited.npz", **edited)
+    assert main(["decode", str(run), str(tmp_path / "edited.npz"), "--out", str(tmp_path / "x.npz")]) == 0
+    assert "decoded mu of 12 codes" in capsys.readouterr().out
+    model = load_run(run).model
+    np.testing.assert_allclose(read_codes(tmp_path / "x.npz")["x"], model.decode_mean(edited["mu"]), rtol=1e-6)
+    assert main(["decode", str(run), str(tmp_path / "train.npz"), "--out", str(tmp_path / "x.png")]) == 0
+    assert "decoded z of 10 codes" in capsys.readouterr().out
+    assert Image.open(tmp_path / "x.png").mode in ("RGB", "RGBA")
+
+
+def test_evaluate_and_plot_see_the_recorded_split_in_colour(rgb_npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(rgb_npz), "--test-fraction", "0.25", *SMALL, "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--ks", "1,5"]) == 0
+    out = capsys.readouterr().out
+    assert "15 test images" in out and "linear probe" in out
+    assert main(["plot", str(run), "--out", str(tmp_path / "figs"), "--n", "4"]) == 0
+    rec = np.asarray(Image.open(tmp_path / "figs" / "reconstructions.png").convert("RGB"), dtype=np.int64)
+    assert np.abs(rec[..., 0] - rec[..., 1]).max() > 0                 # tiles drawn in colour
+
+
+def test_flat_data_need_an_image_shape_for_the_figures(tmp_path, capsys):
+    x = np.random.default_rng(1).uniform(size=(40, 6)).astype(np.float32)
+    np.savez(tmp_path / "flat.npz", x_train=x)
+    for shape, name in ((None, "plain"), ("2,3", "shaped")):
+        extra = [] if shape is None else ["--image-shape", shape]
+        run = tmp_path / name
+        assert main(["train", "--dataset", str(tmp_path / "flat.npz"), *extra, *SMALL, "--out", str(run)]) == 0
+        code = main(["sample", str(run), "--n", "4", "--out", str(tmp_path / f"{name}.png")])
+        if shape is None:
+            assert code == 2 and "--image-shape H,W[,C]" in capsys.readouterr().err
+        else:
+            assert code == 0 and (tmp_path / "shaped.png").is_file()
+    assert load_run(tmp_path / "shaped").train_config.image_shape == [2, 3]
+
+
+def test_an_image_folder_with_classes_trains_and_resumes_on_the_same_split(tmp_path):
+    r = np.random.default_rng(2)
+    for cls in ("a", "b"):
+        for i in range(20):
+            path = tmp_path / "imgs" / cls / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(r.integers(0, 256, (4, 4), dtype=np.uint8), mode="L").save(path)
+    run = tmp_path / "run"
+    args = ["train", "--dataset", str(tmp_path / "imgs"), "--hidden", "8", "--latent", "2", "--batch-size", "8",
+            "--quiet", "--out", str(run)]
+    assert main([*args, "--epochs", "1"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["test_fraction"] == 0.1 and config["data"]["classes"] == ["a", "b"]
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
+    assert [r["epoch"] for r in load_run(run).history] == [1, 2]
+    straight = tmp_path / "straight"
+    assert main([*args[:-1], str(straight), "--epochs", "2"]) == 0
+    np.testing.assert_array_equal(load_run(run).model.theta, load_run(straight).model.theta)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--test-fraction", "0.2"], "--test-fraction applies to one's own data; embedded has its own test split"),
+    (["--image-shape", "28,28"], "--image-shape applies to one's own flat data"),
+    (["--dataset", "nowhere.npz"], "neither a built-in dataset|which does not exist"),
+    (["--test-fraction", "1.5"], "expected a number in \\(0, 1\\)"),
+    (["--image-shape", "2,x"], "expected H,W or H,W,C"),
+])
+def test_own_data_flags_are_checked_before_anything_is_written(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["train", *args, *SMALL]) == 2
+    assert any(__import__("re").search(message, line) for line in capsys.readouterr().err.splitlines())
+    assert not (tmp_path / "runs").exists()
+
+
+def test_mixed_image_sizes_are_refused_and_nothing_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mixed").mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(tmp_path / "mixed" / "a.png")
+    Image.fromarray(np.zeros((5, 4), np.uint8), mode="L").save(tmp_path / "mixed" / "b.png")
+    assert main(["train", "--dataset", "mixed", *SMALL]) == 2
+    assert "must share one size" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed"]
+
+
+def test_encode_and_decode_refuse_what_does_not_fit(rgb_npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(rgb_npz), "--mode", "ae", *SMALL, "--out", str(run)]) == 0
+    assert main(["encode", str(run), "--sample"]) == 2
+    assert "a plain autoencoder ('ae') has no q(z|x)" in capsys.readouterr().err
+    assert run_cli(["encode", str(run), "--out", str(tmp_path / "codes.txt")]) == 2
+    assert "--out: expected a file name ending in .npz" in capsys.readouterr().err
+    np.savez(tmp_path / "wrong.npz", mu=np.zeros((3, 5), np.float32))
+    assert main(["decode", str(run), str(tmp_path / "wrong.npz")]) == 2
+    assert "codes mu must be a float array of shape (N, 2)" in capsys.readouterr().err
+    assert run_cli(["decode", str(run), str(tmp_path / "wrong.npz"), "--out", str(tmp_path / "x.gif")]) == 2
+    assert main(["encode", str(run)]) == 0
+    assert sorted(read_codes(run / "codes-test.npz")) == ["mu", "y"]
+
+
+def test_a_saved_model_reads_what_a_run_wrote(rgb_npz, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(rgb_npz), *SMALL, "--out", str(run)]) == 0
+    checkpoint = sorted((run / "checkpoints").iterdir())[-1]
+    model = VAE.load(checkpoint)
+    model.save(tmp_path / "model.npz")
+    np.testing.assert_array_equal(VAE.load(tmp_path / "model.npz").theta, load_run(run).model.theta)
