@@ -309,7 +309,7 @@ def test_philox_module_compiles_with_no_fma_and_rounded_div_sqrt(tmp_path):
 
 def test_fused_kernel_module_compiles_with_every_kernel_the_launchers_name(tmp_path):
     ptx = nvcc_ptx(tmp_path, _cupy_kernels.CUDA_SRC, _cupy_kernels.CUDA_OPTIONS)
-    names = ["load_row"] + [f"{k}_{suf}" for suf in ("f32", "f64") for k in (
+    names = ["load_row", "to_bf16", "from_bf16"] + [f"{k}_{suf}" for suf in ("f32", "f64") for k in (
         "finish_sum", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll", "adam",
         "adam_from", "gather_rows", "record_losses", "fullcov_reparam_kl_forward",
         "fullcov_reparam_kl_backward", "record_bound_losses",

@@ -25,8 +25,9 @@ synchronises with the host, so every kernel can be captured into a CUDA graph (s
 :mod:`scratchvae.backend.graph`).
 
 Matrix products go through :mod:`scratchvae.backend.cublas` (a direct binding that also works
-during stream capture, where CuPy refuses cuBLAS); ``sum_rows`` (a bias gradient) is a
-product with a ones vector on the same path.
+during stream capture, where CuPy refuses cuBLAS), in the precision the model asks for (fp32,
+tf32, or bf16 operands given as the uint16 words ``to_bf16`` writes); ``sum_rows`` (a bias
+gradient) is a product with a ones vector on the same path, always in FP32.
 """
 
 from __future__ import annotations
@@ -375,6 +376,21 @@ extern "C" __global__ void load_row(const double* table, const i64* bi, i64 w, d
     if (blockIdx.x != 0) return;
     for (i64 k = threadIdx.x; k < w; k += blockDim.x) cur[k] = table[bi[0] * w + k];
 }
+
+/* ---- bfloat16 words (ops/bf16.py) ------------------------------------------------------------ */
+/* The float32s are read and written as their 32-bit patterns (unsigned int): integer operations
+   only, so flush-to-zero cannot touch a subnormal. to_bf16: h = u >> 16 rounded to nearest even,
+   (u + 0x7FFF + (h & 1)) >> 16; a NaN keeps h with the quiet bit 0x0040. from_bf16: h << 16. */
+extern "C" __global__ void to_bf16(const unsigned int* x, unsigned short* out, i64 n) {
+    GRID_STRIDE(i, n) {
+        unsigned int u = x[i], h = u >> 16;
+        out[i] = (unsigned short)((u & 0x7FFFFFFFu) > 0x7F800000u ? (h | 0x0040u) : ((u + 0x7FFFu + (h & 1u)) >> 16));
+    }
+}
+
+extern "C" __global__ void from_bf16(const unsigned short* x, unsigned int* out, i64 n) {
+    GRID_STRIDE(i, n) { out[i] = ((unsigned int)x[i]) << 16; }
+}
 """
 
 CUDA_SRC = f"#define SV_THREADS {THREADS}\n" + _CUDA_BODY
@@ -402,7 +418,8 @@ class Kernels:
         self._table = {name: getattr(self, name) for name in (
             "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
             "adam", "adam_from", "matmul", "sum_rows", "gather_rows", "load_row", "record_losses",
-            "fullcov_reparam_kl_forward", "fullcov_reparam_kl_backward", "record_bound_losses")}
+            "fullcov_reparam_kl_forward", "fullcov_reparam_kl_backward", "record_bound_losses",
+            "to_bf16", "from_bf16")}
 
     def get(self, name):
         """The launcher of kernel ``name`` (a Python callable), or None if there is none."""
@@ -580,12 +597,31 @@ class Kernels:
                      (p, g, m, v, np.int64(p.size), coef, t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps)))
 
     # -- matrix products --------------------------------------------------------------------------------
-    def matmul(self, a, b, out):
-        return self.cublas.matmul(a, b, out)
+    def matmul(self, a, b, out, precision):
+        return self.cublas.matmul(a, b, out, precision)
 
     def sum_rows(self, a, out):
         """Σ_n a[n, :] (the bias gradient) as ones(1, N) @ a on the cuBLAS path."""
         return self.cublas.sum_rows(a, out)
+
+    # -- bfloat16 words -----------------------------------------------------------------------------------
+    def to_bf16(self, x, out):
+        return self._convert("to_bf16", x, out, np.float32, np.uint16)
+
+    def from_bf16(self, x16, out):
+        return self._convert("from_bf16", x16, out, np.uint16, np.float32)
+
+    def _convert(self, name, x, out, src, dst):
+        """Launch the conversion ``name`` from ``src`` words to ``dst`` words into ``out`` (or a new array)."""
+        if x.dtype != src:
+            raise InputError(f"{name}: expected a {np.dtype(src).name} array, got {x.dtype}")
+        if out is None:
+            out = self.cp.empty(x.shape, dtype=dst)
+        elif tuple(out.shape) != tuple(x.shape) or out.dtype != dst or not out.flags.c_contiguous:
+            raise InputError(f"{name}: out must be a C-contiguous {np.dtype(dst).name} array of shape "
+                             f"{tuple(x.shape)}, got {out.dtype} {tuple(out.shape)}")
+        self._launch(name, x.size, (self._c(x), out, np.int64(x.size)))
+        return out
 
     # -- CUDA-graph plumbing --------------------------------------------------------------------------
     def gather_rows(self, src, perm, bi, batch, out):

@@ -3,7 +3,9 @@
 =====================  =====================================================
 module                 blocks
 =====================  =====================================================
-:mod:`.dense`          the affine layer's product and backward
+:mod:`.dense`          the affine layer's product (in a precision) and backward
+:mod:`.bf16`           float32 -> bfloat16 words (round to nearest even) and back
+:mod:`.precision`      fp32 / tf32 / bf16: what the model's products read and compute in
 :mod:`.activations`    relu, leaky_relu, tanh, sigmoid, softplus (+ bias fused)
 :mod:`.gaussian`       reparameterize + KL(N(μ, σ²) ‖ N(0, I)) fused; row log-densities
 :mod:`.fullcov`        z = μ + Sε + KL(N(μ, SSᵀ) ‖ N(0, I)) fused; S, log det S, samples
@@ -26,7 +28,8 @@ from .activations import (
     sigmoid,
     softplus,
 )
-from .dense import dense_backward, matmul, sum_rows
+from .bf16 import from_bf16, to_bf16
+from .dense import PRECISIONS, dense_backward, matmul, sum_rows
 from .fullcov import (
     LOG_SCALE_LIMIT,
     fullcov_kl_terms,
@@ -67,6 +70,7 @@ __all__ = [
     "LOG_2PI",
     "LOG_SCALE_LIMIT",
     "LOG_SIGMA_FLOOR",
+    "PRECISIONS",
     "activation_backward",
     "activation_derivative",
     "activation_forward",
@@ -74,6 +78,7 @@ __all__ = [
     "bernoulli_nll_rows",
     "bias_act_forward",
     "dense_backward",
+    "from_bf16",
     "fullcov_kl_terms",
     "fullcov_log_det_rows",
     "fullcov_reparam_kl_backward",
@@ -98,4 +103,5 @@ __all__ = [
     "soft_floor_log_sigma_backward",
     "softplus",
     "sum_rows",
+    "to_bf16",
 ]

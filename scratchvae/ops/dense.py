@@ -11,27 +11,50 @@ block). The unfused ``dense_forward`` is kept as a test oracle in :mod:`.referen
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import fused, xp_of
+from ..errors import InputError
+from .bf16 import bf16_values
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+"""What a matrix product computes in (see :mod:`.precision`): fp32; tf32 (FP32 operands, TF32
+tensor cores); bf16 (operands as bfloat16 words, FP32 accumulation and output)."""
 
 
 @fused("matmul")
-def matmul(a, b, out=None):
+def matmul(a, b, out=None, precision="fp32"):
     """a @ b into ``out`` (2-D; ``out`` must not overlap a or b), on the backend's GEMM path.
 
     NumPy: ``numpy.matmul``. CuPy: the backend's own cuBLAS binding
     (:mod:`scratchvae.backend.cublas`), which also works inside a CUDA-graph capture, so an
     eager step and a replayed one run the same GEMMs. Transposed views go in without a copy.
+
+    ``precision``: 'fp32'; 'tf32' (float32 operands; on a GPU the TF32 tensor cores round them
+    to 10 mantissa bits, here the FP32 product stands for it); 'bf16' (the operands are
+    bfloat16 words, uint16, as :func:`~.bf16.to_bf16` writes them; the product of their exact
+    float32 values is accumulated and returned in float32).
     """
+    if precision == "fp32":
+        return xp_of(a).matmul(a, b, out=out)
+    if precision not in PRECISIONS:
+        raise InputError(f"matmul: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16":
+        if a.dtype != np.uint16 or b.dtype != np.uint16:
+            raise InputError(f"matmul: precision bf16 takes bfloat16 words (uint16), got {a.dtype} and {b.dtype}")
+        a, b = bf16_values(a), bf16_values(b)
+    elif a.dtype != np.float32 or b.dtype != np.float32:
+        raise InputError(f"matmul: precision tf32 takes float32 operands, got {a.dtype} and {b.dtype}")
     return xp_of(a).matmul(a, b, out=out)
 
 
 @fused("sum_rows")
 def sum_rows(a, out=None):
-    """Σ_n a[n, :] -> (O,) (a bias gradient). CuPy: ones(1, N) @ a on the GEMM path."""
+    """Σ_n a[n, :] -> (O,) (a bias gradient). CuPy: ones(1, N) @ a on the GEMM path, in FP32."""
     return xp_of(a).sum(a, axis=0, out=out)
 
 
-def dense_backward(dy, x, W, dW=None, db=None, dx=None, need_dx=True):
+def dense_backward(dy, x, W, dW=None, db=None, dx=None, need_dx=True, dy_op=None, precision="fp32"):
     """Gradients of a scalar loss ℓ through y = x W + b, given dy = ∂ℓ/∂y (N, O).
 
     Derivation: y_nj = Σ_i x_ni W_ij + b_j, so
@@ -40,11 +63,17 @@ def dense_backward(dy, x, W, dW=None, db=None, dx=None, need_dx=True):
       ∂ℓ/∂x_ni = Σ_j dy_nj W_ij   ->  dx = dy Wᵀ        (N, I)
     ``x.T`` and ``W.T`` are views: BLAS reads them transposed, nothing is copied.
     Returns (dW, db, dx) with dx None when ``need_dx`` is False (the first layer).
+
+    In a reduced ``precision`` the two products read x, W and dy as the products take them:
+    x and W are given that way (bf16: the bfloat16 words of the forward's input and of the
+    weight), and so is ``dy_op`` (bf16: dy's words; default dy itself); the bias gradient is
+    summed from dy in FP32.
     """
-    dW = matmul(x.T, dy, out=dW)
+    dy_op = dy if dy_op is None else dy_op
+    dW = matmul(x.T, dy_op, out=dW, precision=precision)
     db = sum_rows(dy, out=db)
     if need_dx:
-        dx = matmul(dy, W.T, out=dx)
+        dx = matmul(dy_op, W.T, out=dx, precision=precision)
     else:
         dx = None
     return dW, db, dx
