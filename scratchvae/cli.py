@@ -216,6 +216,7 @@ def _add_model_flags(m, d):
     from .likelihoods import LIKELIHOODS, parse_sigma
     from .model import DTYPES, MODES, OBJECTIVES
     from .ops.activations import ACTIVATIONS
+    from .ops.precision import PRECISIONS
     from .posteriors import POSTERIORS
 
     m.add_argument("--hidden", type=_hidden, default=d["hidden"], metavar="SIZES",
@@ -236,6 +237,10 @@ def _add_model_flags(m, d):
     m.add_argument("--iw-samples", type=_positive_int, default=d["iw_samples"], metavar="K",
                    help="--objective iwae only: samples per image (default 5)")
     m.add_argument("--dtype", default=d["dtype"], choices=DTYPES, help="floating-point type of the model")
+    m.add_argument("--precision", default=d["precision"], choices=PRECISIONS,
+                   help="the matrix products (GPU only for tf32, bf16): fp32; tf32: TF32 tensor cores; bf16: "
+                        "bfloat16 operands, FP32 accumulation. Weights, optimizer state, elementwise blocks and "
+                        "losses stay float32")
 
 
 def _add_optim_flags(o, d):
@@ -508,7 +513,9 @@ def _refuse_differences(a, run):
 
     canonical = {"hidden": tuple, "sigma": parse_sigma, "corrupt": parse_corrupt,  # 400 == [400], ...
                  "dataset": _dataset_name, "image_shape": lambda v: tuple(v) if v else None}
-    recorded = {**run.config["model"], **vars(run.train_config)}
+    # a model argument a run does not record has its default (config.json lists posterior,
+    # objective, iw_samples and precision only where they differ from it)
+    recorded = {**_model_defaults(), **run.config["model"], **vars(run.train_config)}
     diffs = []
     for dest in sorted(a.given & recorded.keys() - set(RESUMABLE)):
         same = canonical.get(dest, lambda v: v)
@@ -520,6 +527,12 @@ def _refuse_differences(a, run):
         raise InputError(f"--resume {a.resume}: {'; '.join(diffs)}: a resumed run keeps its settings "
                          f"(start a new run to change them; --epochs, --backend, --no-graph, --quiet, "
                          f"--keep and --data-dir may change)")
+
+
+def _model_defaults():
+    from .model import VAE
+
+    return {k: v.default for k, v in inspect.signature(VAE).parameters.items() if k != "backend"}
 
 
 def _load_data(dataset, data_dir, progress=None, **own):
@@ -594,7 +607,7 @@ def _train_new(a):
     model = VAE(input_dim=train.images.shape[1], hidden=a.hidden, latent=a.latent, activation=a.activation,
                 likelihood=a.likelihood, sigma=a.sigma if LIKELIHOODS[a.likelihood].has_sigma else 1.0,
                 mode=a.mode, beta=a.beta, dtype=a.dtype, seed=a.seed, backend=a.backend,
-                posterior=a.posterior, objective=a.objective, iw_samples=a.iw_samples)
+                posterior=a.posterior, objective=a.objective, iw_samples=a.iw_samples, precision=a.precision)
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
                       momentum=a.momentum, binarize=a.binarize, kl_warmup=a.kl_warmup,
                       corrupt=a.corrupt, dataset=_dataset_name(a.dataset), test_fraction=test.held_out,
@@ -617,7 +630,13 @@ def _refuse_train_flags(a):
     from .likelihoods import LIKELIHOODS
 
     own = a.dataset not in DATASETS
+    reduced = a.precision != "fp32"
     _refuse(a, [
+        ("precision", reduced and a.dtype != "float32",
+         f"--precision {a.precision} applies to --dtype float32 (it rounds float32 products), got --dtype {a.dtype}"),
+        ("precision", reduced and _backend_name(a.backend) == "numpy",
+         f"--precision {a.precision} needs a CUDA GPU (--backend cupy): the numpy backend computes every "
+         f"matrix product in fp32" + (" (--backend auto found no usable GPU)" if a.backend == "auto" else "")),
         ("momentum", a.optimizer != "sgd", f"--momentum applies to --optimizer sgd only, got --optimizer {a.optimizer}"),
         ("sigma", not LIKELIHOODS[a.likelihood].has_sigma,
          f"--sigma applies to --likelihood gaussian only, got --likelihood {a.likelihood}"),
@@ -635,6 +654,13 @@ def _refuse_train_flags(a):
         ("image_shape", not own, f"--image-shape applies to one's own flat data; {a.dataset} are 28x28 images"),
     ])
     _refuse_data_dir(a, a.dataset)
+
+
+def _backend_name(name):
+    """The backend --backend ``name`` runs on ('auto': cupy where a GPU is usable, else numpy)."""
+    from .backend import cupy_usable
+
+    return ("cupy" if cupy_usable() else "numpy") if name == "auto" else name
 
 
 def _dataset_name(dataset):

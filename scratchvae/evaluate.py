@@ -306,8 +306,11 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
     as :func:`scratchvae.train.fit` does (its test stream), so log p(x) is a probability of
     binary images; the probe's train images likewise (the train stream).
 
+    Every product (the test −ELBO's, the importance sampling's encoder and decoder, the codes)
+    runs in the model's precision (fp32, tf32 or bf16), which the result names.
+
     Returns a JSON-able dict: ``epoch``, ``mode``, ``likelihood``, ``binarize``, ``n_test``,
-    ``posterior`` / ``objective`` / ``iw_samples`` where not the defaults,
+    ``precision``, ``posterior`` / ``objective`` / ``iw_samples`` where not the defaults,
     ``test_elbo`` {loss, recon, kl} per image (one z per image; ``loss`` is −L_K for an
     ``objective='iwae'`` model, see :func:`evaluate_elbo`), ``log_px``
     {K: {mean, se, gain, gain_se}} (gain: mean rise over the smallest K with its paired SE;
@@ -328,7 +331,7 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
 
     res = {"epoch": run.meta.get("epoch"), "mode": model.mode, "likelihood": model.likelihood.name,
            "units": model.likelihood.units, "binarize": tc.binarize, "dataset": tc.dataset,
-           "n_test": int(xtest.shape[0]), **model.config_extras()}
+           "n_test": int(xtest.shape[0]), **model.config_extras(), "precision": model.precision.name}
     res["test_elbo"] = evaluate_elbo(model, xtest)
     if not model.posterior.stochastic:
         res["log_px"] = None
@@ -365,7 +368,8 @@ def format_report(res) -> str:
     """A readable multi-line report of :func:`evaluate_run`'s dict."""
     extras = "".join(f" · {k} {res[k]}" for k in ("posterior", "objective", "iw_samples") if k in res)
     lines = [f"epoch {res.get('epoch')} · {res.get('mode')} · {res.get('likelihood')}{extras} · "
-             f"binarize {res.get('binarize')} · {res['n_test']} test images"]
+             f"binarize {res.get('binarize')} · {res['n_test']} test images · products in "
+             f"{res.get('precision', 'fp32')}"]
     e = res["test_elbo"]
     if res.get("objective") == "iwae":
         lines.append(f"test −L_{res['iw_samples']:<8d}{e['loss']:10.3f} nats/image  (its objective; one z per "

@@ -34,6 +34,12 @@ buffer ``grad`` (the per-name arrays are views), so an optimizer updates everyth
 pass. Each batch shape gets a workspace of preallocated buffers; after the first step at a
 shape, a training step allocates nothing large.
 
+Precision. The matrix products compute in the model's ``precision``
+(:mod:`scratchvae.ops.precision`): 'fp32', 'tf32' or 'bf16'; the model asks that object for
+each product's operands (bf16: bfloat16 words of θ, made from the float32 θ at the start of
+each forward, and of each activation and output gradient, kept in the workspace) and never
+branches on the name. Parameters, gradients and every elementwise block stay in ``dtype``.
+
 The model holds no training state: β is its configured weight of the KL term, which a
 training schedule overrides per step through ``loss_and_grads(..., beta=)`` without writing
 it. Its random streams (``rng``) are its own: 'init' (parameters), 'noise' (ε) and 'eval'.
@@ -51,8 +57,9 @@ from .backend.random import Streams
 from .errors import InputError
 from .likelihoods import make_likelihood
 from .ops.activations import activation_backward, bias_act_forward, check_activation
-from .ops.dense import dense_backward, matmul
+from .ops.dense import dense_backward
 from .ops.iwae import iw_bound_and_weights
+from .ops.precision import PRECISIONS, make_precision
 from .posteriors import POSTERIORS, PointMass
 from .saving import load_model, save_model
 
@@ -131,6 +138,10 @@ class _Workspace:
         self.dec_a = [e(rows, h) for h in model.dec_hidden]
         self.dec_d = [e(rows, h) for h in model.dec_hidden]
         self.y, self.dy, self.scratch = e(rows, D), e(rows, D), e(rows, D)
+        lo = lambda *shape: model.precision.buffer(xp, shape)  # noqa: E731  (None but for bf16)
+        self.enc_lo = [lo(n, w) for w in (D, *model.hidden)]      # the products' copies of their
+        self.dec_lo = [lo(rows, w) for w in (model.latent, *model.dec_hidden)]   # inputs (bf16)
+        self.dy_lo, self.dml_lo = lo(rows, D), lo(n, head)
         if model.objective == "iwae":                         # the head and target once per sample
             self.mlk, self.dmlk = (e(rows, head), e(rows, head)) if K > 1 else (self.ml, self.dml)
             self.xt = e(rows, D) if K > 1 else None
@@ -162,11 +173,16 @@ class VAE:
     dtype : 'float32' (training) or 'float64' (gradient checks).
     seed : seeds the model's random streams ('init', 'noise', 'eval'; see :data:`MODEL_STREAMS`).
     backend : 'numpy', 'cupy', 'auto' or a Backend.
+    precision : what the matrix products compute in: 'fp32' (default), 'tf32' or 'bf16'
+        (bfloat16 operands, FP32 accumulation); parameters, optimizer state, elementwise blocks
+        and loss sums stay float32. tf32 and bf16 need a float32 model on the cupy backend
+        (see :mod:`scratchvae.ops.precision`).
     """
 
     def __init__(self, input_dim=784, hidden=(400,), latent=20, activation="relu",
                  likelihood="bernoulli", sigma=1.0, mode="vae", beta=1.0, dtype="float32",
-                 seed=0, backend="numpy", posterior="diagonal", objective="elbo", iw_samples=None):
+                 seed=0, backend="numpy", posterior="diagonal", objective="elbo", iw_samples=None,
+                 precision="fp32"):
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
         self.input_dim = _positive_int("input_dim", input_dim)
@@ -185,6 +201,7 @@ class VAE:
         if str(dtype) not in DTYPES:
             raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.dtype = np.dtype(str(dtype))
+        self.precision = _precision(precision, self.backend, self.dtype)
         self.seed = seed
         self.rng = Streams(seed, MODEL_STREAMS, xp=self.xp)
         self._build_params()
@@ -200,8 +217,10 @@ class VAE:
             off += -(-int(np.prod(shape)) // _ALIGN) * _ALIGN
         self.theta = self.xp.zeros(off, dtype=self.dtype)
         self.grad = self.xp.zeros(off, dtype=self.dtype)
+        self.theta_lo = self.precision.buffer(self.xp, (off,))   # bf16: θ's words, for the products
         self.params = self._views(self.theta)
         self.grads = self._views(self.grad)
+        self.params_lo = self.params if self.theta_lo is None else self._views(self.theta_lo)
         enc, dec = self._layers("enc", len(self.hidden)), self._layers("dec", len(self.dec_hidden))
         self._enc, self._dec = enc, dec
         self._enc_head = enc + self._layers("enc", ["head"])
@@ -233,9 +252,11 @@ class VAE:
         return out
 
     def _layers(self, prefix, which):
+        """(W, b, dW, db, W as the products read it) of each layer."""
         keys = range(which) if isinstance(which, int) else which
         return [(self.params[f"{prefix}.{i}.W"], self.params[f"{prefix}.{i}.b"],
-                 self.grads[f"{prefix}.{i}.W"], self.grads[f"{prefix}.{i}.b"]) for i in keys]
+                 self.grads[f"{prefix}.{i}.W"], self.grads[f"{prefix}.{i}.b"],
+                 self.params_lo[f"{prefix}.{i}.W"]) for i in keys]
 
     def _init_params(self):
         """PyTorch ``nn.Linear`` default: weight and bias ~ U(−1/√fan_in, 1/√fan_in).
@@ -256,8 +277,9 @@ class VAE:
     def config(self) -> dict:
         """The constructor arguments as a JSON-able dict (enough to rebuild the model).
 
-        The arguments added after 0.1.0 (``posterior``, ``objective``, ``iw_samples``) appear
-        only when they differ from the defaults, so a model of 0.1.0's kind has 0.1.0's config.
+        The arguments added after 0.1.0 (``posterior``, ``objective``, ``iw_samples``,
+        ``precision``) appear only when they differ from the defaults, so a model of 0.1.0's
+        kind has 0.1.0's config.
         """
         return {"input_dim": self.input_dim, "hidden": list(self.hidden), "latent": self.latent,
                 "activation": self.activation, "likelihood": self.likelihood.name,
@@ -265,12 +287,15 @@ class VAE:
                 "dtype": self.dtype.name, "seed": self.seed, **self.config_extras()}
 
     def config_extras(self) -> dict:
-        """``posterior``, ``objective`` and ``iw_samples`` where they differ from the defaults."""
+        """``posterior``, ``objective``, ``iw_samples`` and ``precision`` where they differ from
+        the defaults."""
         c = {}
         if self.posterior.name not in ("diagonal", "point"):
             c["posterior"] = self.posterior.name
         if self.objective != "elbo":
             c["objective"], c["iw_samples"] = self.objective, self.iw_samples
+        if self.precision.name != "fp32":
+            c["precision"] = self.precision.name
         return c
 
     def host_params(self) -> dict:
@@ -353,11 +378,20 @@ class VAE:
 
     # -- the verbs ----------------------------------------------------------------------
     def _hidden_forward(self, h, layers, outs=None):
-        for i, (W, b, _, _) in enumerate(layers):
-            a = matmul(h, W, out=None if outs is None else outs[0][i])
+        """The hidden layers from input h: act(h W + b) each. ``outs``: the workspace's
+        (activations, scratch, operand copies) lists, else new arrays. Returns the last output
+        as the next product reads it (:meth:`Precision.operand`)."""
+        p = self.precision
+        for i, (_, b, _, _, W_op) in enumerate(layers):
+            h_op = p.operand(h, None if outs is None else outs[2][i])
+            a = p.matmul(h_op, W_op, out=None if outs is None else outs[0][i])
             h = bias_act_forward(a, b, self.activation, out=a,
                                  scratch=None if outs is None else outs[1][i])
-        return h
+        return p.operand(h, None if outs is None else outs[2][len(layers)])
+
+    def _weights_for_products(self):
+        """Before a forward: θ as the products read it (bf16: θ's words, from the float32 θ)."""
+        self.precision.operand(self.theta, self.theta_lo)
 
     def encode(self, x):
         """x (N, D) -> the posterior's parameters: (μ, logvar), each (N, L), for the diagonal
@@ -368,8 +402,10 @@ class VAE:
         """
         self._check_x(x)
         self._check_finite("x", x)
+        self._weights_for_products()
         h = self._hidden_forward(x, self._enc)
-        return self.posterior.split(matmul(h, self.params["enc.head.W"]) + self.params["enc.head.b"])
+        head = self.precision.matmul(h, self.params_lo["enc.head.W"])
+        return self.posterior.split(head + self.params["enc.head.b"])
 
     def reparameterize(self, mu, logvar, eps=None):
         """z = μ + exp(½ logvar) ⊙ ε (full posterior: ``logvar`` is scale_tril S, z = μ + S ε);
@@ -385,8 +421,9 @@ class VAE:
         """
         self._check_x(z, "z", width=self.latent)
         self._check_finite("z", z)
+        self._weights_for_products()
         h = self._hidden_forward(z, self._dec)
-        return matmul(h, self.params["dec.out.W"]) + self.params["dec.out.b"]
+        return self.precision.matmul(h, self.params_lo["dec.out.W"]) + self.params["dec.out.b"]
 
     def decode_mean(self, z):
         """E[x | z]: σ(logits) for Bernoulli, the means for Gaussian."""
@@ -462,13 +499,14 @@ class VAE:
 
     def _forward(self, x, eps, target, ws):
         """Encoder, head, the posterior's sample and KL, decoder, the likelihood's loss and ∂/∂y."""
-        P = self.params
-        h = self._hidden_forward(x, self._enc, (ws.enc_a, ws.enc_d))
-        matmul(h, P["enc.head.W"], out=ws.ml)     # the head's bias: added in the posterior's block
+        P, P_op, mm = self.params, self.params_lo, self.precision.matmul
+        self._weights_for_products()
+        h = self._hidden_forward(x, self._enc, (ws.enc_a, ws.enc_d, ws.enc_lo))
+        mm(h, P_op["enc.head.W"], out=ws.ml)     # the head's bias: added in the posterior's block
         self.posterior.fill_noise(ws.q, eps, self.rng["noise"])
         ws.z, kl = self.posterior.forward(ws.ml, ws.q, P["enc.head.b"])
-        g = self._hidden_forward(ws.z, self._dec, (ws.dec_a, ws.dec_d))
-        matmul(g, P["dec.out.W"], out=ws.y)       # the output bias: added in the likelihood's block
+        g = self._hidden_forward(ws.z, self._dec, (ws.dec_a, ws.dec_d, ws.dec_lo))
+        mm(g, P_op["dec.out.W"], out=ws.y)       # the output bias: added in the likelihood's block
         recon, extra = self.likelihood.forward_backward(ws.y, target, ws.dy, ws.scratch, P["dec.out.b"], P)
         return recon, kl, extra
 
@@ -476,7 +514,8 @@ class VAE:
         """Decoder (with the likelihood's own parameters), the posterior's block, encoder."""
         if self.fits_data:
             dz = self.posterior.dz_buffer(ws.q, ws.dml)
-            self._backward_stack(self._dec_out, [ws.z] + ws.dec_a, ws.dec_d, ws.dy, dz, ws.mask)
+            self._backward_stack(self._dec_out, [ws.z] + ws.dec_a, ws.dec_d, ws.dy, dz, ws.mask,
+                                 ws.dec_lo, ws.dy_lo)
             self.likelihood.backward_params(extra, self.params, self.grads)
         else:   # KL-only: nothing of the reconstruction reaches the gradients
             for name, g in self.grads.items():
@@ -484,7 +523,8 @@ class VAE:
                     g[...] = 0
             dz = None
         self.posterior.backward(dz, ws.q, ws.ml, beta, ws.dml)
-        self._backward_stack(self._enc_head, [x] + ws.enc_a, ws.enc_d, ws.dml, None, ws.mask)
+        self._backward_stack(self._enc_head, [x] + ws.enc_a, ws.enc_d, ws.dml, None, ws.mask,
+                             ws.enc_lo, ws.dml_lo)
 
     def _forward_iw(self, x, eps, target, ws):
         """The importance-weighted forward: the encoder once; K samples per image through the
@@ -492,10 +532,11 @@ class VAE:
         log-weight log w = log p(x|z) + log p(z) − log q(z|x); the bound and its weights w̃
         (kept in ``ws.w``). Returns (recon, kl, −Σ_n L_K): recon of the first sample and the
         closed-form KL, the single-sample ELBO's parts, beside the bound."""
-        P, q, lik = self.params, self.posterior, self.likelihood
+        P, q, lik, mm = self.params, self.posterior, self.likelihood, self.precision.matmul
         K, n = self.iw_samples, x.shape[0]
-        h = self._hidden_forward(x, self._enc, (ws.enc_a, ws.enc_d))
-        matmul(h, P["enc.head.W"], out=ws.ml)
+        self._weights_for_products()
+        h = self._hidden_forward(x, self._enc, (ws.enc_a, ws.enc_d, ws.enc_lo))
+        mm(h, self.params_lo["enc.head.W"], out=ws.ml)
         ws.target = target
         if K > 1:
             ws.mlk.reshape(K, n, -1)[...] = ws.ml        # row k·n + i: image i, sample k
@@ -503,8 +544,8 @@ class VAE:
             ws.xt.reshape(K, n, -1)[...] = target
         q.fill_noise(ws.q, None if eps is None else eps.reshape(K * n, -1), self.rng["noise"])
         ws.z, kl = q.forward(ws.mlk, ws.q, P["enc.head.b"])      # kl: K times the closed form
-        g = self._hidden_forward(ws.z, self._dec, (ws.dec_a, ws.dec_d))
-        y = matmul(g, P["dec.out.W"], out=ws.y)
+        g = self._hidden_forward(ws.z, self._dec, (ws.dec_a, ws.dec_d, ws.dec_lo))
+        y = mm(g, self.params_lo["dec.out.W"], out=ws.y)
         y += P["dec.out.b"]
         nll = lik.nll_rows(y, ws.target, P)               # −log p(x|z) per (sample, image)
         logw = q.iw_log_ratio_rows(ws.q, ws.mlk)
@@ -521,32 +562,40 @@ class VAE:
         w = ws.w.reshape(-1)
         extra = self.likelihood.weighted_backward(ws.y, ws.target, w, ws.dy, ws.scratch, self.params)
         dz = self.posterior.dz_buffer(ws.q, ws.dmlk)
-        self._backward_stack(self._dec_out, [ws.z] + ws.dec_a, ws.dec_d, ws.dy, dz, ws.mask)
+        self._backward_stack(self._dec_out, [ws.z] + ws.dec_a, ws.dec_d, ws.dy, dz, ws.mask,
+                             ws.dec_lo, ws.dy_lo)
         self.likelihood.backward_params(extra, self.params, self.grads)
         self.posterior.iw_backward(dz, ws.q, ws.mlk, w, ws.dmlk)
         if K > 1:
             self.xp.sum(ws.dmlk.reshape(K, n, -1), axis=0, out=ws.dml)
-        self._backward_stack(self._enc_head, [x] + ws.enc_a, ws.enc_d, ws.dml, None, ws.mask[:n])
+        self._backward_stack(self._enc_head, [x] + ws.enc_a, ws.enc_d, ws.dml, None, ws.mask[:n],
+                             ws.enc_lo, ws.dml_lo)
 
-    def _backward_stack(self, layers, ins, dbufs, d, first_dx, mask):
+    def _backward_stack(self, layers, ins, dbufs, d, first_dx, mask, lows, d_lo):
         """Backpropagate ``d`` = ∂ℓ/∂(output of the last layer) down a stack of dense layers.
 
         Layer i maps ins[i] -> act(ins[i] W_i + b_i) (the last one has no activation).
         Each step forms dW_i, db_i (dense_backward), then dx into dbufs[i-1] and through
         the activation of ins[i] (written over the spent activation ins[i]). The first
         layer's input gradient goes to ``first_dx`` (None: not needed, e.g. w.r.t. x).
+        ``lows[i]``: the products' copy of ins[i] made in the forward (bf16; None otherwise);
+        ``d_lo``: the buffer for d's. Once dW_i is formed, lows[i] takes the words of the
+        gradient written over ins[i].
         """
+        p = self.precision
         for i in range(len(layers) - 1, -1, -1):
-            W, _, dW, db = layers[i]
+            _, _, dW, db, W_op = layers[i]
             dx = dbufs[i - 1] if i > 0 else first_dx
-            dense_backward(d, ins[i], W, dW, db, dx=dx, need_dx=dx is not None)
+            dense_backward(d, p.kept(ins[i], lows[i]), W_op, dW, db, dx=dx, need_dx=dx is not None,
+                           dy_op=p.operand(d, d_lo), precision=p.name)
             if i > 0:
                 d = activation_backward(self.activation, dx, ins[i], out=ins[i],
                                         mask=mask[:, :dx.shape[1]])
+                d_lo = lows[i]
 
     def __repr__(self):
         c = self.config()
-        extra = "".join(f", {k}={c[k]}" for k in ("posterior", "objective", "iw_samples") if k in c)
+        extra = "".join(f", {k}={c[k]}" for k in ("posterior", "objective", "iw_samples", "precision") if k in c)
         return (f"VAE(D={c['input_dim']}, hidden={tuple(c['hidden'])}, L={c['latent']}, "
                 f"{c['activation']}, {c['likelihood']}, mode={c['mode']}, β={c['beta']}{extra}, "
                 f"{c['dtype']}, backend={self.backend.name})")
@@ -569,6 +618,21 @@ def _posterior(mode, name):
         raise InputError(f"posterior={name!r} does not apply to mode {mode!r}: its code is a point, "
                          f"with no posterior to shape")
     return posterior(), fits_data
+
+
+def _precision(name, backend, dtype):
+    """The :class:`~scratchvae.ops.precision.Precision` called ``name``, after the checks: a
+    reduced precision needs a float32 model on a backend that computes it."""
+    precision = make_precision(name)
+    if precision is None:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    if name != "fp32" and name not in backend.precisions:
+        raise InputError(f"precision {name!r} needs the cupy backend (a CUDA GPU): the {backend.name} "
+                         f"backend computes its matrix products in {' or '.join(backend.precisions)} only")
+    if name != "fp32" and dtype != np.float32:
+        raise InputError(f"precision {name!r} applies to float32 models (its products round float32 "
+                         f"operands), got dtype {dtype.name}")
+    return precision
 
 
 def _objective(objective, iw_samples, mode, beta):

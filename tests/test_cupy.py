@@ -3,7 +3,8 @@
 Kernel twins: the same inputs through the op with NumPy arrays (its readable body) and with
 CuPy arrays (the kernel), compared norm-wise per output, ‖cupy − numpy‖ / ‖numpy‖:
 float64 ≤ 1e-12, float32 ≤ 1e-6. Parity of the whole model: ``loss_and_grads`` on the same
-parameters and ε, float64 ≤ 1e-10 and float32 ≤ 1e-5 per array, with TF32 off (true FP32).
+parameters and ε, float64 ≤ 1e-10 and float32 ≤ 1e-5 per array, with TF32 off (true FP32);
+tf32 and bf16 models against the NumPy bodies (tests/test_precision.py's emulating backend).
 Portable runs: trained on one backend, evaluated and resumed on the other.
 Every test skips, with its reason, where CuPy sees no GPU.
 """
@@ -240,6 +241,79 @@ def test_sum_rows(dtype, cb):
     r = np.random.default_rng(9)
     (a,), (da,) = twin(cb, dtype, r.normal(size=(4096, 784)))
     assert rel(cb.to_host(sum_rows(da)), a.sum(axis=0)) <= TWIN[dtype] * 10
+
+
+# -- precision: the bfloat16 conversions, TF32 and BF16 products, a model in each --------------------------------
+def test_bf16_conversions_on_the_gpu_are_the_numpy_bodies_bit_for_bit(cb):
+    from scratchvae.ops.bf16 import from_bf16, to_bf16
+
+    upper = np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)
+    for lower in (0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF):
+        x = (upper | np.uint32(lower)).view(np.float32).reshape(-1, 256)
+        np.testing.assert_array_equal(cb.to_host(to_bf16(cb.asarray(x))), to_bf16(x))
+    words = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    np.testing.assert_array_equal(cb.to_host(from_bf16(cb.asarray(words))).view(np.uint32),
+                                  from_bf16(words).view(np.uint32))
+
+
+def test_tf32_products_round_and_fp32_products_stay_true_fp32_beside_them(cb):
+    """The precision travels with each call: a TF32 product misses float64 by ~1e-4 (10-bit
+    operands; on Ampere or newer), the FP32 product right after it by ~1e-7."""
+    r = np.random.default_rng(8)
+    a, b = r.normal(size=(256, 784)).astype(np.float32), r.normal(size=(784, 400)).astype(np.float32)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    da, db = cb.asarray(a), cb.asarray(b)
+    tf32 = cb.to_host(matmul(da, db, precision="tf32"))
+    fp32 = cb.to_host(matmul(da, db))
+    assert rel(fp32, want) <= 1e-6 and rel(tf32, want) <= 2e-3
+    if int(cb.xp.cuda.Device().compute_capability) >= 80:
+        assert rel(tf32, want) > 1e-5, "TF32 tensor cores did not round the operands"
+
+
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_bf16_products_accumulate_the_words_values_in_fp32(ta, tb, cb):
+    from scratchvae.ops.bf16 import from_bf16, to_bf16
+
+    r = np.random.default_rng(10)
+    M, K, N = 128, 784, 400
+    a = to_bf16(r.normal(size=(K, M) if ta else (M, K)).astype(np.float32))
+    b = to_bf16(r.normal(size=(N, K) if tb else (K, N)).astype(np.float32))
+    A, B = (a.T if ta else a), (b.T if tb else b)
+    da, db = cb.asarray(a), cb.asarray(b)
+    got = matmul(da.T if ta else da, db.T if tb else db, precision="bf16")
+    assert got.dtype == np.float32
+    want = from_bf16(np.ascontiguousarray(A)).astype(np.float64) @ from_bf16(np.ascontiguousarray(B)).astype(np.float64)
+    assert rel(cb.to_host(got), want) <= 1e-5
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_loss_and_grads_in_a_reduced_precision(precision, cb):
+    """The GPU model in ``precision`` against the NumPy bodies on the same parameters and ε
+    (tests/test_precision.py's emulating backend: bf16, the products of the same bfloat16 words
+    accumulated in float32; tf32, FP32 products): bf16 agrees far closer than it does with
+    the FP32 model; tf32 stays within TF32's rounding of FP32."""
+    from test_precision import EMU
+
+    r = np.random.default_rng(12)
+    N, D, L = 128, 784, 20
+    x = r.uniform(size=(N, D)).astype(np.float32)
+    mh = VAE(hidden=(400,), latent=L, seed=1, backend=EMU, precision=precision)
+    eps = r.normal(size=mh.eps_shape(N)).astype(np.float32)
+    keep_off_kinks(mh, x, eps)
+    md = VAE(hidden=(400,), latent=L, seed=1, backend="cupy", precision=precision)
+    m32 = VAE(hidden=(400,), latent=L, seed=1)
+    md.set_params(mh.host_params())
+    m32.set_params(mh.host_params())
+    rh, rd, r32 = mh.loss_and_grads(x, eps=eps), md.loss_and_grads(cb.asarray(x), eps=cb.asarray(eps)), \
+        m32.loss_and_grads(x, eps=eps)
+    to_emulated = max(rel(cb.to_host(rd.grads[k]), rh.grads[k]) for k in mh.shapes if np.any(rh.grads[k]))
+    to_fp32 = max(rel(cb.to_host(rd.grads[k]), r32.grads[k]) for k in mh.shapes if np.any(r32.grads[k]))
+    if precision == "bf16":
+        assert to_emulated <= 5e-4 and to_emulated < to_fp32 / 5, (to_emulated, to_fp32)
+        assert rel(cb.to_host(rd.objective), rh.objective) <= 1e-5
+    else:
+        assert to_fp32 <= 5e-3 and rel(cb.to_host(rd.objective), r32.objective) <= 1e-4, to_fp32
 
 
 # -- CUDA-graph plumbing ---------------------------------------------------------------------------------------

@@ -63,12 +63,17 @@ CASES = {
     "kl-only": ({"mode": "kl-only"}, {}),
     "tanh-2layer": ({"hidden": (24, 12), "activation": "tanh"}, {}),
     "full-iwae": ({"posterior": "full", "objective": "iwae", "iw_samples": 3}, {"binarize": "dynamic"}),
+    "bf16": ({"precision": "bf16"}, {"binarize": "dynamic"}),
+    "bf16-iwae-2layer": ({"precision": "bf16", "objective": "iwae", "iw_samples": 2, "hidden": (24, 12)}, {}),
+    "tf32": ({"precision": "tf32"}, {"kl_warmup": 1.5}),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_graph_step_matches_eager_fit(case, backend, data, graphs_made):
     model_kw, cfg = CASES[case]
+    if model_kw.get("precision", "fp32") != "fp32" and backend.name == "numpy":
+        pytest.skip("tf32 and bf16 need the cupy backend (numpy's refusal: tests/test_precision.py)")
     if "hidden" in model_kw:
         model_kw = dict(model_kw)
     events = []

@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$LOG/pip.log" 2>&1 || echo "pip install failed (using PYTHONPATH)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'cuda', cupy.cuda.runtime.runtimeGetVersion())"
-TESTS=${TESTS:-"tests/test_cupy.py tests/test_gpu_graph.py tests/test_gradcheck_ops.py tests/test_gradcheck_model.py tests/test_engine_misc.py tests/test_random.py tests/test_philox.py tests/test_cuda_host.py tests/test_evaluate.py tests/test_statistics.py tests/test_optim.py"}
+TESTS=${TESTS:-"tests/test_cupy.py tests/test_gpu_graph.py tests/test_gradcheck_ops.py tests/test_gradcheck_model.py tests/test_engine_misc.py tests/test_random.py tests/test_philox.py tests/test_cuda_host.py tests/test_evaluate.py tests/test_statistics.py tests/test_optim.py tests/test_bf16.py tests/test_precision.py tests/test_cublas_binding.py"}
 timeout ${PYTEST_TIMEOUT:-300} python3 -m pytest -q -p no:cacheprovider --backend cupy $TESTS "$@" >"$LOG/pytest.log" 2>&1
 echo "pytest rc=$?"
 grep -E "^(FAILED|ERROR)" "$LOG/pytest.log" | head -40

@@ -45,6 +45,7 @@ class Backend:
 
     name = "numpy"
     can_capture = False      # CUDA-graph capture of a step (CuPy only)
+    precisions = ("fp32",)   # what its matrix products compute in (see ops.precision)
 
     def __init__(self):
         self.xp = np
@@ -101,6 +102,7 @@ class CupyBackend(Backend):
 
     name = "cupy"
     can_capture = True
+    precisions = ("fp32", "tf32", "bf16")
 
     def __init__(self, cupy):
         self.xp = cupy
