@@ -46,14 +46,13 @@ class Skip(Exception):
 
 
 # -- the child's environment ----------------------------------------------------------------
-def child_env(device: str, tf32: bool = False) -> dict:
-    """The environment every peer process starts with: 2 BLAS/OpenMP threads, FP32 matmuls."""
+def child_env(device: str) -> dict:
+    """The environment every peer process starts with: 2 BLAS/OpenMP threads, CuPy's own matmul
+    in FP32 (each peer sets its precision itself, from the spec's ``precision``)."""
     env = dict(os.environ)
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[k] = str(THREADS)
     env.pop("CUPY_TF32", None)
-    if tf32:
-        env["CUPY_TF32"] = "1"
     if device == "cpu":
         env["JAX_PLATFORMS"] = "cpu"          # a CPU run on a GPU machine stays on the CPU
         env["CUDA_VISIBLE_DEVICES"] = ""

@@ -90,13 +90,15 @@ def markdown(meta, check, summary):
     lines.append(f"- **BLAS:** {m['blas_line']}")
     lines.append(f"- **Threads:** {m['threads_line']}")
     lines.append(f"- **Conditions:** each peer in its own process; peers interleaved; the whole sweep "
-                 f"repeated {m['repeats']}×; float32 asserted for every peer (JAX without x64"
-                 + ("; true FP32 on the GPU: TF32 off" if m["device"] == "gpu" and not m["tf32"] else "")
-                 + ("; **TF32 on**" if m["tf32"] else "") + "); timed step = draw ε + forward "
+                 f"repeated {m['repeats']}×; float32 asserted for every peer's parameters (JAX without x64); "
+                 f"the matrix products in **{m.get('precision', 'fp32')}** (below); timed step = draw ε + forward "
                  f"including the scalar loss + backward + Adam (lr 1e-3); each step takes the next of "
                  f"{m['n_batches']} preloaded batches of {m['data']}, pixels in [0, 1], the same "
                  f"sequence for every peer; warm-up {m['warmup']} steps, then "
                  + ", ".join(f"{s} timed steps at batch {b}" for b, s in m["steps"].items()) + ".")
+    lines.append(f"- **Precision {m.get('precision', 'fp32')}**, each peer's own setting: "
+                 + ("; ".join(f"{p}: {v}" for p, v in m.get("precision_settings", {}).items()) or "none ran")
+                 + ". Parameters, optimizer state and losses stay float32 everywhere.")
     lines.append(f"- **Timing:** {m['timing_line']}")
     lines.append("- **ratio** = peer ms / scratchvae ms in the same sweep (scratchvae = "
                  f"{m['baseline_desc']}): **> 1 means scratchvae is faster**. Each run's ratio, then "

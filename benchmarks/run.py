@@ -41,6 +41,8 @@ from .common import (CHECK_TOL, N_BATCHES, PARAM_SHAPES, REPO, THREADS, bench_pi
                      rel_err, write_json)
 from .peers import PEERS, peers_for
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+
 CHECK_BATCH = 128
 DEFAULT_SIZES = {"cpu": (128, 1024), "gpu": (128, 4096)}
 FLOOR_PEER = {"cpu": "scratchvae-numpy", "gpu": "scratchvae-cupy"}
@@ -68,7 +70,12 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="folder holding the four MNIST IDX files (default "
                                       "$SCRATCHVAE_MNIST_DIR, else scratchvae's cache, filled by a "
                                       "checksummed download; --smoke: the embedded subset)")
-    p.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matmuls in every peer")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="the matrix products of every timed peer, each in its framework's own setting "
+                        "(see README): fp32 (true FP32, TF32 off), tf32 (GPU), bf16 (bfloat16 operands, FP32 "
+                        "accumulation); the same-work check stays float64")
+    p.add_argument("--tf32", action="store_const", const="tf32", dest="precision",
+                   help="the same as --precision tf32")
     p.add_argument("--timeout", type=float, default=600, help="seconds per child process")
     p.add_argument("--smoke", action="store_true", help="scratchvae-numpy only, tiny counts, seconds")
     a = p.parse_args(argv)
@@ -82,6 +89,8 @@ def parse_args(argv=None):
     if any(s < 1 for s in sizes) or a.repeats < 1 or a.warmup < 1 or (a.steps is not None and a.steps < 1):
         p.error("batch sizes, --repeats, --warmup and --steps must be positive")
     a.sizes = sizes
+    if a.precision == "tf32" and a.device == "cpu":
+        p.error("--precision tf32 is a GPU setting (TF32 tensor cores); on the CPU use fp32 or bf16")
     available = peers_for(a.device)
     if a.peers:
         a.peer_list = [s.strip() for s in a.peers.split(",") if s.strip()]
@@ -186,7 +195,7 @@ def main(argv=None):
 
 
 def _main(a, tmp, started):
-    env = child_env(a.device, a.tf32)
+    env = child_env(a.device)
     children = Children(tmp, env, a.timeout)
     images, data_desc = load_train_images(a.data_dir, allow_embedded=a.smoke)
     log(f"data: {data_desc}")
@@ -209,7 +218,7 @@ def _main(a, tmp, started):
             for peer in active:
                 spec = {"task": "time", "peer": peer, "device": a.device, "batch": B,
                         "batches": str(batch_files[B]), "params": str(params32), "warmup": a.warmup,
-                        "steps": steps[B], "floor": peer == FLOOR_PEER[a.device], "tf32": a.tf32}
+                        "steps": steps[B], "floor": peer == FLOOR_PEER[a.device], "precision": a.precision}
                 load_before = _loadavg()
                 res = children(spec)
                 res.update(peer=peer, batch=B, repeat=rep, loadavg_before=load_before,
@@ -239,6 +248,11 @@ def _main(a, tmp, started):
     print(md)
     log(f"wrote {out_dir / stem}.md and .json")
     return 0
+
+
+def _settings(runs):
+    """peer -> its framework's precision setting, as the peer reported it."""
+    return {r["peer"]: r["precision_setting"] for r in runs if r["status"] == "ok" and "precision_setting" in r}
 
 
 def _range(runs):
@@ -305,7 +319,8 @@ def _meta(a, runs, check, data_desc, started, steps):
         "blas_build": blas_build, "blas_runtime": blas_rt, "blas_line": blas_line,
         "threads_line": threads_line, "repeats": a.repeats, "warmup": a.warmup,
         "steps": {str(B): s for B, s in steps.items()}, "n_batches": N_BATCHES, "data": data_desc,
-        "tf32": a.tf32, "timing_line": timing_line, "mem_desc": mem_desc, "floor_desc": floor_desc,
+        "precision": a.precision, "precision_settings": _settings(runs),
+        "timing_line": timing_line, "mem_desc": mem_desc, "floor_desc": floor_desc,
         "baseline_desc": (" if it ran, else ".join(BASELINES[a.device]) + "; each table names the one used"
                           if a.device == "gpu" else "scratchvae-numpy"),
         "peers": a.peer_list, "smoke": a.smoke,

@@ -53,6 +53,28 @@ def test_smoke_json_has_the_table_fields(smoke):
     assert run["threads"]["OPENBLAS_NUM_THREADS"] == "2"
 
 
+def test_smoke_names_each_peers_precision(smoke):
+    doc, md, _ = smoke
+    assert doc["meta"]["precision"] == "fp32"
+    assert doc["meta"]["precision_settings"] == {"scratchvae-numpy": "VAE(precision='fp32')"}
+    assert "**Precision fp32**, each peer's own setting: scratchvae-numpy: VAE(precision='fp32')" in md
+
+
+def test_the_precision_option_and_the_torch_graph_peer_on_a_cpu():
+    from benchmarks import run
+    from benchmarks.common import Skip
+    from benchmarks.peers import peers_for, torch_peer
+
+    assert run.parse_args(["--precision", "bf16"]).precision == "bf16"
+    assert run.parse_args(["--device", "gpu", "--tf32"]).precision == "tf32"
+    with pytest.raises(SystemExit):
+        run.parse_args(["--precision", "tf32"])                  # a GPU setting
+    assert "torch-graph" in peers_for("cpu") and "torch-graph" in peers_for("gpu")
+    for task in (torch_peer.check, torch_peer.time_peer):
+        with pytest.raises(Skip, match=r"torch-graph needs CUDA \(torch.cuda.graph captures CUDA work only\)"):
+            task({"peer": "torch-graph", "device": "cpu"})
+
+
 def test_smoke_same_work_check_ran(smoke):
     doc, _, _ = smoke
     c = doc["check"]["peers"]["scratchvae-numpy"]

@@ -6,6 +6,7 @@ PEERS = {
     "scratchvae-cupy-graph": ("benchmarks.peers.scratchvae_peer", "gpu"),
     "torch-eager": ("benchmarks.peers.torch_peer", "any"),
     "torch-compile": ("benchmarks.peers.torch_peer", "any"),
+    "torch-graph": ("benchmarks.peers.torch_peer", "any"),       # skips on the CPU: it needs CUDA
     "jax-jit": ("benchmarks.peers.jax_peer", "any"),
 }
 

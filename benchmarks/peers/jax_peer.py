@@ -12,8 +12,13 @@ needed. The jitted step takes ``(params, m, v, t, key, x)``, donates the first f
 The loss of every step is an output of the jit (computed anyway) and kept in a list; the
 loop is timed with ``block_until_ready`` on the state before it and on the state and all
 losses after it (wall clock; on a GPU that brackets the device work). float32, x64 off
-(asserted); on a GPU ``jax_default_matmul_precision="float32"`` (true FP32) unless --tf32.
-XLA's threading is left at its default. The same-work check enables x64 in its own process.
+(asserted). XLA's threading is left at its default. The same-work check enables x64 in its own
+process.
+
+Precision (``spec['precision']``), JAX's own settings: fp32, ``jax_default_matmul_precision =
+"float32"`` (true FP32 on a GPU); tf32, ``"tensorfloat32"``; bf16, each product's operands cast
+to bfloat16 with ``preferred_element_type=float32`` (FP32 accumulation and output; autodiff
+carries the casts into the backward's products), master weights and Adam in float32.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from ..common import (ADAM_EPS, BETAS, L, LR, PARAM_SHAPES, Skip, peak_rss_bytes
                       thread_env)
 
 
-def _jax(device, x64=False, tf32=False):
+def _jax(device, x64=False, precision="fp32"):
     try:
         import jax
     except ImportError:
@@ -36,25 +41,39 @@ def _jax(device, x64=False, tf32=False):
     if device == "gpu":
         if jax.default_backend() != "gpu":
             raise Skip(f"jax {jax.__version__} has no GPU backend here ({jax.default_backend()} only)")
-        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "float32")
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if precision == "tf32" else "float32")
     elif jax.default_backend() != "cpu":
         raise Skip(f"jax's default backend is {jax.default_backend()}, not the CPU (set JAX_PLATFORMS=cpu)")
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
     return jax
 
 
-def loss_fn(jax, p, x, eps):
+def loss_fn(jax, p, x, eps, precision="fp32"):
     """The summed −ELBO: Bernoulli NLL on logits (softplus(y) − x·y) + ½Σ(e^lv − 1 − lv + μ²)."""
     jnp = jax.numpy
-    h = jax.nn.relu(x @ p["enc.0.W"] + p["enc.0.b"])
-    ml = h @ p["enc.head.W"] + p["enc.head.b"]
+    mm = _products(jax, precision)
+    h = jax.nn.relu(mm(x, p["enc.0.W"]) + p["enc.0.b"])
+    ml = mm(h, p["enc.head.W"]) + p["enc.head.b"]
     mu, lv = ml[:, :L], ml[:, L:]
     z = mu + jnp.exp(0.5 * lv) * eps
-    g = jax.nn.relu(z @ p["dec.0.W"] + p["dec.0.b"])
-    y = g @ p["dec.out.W"] + p["dec.out.b"]
+    g = jax.nn.relu(mm(z, p["dec.0.W"]) + p["dec.0.b"])
+    y = mm(g, p["dec.out.W"]) + p["dec.out.b"]
     recon = jnp.sum(jax.nn.softplus(y) - x * y)
     kl = 0.5 * jnp.sum(jnp.expm1(lv) - lv + mu * mu)
     return recon + kl
+
+
+def _products(jax, precision):
+    """a @ W as the precision has it: bf16, bfloat16 operands accumulated into float32."""
+    jnp = jax.numpy
+    if precision != "bf16":
+        return jnp.matmul
+    return lambda a, w: jnp.matmul(a.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
+                                   preferred_element_type=jnp.float32)
+
+
+SETTINGS = {"fp32": "jax_default_matmul_precision='float32'", "tf32": "jax_default_matmul_precision='tensorfloat32'",
+            "bf16": "operands cast to bfloat16, matmul(preferred_element_type=float32); precision 'float32'"}
 
 
 def _versions(jax):
@@ -84,7 +103,7 @@ def check(spec):
 
 
 # -- timing --------------------------------------------------------------------------------
-def make_step(jax, B, lr=LR, betas=BETAS, adam_eps=ADAM_EPS):
+def make_step(jax, B, lr=LR, betas=BETAS, adam_eps=ADAM_EPS, precision="fp32"):
     jnp = jax.numpy
     b1, b2 = betas
     tree_map = jax.tree_util.tree_map
@@ -92,7 +111,7 @@ def make_step(jax, B, lr=LR, betas=BETAS, adam_eps=ADAM_EPS):
     def step(params, m, v, t, key, x):
         key, sub = jax.random.split(key)
         eps = jax.random.normal(sub, (B, L), dtype=jnp.float32)
-        loss, g = jax.value_and_grad(lambda p: loss_fn(jax, p, x, eps))(params)
+        loss, g = jax.value_and_grad(lambda p: loss_fn(jax, p, x, eps, precision))(params)
         t = t + 1
         tf = t.astype(jnp.float32)
         step_size = lr / (1 - b1 ** tf)
@@ -108,7 +127,8 @@ def make_step(jax, B, lr=LR, betas=BETAS, adam_eps=ADAM_EPS):
 
 def time_peer(spec):
     B, device = spec["batch"], spec["device"]
-    jax = _jax(device, x64=False, tf32=spec.get("tf32", False))
+    precision = spec.get("precision", "fp32")
+    jax = _jax(device, x64=False, precision=precision)
     jnp = jax.numpy
     assert not jax.config.jax_enable_x64, "JAX must run without x64"
     batches = np.load(spec["batches"])
@@ -120,7 +140,7 @@ def time_peer(spec):
     key = jax.random.key(0)
     xs = [jax.device_put(xb) for xb in batches]
     assert all(x.dtype == jnp.float32 for x in xs)
-    step = make_step(jax, B)
+    step = make_step(jax, B, precision=precision)
     W, S = spec["warmup"], spec["steps"]
     losses = []
     state = (params, m, v, t, key)
@@ -140,6 +160,7 @@ def time_peer(spec):
            "ms_per_step": ms / S, "wall_ms_per_step": ms / S,
            "timer": "wall clock around the loop, block_until_ready on state and losses before/after",
            "steps": S, "warmup": W, "dtype": "float32", "optimizer": "hand-written Adam (PyTorch's rule)",
+           "precision_setting": SETTINGS[precision],
            "loss_forced": "each step's loss is a jit output, kept; all blocked on after the loop",
            "peak_rss_bytes": peak_rss_bytes(), "threads": thread_env(),
            "versions": _versions(jax), **steps_summary(host_losses)}

@@ -3,6 +3,7 @@
 
 Timed step (every peer here): ``model.loss_and_grads(x)`` — ε drawn by the model's 'noise'
 stream inside, forward including the scalar loss, backward — then ``Adam.step(model.grad)``;
+the model in the run's precision (``VAE(precision=...)``: fp32, tf32 or bf16; NumPy: fp32 only);
 the step's 0-d objective is stored into a preallocated loss array (on CuPy a device copy,
 no host sync). NumPy: wall clock around the loop. CuPy: CUDA events around the loop, then
 one synchronize (the wall clock is recorded too).
@@ -48,11 +49,13 @@ def _gpu_name(cupy):
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def _model(dtype, backend, params):
+def _model(dtype, backend, params, precision="fp32"):
     from scratchvae import VAE
 
+    if precision != "fp32" and backend == "numpy":
+        raise Skip(f"the numpy backend computes fp32 only, not {precision}")
     model = VAE(input_dim=D, hidden=(H,), latent=L, activation="relu", likelihood="bernoulli",
-                dtype=dtype, seed=0, backend=backend)
+                dtype=dtype, seed=0, backend=backend, precision=precision)
     model.set_params(params)
     return model
 
@@ -202,7 +205,8 @@ def time_peer(spec):
     batches = np.load(spec["batches"])
     z = np.load(spec["params"])
     params = {k: z[k] for k in PARAM_SHAPES}
-    model = _model("float32", backend, params)
+    precision = spec.get("precision", "fp32")
+    model = _model("float32", backend, params, precision)
     opt = _adam(model)
     xp, b = model.xp, model.backend
     assert model.theta.dtype == np.float32 and model.grad.dtype == np.float32, "float32 expected"
@@ -243,6 +247,7 @@ def time_peer(spec):
     res = {"status": "ok", "peer": peer, "batch": B, "device": "cpu" if backend == "numpy" else "gpu",
            "ms_per_step": ms / S, "wall_ms_per_step": wall / S, "timer": timer.name,
            "steps": S, "warmup": W, "dtype": "float32", "loss_forced": forced,
+           "precision_setting": f"VAE(precision={precision!r})",
            "peak_rss_bytes": peak_rss_bytes(), "threads": thread_env(),
            "versions": _versions(backend), **steps_summary(host_losses)}
     if peer == "scratchvae-cupy-graph" and np.isnan(host_losses).all():
@@ -257,13 +262,13 @@ def time_peer(spec):
         if gpool is not None:
             res["peak_mem_bytes"] += int(gpool.total_bytes())
     if spec.get("floor"):
-        res["floor_ms"] = res["floor_eager_ms"] = gemm_floor(xp, xs, params, B, W, S, timer)
-        res["floor_path"] = floor_path(backend) + ", out= buffers, transposes as views"
+        res["floor_ms"] = res["floor_eager_ms"] = gemm_floor(xp, xs, params, B, W, S, timer, precision)
+        res["floor_path"] = floor_path(backend) + f", {precision}, out= buffers, transposes as views"
         if backend == "cupy":
-            ms, why = gemm_floor_graph(model.backend, xs, params, B, W, S, timer)
+            ms, why = gemm_floor_graph(model.backend, xs, params, B, W, S, timer, precision)
             if ms is not None:
                 res["floor_ms"] = res["floor_graph_ms"] = ms
-                res["floor_path"] = ("scratchvae.ops.dense.matmul (the step's cuBLAS path), the 11 "
+                res["floor_path"] = (f"scratchvae.ops.dense.matmul (the step's cuBLAS path, {precision}), the 11 "
                                      "products captured as one CUDA graph (StepGraphs) and replayed, "
                                      "the batch copied into its input buffer first like the graph step; "
                                      "out= buffers, transposes as views")
@@ -291,14 +296,16 @@ def floor_path(backend):
             "scratchvae.ops.dense.matmul (the step's cuBLAS path), launched eagerly")
 
 
-def gemm_floor(xp, xs, params, B, warmup, steps, timer):
-    """ms per step of the step's 11 matrix products alone (float32, out= buffers), eagerly.
+def gemm_floor(xp, xs, params, B, warmup, steps, timer, precision="fp32"):
+    """ms per step of the step's 11 matrix products alone (float32 out= buffers), eagerly.
 
     Forward: x@W1, h@Whead, z@Wd, g@Wo. Weight gradients: gᵀ@dy, zᵀ@dpre, hᵀ@dml,
     xᵀ@dpre1. Input gradients: dy@Woᵀ, dpre@Wdᵀ, dml@Wheadᵀ. Operands C-contiguous,
-    transposes are views; x rotates over the same preloaded batches; nothing is zero.
+    transposes are views; x rotates over the same preloaded batches; nothing is zero. In
+    ``precision`` (bf16: the operands are bfloat16 words made once; the step's conversions
+    are not part of the floor).
     """
-    products = _products(xp, params, B)
+    products = _products(xp, params, B, precision)
     for i in range(warmup):
         products(xs[i % len(xs)])
     timer.start()
@@ -308,13 +315,13 @@ def gemm_floor(xp, xs, params, B, warmup, steps, timer):
     return ms / steps
 
 
-def gemm_floor_graph(backend, xs, params, B, warmup, steps, timer):
+def gemm_floor_graph(backend, xs, params, B, warmup, steps, timer, precision="fp32"):
     """The same 11 products captured once as a CUDA graph and replayed (GPU):
     ``(ms per step, None)`` or ``(None, why not)``."""
     from scratchvae.backend.graph import StepGraphs
 
     xp = backend.xp
-    products = _products(xp, params, B)
+    products = _products(xp, params, B, precision)
     graphs = StepGraphs(backend)
     xbuf = xp.empty_like(xs[0])
 
@@ -337,38 +344,56 @@ def gemm_floor_graph(backend, xs, params, B, warmup, steps, timer):
     return ms / steps, None
 
 
-def _products(xp, params, B):
-    """A function of x running the step's 11 products into preallocated buffers."""
+def _products(xp, params, B, precision="fp32"):
+    """A function of x running the step's 11 products into preallocated float32 buffers, in
+    ``precision``; the inputs are random (never zero) operands, as the products read them
+    (bf16: bfloat16 words, made once; x's words made at each call, one conversion as the step's)."""
     rng = np.random.default_rng(1)
+    mm, words = _step_matmul(xp), _words(precision)
 
     def rand(*shape):
-        return xp.asarray(rng.standard_normal(shape).astype(np.float32))
+        return words(xp.asarray(rng.standard_normal(shape).astype(np.float32)))
 
     def empty(*shape):
         return xp.empty(shape, dtype=xp.float32)
 
-    W1, Wh, Wd, Wo = (xp.ascontiguousarray(xp.asarray(params[k], dtype=xp.float32))
+    W1, Wh, Wd, Wo = (words(xp.ascontiguousarray(xp.asarray(params[k], dtype=xp.float32)))
                       for k in ("enc.0.W", "enc.head.W", "dec.0.W", "dec.out.W"))
-    h, ml, z, g, y = empty(B, H), empty(B, 2 * L), rand(B, L), rand(B, H), empty(B, D)
+    h, ml, g, y = empty(B, H), empty(B, 2 * L), empty(B, H), empty(B, D)
+    hi, z, gi = rand(B, H), rand(B, L), rand(B, H)                       # the layers' inputs
     dy, dpre, dml, dpre1 = rand(B, D), rand(B, H), rand(B, 2 * L), rand(B, H)
     dWo, dWd, dWh, dW1 = empty(H, D), empty(L, H), empty(H, 2 * L), empty(D, H)
     dg, dz, dh = empty(B, H), empty(B, L), empty(B, H)
-    mm = _step_matmul(xp)
+    kw = {} if precision == "fp32" else {"precision": precision}
+    xw = words(empty(B, D)) if precision == "bf16" else None
 
     def products(x):
-        mm(x, W1, out=h)
-        mm(h, Wh, out=ml)
-        mm(z, Wd, out=g)
-        mm(g, Wo, out=y)
-        mm(g.T, dy, out=dWo)
-        mm(z.T, dpre, out=dWd)
-        mm(h.T, dml, out=dWh)
-        mm(x.T, dpre1, out=dW1)
-        mm(dy, Wo.T, out=dg)
-        mm(dpre, Wd.T, out=dz)
-        mm(dml, Wh.T, out=dh)
+        if xw is not None:
+            from scratchvae.ops.bf16 import to_bf16
+
+            x = to_bf16(x, out=xw)
+        mm(x, W1, out=h, **kw)
+        mm(hi, Wh, out=ml, **kw)
+        mm(z, Wd, out=g, **kw)
+        mm(gi, Wo, out=y, **kw)
+        mm(gi.T, dy, out=dWo, **kw)
+        mm(z.T, dpre, out=dWd, **kw)
+        mm(hi.T, dml, out=dWh, **kw)
+        mm(x.T, dpre1, out=dW1, **kw)
+        mm(dy, Wo.T, out=dg, **kw)
+        mm(dpre, Wd.T, out=dz, **kw)
+        mm(dml, Wh.T, out=dh, **kw)
 
     return products
+
+
+def _words(precision):
+    """bf16: the bfloat16 words of an array (scratchvae.ops.bf16.to_bf16); else the array."""
+    if precision != "bf16":
+        return lambda a: a
+    from scratchvae.ops.bf16 import to_bf16
+
+    return to_bf16
 
 
 TASKS = {"check": check, "time": time_peer}

@@ -1,4 +1,4 @@
-"""PyTorch peers: ``torch-eager`` and ``torch-compile``, on the CPU or CUDA.
+"""PyTorch peers: ``torch-eager``, ``torch-compile`` (the CPU or CUDA) and ``torch-graph`` (CUDA).
 
 The model is scratchvae's, written the way a PyTorch user would: four ``nn.Linear`` layers
 (``weight = W.T`` of scratchvae's (fan_in, fan_out) ``W``), the μ/logvar head fused into one
@@ -13,10 +13,21 @@ the loss is computed within the step). CUDA: CUDA events around the loop, one sy
 ``torch-compile``: ``torch.compile(model)`` (CPU: default mode; CUDA: ``mode="reduce-overhead"``,
 CUDA graphs); backward through AOTAutograd; the optimizer as in eager; compilation happens
 in the warm-up, outside the timed loop.
+``torch-graph`` (CUDA only; on the CPU it skips): the whole step — ε drawn with ``torch.randn``,
+forward, backward and ``Adam(capturable=True, fused=True)`` — captured once with
+``torch.cuda.graph`` (after three warm-up steps on a side stream, as PyTorch's documentation
+does it) and replayed; each step copies the batch into the graph's static input first.
+
+Precision (``spec['precision']``), PyTorch's own settings: fp32, ``allow_tf32 = False`` and
+``set_float32_matmul_precision("highest")``; tf32, ``allow_tf32 = True`` and "high"; bf16, TF32
+off and the forward (with the loss) under ``torch.autocast(dtype=torch.bfloat16)``: the linear
+layers' products in bfloat16 with FP32 accumulation, master weights and Adam in float32
+(``cache_enabled=False`` in the graph peer, as CUDA graphs require).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 
@@ -50,6 +61,26 @@ def _set_tf32(torch, tf32):
     torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
     torch.backends.cudnn.allow_tf32 = bool(tf32)
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
+def set_precision(torch, dev, precision, graph=False):
+    """PyTorch's own setting for ``precision``: (a factory of the context the forward runs in,
+    its description for the table)."""
+    _set_tf32(torch, precision == "tf32")
+    if precision == "bf16":
+        def autocast():
+            return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, cache_enabled=not graph)
+        return autocast, (f"torch.autocast({dev.type!r}, torch.bfloat16{', cache_enabled=False' if graph else ''})"
+                          " around the forward and loss; TF32 off")
+    if precision == "tf32":
+        return contextlib.nullcontext, "allow_tf32=True, set_float32_matmul_precision('high')"
+    return contextlib.nullcontext, "allow_tf32=False, set_float32_matmul_precision('highest')"
+
+
+def _need_cuda(spec):
+    """torch-graph on the CPU: one line why not, before torch is even imported."""
+    if spec["peer"] == "torch-graph" and spec["device"] != "gpu":
+        raise Skip("torch-graph needs CUDA (torch.cuda.graph captures CUDA work only)")
 
 
 def build(torch, dtype, dev, params):
@@ -117,6 +148,7 @@ def _first_line(err):
 
 # -- same work -----------------------------------------------------------------------------
 def check(spec):
+    _need_cuda(spec)
     torch = _torch()
     dev = _device(torch, spec["device"])
     _set_tf32(torch, False)
@@ -129,8 +161,17 @@ def check(spec):
     x = torch.from_numpy(z["x"]).to(dev)
     eps = torch.from_numpy(z["eps"]).to(dev)
     try:
-        loss = fn(x, eps)
-        loss.backward()
+        if spec["peer"] == "torch-graph":          # the captured forward and backward, replayed once
+            def body():
+                loss = fn(x, eps)
+                loss.backward()
+                return loss
+            graph, loss = capture(torch, body, m.zero_grad, warmup=1)
+            graph.replay()
+            torch.cuda.synchronize()
+        else:
+            loss = fn(x, eps)
+            loss.backward()
     except Exception as err:
         if spec["peer"] == "torch-compile":
             raise Skip(f"torch.compile failed: {_first_line(err)}") from None
@@ -143,47 +184,74 @@ def check(spec):
 
 
 # -- timing --------------------------------------------------------------------------------
-def time_peer(spec):
-    torch = _torch()
-    peer, B, device = spec["peer"], spec["batch"], spec["device"]
-    dev = _device(torch, device)
-    _set_tf32(torch, spec.get("tf32", False))
-    batches = np.load(spec["batches"])
-    z = np.load(spec["params"])
-    m = build(torch, torch.float32, dev, {k: z[k] for k in PARAM_SHAPES})
-    assert all(p.dtype == torch.float32 for p in m.parameters()), "float32 expected"
+def capture(torch, body, zero_grad, warmup=3):
+    """``torch.cuda.graph`` around ``body()`` (one step; it returns the loss), after ``warmup``
+    calls on a side stream, as PyTorch's documentation captures a whole training step. The
+    gradients are set to None first, so backward allocates them from the graph's pool and
+    every replay writes them there. Returns (the graph, its static loss)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            zero_grad(set_to_none=True)
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        loss = body()
+    return graph, loss
+
+
+def _optimizer(torch, m, dev, peer):
+    if peer == "torch-graph":
+        return (torch.optim.Adam(m.parameters(), lr=LR, betas=BETAS, eps=ADAM_EPS, capturable=True, fused=True),
+                "Adam(capturable=True, fused=True)")
     if dev.type == "cuda":
-        opt = torch.optim.Adam(m.parameters(), lr=LR, betas=BETAS, eps=ADAM_EPS, fused=True)
-        adam = "Adam(fused=True)"
-    else:
-        opt = torch.optim.Adam(m.parameters(), lr=LR, betas=BETAS, eps=ADAM_EPS, foreach=True)
-        adam = "Adam(foreach=True)"
-    compiled = peer == "torch-compile"
-    fn = _compile(torch, m, device) if compiled else m
-    cudagraphs = compiled and dev.type == "cuda"
-    xs = [torch.from_numpy(xb).to(dev) for xb in batches]
-    W, S = spec["warmup"], spec["steps"]
-    losses = torch.full((W + S,), float("nan"), dtype=torch.float32, device=dev)
+        return torch.optim.Adam(m.parameters(), lr=LR, betas=BETAS, eps=ADAM_EPS, fused=True), "Adam(fused=True)"
+    return torch.optim.Adam(m.parameters(), lr=LR, betas=BETAS, eps=ADAM_EPS, foreach=True), "Adam(foreach=True)"
+
+
+def _step_fn(torch, spec, m, opt, dev, xs, losses, autocast):
+    """The timed step ``step(i)`` of the peer (torch-graph: captured on its first call)."""
+    peer, B = spec["peer"], spec["batch"]
+    fn = _compile(torch, m, spec["device"]) if peer == "torch-compile" else m
+    cudagraphs = peer == "torch-compile" and dev.type == "cuda"
+    if peer == "torch-graph":
+        x_static = xs[0].clone()
+        graph = []
+
+        def body():
+            eps = torch.randn(B, L, device=dev)            # drawn inside the graph: new ε each replay
+            with autocast():
+                loss = m(x_static, eps)
+            loss.backward()
+            opt.step()
+            return loss
+
+        def step(i):
+            x_static.copy_(xs[i % len(xs)])
+            if not graph:
+                graph.extend(capture(torch, body, opt.zero_grad))
+            graph[0].replay()
+            losses[i] = graph[1].detach()
+        return step
 
     def step(i):
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         eps = torch.randn(B, L, device=dev)
-        loss = fn(xs[i % len(xs)], eps)
+        with autocast():
+            loss = fn(xs[i % len(xs)], eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses[i] = loss.detach()
+    return step
 
-    try:
-        step(0)
-    except Exception as err:
-        if compiled:
-            raise Skip(f"torch.compile failed: {_first_line(err)}") from None
-        raise
-    for i in range(1, W):
-        step(i)
-    assert losses.dtype == torch.float32 and all(p.dtype == torch.float32 for p in m.parameters())
+
+def _timed(torch, dev, step, W, S):
+    """(ms over the S timed steps, host wall ms, the timer's description)."""
     if dev.type == "cuda":
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -194,20 +262,46 @@ def time_peer(spec):
         e1.record()
         e1.synchronize()
         wall = (time.perf_counter() - t0) * 1e3
-        ms = e0.elapsed_time(e1)
-        timer = "CUDA events (torch.cuda.Event) around the loop, synchronized after"
-    else:
-        t0 = time.perf_counter()
-        for i in range(W, W + S):
-            step(i)
-        ms = wall = (time.perf_counter() - t0) * 1e3
-        timer = "wall clock (time.perf_counter) around the loop"
+        return e0.elapsed_time(e1), wall, "CUDA events (torch.cuda.Event) around the loop, synchronized after"
+    t0 = time.perf_counter()
+    for i in range(W, W + S):
+        step(i)
+    ms = (time.perf_counter() - t0) * 1e3
+    return ms, ms, "wall clock (time.perf_counter) around the loop"
+
+
+def time_peer(spec):
+    _need_cuda(spec)
+    torch = _torch()
+    peer, B, device = spec["peer"], spec["batch"], spec["device"]
+    dev = _device(torch, device)
+    precision = spec.get("precision", "fp32")
+    autocast, setting = set_precision(torch, dev, precision, graph=peer == "torch-graph")
+    batches = np.load(spec["batches"])
+    z = np.load(spec["params"])
+    m = build(torch, torch.float32, dev, {k: z[k] for k in PARAM_SHAPES})
+    assert all(p.dtype == torch.float32 for p in m.parameters()), "float32 expected"
+    opt, adam = _optimizer(torch, m, dev, peer)
+    xs = [torch.from_numpy(xb).to(dev) for xb in batches]
+    W, S = spec["warmup"], spec["steps"]
+    losses = torch.full((W + S,), float("nan"), dtype=torch.float32, device=dev)
+    step = _step_fn(torch, spec, m, opt, dev, xs, losses, autocast)
+    try:
+        step(0)
+    except Exception as err:
+        if peer != "torch-eager":
+            raise Skip(f"{'torch.compile' if peer == 'torch-compile' else 'the CUDA-graph capture'} failed: "
+                       f"{_first_line(err)}") from None
+        raise
+    for i in range(1, W):
+        step(i)
+    assert losses.dtype == torch.float32 and all(p.dtype == torch.float32 for p in m.parameters())
+    ms, wall, timer = _timed(torch, dev, step, W, S)
     host_losses = losses[W:].cpu().numpy() / B
     res = {"status": "ok", "peer": peer, "batch": B, "device": device,
            "ms_per_step": ms / S, "wall_ms_per_step": wall / S, "timer": timer,
-           "steps": S, "warmup": W, "dtype": "float32", "optimizer": adam,
-           "compile": ("torch.compile(mode='reduce-overhead')" if cudagraphs else
-                       "torch.compile() default mode") if compiled else None,
+           "steps": S, "warmup": W, "dtype": "float32", "optimizer": adam, "precision_setting": setting,
+           "compile": _compile_desc(peer, dev),
            "loss_forced": "loss.detach() copied into a preallocated tensor per step (no .item())",
            "peak_rss_bytes": peak_rss_bytes(), "threads": thread_env(),
            "versions": _versions(torch, dev), **steps_summary(host_losses)}
@@ -217,6 +311,14 @@ def time_peer(spec):
     else:
         res["peak_mem_bytes"], res["peak_mem_kind"] = res["peak_rss_bytes"], "ru_maxrss"
     return res
+
+
+def _compile_desc(peer, dev):
+    if peer == "torch-graph":
+        return "torch.cuda.graph around ε, forward, backward and Adam (3 side-stream warm-up steps first)"
+    if peer == "torch-compile":
+        return "torch.compile(mode='reduce-overhead')" if dev.type == "cuda" else "torch.compile() default mode"
+    return None
 
 
 TASKS = {"check": check, "time": time_peer}
