@@ -100,7 +100,7 @@ def test_every_bf16_product_reads_the_words_of_its_operands(case, monkeypatch):
 def test_the_products_of_each_precision(monkeypatch):
     """fp32 and tf32 products read the float32 arrays, bf16 products uint16 words; bias
     gradients are summed in float32 in every precision."""
-    seen = []
+    seen, sums = [], []
 
     def spy(block):
         def call(a, b, out=None, precision="fp32"):
@@ -108,17 +108,23 @@ def test_the_products_of_each_precision(monkeypatch):
             return block(a, b, out=out, precision=precision)
         return call
 
+    real_sum_rows = dense_module.sum_rows
     monkeypatch.setattr(precision_module, "matmul", spy(matmul))
     monkeypatch.setattr(dense_module, "matmul", spy(matmul))
+    monkeypatch.setattr(dense_module, "sum_rows", lambda a, out=None: (sums.append(a.dtype.name),
+                                                                       real_sum_rows(a, out=out))[1])
     x = np.random.default_rng(4).uniform(size=(5, 30)).astype(np.float32)
     for name, dtype in (("fp32", "float32"), ("tf32", "float32"), ("bf16", "uint16")):
         seen.clear()
+        sums.clear()
         res = small(name).loss_and_grads(x)
         assert len(seen) == 2 + 2 + 3 + 4 and set(seen) == {(name, dtype, dtype)}
+        assert sums == ["float32"] * 4                        # the four bias gradients
         assert all(g.dtype == np.float32 for g in res.grads.values()) and res.recon.dtype == np.float32
 
 
-def test_fp32_is_todays_model_bit_for_bit():
+def test_fp32_reads_the_arrays_themselves_and_is_not_recorded():
+    """fp32 keeps no copies and no config key (a 0.1.0 run's exact resume: tests/test_compat.py)."""
     x = np.random.default_rng(5).uniform(size=(6, 30)).astype(np.float32)
     a, b = small("fp32", NUMPY), small("fp32", EMU)
     ra, rb = a.loss_and_grads(x), b.loss_and_grads(x)
@@ -127,7 +133,7 @@ def test_fp32_is_todays_model_bit_for_bit():
     assert "precision" not in a.config() and "precision" not in repr(a)
 
 
-B, L = 64, 64                     # the step's smallest buffer, (B, L) float32, is 16 KiB
+B, L = 64, 64
 
 
 def bf16_step(**kw):
