@@ -12,6 +12,7 @@ p(x|z); its formulas live in :mod:`scratchvae.ops.likelihoods`, and it calls the
 ``weighted_backward(y, x, w, dy, ...)``  ∂/∂y of Σ_r w_r (−log p(x_r|y_r)) (importance weights)
 ``nll_rows(y, x, P, dtype)``             −log p(x|z) per row (importance sampling)
 ``mean(y, P)``                           E[x | z] from the decoder output y
+``output_for_mean(m)``                   the decoder output whose mean is m (to start its bias)
 ``draw(mean, P, stream)``                pixels drawn from p(x|z)
 ``log_sigma(P)``                         (Gaussian) log σ
 ``units``                                what its log p(x) values are
@@ -81,6 +82,12 @@ class Bernoulli:
     def mean(self, y, params, out=None):
         return sigmoid(y, out=out)
 
+    def output_for_mean(self, m):
+        """The decoder output whose mean is ``m``: the logit log(m / (1 − m)), m clipped to
+        [1e-3, 1 − 1e-3] so that never-lit pixels get a finite bias."""
+        m = np.clip(np.asarray(m, dtype=np.float64), 1e-3, 1 - 1e-3)
+        return np.log(m) - np.log1p(-m)
+
     def draw(self, mean, params, stream):
         u = stream.uniform(mean.shape, mean.dtype.name)
         return ops.sample_bernoulli(mean, u, out=u)
@@ -144,6 +151,10 @@ class Gaussian:
 
     def nll_rows(self, y, x, params, dtype=None):
         return ops.gaussian_nll_rows(y, x, self.log_sigma(params), dtype=dtype)
+
+    def output_for_mean(self, m):
+        """The decoder output whose mean is ``m``: ``m`` itself."""
+        return np.asarray(m, dtype=np.float64)
 
     def mean(self, y, params, out=None):
         if out is not None and out is not y:

@@ -105,8 +105,11 @@ class SGD(_Optimizer):
         self.t += 1
         self.step_from(grads, None)
 
-    def coefficients(self, t):
-        """SGD has no per-step coefficients (see :meth:`Adam.coefficients`)."""
+    def coefficients(self, t, lr=None):
+        """SGD has no per-step coefficients (see :meth:`Adam.coefficients`); its learning rate is
+        fixed, so a schedule's ``lr`` must be its own."""
+        if lr is not None and lr != self.lr:
+            raise InputError(f"SGD takes its fixed lr {self.lr}; a learning-rate schedule needs Adam")
         return ()
 
     def step_from(self, grads, coef):
@@ -147,10 +150,11 @@ class Adam(_Optimizer):
             adam_update(p, g, self.m[i], self.v[i], step_size, sqrt_bc2, b1, b2, self.eps,
                         self._scratch(i))
 
-    def coefficients(self, t):
-        """Step t's bias-corrected (step_size, √(1 − β₂ᵗ)) = (lr / (1 − β₁ᵗ), √(1 − β₂ᵗ))."""
+    def coefficients(self, t, lr=None):
+        """Step t's bias-corrected (step_size, √(1 − β₂ᵗ)) = (lr / (1 − β₁ᵗ), √(1 − β₂ᵗ)); ``lr``
+        (default the optimizer's) is step t's learning rate under a schedule."""
         b1, b2 = self.betas
-        return self.lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t)
+        return (self.lr if lr is None else lr) / (1 - b1 ** t), math.sqrt(1 - b2 ** t)
 
     def step_from(self, grads, coef):
         """One update with ``coef`` = (step_size, √(1 − β₂ᵗ)) read from a float64 backend array.

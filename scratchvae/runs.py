@@ -77,7 +77,7 @@ from .errors import CheckpointError, InputError, NonFiniteError, ScratchVAEError
 from .inputs import BINARIZE, parse_corrupt
 from .model import VAE
 from .optim import OPTIMIZERS
-from .step import TRAIN_STREAMS
+from .step import LR_SCHEDULES, TRAIN_STREAMS
 from .version import __version__
 
 CONFIG, METRICS, CHECKPOINTS = "config.json", "metrics.jsonl", "checkpoints"
@@ -87,7 +87,22 @@ REPLACES = "replaces"
 """config.json key of a run trained to replace another (``train --overwrite``): that one's name."""
 
 
-OPTIONAL_FIELDS = ("test_fraction", "image_shape")
+OPTIONAL_FIELDS = ("test_fraction", "image_shape", "lr_schedule", "adam_eps", "output_bias")
+OUTPUT_BIAS = ("data-mean",)
+"""How the decoder's output bias may start: from the training data's mean (see train.fit)."""
+
+PRESETS = {
+    "iwae-paper": dict(dataset="mnist", hidden=(200, 200), latent=50, activation="tanh", binarize="dynamic",
+                       batch_size=20, optimizer="adam", lr=1e-3, adam_eps=1e-4, lr_schedule="iwae",
+                       output_bias="data-mean", epochs=3280),
+}
+"""Named settings of ``train --preset``, by model and TrainConfig argument name. ``iwae-paper``:
+the MNIST setup of Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (ICLR
+2016), section 5 and appendix: two tanh layers of 200 and a 50-d latent, dynamically binarised
+images, batches of 20, Adam (β₁ 0.9, β₂ 0.999, ε 1e-4) at 1e-3 · 10^(−i/7) in stage i of 3ⁱ
+epochs for i = 0…7 (3280 epochs), the output bias started at the logit of the pixel means.
+The objective (--objective, --iw-samples) and q(z|x) (--posterior) stay free: they are what
+the paper compares."""
 
 
 @dataclass
@@ -105,6 +120,9 @@ class TrainConfig:
     dataset: str = "embedded"
     test_fraction: float = None     # own data without a test split: the part held out (seeded)
     image_shape: list = None        # own flat data: the (H, W[, C]) its rows unflatten to
+    lr_schedule: str = None         # a name of step.LR_SCHEDULES (None: constant lr)
+    adam_eps: float = None          # Adam's ε (None: 1e-8)
+    output_bias: str = None         # 'data-mean': start the output bias at the data's mean (logit)
 
     def validate(self):
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -122,11 +140,22 @@ class TrainConfig:
         parse_corrupt(self.corrupt)
         if self.test_fraction is not None and not 0 < self.test_fraction < 1:
             raise InputError(f"test_fraction must be a number in (0, 1), got {self.test_fraction!r}")
+        self._validate_optional()
         return self
 
+    def _validate_optional(self):
+        if self.lr_schedule not in (None, *LR_SCHEDULES):
+            raise InputError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.adam_eps is not None and not (self.adam_eps > 0 and math.isfinite(self.adam_eps)):
+            raise InputError(f"adam_eps must be a positive finite number, got {self.adam_eps!r}")
+        if self.optimizer != "adam" and (self.adam_eps is not None or self.lr_schedule not in (None, "constant")):
+            raise InputError(f"adam_eps and a learning-rate schedule need optimizer 'adam', got {self.optimizer!r}")
+        if self.output_bias not in (None, *OUTPUT_BIAS):
+            raise InputError(f"output_bias must be None or one of {', '.join(OUTPUT_BIAS)}, got {self.output_bias!r}")
+
     def to_json(self):
-        """The fields as recorded in config.json and checkpoints; the optional data fields only
-        when set, so a run of 0.1.0's kind records 0.1.0's fields."""
+        """The fields as recorded in config.json and checkpoints; the optional fields only when
+        set, so a run of 0.1.0's kind records 0.1.0's fields."""
         return {k: v for k, v in vars(self).items() if v is not None or k not in OPTIONAL_FIELDS}
 
 
@@ -134,6 +163,8 @@ def make_optimizer(model, cfg: TrainConfig):
     """The optimizer ``cfg`` names, over the model's flat parameters."""
     if cfg.optimizer == "sgd":
         return OPTIMIZERS["sgd"](model.theta, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.adam_eps is not None:
+        return OPTIMIZERS[cfg.optimizer](model.theta, lr=cfg.lr, eps=cfg.adam_eps)
     return OPTIMIZERS[cfg.optimizer](model.theta, lr=cfg.lr)
 
 

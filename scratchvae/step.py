@@ -63,12 +63,14 @@ class Schedule:
     """The per-step inputs of the step: β (linear KL warm-up) and the optimizer's coefficients.
 
     Step s (1-based, counted over the whole run) has β_s = β · min(1, s / warmup_steps)
-    (β itself without warm-up) and the coefficients ``opt.coefficients(t)`` of the
-    optimizer's own step t (Adam's bias corrections; none for SGD).
+    (β itself without warm-up) and the coefficients ``opt.coefficients(t, lr_at(s))`` of the
+    optimizer's own step t (Adam's bias corrections at that step's learning rate; none for
+    SGD), ``lr_at`` a learning-rate schedule (:data:`LR_SCHEDULES`) or None (constant).
     """
 
-    def __init__(self, opt, beta, warmup_steps=0.0):
+    def __init__(self, opt, beta, warmup_steps=0.0, lr_at=None):
         self.opt, self.beta, self.warmup_steps = opt, float(beta), float(warmup_steps)
+        self.lr_at = lr_at          # step -> learning rate (None: the optimizer's own, constant)
 
     def beta_at(self, step):
         """β of global step ``step`` (1-based)."""
@@ -80,10 +82,28 @@ class Schedule:
         """(count, 3) float64: row r for global step ``step + r`` and optimizer step ``t + r``."""
         out = np.zeros((count, 3))
         for r in range(count):
-            coef = self.opt.coefficients(t + r)
+            coef = self.opt.coefficients(t + r, None if self.lr_at is None else self.lr_at(step + r))
             out[r, :len(coef)] = coef
             out[r, BETA] = self.beta_at(step + r)
         return out
+
+
+def iwae_stage(epoch):
+    """The stage i of 1-based ``epoch`` in Burda et al.'s schedule: stage i runs 3ⁱ epochs, so
+    stages 0…i end after (3^(i+1) − 1)/2 epochs (1, 4, 13, 40, 121, 364, 1093, 3280)."""
+    i = 0
+    while (3 ** (i + 1) - 1) // 2 < epoch:
+        i += 1
+    return i
+
+
+def iwae_lr(lr, steps_per_epoch):
+    """step -> lr · 10^(−i/7), i the stage of the step's epoch (Burda, Grosse & Salakhutdinov 2016)."""
+    return lambda step: lr * 10.0 ** (-iwae_stage(-(-step // steps_per_epoch)) / 7)
+
+
+LR_SCHEDULES = {"constant": None, "iwae": iwae_lr}
+"""Learning-rate schedules by name: a factory (lr, steps per epoch) -> (step -> lr), or None."""
 
 
 @fused("record_losses", on="losses")

@@ -57,7 +57,7 @@ from .runs import (  # noqa: F401  (load_run, Run, TrainConfig, make_optimizer, 
     repair_metrics,
     write_config,
 )
-from .step import LOSSES, Schedule, TrainStep, make_graph_step  # noqa: F401  (make_graph_step: public here)
+from .step import LOSSES, LR_SCHEDULES, Schedule, TrainStep, make_graph_step  # noqa: F401  (make_graph_step: public here)
 
 NONFINITE_CHECK_EVERY = 50   # steps between checks of the loss for NaN/Inf (one host sync each)
 
@@ -125,13 +125,26 @@ def _prepare(model, train, test, *, config, run_dir, callback, report_every, sho
     resumed = state is not None
     state = state if resumed else TrainState.start(model)
     xtrain, xtest = _prepare_data(model, train, test, cfg, state)
+    if cfg.output_bias == "data-mean" and not resumed:
+        _start_output_bias(model, xtrain)
     opt = optimizer or make_optimizer(model, cfg)
     batches = -(-xtrain.shape[0] // cfg.batch_size)
-    step = TrainStep(model, opt, xtrain, cfg.batch_size, Schedule(opt, model.beta, cfg.kl_warmup * batches),
+    schedule = LR_SCHEDULES.get(cfg.lr_schedule or "constant")
+    schedule = Schedule(opt, model.beta, cfg.kl_warmup * batches,
+                        lr_at=None if schedule is None else schedule(cfg.lr, batches))
+    step = TrainStep(model, opt, xtrain, cfg.batch_size, schedule,
                      streams=state.streams, binarize=cfg.binarize == "dynamic",
                      corrupt=parse_corrupt(cfg.corrupt), capture=graph is not False, notify=callback)
     return _Loop(model, opt, cfg, state, step, writer, callback, report_every, should_stop, xtest=xtest,
                  saved=resumed)
+
+
+def _start_output_bias(model, xtrain):
+    """The decoder's output bias set to the output whose mean is each pixel's training mean
+    (Burda et al.'s released code: the logit of the mean, for a Bernoulli likelihood)."""
+    mean = model.backend.to_host(model.xp.mean(xtrain, axis=0, dtype=np.float64))
+    model.params["dec.out.b"][...] = model.backend.asarray(model.likelihood.output_for_mean(mean),
+                                                          dtype=model.dtype)
 
 
 def _prepare_data(model, train, test, cfg, state):
