@@ -245,6 +245,8 @@ def _add_model_flags(m, d):
 
 def _add_optim_flags(o, d):
     from .optim import OPTIMIZERS
+    from .runs import OUTPUT_BIAS
+    from .step import LR_SCHEDULES
 
     o.add_argument("--epochs", type=_positive_int, default=d["epochs"], metavar="N",
                    help="total epochs; with --resume the run's own unless given (a larger N extends it)")
@@ -254,11 +256,21 @@ def _add_optim_flags(o, d):
     o.add_argument("--momentum", type=_fraction, default=d["momentum"], help="--optimizer sgd only: momentum")
     o.add_argument("--kl-warmup", type=_nonneg_float, default=d["kl_warmup"], metavar="EPOCHS",
                    help="β rises linearly per step from 0 over this many epochs")
+    o.add_argument("--lr-schedule", default="constant", choices=list(LR_SCHEDULES),
+                   help="--optimizer adam: constant, or iwae: lr·10^(−i/7) in stage i of 3^i epochs (Burda et al.)")
+    o.add_argument("--adam-eps", type=_positive_float, metavar="EPS", help="--optimizer adam: its ε (default 1e-8)")
+    o.add_argument("--output-bias", default="zero", choices=("zero", *OUTPUT_BIAS),
+                   help="the decoder's output bias at the start: zero, or data-mean: the output whose mean is "
+                        "each pixel's training mean (for Bernoulli, its logit)")
 
 
 def _add_run_flags(r, d):
     from .backend import BACKENDS
+    from .runs import PRESETS
 
+    r.add_argument("--preset", choices=list(PRESETS), help="named settings that every flag given overrides; "
+                   "iwae-paper: Burda et al.'s MNIST setup (hidden 200,200 tanh, latent 50, dynamic binarisation, "
+                   "batch 20, Adam ε 1e-4, --lr-schedule iwae, --output-bias data-mean, 3280 epochs)")
     r.add_argument("--seed", type=_seed, default=d["seed"], help="seeds the initial weights and every random stream")
     r.add_argument("--backend", default="numpy", choices=BACKENDS, help="array backend (auto: cupy if a GPU is usable)")
     r.add_argument("--out", metavar="DIR", help="the run folder to create (default: runs/<timestamp>)")
@@ -481,7 +493,9 @@ def _refuse(a, rules):
     rules: (dest, does not apply here, why) triples."""
     from .errors import InputError
 
-    why = [text for dest, bad, text in rules if bad and dest in a.given]
+    preset = getattr(a, "from_preset", ())
+    why = [text + (f" (--preset {a.preset} sets {_flag_name(dest)})" if dest in preset else "")
+           for dest, bad, text in rules if bad and dest in a.given]
     if why:
         raise InputError("; ".join(why))
 
@@ -514,8 +528,10 @@ def _refuse_differences(a, run):
     canonical = {"hidden": tuple, "sigma": parse_sigma, "corrupt": parse_corrupt,  # 400 == [400], ...
                  "dataset": _dataset_name, "image_shape": lambda v: tuple(v) if v else None}
     # a model argument a run does not record has its default (config.json lists posterior,
-    # objective, iw_samples and precision only where they differ from it)
+    # objective, iw_samples and precision only where they differ from it); so has a setting
+    # a run leaves unset (None), as its flag names it
     recorded = {**_model_defaults(), **run.config["model"], **vars(run.train_config)}
+    recorded.update({k: v for k, v in _unset_as_flags().items() if recorded.get(k) is None})
     diffs = []
     for dest in sorted(a.given & recorded.keys() - set(RESUMABLE)):
         same = canonical.get(dest, lambda v: v)
@@ -527,6 +543,14 @@ def _refuse_differences(a, run):
         raise InputError(f"--resume {a.resume}: {'; '.join(diffs)}: a resumed run keeps its settings "
                          f"(start a new run to change them; --epochs, --backend, --no-graph, --quiet, "
                          f"--keep and --data-dir may change)")
+
+
+def _unset_as_flags():
+    """What the flags of the optional training settings say for 'not set'."""
+    from .optim import Adam
+
+    return {"lr_schedule": "constant", "output_bias": "zero",
+            "adam_eps": inspect.signature(Adam).parameters["eps"].default}
 
 
 def _model_defaults():
@@ -588,8 +612,21 @@ def _timestamped(prefix=""):
 # -- commands -------------------------------------------------------------------------------
 def cmd_train(a):
     if a.resume:
+        _refuse(a, [("preset", True, "--preset does not apply to --resume (a resumed run keeps its own settings)")])
         return _train_resume(a)
+    if a.preset:
+        _apply_preset(a)
     return _train_new(a)
+
+
+def _apply_preset(a):
+    """Set the flags of --preset that the command line did not give."""
+    from .runs import PRESETS
+
+    a.from_preset = {dest for dest in PRESETS[a.preset] if dest not in a.given}
+    for dest in a.from_preset:
+        setattr(a, dest, PRESETS[a.preset][dest])
+    a.given |= a.from_preset       # so a setting that does not apply is refused, by name
 
 
 def _train_new(a):
@@ -611,7 +648,9 @@ def _train_new(a):
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
                       momentum=a.momentum, binarize=a.binarize, kl_warmup=a.kl_warmup,
                       corrupt=a.corrupt, dataset=_dataset_name(a.dataset), test_fraction=test.held_out,
-                      image_shape=list(a.image_shape) if a.image_shape else None).validate()
+                      image_shape=list(a.image_shape) if a.image_shape else None,
+                      lr_schedule=None if a.lr_schedule == "constant" else a.lr_schedule, adam_eps=a.adam_eps,
+                      output_bias=None if a.output_bias == "zero" else a.output_bias).validate()
     info = {"data_dir": str(Path(a.data_dir).resolve()) if a.data_dir else None, "command": _command(a),
             "data": {"image_shape": train.image_shape, "classes": train.classes}}
     if into != out:
@@ -638,6 +677,9 @@ def _refuse_train_flags(a):
          f"--precision {a.precision} needs a CUDA GPU (--backend cupy): the numpy backend computes every "
          f"matrix product in fp32" + (" (--backend auto found no usable GPU)" if a.backend == "auto" else "")),
         ("momentum", a.optimizer != "sgd", f"--momentum applies to --optimizer sgd only, got --optimizer {a.optimizer}"),
+        ("adam_eps", a.optimizer != "adam", f"--adam-eps applies to --optimizer adam only, got --optimizer {a.optimizer}"),
+        ("lr_schedule", a.optimizer != "adam" and a.lr_schedule != "constant",
+         f"--lr-schedule {a.lr_schedule} applies to --optimizer adam only, got --optimizer {a.optimizer}"),
         ("sigma", not LIKELIHOODS[a.likelihood].has_sigma,
          f"--sigma applies to --likelihood gaussian only, got --likelihood {a.likelihood}"),
         ("beta", a.mode == "ae", "--beta weighs the KL term, which --mode ae does not have"),
