@@ -1,0 +1,128 @@
+"""The IWAE paper's MNIST table from runs of ``scratchvae train --preset iwae-paper``.
+
+Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (ICLR 2016), Table 1, one
+stochastic layer: test NLL = −log p(x) by importance sampling with K = 5000 samples.
+
+    python tools/iwae_table.py RUN [RUN ...] [--data-dir DIR] [--results DIR]
+                               [--curve-limit N] [--plot FILE]
+
+For each run: its newest checkpoint on all test images (the table), and the last epoch of each
+stage of the schedule (1, 4, 13, 40, 121, … passes) on the first --curve-limit test images (the
+curve; train with ``--keep all`` to keep them). Each run's results are kept in
+``<results>/<run name>.json``, so a rerun evaluates only what is new and runs can be evaluated
+by separate processes. Prints a Markdown table: model, passes, NLL ± SE per seed, their mean,
+and the published figure; ``--plot`` draws test NLL against passes.
+"""
+import argparse
+import json
+from pathlib import Path
+
+from scratchvae.data import load_dataset
+from scratchvae.evaluate import evaluate_run
+from scratchvae.runs import load_run
+from scratchvae.step import iwae_stage
+
+K = 5000
+PUBLISHED = {"VAE": 86.76, "IWAE k=5": 85.54, "IWAE k=50": 84.78}
+"""Table 1 of the paper, MNIST, one stochastic layer (test NLL, nats)."""
+
+
+def model_name(config):
+    m = config["model"]
+    if m.get("objective") == "iwae":
+        return f"IWAE k={m.get('iw_samples', 5)}"
+    return "VAE, full covariance" if m.get("posterior") == "full" else "VAE"
+
+
+def stage_ends(last):
+    """The epochs that end a stage of the schedule, up to ``last``, and ``last`` itself."""
+    ends = [e for e in range(1, last + 1) if iwae_stage(e + 1) > iwae_stage(e)]
+    return sorted(set(ends) | {last})
+
+
+def evaluate(run_dir, epoch, limit, data_dir):
+    run = load_run(run_dir, epoch=epoch)
+    train, test = load_dataset(run.train_config.dataset, data_dir=data_dir)
+    res = evaluate_run(run, train, test, ks=(K,), limit=limit)
+    est = res["log_px"][K]
+    return {"epoch": res["epoch"], "n_test": res["n_test"], "nll": -est["mean"], "se": est["se"],
+            "test_elbo": res["test_elbo"]["loss"], "active_units": res["active_units"]["count"]}
+
+
+def results_for(run_dir, args):
+    """The run's evaluations, read from its results file and completed there."""
+    run_dir = Path(run_dir)
+    path = Path(args.results) / f"{run_dir.name}.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    run = load_run(run_dir)
+    last = run.meta["epoch"]
+    wanted = [(e, args.curve_limit) for e in stage_ends(last)] + [(last, None)]
+    for epoch, limit in wanted:
+        key = f"{epoch}/{limit or 'all'}"
+        if key not in done:
+            print(f"{run_dir.name}: epoch {epoch}, {limit or 'all'} test images, K={K}", flush=True)
+            done[key] = evaluate(run_dir, epoch, limit, args.data_dir)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(done, indent=1))
+    return {"name": run_dir.name, "model": model_name(run.config), "seed": run.config["model"].get("seed"),
+            "passes": last, "final": done[f"{last}/all"],
+            "curve": sorted((v["epoch"], v["nll"]) for k, v in done.items() if k.endswith(f"/{args.curve_limit}"))}
+
+
+def table(results):
+    lines = ["| model | passes | test NLL per seed (± SE) | mean | published (3280 passes) |",
+             "|---|---:|---|---:|---:|"]
+    order = ["VAE", "IWAE k=5", "IWAE k=50", "VAE, full covariance"]
+    groups = {}
+    for r in results:
+        groups.setdefault((r["model"], r["passes"]), []).append(r)
+    for (model, passes), rs in sorted(groups.items(), key=lambda g: (order.index(g[0][0])
+                                                                      if g[0][0] in order else 99, g[0][1])):
+        rs.sort(key=lambda r: r["seed"])
+        per_seed = ", ".join(f"seed {r['seed']}: {r['final']['nll']:.2f} ± {r['final']['se']:.2f}" for r in rs)
+        mean = sum(r["final"]["nll"] for r in rs) / len(rs)
+        pub = PUBLISHED.get(model)
+        lines.append(f"| {model} | {passes} | {per_seed} | {mean:.2f} | {pub if pub else '—'} |")
+    return "\n".join(lines)
+
+
+def plot(results, path, curve_limit):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    models = sorted({r["model"] for r in results})
+    color = {m: f"C{i}" for i, m in enumerate(models)}
+    for r in sorted(results, key=lambda r: (r["model"], r["seed"])):
+        epochs, nll = zip(*r["curve"])
+        ax.plot(epochs, nll, marker="o", ms=3, color=color[r["model"]], ls="-" if r["seed"] % 2 else "--",
+                label=f"{r['model']}, seed {r['seed']}")
+    for model in models:
+        if model in PUBLISHED:
+            ax.axhline(PUBLISHED[model], ls=":", color=color[model], lw=1,
+                       label=f"{model}: the paper's {PUBLISHED[model]} (3280 passes)")
+    ax.set(xscale="log", xlabel="passes over the training set",
+           ylabel=f"test NLL, nats (K={K}, first {curve_limit} test images)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--data-dir", metavar="DIR", help="where the MNIST IDX files are (default: the download cache)")
+    p.add_argument("--results", default="iwae-results", metavar="DIR", help="where each run's evaluations are kept")
+    p.add_argument("--curve-limit", type=int, default=1000, metavar="N", help="test images per point of the curve")
+    p.add_argument("--plot", metavar="FILE", help="draw test NLL against passes into FILE")
+    args = p.parse_args()
+    results = [results_for(r, args) for r in args.runs]
+    print(table(results))
+    if args.plot:
+        plot(results, args.plot, args.curve_limit)
+        print(args.plot)
+
+
+if __name__ == "__main__":
+    main()
