@@ -6,9 +6,9 @@ stochastic layer: test NLL = −log p(x) by importance sampling with K = 5000 sa
     python tools/iwae_table.py RUN [RUN ...] [--data-dir DIR] [--results DIR]
                                [--curve-limit N] [--plot FILE]
 
-For each run: its newest checkpoint on all test images (the table), and the last epoch of each
+For each run: its newest checkpoint on all test images (the table), then the last epoch of each
 stage of the schedule (1, 4, 13, 40, 121, … passes) on the first --curve-limit test images (the
-curve; train with ``--keep all`` to keep them). Each run's results are kept in
+curve; train with ``--keep all`` to keep them; ``--curve-limit 0`` skips it). Each run's results are kept in
 ``<results>/<run name>.json``, so a rerun evaluates only what is new and runs can be evaluated
 by separate processes. Prints a Markdown table: model, passes, NLL ± SE per seed, their mean,
 and the published figure; ``--plot`` draws test NLL against passes.
@@ -56,7 +56,8 @@ def results_for(run_dir, args):
     done = json.loads(path.read_text()) if path.exists() else {}
     run = load_run(run_dir)
     last = run.meta["epoch"]
-    wanted = [(e, args.curve_limit) for e in stage_ends(last)] + [(last, None)]
+    curve = [(e, args.curve_limit) for e in stage_ends(last)] if args.curve_limit else []
+    wanted = [(last, None)] + curve
     for epoch, limit in wanted:
         key = f"{epoch}/{limit or 'all'}"
         if key not in done:
@@ -95,6 +96,8 @@ def plot(results, path, curve_limit):
     models = sorted({r["model"] for r in results})
     color = {m: f"C{i}" for i, m in enumerate(models)}
     for r in sorted(results, key=lambda r: (r["model"], r["seed"])):
+        if not r["curve"]:
+            continue
         epochs, nll = zip(*r["curve"])
         ax.plot(epochs, nll, marker="o", ms=3, color=color[r["model"]], ls="-" if r["seed"] % 2 else "--",
                 label=f"{r['model']}, seed {r['seed']}")
@@ -114,7 +117,7 @@ def main():
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--data-dir", metavar="DIR", help="where the MNIST IDX files are (default: the download cache)")
     p.add_argument("--results", default="iwae-results", metavar="DIR", help="where each run's evaluations are kept")
-    p.add_argument("--curve-limit", type=int, default=1000, metavar="N", help="test images per point of the curve")
+    p.add_argument("--curve-limit", type=int, default=1000, metavar="N", help="test images per point of the curve (0: no curve)")
     p.add_argument("--plot", metavar="FILE", help="draw test NLL against passes into FILE")
     args = p.parse_args()
     results = [results_for(r, args) for r in args.runs]
