@@ -1,0 +1,369 @@
+"""The CPU side of the fused-block seam: Numba twins of the NumPy bodies (the ``fast`` extra).
+
+Each twin below takes exactly its block's arguments (as the CUDA launchers do) and computes
+what the block's body computes in one pass over memory instead of one pass per NumPy call.
+The derivations are in the blocks' docstrings, which each twin names; what a twin adds is
+its arithmetic, kept in the body's order so that it agrees with the body:
+
+* **bit for bit** where the body uses only correctly rounded operations: bias + ReLU /
+  leaky ReLU, their backward, the KL backward, Adam. Constants are rounded to the array's
+  dtype first, as NumPy rounds its Python-scalar operands; no ``fastmath``, so LLVM neither
+  reorders nor contracts (no FMA) them.
+* **within a few ulp** where the body calls NumPy's ``exp``, ``expm1`` or ``log1p``: the
+  float32 twins use :mod:`._numba_math` (vectorisable; exp within 1.02 ulp, expm1 and
+  log1p evaluated in float64 and correctly rounded), the float64 twins the C library's;
+  NumPy's own float32 exp, expm1 and log1p are up to 2.6 ulp off. The bounds are asserted in
+  ``tests/test_numba_twins.py``.
+* **sums** (the Bernoulli loss, the KL) add the float32 terms in float64, row by row, then
+  the rows in order, and round once: within NumPy's own pairwise float32 error of the body's
+  sum, and the same bits for any number of threads.
+
+A twin runs the body instead (through ``fallback``) for anything outside the fast path:
+an activation other than ReLU / leaky ReLU, arrays that are not C-contiguous or not float32 /
+float64, a bias of another shape, a constant that is a NumPy scalar rather than a Python
+number (NumPy would compute in its precision). What a body leaves in its scratch buffers is
+not promised by a twin: the Bernoulli and KL twins leave the terms in ``scratch`` as the
+bodies do, but the Bernoulli twin leaves the logits as they were (the body, with
+``overwrite_logits``, leaves max(y, 0) − x·y there), and the activation masks and the spent
+``dz`` are not written.
+
+Threads: a block of at least :data:`PARALLEL_MIN` elements runs a ``parallel=True``
+compilation of the same function (over rows, or over one chunk per thread), smaller ones a
+serial compilation (a pool's wake-up costs more than it saves there). Numba's pool has
+``NUMBA_NUM_THREADS`` threads (the CPU count by default) and, unless ``NUMBA_THREADING_LAYER``
+chooses another, the ``workqueue`` layer, whose threads sleep between launches: with the
+OpenMP layer, whose threads spin after each launch, they took the cores from OpenBLAS's next
+GEMM and a 2-core step ran about 3× slower (benchmarks/README.md). The workqueue pool takes one
+launch at a time; a lock serialises the twins' launches.
+
+Numba caches every compilation on disk (``cache=True``) and invalidates a cache by its
+function's own file: after editing :mod:`._numba_math` delete ``__pycache__`` (or set
+``NUMBA_CACHE_DIR``).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ._numba_math import JIT, both, exp_t, expm1_t, log1p01_t, span
+
+PARALLEL_MIN = 1 << 16
+"""Elements from which a twin runs its parallel compilation."""
+ACTIVATIONS = {"relu": 0, "leaky_relu": 1}
+"""The activations with a twin (piecewise linear: exact); the others run the NumPy body."""
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@njit(fastmath={"reassoc"}, **JIT)
+def _sum64(v):
+    """Σ v in float64; the order is left to LLVM (vectorised): float64 sums of float32 terms."""
+    acc = 0.0
+    for j in range(v.size):
+        acc += np.float64(v[j])
+    return acc
+
+
+@njit(**JIT)
+def _total(rowsum):
+    """Σ rowsum in index order (float64): the same for any number of threads."""
+    acc = 0.0
+    for r in range(rowsum.size):
+        acc += rowsum[r]
+    return acc
+
+
+@njit(**JIT)
+def _np_max(a, b):
+    """numpy.maximum(a, b): a if a > b, b if not (so b on ties: max(−0, 0) = +0), NaN propagated."""
+    return a if (a > b or a != a) else b
+
+
+# -- activations (ops/activations.py: bias_act_forward, activation_backward) ---------------------
+def _bias_act(pre, b, out, act, s):
+    """Twin of ``ops.activations.bias_act_forward`` (derivations: ops/activations.py).
+    out = f(pre + b): relu max(z, 0), leaky_relu max(z, s·z), as numpy.maximum."""
+    zero = pre.dtype.type(0)
+    for r in prange(pre.shape[0]):
+        pr, orow = pre[r], out[r]                     # row views: LLVM vectorises the inner loops
+        for j in range(pre.shape[1]):
+            z = pr[j] + b[j]
+            orow[j] = _np_max(z, zero) if act == 0 else _np_max(z, z * s)
+
+
+def _act_backward(da, a, out, act, c1, c0, chunks):
+    """Twin of ``ops.activations.activation_backward`` (derivations: ops/activations.py).
+    dz = da ⊙ f'(z) from a = f(z): f' = 1[a > 0] (relu), (1[a > 0]·(1 − s)) + s (leaky)."""
+    n = a.size
+    da, a, out = da.reshape(n), a.reshape(n), out.reshape(n)
+    one, zero = a.dtype.type(1), a.dtype.type(0)
+    for c in prange(chunks):
+        lo, hi = span(c, chunks, n)
+        dac, ac, oc = da[lo:hi], a[lo:hi], out[lo:hi]     # indices from 0: LLVM vectorises the loop
+        for i in range(hi - lo):
+            m = one if ac[i] > zero else zero
+            oc[i] = (m if act == 0 else m * c1 + c0) * dac[i]
+
+
+_BIAS_ACT, _ACT_BACKWARD = both(_bias_act), both(_act_backward)
+
+
+# -- reparameterize + KL (ops/gaussian.py: reparam_kl_forward, reparam_kl_backward) --------------
+@njit(**JIT)
+def _logvar_range(ml, b, L):
+    """(any NaN, max, min) of ml[:, L:] (+ b[L:] when b is not empty): what the body's
+    ``logvar.max()`` and ``logvar.min()`` tell (NaN when any is NaN, and then no comparison holds)."""
+    nan, hi, lo = False, -np.inf, np.inf
+    for r in range(ml.shape[0]):
+        for j in range(L):
+            v = ml[r, L + j] + b[L + j] if b.size else ml[r, L + j]
+            nan = nan or v != v
+            hi, lo = max(hi, v), min(lo, v)
+    return nan, hi, lo
+
+
+def _reparam_kl_forward(ml, b, eps, z, std, terms, lim, clamp, rowsum):
+    """Twin of ``ops.gaussian.reparam_kl_forward`` (derivation there and in
+    ``kl_standard_normal_terms``). ml += b; logvar clamped to ±lim where ``clamp``;
+    σ = e^{½ lv}; z = σ ε + μ; terms = μ² + expm1(lv) − lv (the body's order);
+    rowsum[r] = Σ_j terms[r, j] in float64."""
+    L = z.shape[1]
+    half = ml.dtype.type(0.5)
+    for r in prange(z.shape[0]):
+        mr, er, zr, sr, tr = ml[r], eps[r], z[r], std[r], terms[r]
+        for j in range(L):
+            mu, lv = mr[j], mr[L + j]
+            if b.size:
+                mu, lv = mu + b[j], lv + b[L + j]
+            if clamp:
+                lv = min(max(lv, -lim), lim)
+            mr[j], mr[L + j] = mu, lv
+            s = exp_t(lv * half)
+            sr[j] = s
+            tr[j] = (mu * mu + expm1_t(lv)) - lv
+            zr[j] = s * er[j] + mu
+        rowsum[r] = _sum64(tr)
+    return _total(rowsum)
+
+
+def _reparam_kl_backward(dz, eps, std, ml, beta, dml, lim, mask):
+    """Twin of ``ops.gaussian.reparam_kl_backward`` (derivation there).
+    dμ = β μ (+ dz); dlv = ((β σ (+ dz ε)) σ − β) ½, × 0 where |lv| ≥ lim when ``mask``."""
+    L = std.shape[1]
+    half, zero = ml.dtype.type(0.5), ml.dtype.type(0)
+    for r in prange(std.shape[0]):
+        mr, er, sr, dr = ml[r], eps[r], std[r], dml[r]
+        for j in range(L):
+            mu, lv, s = mr[j], mr[L + j], sr[j]
+            dmu, dlv = mu * beta, s * beta
+            if dz.size:
+                d = dz[r, j]
+                dmu, dlv = dmu + d, dlv + d * er[j]
+            dlv = ((dlv * s) - beta) * half
+            if mask and not abs(lv) < lim:
+                dlv = dlv * zero
+            dr[j], dr[L + j] = dmu, dlv
+
+
+_REPARAM_FWD, _REPARAM_BWD = both(_reparam_kl_forward), both(_reparam_kl_backward)
+
+
+# -- the Bernoulli block (ops/likelihoods.py: bernoulli_nll_forward_backward) -----------------------
+def _bernoulli(y, b, x, dy, terms, cap, rowsum):
+    """Twin of ``ops.likelihoods.bernoulli_nll_forward_backward`` (the loss form, its accuracy in
+    both tails and the gradient's derivation there). y = logits (+ b), u = e^{−min(|y|, cap)};
+    terms = [max(y, 0) − x y] + log1p(u);
+    dy = σ(y) − x with σ = 1/(1 + u) for y ≥ 0 and u/(1 + u) = 1/(1 + 1/u) for y < 0 (the
+    body's 1/(1 + t), t = e^{−y} clipped alike, with one exponential and one division)."""
+    one, zero = y.dtype.type(1), y.dtype.type(0)
+    for r in prange(y.shape[0]):
+        yr, xr, dr, tr = y[r], x[r], dy[r], terms[r]
+        for j in range(y.shape[1]):
+            yi, xi = (yr[j] + b[j], xr[j]) if b.size else (yr[j], xr[j])
+            ay = abs(yi)
+            u = exp_t(-(cap if ay > cap else ay))
+            a = (yi if (yi >= zero or yi != yi) else zero) - yi * xi
+            tr[j] = log1p01_t(u) + a
+            q = one / (one + u)
+            dr[j] = (q if yi >= zero else u * q) - xi
+        rowsum[r] = _sum64(tr)
+    return _total(rowsum)
+
+
+_BERNOULLI = both(_bernoulli)
+
+
+# -- Adam (optim.py: adam_update, adam_update_from) -----------------------------------------------
+def _adam(p, g, m, v, step, sbc2, b1, omb1, b2, omb2, eps, chunks):
+    """Twin of ``optim.adam_update`` (PyTorch's rule: ``optim.Adam``).
+    m = m b1 + g (1−b1);  v = v b2 + (g g)(1−b2);  p −= (m / (√v / sbc2 + eps)) step."""
+    for c in prange(chunks):
+        lo, hi = span(c, chunks, p.size)
+        pc, gc, mc, vc = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+        for i in range(hi - lo):
+            gi = gc[i]
+            mi = mc[i] * b1 + gi * omb1
+            vi = vc[i] * b2 + (gi * gi) * omb2
+            mc[i], vc[i] = mi, vi
+            pc[i] = pc[i] - (mi / (np.sqrt(vi) / sbc2 + eps)) * step
+
+
+_ADAM = both(_adam)
+
+
+# -- the launchers: the blocks' signatures; the fast path or the body ------------------------------
+def _fast(*arrays):
+    """True if every array is a C-contiguous float32 / float64 NumPy array of one dtype."""
+    a0 = arrays[0]
+    return all(isinstance(a, np.ndarray) and a.flags.c_contiguous and a.dtype == a0.dtype
+               for a in arrays) and a0.dtype in _FLOATS
+
+
+def _vector(v, size, dtype):
+    """A folded-in bias as the kernels take it: ``v`` if it is a contiguous (size,) ``dtype``
+    array, an empty one for None, else None (not the fast path)."""
+    if v is None:
+        return np.empty(0, dtype)
+    ok = isinstance(v, np.ndarray) and v.shape == (size,) and v.dtype == dtype and v.flags.c_contiguous
+    return v if ok else None
+
+
+class Twins:
+    """The Numba twins of one process. ``get(name)`` returns the launcher of the block declared
+    under ``name`` (or of a draw), which takes exactly the block's arguments; ``fallback(name)``
+    is that block's NumPy body, run for what the twin does not cover."""
+
+    def __init__(self, fallback):
+        from . import _numba_philox
+
+        if numba.config.THREADING_LAYER == "default":      # not chosen by NUMBA_THREADING_LAYER
+            numba.config.THREADING_LAYER = "workqueue"     # threads that sleep between launches
+        self.fallback = fallback
+        self.version = numba.__version__
+        self.threads = numba.get_num_threads()
+        self.layer = numba.config.THREADING_LAYER
+        self._lock = threading.Lock()
+        self._philox = _numba_philox
+        self._sums = {}
+        self._table = {name: getattr(self, name) for name in (
+            "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
+            "adam", "adam_from", "philox_uniform", "philox_normal")}
+
+    def get(self, name):
+        return self._table.get(name)
+
+    def names(self):
+        return tuple(self._table)
+
+    def _run(self, kernel, work, *args, chunked=False):
+        """``kernel``'s parallel compilation for ``work`` ≥ PARALLEL_MIN elements, one launch at a
+        time (the workqueue pool takes no concurrent launches); else its serial one. A ``chunked``
+        kernel takes its number of chunks last: one per thread, or 1."""
+        if work < PARALLEL_MIN or self.threads < 2:
+            return kernel[0](*args, 1) if chunked else kernel[0](*args)
+        with self._lock:
+            return kernel[1](*args, self.threads) if chunked else kernel[1](*args)
+
+    def _rowsum(self, n):
+        """A float64 (n,) buffer for per-row sums, kept per n (a step allocates nothing)."""
+        buf = self._sums.get(n)
+        if buf is None:
+            buf = self._sums[n] = np.empty(n)
+        return buf
+
+    # -- activations -------------------------------------------------------------------------------
+    def bias_act(self, pre, b, name, out, scratch, slope):
+        act = ACTIVATIONS.get(name)
+        ok = act is not None and _fast(pre) and pre.ndim == 2 and type(slope) in (int, float) and (
+            out is None or (_fast(pre, out) and out.shape == pre.shape))
+        if not ok or b is None or _vector(b, pre.shape[1], pre.dtype) is None:
+            return self.fallback("bias_act")(pre, b, name, out, scratch, slope)
+        out = np.empty_like(pre) if out is None else out
+        self._run(_BIAS_ACT, pre.size, pre, b, out, act, pre.dtype.type(slope))
+        return out
+
+    def act_backward(self, name, da, a, out, mask, slope):
+        act = ACTIVATIONS.get(name)
+        ok = act is not None and out is not da and _fast(da, a) and da.shape == a.shape and (
+            type(slope) in (int, float)) and (out is None or (_fast(a, out) and out.shape == a.shape))
+        if not ok:
+            return self.fallback("act_backward")(name, da, a, out, mask, slope)
+        out = np.empty_like(a) if out is None else out
+        t = a.dtype.type
+        self._run(_ACT_BACKWARD, a.size, da, a, out, act, t(1 - slope), t(slope), chunked=True)
+        return out
+
+    # -- reparameterize + KL ------------------------------------------------------------------------
+    def reparam_kl_forward(self, mu_logvar, eps, z, std, scratch, bias, limit):
+        ml = mu_logvar
+        ok = _fast(ml, eps, z, std, scratch) and z.ndim == 2 and z.size and type(limit) in (int, float) and (
+            ml.shape == (z.shape[0], 2 * z.shape[1]) and eps.shape == std.shape == scratch.shape == z.shape)
+        b = _vector(bias, ml.shape[1], ml.dtype) if ok else None
+        if b is None:
+            return self.fallback("reparam_kl_forward")(mu_logvar, eps, z, std, scratch, bias, limit)
+        t, (N, L) = ml.dtype.type, z.shape
+        nan, hi, lo = _logvar_range(ml, b, L)
+        clamp = not nan and (hi > t(limit) or lo < -t(limit))
+        total = self._run(_REPARAM_FWD, z.size, ml, b, eps, z, std, scratch, t(limit), clamp, self._rowsum(N))
+        return 0.5 * t(total)
+
+    def reparam_kl_backward(self, dz, eps, std, mu_logvar, beta, dmu_logvar, limit):
+        ml, dml = mu_logvar, dmu_logvar
+        ok = _fast(ml, eps, std, dml) and std.ndim == 2 and std.size and type(limit) in (int, float) and (
+            ml.shape == dml.shape == (std.shape[0], 2 * std.shape[1]) and eps.shape == std.shape) and (
+            dz is None or (_fast(ml, dz) and dz.shape == std.shape))
+        if isinstance(beta, np.ndarray) and beta.dtype == np.float64 and beta.size == 1:
+            beta = ml.dtype.type(beta.reshape(-1)[0])        # as the body reads it: in the dtype
+        elif type(beta) not in (int, float):
+            ok = False
+        if not ok:
+            return self.fallback("reparam_kl_backward")(dz, eps, std, mu_logvar, beta, dmu_logvar, limit)
+        t, (N, L) = ml.dtype.type, std.shape
+        nan, hi, lo = _logvar_range(ml, np.empty(0, ml.dtype), L)
+        mask = not nan and (hi >= t(limit) or lo <= -t(limit))
+        dz = np.empty((0, 0), ml.dtype) if dz is None else dz
+        self._run(_REPARAM_BWD, std.size, dz, eps, std, ml, t(beta), dml, t(limit), mask)
+        return dml
+
+    # -- the Bernoulli block -------------------------------------------------------------------------
+    def bernoulli_nll(self, logits, x, dlogits, scratch, overwrite_logits, bias):
+        ok = _fast(logits, x, dlogits, scratch) and logits.ndim == 2 and (
+            x.shape == dlogits.shape == scratch.shape == logits.shape)
+        b = _vector(bias, logits.shape[1], logits.dtype) if ok else None
+        if b is None:
+            return self.fallback("bernoulli_nll")(logits, x, dlogits, scratch, overwrite_logits, bias)
+        t, N = logits.dtype.type, logits.shape[0]
+        cap = t(88.0 if logits.dtype.itemsize == 4 else 708.0)     # the body's exponent caps
+        return t(self._run(_BERNOULLI, logits.size, logits, b, x, dlogits, scratch, cap, self._rowsum(N)))
+
+    # -- Adam -------------------------------------------------------------------------------------------
+    def adam(self, p, g, m, v, step_size, sqrt_bc2, b1, b2, eps, scratch):
+        ok = _fast(p, g, m, v) and p.shape == g.shape == m.shape == v.shape and all(
+            type(c) in (int, float) for c in (step_size, sqrt_bc2, b1, b2, eps))
+        if not ok:
+            return self.fallback("adam")(p, g, m, v, step_size, sqrt_bc2, b1, b2, eps, scratch)
+        t = p.dtype.type
+        self._run(_ADAM, p.size, p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(step_size),
+                  t(sqrt_bc2), t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps), chunked=True)
+
+    def adam_from(self, p, g, m, v, coef, b1, b2, eps, scratch):
+        return self.adam(p, g, m, v, float(coef[0]), float(coef[1]), b1, b2, eps, scratch)
+
+    # -- the draws (random.Stream on NumPy) -------------------------------------------------------------
+    def philox_uniform(self, k0, k1, d, out):
+        """Fill ``out`` (flat, C-contiguous float32 / float64) with uniforms of draw ``d``."""
+        if out.dtype == np.float32:
+            self._draw(self._philox.UNIFORM32, k0, k1, d, out)
+        else:
+            self._draw(self._philox.PAIRS, k0, k1, d, out, False)
+
+    def philox_normal(self, k0, k1, d, out):
+        """Fill ``out`` (flat, C-contiguous float32 / float64) with normals of draw ``d``."""
+        self._draw(self._philox.PAIRS, k0, k1, d, out, True)
+
+    def _draw(self, kernel, k0, k1, d, out, *flag):
+        u = np.uint64
+        self._run(kernel, out.size, u(k0), u(k1), u(d & 0xFFFFFFFF), u(d >> 32), out, *flag, chunked=True)
