@@ -4,8 +4,8 @@ NumPy bodies they stand in for, serial and parallel, in float32 and float64.
 The bounds asserted here (the twins' module docstring says why each holds):
 
 * bit for bit: bias + ReLU / leaky ReLU and their backward, the KL backward, Adam
-  (``adam`` and ``adam_from``), the logvar bias and clamp of the KL forward, and the draws
-  (uniform and normal, float32 and float64: the NumPy streams' bits);
+  (``adam`` and ``adam_from``), the bias gradient (``sum_rows``), the logvar bias and clamp of
+  the KL forward, and the draws (uniform and normal, float32 and float64: the NumPy streams' bits);
 * the KL forward, float32: σ within ``STD_ULPS`` ulp of the body's, z within one ulp of z plus
   ``Z_ULPS`` ulp of σ ε; the KL within 1e-6 relative;
 * the Bernoulli block, float32: dlogits within one ulp of dlogits plus ``SIG_ULPS`` ulp of σ(y);
@@ -14,7 +14,7 @@ The bounds asserted here (the twins' module docstring says why each holds):
 * float64 twins (the C library's exp, expm1 and log1p against NumPy's): 1e-13 relative.
 
 Shapes are tiny so that CI compiles each twin once per dtype (cached on disk afterwards);
-``PARALLEL_MIN`` is set to 0 to run the parallel compilations on them.
+``PARALLEL_NS`` is set to 0 to run the parallel compilations on them.
 """
 
 import inspect
@@ -49,7 +49,7 @@ def twins():
 def threads(request, monkeypatch):
     """Run the twins' serial compilations, or their parallel ones even on tiny shapes."""
     if request.param == "parallel":
-        monkeypatch.setattr(_numba_kernels, "PARALLEL_MIN", 0)
+        monkeypatch.setattr(_numba_kernels, "PARALLEL_NS", 0)
     return request.param
 
 
@@ -77,7 +77,7 @@ def rel(got, want):
 def test_every_twin_takes_its_blocks_arguments(twins):
     assert set(twins.names()) <= set(DECLARED) | set(DRAWS)
     assert {"bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
-            "adam", "adam_from"} <= set(twins.names())
+            "adam", "adam_from", "sum_rows"} <= set(twins.names())
     for name in twins.names():
         got = tuple(inspect.signature(twins.get(name)).parameters)
         want = DRAWS[name] if name in DRAWS else tuple(inspect.signature(DECLARED[name].body).parameters)
@@ -173,6 +173,18 @@ def test_adam_is_bit_for_bit_step_after_step(dtype, twins, threads):
     same_bits(p2, want)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_bias_gradient_is_bit_for_bit(dtype, twins, threads):
+    """NumPy's axis-0 sum adds the rows in order; one column it sums pairwise (the body runs)."""
+    r = np.random.default_rng(9)
+    for shape in ((0, 5), (1, 3), (9, 2), (37, 40), (200, 1), (130, 17)):
+        a = (10 * r.normal(size=shape)).astype(dtype)
+        same_bits(twin(twins, ops.sum_rows, a), ops.sum_rows.body(a))
+        out = np.empty(shape[1], dtype)
+        assert twin(twins, ops.sum_rows, a, out=out) is out
+        same_bits(out, ops.sum_rows.body(a))
+
+
 # -- within bounds: the blocks that call exp, expm1, log1p --------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kl_forward_within_its_bounds(dtype, twins, threads):
@@ -250,7 +262,7 @@ def test_serial_and_parallel_give_the_same_bits(twins, monkeypatch):
     y, x = (3 * r.normal(size=(5, 784))).astype(np.float32), r.uniform(size=(5, 784)).astype(np.float32)
     res = []
     for minimum in (10**9, 0):
-        monkeypatch.setattr(_numba_kernels, "PARALLEL_MIN", minimum)
+        monkeypatch.setattr(_numba_kernels, "PARALLEL_NS", minimum)
         dl = np.empty_like(y)
         res.append((twin(twins, ops.bernoulli_nll_forward_backward, y.copy(), x, dl, np.empty_like(y)), dl))
     assert res[0][0].tobytes() == res[1][0].tobytes()

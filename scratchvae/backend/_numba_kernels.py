@@ -6,7 +6,9 @@ The derivations are in the blocks' docstrings, which each twin names; what a twi
 its arithmetic, kept in the body's order so that it agrees with the body:
 
 * **bit for bit** where the body uses only correctly rounded operations: bias + ReLU /
-  leaky ReLU, their backward, the KL backward, Adam. Constants are rounded to the array's
+  leaky ReLU, their backward, the KL backward, Adam, and the bias gradient (``sum_rows``:
+  NumPy adds the rows of a C-contiguous array in order, column by column, and so does the
+  twin, its threads splitting the columns). Constants are rounded to the array's
   dtype first, as NumPy rounds its Python-scalar operands; no ``fastmath``, so LLVM neither
   reorders nor contracts (no FMA) them.
 * **within a few ulp** where the body calls NumPy's ``exp``, ``expm1`` or ``log1p``: the
@@ -27,9 +29,9 @@ bodies do, but the Bernoulli twin leaves the logits as they were (the body, with
 ``overwrite_logits``, leaves max(y, 0) − x·y there), and the activation masks and the spent
 ``dz`` are not written.
 
-Threads: a block of at least :data:`PARALLEL_MIN` elements runs a ``parallel=True``
-compilation of the same function (over rows, or over one chunk per thread), smaller ones a
-serial compilation (a pool's wake-up costs more than it saves there). Numba's pool has
+Threads: a block whose serial run would take :data:`PARALLEL_NS` or more runs a
+``parallel=True`` compilation of the same function (over rows, or over one chunk per thread),
+smaller ones the serial compilation (a pool's wake-up costs more than it saves there). Numba's pool has
 ``NUMBA_NUM_THREADS`` threads (the CPU count by default) and, unless ``NUMBA_THREADING_LAYER``
 chooses another, the ``workqueue`` layer, whose threads sleep between launches: with the
 OpenMP layer, whose threads spin after each launch, they took the cores from OpenBLAS's next
@@ -51,8 +53,10 @@ from numba import njit, prange
 
 from ._numba_math import JIT, both, exp_t, expm1_t, log1p01_t, span
 
-PARALLEL_MIN = 1 << 16
-"""Elements from which a twin runs its parallel compilation."""
+PARALLEL_NS = 100_000
+"""A twin runs its parallel compilation where its serial one would take this long (ns, by the
+kernel's measured cost per item): waking the pool's threads costs tens of µs, so below about
+0.1 ms the second core saves less than that."""
 ACTIVATIONS = {"relu": 0, "leaky_relu": 1}
 """The activations with a twin (piecewise linear: exact); the others run the NumPy body."""
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -83,32 +87,43 @@ def _np_max(a, b):
 
 
 # -- activations (ops/activations.py: bias_act_forward, activation_backward) ---------------------
-def _bias_act(pre, b, out, act, s):
+def _bias_act(pre, b, out, act, s, inplace):
     """Twin of ``ops.activations.bias_act_forward`` (derivations: ops/activations.py).
-    out = f(pre + b): relu max(z, 0), leaky_relu max(z, s·z), as numpy.maximum."""
+    out = f(pre + b): relu max(z, 0), leaky_relu max(z, s·z), as numpy.maximum. ``inplace``:
+    out is pre, and the loop names one array (two that overlap would keep LLVM's vectorised
+    loop from running: its run-time overlap check fails)."""
     zero = pre.dtype.type(0)
     for r in prange(pre.shape[0]):
         pr, orow = pre[r], out[r]                     # row views: LLVM vectorises the inner loops
-        for j in range(pre.shape[1]):
+        for j in range(pre.shape[1] if not inplace else 0):
             z = pr[j] + b[j]
             orow[j] = _np_max(z, zero) if act == 0 else _np_max(z, z * s)
+        for j in range(pre.shape[1] if inplace else 0):
+            z = pr[j] + b[j]
+            pr[j] = _np_max(z, zero) if act == 0 else _np_max(z, z * s)
 
 
-def _act_backward(da, a, out, act, c1, c0, chunks):
+def _act_backward(da, a, out, act, c1, c0, inplace, chunks):
     """Twin of ``ops.activations.activation_backward`` (derivations: ops/activations.py).
-    dz = da ⊙ f'(z) from a = f(z): f' = 1[a > 0] (relu), (1[a > 0]·(1 − s)) + s (leaky)."""
+    dz = da ⊙ f'(z) from a = f(z): f' = 1[a > 0] (relu), (1[a > 0]·(1 − s)) + s (leaky);
+    ``inplace``: out is a (the model's call), one array in the loop as in _bias_act."""
     n = a.size
     da, a, out = da.reshape(n), a.reshape(n), out.reshape(n)
     one, zero = a.dtype.type(1), a.dtype.type(0)
     for c in prange(chunks):
         lo, hi = span(c, chunks, n)
         dac, ac, oc = da[lo:hi], a[lo:hi], out[lo:hi]     # indices from 0: LLVM vectorises the loop
-        for i in range(hi - lo):
+        for i in range(hi - lo if not inplace else 0):
             m = one if ac[i] > zero else zero
             oc[i] = (m if act == 0 else m * c1 + c0) * dac[i]
+        for i in range(hi - lo if inplace else 0):
+            m = one if ac[i] > zero else zero
+            ac[i] = (m if act == 0 else m * c1 + c0) * dac[i]
 
 
-_BIAS_ACT, _ACT_BACKWARD = both(_bias_act), both(_act_backward)
+# serial ns per element within a training step (caches cold after the GEMMs), measured on a
+# 2-core AMD EPYC (AVX-512) at batch 1024
+_BIAS_ACT, _ACT_BACKWARD = both(_bias_act, 0.45), both(_act_backward, 0.8)
 
 
 # -- reparameterize + KL (ops/gaussian.py: reparam_kl_forward, reparam_kl_backward) --------------
@@ -168,7 +183,7 @@ def _reparam_kl_backward(dz, eps, std, ml, beta, dml, lim, mask):
             dr[j], dr[L + j] = dmu, dlv
 
 
-_REPARAM_FWD, _REPARAM_BWD = both(_reparam_kl_forward), both(_reparam_kl_backward)
+_REPARAM_FWD, _REPARAM_BWD = both(_reparam_kl_forward, 10.0), both(_reparam_kl_backward, 3.0)
 
 
 # -- the Bernoulli block (ops/likelihoods.py: bernoulli_nll_forward_backward) -----------------------
@@ -193,7 +208,7 @@ def _bernoulli(y, b, x, dy, terms, cap, rowsum):
     return _total(rowsum)
 
 
-_BERNOULLI = both(_bernoulli)
+_BERNOULLI = both(_bernoulli, 2.2)
 
 
 # -- Adam (optim.py: adam_update, adam_update_from) -----------------------------------------------
@@ -211,7 +226,28 @@ def _adam(p, g, m, v, step, sbc2, b1, omb1, b2, omb2, eps, chunks):
             pc[i] = pc[i] - (mi / (np.sqrt(vi) / sbc2 + eps)) * step
 
 
-_ADAM = both(_adam)
+_ADAM = both(_adam, 0.97)
+
+
+# -- the bias gradient (ops/dense.py: sum_rows) -----------------------------------------------------
+def _sum_rows(a, out, chunks):
+    """Twin of ``ops.dense.sum_rows``: out = Σ_n a[n, :], each column summed from 0 over the rows
+    in order in a's dtype, as NumPy's axis-0 sum of a C-contiguous array (the same bits); the
+    threads split the columns."""
+    N, O = a.shape
+    zero = a.dtype.type(0)
+    for c in prange(chunks):
+        lo, hi = span(c, chunks, O)
+        oc = out[lo:hi]
+        for j in range(hi - lo):
+            oc[j] = zero
+        for r in range(N):
+            ar = a[r, lo:hi]
+            for j in range(hi - lo):
+                oc[j] = oc[j] + ar[j]
+
+
+_SUM_ROWS = both(_sum_rows, 0.5)
 
 
 # -- the launchers: the blocks' signatures; the fast path or the body ------------------------------
@@ -250,7 +286,7 @@ class Twins:
         self._sums = {}
         self._table = {name: getattr(self, name) for name in (
             "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
-            "adam", "adam_from", "philox_uniform", "philox_normal")}
+            "adam", "adam_from", "sum_rows", "philox_uniform", "philox_normal")}
 
     def get(self, name):
         return self._table.get(name)
@@ -258,14 +294,14 @@ class Twins:
     def names(self):
         return tuple(self._table)
 
-    def _run(self, kernel, work, *args, chunked=False):
-        """``kernel``'s parallel compilation for ``work`` ≥ PARALLEL_MIN elements, one launch at a
-        time (the workqueue pool takes no concurrent launches); else its serial one. A ``chunked``
-        kernel takes its number of chunks last: one per thread, or 1."""
-        if work < PARALLEL_MIN or self.threads < 2:
-            return kernel[0](*args, 1) if chunked else kernel[0](*args)
+    def _run(self, kernel, items, *args, chunked=False):
+        """``kernel``'s parallel compilation where its serial one would take PARALLEL_NS or more,
+        one launch at a time (the workqueue pool takes no concurrent launches); else its serial
+        one. A ``chunked`` kernel takes its number of chunks last: one per thread, or 1."""
+        if kernel.ns * items < PARALLEL_NS or self.threads < 2:
+            return kernel.serial(*args, 1) if chunked else kernel.serial(*args)
         with self._lock:
-            return kernel[1](*args, self.threads) if chunked else kernel[1](*args)
+            return kernel.parallel(*args, self.threads) if chunked else kernel.parallel(*args)
 
     def _rowsum(self, n):
         """A float64 (n,) buffer for per-row sums, kept per n (a step allocates nothing)."""
@@ -282,7 +318,7 @@ class Twins:
         if not ok or b is None or _vector(b, pre.shape[1], pre.dtype) is None:
             return self.fallback("bias_act")(pre, b, name, out, scratch, slope)
         out = np.empty_like(pre) if out is None else out
-        self._run(_BIAS_ACT, pre.size, pre, b, out, act, pre.dtype.type(slope))
+        self._run(_BIAS_ACT, pre.size, pre, b, out, act, pre.dtype.type(slope), out is pre)
         return out
 
     def act_backward(self, name, da, a, out, mask, slope):
@@ -293,7 +329,7 @@ class Twins:
             return self.fallback("act_backward")(name, da, a, out, mask, slope)
         out = np.empty_like(a) if out is None else out
         t = a.dtype.type
-        self._run(_ACT_BACKWARD, a.size, da, a, out, act, t(1 - slope), t(slope), chunked=True)
+        self._run(_ACT_BACKWARD, a.size, da, a, out, act, t(1 - slope), t(slope), out is a, chunked=True)
         return out
 
     # -- reparameterize + KL ------------------------------------------------------------------------
@@ -351,6 +387,17 @@ class Twins:
 
     def adam_from(self, p, g, m, v, coef, b1, b2, eps, scratch):
         return self.adam(p, g, m, v, float(coef[0]), float(coef[1]), b1, b2, eps, scratch)
+
+    # -- the bias gradient ------------------------------------------------------------------------------
+    def sum_rows(self, a, out):
+        # one column: NumPy sums it as a contiguous vector, pairwise; the body keeps those bits
+        ok = _fast(a) and a.ndim == 2 and a.shape[1] > 1 and (
+            out is None or (_fast(a, out) and out.shape == a.shape[1:]))
+        if not ok:
+            return self.fallback("sum_rows")(a, out)
+        out = np.empty(a.shape[1], a.dtype) if out is None else out
+        self._run(_SUM_ROWS, a.size, a, out, chunked=True)
+        return out
 
     # -- the draws (random.Stream on NumPy) -------------------------------------------------------------
     def philox_uniform(self, k0, k1, d, out):

@@ -32,11 +32,13 @@ benchmarks' float64 same-work check) get the C library's, through the type-dispa
 
 The constants are float32 (or float64) values written once; intrinsics below are LLVM's own
 (bit casts, ``llvm.fma``: an exact fused multiply-add on every CPU, a hardware instruction
-where there is one).
+where there is one). Also here, shared by the twins: their compile options (:data:`JIT`) and
+:func:`both`, a kernel's serial and parallel compilations.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import types as types_
 
@@ -54,15 +56,20 @@ INLINE = dict(JIT, inline="always")
 F32, F64 = np.float32, np.float64
 
 
-def both(fn):
-    """(serial, parallel) compilations of one kernel (``prange`` is ``range`` in the first).
+class Compiled(collections.namedtuple("Compiled", "serial parallel ns")):
+    """A kernel's serial and parallel compilations, and its serial cost in ns per item."""
+
+
+def both(fn, ns):
+    """:class:`Compiled` from one kernel (``prange`` is ``range`` in the serial compilation);
+    ``ns``: its serial time per item (element, or random block), measured, for choosing.
 
     The parallel one compiles a copy of ``fn`` under another qualified name: Numba files its
     on-disk cache by name and signature, not by compile options, so the two would share entries.
     """
     twin = types_.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     twin.__qualname__ = fn.__qualname__ + "_parallel"
-    return njit(**JIT)(fn), njit(parallel=True, **JIT)(twin)
+    return Compiled(njit(**JIT)(fn), njit(parallel=True, **JIT)(twin), ns)
 
 
 @njit(**JIT)

@@ -87,28 +87,40 @@ def _normal_pair(u1, u2):
     return r * c, r * sn
 
 
+@njit(**INLINE)
+def _pair(j, d_lo, d_hi, k0, k1, normal):
+    """Block j's two values: Box–Muller of its two uniform53 (``normal``), or those uniforms."""
+    w0, w1, w2, w3 = _block(U64(j), d_lo, d_hi, k0, k1)
+    u1, u2 = _uniform53(w0, w1), _uniform53(w2, w3)
+    return _normal_pair(u1, u2) if normal else (u1, u2)
+
+
 def _pairs(k0, k1, d_lo, d_hi, out, normal, chunks):
-    """Two values per block: Box–Muller of its two uniform53 (``normal``), or those uniforms."""
+    """out[2j], out[2j + 1] = block j's two values; an odd n keeps the last block's first."""
     n = out.size
     for c in prange(chunks):
-        lo, hi = span(c, chunks, (n + 1) // 2)
-        for j in range(lo, hi):
-            w0, w1, w2, w3 = _block(U64(j), d_lo, d_hi, k0, k1)
-            u1, u2 = _uniform53(w0, w1), _uniform53(w2, w3)
-            v1, v2 = _normal_pair(u1, u2) if normal else (u1, u2)
-            out[2 * j] = v1
-            if 2 * j + 1 < n:
-                out[2 * j + 1] = v2
+        lo, hi = span(c, chunks, n // 2)
+        oc = out[2 * lo:2 * hi]                  # indices from 0: LLVM vectorises the loop
+        for i in range(hi - lo):
+            oc[2 * i], oc[2 * i + 1] = _pair(lo + i, d_lo, d_hi, k0, k1, normal)
+    if n % 2:
+        out[n - 1] = _pair(n // 2, d_lo, d_hi, k0, k1, normal)[0]
 
 
 def _uniform32(k0, k1, d_lo, d_hi, out, chunks):
+    """out[4j + t] = uniform24(word t of block j); the last block may be cut."""
     n = out.size
     for c in prange(chunks):
-        lo, hi = span(c, chunks, (n + 3) // 4)
-        for j in range(lo, hi):
-            w = _block(U64(j), d_lo, d_hi, k0, k1)
-            for t in range(min(4, n - 4 * j)):
-                out[4 * j + t] = np.float32((w[t] >> U64(8)) | U64(1)) * TWO_M24
+        lo, hi = span(c, chunks, n // 4)
+        oc = out[4 * lo:4 * hi]
+        for i in range(hi - lo):
+            w = _block(U64(lo + i), d_lo, d_hi, k0, k1)
+            for t in range(4):
+                oc[4 * i + t] = np.float32((w[t] >> U64(8)) | U64(1)) * TWO_M24
+    w = _block(U64(n // 4), d_lo, d_hi, k0, k1)
+    for t in range(n % 4):
+        out[n - n % 4 + t] = np.float32((w[t] >> U64(8)) | U64(1)) * TWO_M24
 
 
-PAIRS, UNIFORM32 = both(_pairs), both(_uniform32)
+# serial ns per value (2-core AMD EPYC): a normal pair is ~40 float64 operations, a uniform ~1
+PAIRS, UNIFORM32 = both(_pairs, 4.0), both(_uniform32, 0.6)
