@@ -1,9 +1,10 @@
 """The Numba twins (the ``fast`` extra, ``scratchvae/backend/_numba_kernels.py``) against the
-NumPy bodies they stand in for, serial and parallel, in float32 and float64.
+NumPy bodies they stand in for, in float32 and float64.
 
 The bounds asserted here (the twins' module docstring says why each holds):
 
-* bit for bit: bias + ReLU / leaky ReLU and their backward, the KL backward, Adam
+* bit for bit: bias + ReLU / leaky ReLU and their backward (out of place and in place), the KL
+  backward, Adam
   (``adam`` and ``adam_from``), the bias gradient (``sum_rows``), the logvar bias and clamp of
   the KL forward, and the draws (uniform and normal, float32 and float64: the NumPy streams' bits);
 * the KL forward, float32: σ within ``STD_ULPS`` ulp of the body's, z within one ulp of z plus
@@ -13,8 +14,7 @@ The bounds asserted here (the twins' module docstring says why each holds):
   (the body's own bound, ``test_bernoulli_block.py``);
 * float64 twins (the C library's exp, expm1 and log1p against NumPy's): 1e-13 relative.
 
-Shapes are tiny so that CI compiles each twin once per dtype (cached on disk afterwards);
-``PARALLEL_NS`` is set to 0 to run the parallel compilations on them.
+Shapes are tiny; CI compiles each twin once per dtype (cached on disk afterwards).
 """
 
 import inspect
@@ -43,14 +43,6 @@ DRAWS = {"philox_uniform": ("k0", "k1", "d", "out"), "philox_normal": ("k0", "k1
 @pytest.fixture(scope="module")
 def twins():
     return _numba_kernels.Twins(lambda name: DECLARED[name].body)
-
-
-@pytest.fixture(params=["serial", "parallel"])
-def threads(request, monkeypatch):
-    """Run the twins' serial compilations, or their parallel ones even on tiny shapes."""
-    if request.param == "parallel":
-        monkeypatch.setattr(_numba_kernels, "PARALLEL_NS", 0)
-    return request.param
 
 
 def twin(twins, block, *args, **kwargs):
@@ -113,7 +105,7 @@ def specials(a):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["relu", "leaky_relu"])
-def test_bias_act_and_its_backward_are_bit_for_bit(name, dtype, twins, threads):
+def test_bias_act_and_its_backward_are_bit_for_bit(name, dtype, twins):
     r = np.random.default_rng(1)
     pre = specials(3 * r.normal(size=(7, 33))).astype(dtype)
     b = r.normal(size=33).astype(dtype)
@@ -132,7 +124,7 @@ def test_bias_act_and_its_backward_are_bit_for_bit(name, dtype, twins, threads):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_kl_backward_is_bit_for_bit(dtype, twins, threads):
+def test_kl_backward_is_bit_for_bit(dtype, twins):
     r = np.random.default_rng(2)
     N, L = 6, 5
     ml = r.normal(size=(N, 2 * L)).astype(dtype)
@@ -152,7 +144,7 @@ def test_kl_backward_is_bit_for_bit(dtype, twins, threads):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_adam_is_bit_for_bit_step_after_step(dtype, twins, threads):
+def test_adam_is_bit_for_bit_step_after_step(dtype, twins):
     r = np.random.default_rng(3)
     n = 1001
     p, m, v = r.normal(size=n).astype(dtype), np.zeros(n, dtype), np.zeros(n, dtype)
@@ -174,7 +166,7 @@ def test_adam_is_bit_for_bit_step_after_step(dtype, twins, threads):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_the_bias_gradient_is_bit_for_bit(dtype, twins, threads):
+def test_the_bias_gradient_is_bit_for_bit(dtype, twins):
     """NumPy's axis-0 sum adds the rows in order; one column it sums pairwise (the body runs)."""
     r = np.random.default_rng(9)
     for shape in ((0, 5), (1, 3), (9, 2), (37, 40), (200, 1), (130, 17)):
@@ -187,7 +179,7 @@ def test_the_bias_gradient_is_bit_for_bit(dtype, twins, threads):
 
 # -- within bounds: the blocks that call exp, expm1, log1p --------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_kl_forward_within_its_bounds(dtype, twins, threads):
+def test_kl_forward_within_its_bounds(dtype, twins):
     r = np.random.default_rng(4)
     N, L = 9, 20
     ml = r.normal(0, 2, size=(N, 2 * L)).astype(dtype)
@@ -212,7 +204,7 @@ def test_kl_forward_within_its_bounds(dtype, twins, threads):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bernoulli_within_its_bounds(dtype, twins, threads):
+def test_bernoulli_within_its_bounds(dtype, twins):
     r = np.random.default_rng(5)
     y = (5 * r.normal(size=(6, 784))).astype(dtype)
     y[0, :10] = [-10, -20, 10, 20, -1e3, 1e3, -CAP[dtype] - 1, CAP[dtype] + 1, 0.0, -0.0]
@@ -256,19 +248,6 @@ def test_bernoulli_terms_are_accurate_over_the_whole_logit_range(dtype, x, twins
     assert err[i] <= bound[i], f"y = {y[i]!r}: term {terms[i]!r}, want {float(want[i])!r}"
 
 
-def test_serial_and_parallel_give_the_same_bits(twins, monkeypatch):
-    """The sums too: each row in float64, then the rows in order, whatever the chunks."""
-    r = np.random.default_rng(6)
-    y, x = (3 * r.normal(size=(5, 784))).astype(np.float32), r.uniform(size=(5, 784)).astype(np.float32)
-    res = []
-    for minimum in (10**9, 0):
-        monkeypatch.setattr(_numba_kernels, "PARALLEL_NS", minimum)
-        dl = np.empty_like(y)
-        res.append((twin(twins, ops.bernoulli_nll_forward_backward, y.copy(), x, dl, np.empty_like(y)), dl))
-    assert res[0][0].tobytes() == res[1][0].tobytes()
-    same_bits(res[0][1], res[1][1])
-
-
 # -- what the twins leave to the bodies ---------------------------------------------------------------
 def test_what_a_twin_does_not_cover_runs_the_body(twins):
     r = np.random.default_rng(7)
@@ -293,7 +272,7 @@ def test_what_a_twin_does_not_cover_runs_the_body(twins):
 # -- the draws ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["uniform", "normal"])
-def test_draws_give_the_numpy_streams_bits(kind, dtype, threads, monkeypatch):
+def test_draws_give_the_numpy_streams_bits(kind, dtype, monkeypatch):
     """Every size's tail (n mod 4), and a draw counter that carries into d_hi."""
     d = 2**32 - 1
     for n in (0, 1, 2, 3, 5, 8, 1001):

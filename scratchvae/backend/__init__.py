@@ -92,8 +92,7 @@ class Backend:
         """What a run records about where it ran (JSON-able): the backend, and on NumPy whether
         the fused blocks run their Numba twins (``fast_path``) or the NumPy bodies, and why."""
         twins = self.twins()
-        on = ({"numba": twins.version, "numba_threads": twins.threads, "numba_threading_layer": twins.layer}
-              if twins else {"fast_path_off": twins.why})
+        on = {"numba": twins.version} if twins else {"fast_path_off": twins.why}
         return {"backend": self.name, "fast_path": bool(twins), **on}
 
     def synchronize(self):
@@ -106,7 +105,7 @@ class Backend:
         return (self.twins() if twins is None else twins).get(name)
 
     def twins(self):
-        """The NumPy backend's Numba twins: a table (``get(name)``, ``version``, ``threads``),
+        """The NumPy backend's Numba twins: a table (``get(name)``, ``version``),
         empty (false, with ``why``) when Numba does not import or ``SCRATCHVAE_NUMBA=0``."""
         if self._twins is None:
             self._twins = _numba_twins()

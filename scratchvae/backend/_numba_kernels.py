@@ -8,7 +8,7 @@ its arithmetic, kept in the body's order so that it agrees with the body:
 * **bit for bit** where the body uses only correctly rounded operations: bias + ReLU /
   leaky ReLU, their backward, the KL backward, Adam, and the bias gradient (``sum_rows``:
   NumPy adds the rows of a C-contiguous array in order, column by column, and so does the
-  twin, its threads splitting the columns). Constants are rounded to the array's
+  twin). Constants are rounded to the array's
   dtype first, as NumPy rounds its Python-scalar operands; no ``fastmath``, so LLVM neither
   reorders nor contracts (no FMA) them.
 * **within a few ulp** where the body calls NumPy's ``exp``, ``expm1`` or ``log1p``: the
@@ -18,7 +18,7 @@ its arithmetic, kept in the body's order so that it agrees with the body:
   ``tests/test_numba_twins.py``.
 * **sums** (the Bernoulli loss, the KL) add the float32 terms in float64, row by row, then
   the rows in order, and round once: within NumPy's own pairwise float32 error of the body's
-  sum, and the same bits for any number of threads.
+  sum.
 
 A twin runs the body instead (through ``fallback``) for anything outside the fast path:
 an activation other than ReLU / leaky ReLU, arrays that are not C-contiguous or not float32 /
@@ -29,14 +29,12 @@ bodies do, but the Bernoulli twin leaves the logits as they were (the body, with
 ``overwrite_logits``, leaves max(y, 0) − x·y there), and the activation masks and the spent
 ``dz`` are not written.
 
-Threads: a block whose serial run would take :data:`PARALLEL_NS` or more runs a
-``parallel=True`` compilation of the same function (over rows, or over one chunk per thread),
-smaller ones the serial compilation (a pool's wake-up costs more than it saves there). Numba's pool has
-``NUMBA_NUM_THREADS`` threads (the CPU count by default) and, unless ``NUMBA_THREADING_LAYER``
-chooses another, the ``workqueue`` layer, whose threads sleep between launches: with the
-OpenMP layer, whose threads spin after each launch, they took the cores from OpenBLAS's next
-GEMM and a 2-core step ran about 3× slower (benchmarks/README.md). The workqueue pool takes one
-launch at a time; a lock serialises the twins' launches.
+Threads: none of their own. A twin runs on the calling thread; OpenBLAS keeps its threads
+for the matrix products. Measured on a 2-core machine (benchmarks/README.md): Numba's default
+OpenMP pool, whose threads spin after each parallel loop, took the cores from OpenBLAS's next
+GEMM (whole steps 2–4× slower); a pool that sleeps between loops (``workqueue``) was no faster
+than one thread within a step, since OpenBLAS's threads in turn spin for a while after each
+GEMM, which every fused block follows.
 
 Numba caches every compilation on disk (``cache=True``) and invalidates a cache by its
 function's own file: after editing :mod:`._numba_math` delete ``__pycache__`` (or set
@@ -45,18 +43,11 @@ function's own file: after editing :mod:`._numba_math` delete ``__pycache__`` (o
 
 from __future__ import annotations
 
-import threading
-
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._numba_math import JIT, both, exp_t, expm1_t, log1p01_t, span
-
-PARALLEL_NS = 100_000
-"""A twin runs its parallel compilation where its serial one would take this long (ns, by the
-kernel's measured cost per item): waking the pool's threads costs tens of µs, so below about
-0.1 ms the second core saves less than that."""
+from ._numba_math import JIT, exp_t, expm1_t, log1p01_t
 ACTIVATIONS = {"relu": 0, "leaky_relu": 1}
 """The activations with a twin (piecewise linear: exact); the others run the NumPy body."""
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -72,28 +63,20 @@ def _sum64(v):
 
 
 @njit(**JIT)
-def _total(rowsum):
-    """Σ rowsum in index order (float64): the same for any number of threads."""
-    acc = 0.0
-    for r in range(rowsum.size):
-        acc += rowsum[r]
-    return acc
-
-
-@njit(**JIT)
 def _np_max(a, b):
     """numpy.maximum(a, b): a if a > b, b if not (so b on ties: max(−0, 0) = +0), NaN propagated."""
     return a if (a > b or a != a) else b
 
 
 # -- activations (ops/activations.py: bias_act_forward, activation_backward) ---------------------
+@njit(**JIT)
 def _bias_act(pre, b, out, act, s, inplace):
     """Twin of ``ops.activations.bias_act_forward`` (derivations: ops/activations.py).
     out = f(pre + b): relu max(z, 0), leaky_relu max(z, s·z), as numpy.maximum. ``inplace``:
     out is pre, and the loop names one array (two that overlap would keep LLVM's vectorised
     loop from running: its run-time overlap check fails)."""
     zero = pre.dtype.type(0)
-    for r in prange(pre.shape[0]):
+    for r in range(pre.shape[0]):
         pr, orow = pre[r], out[r]                     # row views: LLVM vectorises the inner loops
         for j in range(pre.shape[1] if not inplace else 0):
             z = pr[j] + b[j]
@@ -103,27 +86,20 @@ def _bias_act(pre, b, out, act, s, inplace):
             pr[j] = _np_max(z, zero) if act == 0 else _np_max(z, z * s)
 
 
-def _act_backward(da, a, out, act, c1, c0, inplace, chunks):
+@njit(**JIT)
+def _act_backward(da, a, out, act, c1, c0, inplace):
     """Twin of ``ops.activations.activation_backward`` (derivations: ops/activations.py).
     dz = da ⊙ f'(z) from a = f(z): f' = 1[a > 0] (relu), (1[a > 0]·(1 − s)) + s (leaky);
     ``inplace``: out is a (the model's call), one array in the loop as in _bias_act."""
     n = a.size
     da, a, out = da.reshape(n), a.reshape(n), out.reshape(n)
     one, zero = a.dtype.type(1), a.dtype.type(0)
-    for c in prange(chunks):
-        lo, hi = span(c, chunks, n)
-        dac, ac, oc = da[lo:hi], a[lo:hi], out[lo:hi]     # indices from 0: LLVM vectorises the loop
-        for i in range(hi - lo if not inplace else 0):
-            m = one if ac[i] > zero else zero
-            oc[i] = (m if act == 0 else m * c1 + c0) * dac[i]
-        for i in range(hi - lo if inplace else 0):
-            m = one if ac[i] > zero else zero
-            ac[i] = (m if act == 0 else m * c1 + c0) * dac[i]
-
-
-# serial ns per element within a training step (caches cold after the GEMMs), measured on a
-# 2-core AMD EPYC (AVX-512) at batch 1024
-_BIAS_ACT, _ACT_BACKWARD = both(_bias_act, 0.45), both(_act_backward, 0.8)
+    for i in range(n if not inplace else 0):
+        m = one if a[i] > zero else zero
+        out[i] = (m if act == 0 else m * c1 + c0) * da[i]
+    for i in range(n if inplace else 0):
+        m = one if a[i] > zero else zero
+        a[i] = (m if act == 0 else m * c1 + c0) * da[i]
 
 
 # -- reparameterize + KL (ops/gaussian.py: reparam_kl_forward, reparam_kl_backward) --------------
@@ -140,14 +116,16 @@ def _logvar_range(ml, b, L):
     return nan, hi, lo
 
 
-def _reparam_kl_forward(ml, b, eps, z, std, terms, lim, clamp, rowsum):
+@njit(**JIT)
+def _reparam_kl_forward(ml, b, eps, z, std, terms, lim, clamp):
     """Twin of ``ops.gaussian.reparam_kl_forward`` (derivation there and in
     ``kl_standard_normal_terms``). ml += b; logvar clamped to ±lim where ``clamp``;
-    σ = e^{½ lv}; z = σ ε + μ; terms = μ² + expm1(lv) − lv (the body's order);
-    rowsum[r] = Σ_j terms[r, j] in float64."""
+    σ = e^{½ lv}; z = σ ε + μ; terms = μ² + expm1(lv) − lv (the body's order); returns
+    Σ terms in float64, row by row."""
     L = z.shape[1]
     half = ml.dtype.type(0.5)
-    for r in prange(z.shape[0]):
+    total = 0.0
+    for r in range(z.shape[0]):
         mr, er, zr, sr, tr = ml[r], eps[r], z[r], std[r], terms[r]
         for j in range(L):
             mu, lv = mr[j], mr[L + j]
@@ -160,16 +138,17 @@ def _reparam_kl_forward(ml, b, eps, z, std, terms, lim, clamp, rowsum):
             sr[j] = s
             tr[j] = (mu * mu + expm1_t(lv)) - lv
             zr[j] = s * er[j] + mu
-        rowsum[r] = _sum64(tr)
-    return _total(rowsum)
+        total += _sum64(tr)
+    return total
 
 
+@njit(**JIT)
 def _reparam_kl_backward(dz, eps, std, ml, beta, dml, lim, mask):
     """Twin of ``ops.gaussian.reparam_kl_backward`` (derivation there).
     dμ = β μ (+ dz); dlv = ((β σ (+ dz ε)) σ − β) ½, × 0 where |lv| ≥ lim when ``mask``."""
     L = std.shape[1]
     half, zero = ml.dtype.type(0.5), ml.dtype.type(0)
-    for r in prange(std.shape[0]):
+    for r in range(std.shape[0]):
         mr, er, sr, dr = ml[r], eps[r], std[r], dml[r]
         for j in range(L):
             mu, lv, s = mr[j], mr[L + j], sr[j]
@@ -183,18 +162,19 @@ def _reparam_kl_backward(dz, eps, std, ml, beta, dml, lim, mask):
             dr[j], dr[L + j] = dmu, dlv
 
 
-_REPARAM_FWD, _REPARAM_BWD = both(_reparam_kl_forward, 10.0), both(_reparam_kl_backward, 3.0)
-
 
 # -- the Bernoulli block (ops/likelihoods.py: bernoulli_nll_forward_backward) -----------------------
-def _bernoulli(y, b, x, dy, terms, cap, rowsum):
+@njit(**JIT)
+def _bernoulli(y, b, x, dy, terms, cap):
     """Twin of ``ops.likelihoods.bernoulli_nll_forward_backward`` (the loss form, its accuracy in
     both tails and the gradient's derivation there). y = logits (+ b), u = e^{−min(|y|, cap)};
     terms = [max(y, 0) − x y] + log1p(u);
     dy = σ(y) − x with σ = 1/(1 + u) for y ≥ 0 and u/(1 + u) = 1/(1 + 1/u) for y < 0 (the
-    body's 1/(1 + t), t = e^{−y} clipped alike, with one exponential and one division)."""
+    body's 1/(1 + t), t = e^{−y} clipped alike, with one exponential and one division).
+    Returns Σ terms in float64, row by row."""
     one, zero = y.dtype.type(1), y.dtype.type(0)
-    for r in prange(y.shape[0]):
+    total = 0.0
+    for r in range(y.shape[0]):
         yr, xr, dr, tr = y[r], x[r], dy[r], terms[r]
         for j in range(y.shape[1]):
             yi, xi = (yr[j] + b[j], xr[j]) if b.size else (yr[j], xr[j])
@@ -204,50 +184,35 @@ def _bernoulli(y, b, x, dy, terms, cap, rowsum):
             tr[j] = log1p01_t(u) + a
             q = one / (one + u)
             dr[j] = (q if yi >= zero else u * q) - xi
-        rowsum[r] = _sum64(tr)
-    return _total(rowsum)
-
-
-_BERNOULLI = both(_bernoulli, 2.2)
+        total += _sum64(tr)
+    return total
 
 
 # -- Adam (optim.py: adam_update, adam_update_from) -----------------------------------------------
-def _adam(p, g, m, v, step, sbc2, b1, omb1, b2, omb2, eps, chunks):
+@njit(**JIT)
+def _adam(p, g, m, v, step, sbc2, b1, omb1, b2, omb2, eps):
     """Twin of ``optim.adam_update`` (PyTorch's rule: ``optim.Adam``).
     m = m b1 + g (1−b1);  v = v b2 + (g g)(1−b2);  p −= (m / (√v / sbc2 + eps)) step."""
-    for c in prange(chunks):
-        lo, hi = span(c, chunks, p.size)
-        pc, gc, mc, vc = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
-        for i in range(hi - lo):
-            gi = gc[i]
-            mi = mc[i] * b1 + gi * omb1
-            vi = vc[i] * b2 + (gi * gi) * omb2
-            mc[i], vc[i] = mi, vi
-            pc[i] = pc[i] - (mi / (np.sqrt(vi) / sbc2 + eps)) * step
-
-
-_ADAM = both(_adam, 0.97)
+    for i in range(p.size):
+        gi = g[i]
+        mi = m[i] * b1 + gi * omb1
+        vi = v[i] * b2 + (gi * gi) * omb2
+        m[i], v[i] = mi, vi
+        p[i] = p[i] - (mi / (np.sqrt(vi) / sbc2 + eps)) * step
 
 
 # -- the bias gradient (ops/dense.py: sum_rows) -----------------------------------------------------
-def _sum_rows(a, out, chunks):
+@njit(**JIT)
+def _sum_rows(a, out):
     """Twin of ``ops.dense.sum_rows``: out = Σ_n a[n, :], each column summed from 0 over the rows
-    in order in a's dtype, as NumPy's axis-0 sum of a C-contiguous array (the same bits); the
-    threads split the columns."""
-    N, O = a.shape
+    in order in a's dtype, as NumPy's axis-0 sum of a C-contiguous array (the same bits)."""
     zero = a.dtype.type(0)
-    for c in prange(chunks):
-        lo, hi = span(c, chunks, O)
-        oc = out[lo:hi]
-        for j in range(hi - lo):
-            oc[j] = zero
-        for r in range(N):
-            ar = a[r, lo:hi]
-            for j in range(hi - lo):
-                oc[j] = oc[j] + ar[j]
-
-
-_SUM_ROWS = both(_sum_rows, 0.5)
+    for j in range(out.size):
+        out[j] = zero
+    for r in range(a.shape[0]):
+        ar = a[r]
+        for j in range(out.size):
+            out[j] = out[j] + ar[j]
 
 
 # -- the launchers: the blocks' signatures; the fast path or the body ------------------------------
@@ -275,15 +240,9 @@ class Twins:
     def __init__(self, fallback):
         from . import _numba_philox
 
-        if numba.config.THREADING_LAYER == "default":      # not chosen by NUMBA_THREADING_LAYER
-            numba.config.THREADING_LAYER = "workqueue"     # threads that sleep between launches
         self.fallback = fallback
         self.version = numba.__version__
-        self.threads = numba.get_num_threads()
-        self.layer = numba.config.THREADING_LAYER
-        self._lock = threading.Lock()
         self._philox = _numba_philox
-        self._sums = {}
         self._table = {name: getattr(self, name) for name in (
             "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
             "adam", "adam_from", "sum_rows", "philox_uniform", "philox_normal")}
@@ -294,22 +253,6 @@ class Twins:
     def names(self):
         return tuple(self._table)
 
-    def _run(self, kernel, items, *args, chunked=False):
-        """``kernel``'s parallel compilation where its serial one would take PARALLEL_NS or more,
-        one launch at a time (the workqueue pool takes no concurrent launches); else its serial
-        one. A ``chunked`` kernel takes its number of chunks last: one per thread, or 1."""
-        if kernel.ns * items < PARALLEL_NS or self.threads < 2:
-            return kernel.serial(*args, 1) if chunked else kernel.serial(*args)
-        with self._lock:
-            return kernel.parallel(*args, self.threads) if chunked else kernel.parallel(*args)
-
-    def _rowsum(self, n):
-        """A float64 (n,) buffer for per-row sums, kept per n (a step allocates nothing)."""
-        buf = self._sums.get(n)
-        if buf is None:
-            buf = self._sums[n] = np.empty(n)
-        return buf
-
     # -- activations -------------------------------------------------------------------------------
     def bias_act(self, pre, b, name, out, scratch, slope):
         act = ACTIVATIONS.get(name)
@@ -318,7 +261,7 @@ class Twins:
         if not ok or b is None or _vector(b, pre.shape[1], pre.dtype) is None:
             return self.fallback("bias_act")(pre, b, name, out, scratch, slope)
         out = np.empty_like(pre) if out is None else out
-        self._run(_BIAS_ACT, pre.size, pre, b, out, act, pre.dtype.type(slope), out is pre)
+        _bias_act(pre, b, out, act, pre.dtype.type(slope), out is pre)
         return out
 
     def act_backward(self, name, da, a, out, mask, slope):
@@ -329,7 +272,7 @@ class Twins:
             return self.fallback("act_backward")(name, da, a, out, mask, slope)
         out = np.empty_like(a) if out is None else out
         t = a.dtype.type
-        self._run(_ACT_BACKWARD, a.size, da, a, out, act, t(1 - slope), t(slope), out is a, chunked=True)
+        _act_backward(da, a, out, act, t(1 - slope), t(slope), out is a)
         return out
 
     # -- reparameterize + KL ------------------------------------------------------------------------
@@ -340,10 +283,10 @@ class Twins:
         b = _vector(bias, ml.shape[1], ml.dtype) if ok else None
         if b is None:
             return self.fallback("reparam_kl_forward")(mu_logvar, eps, z, std, scratch, bias, limit)
-        t, (N, L) = ml.dtype.type, z.shape
+        t, L = ml.dtype.type, z.shape[1]
         nan, hi, lo = _logvar_range(ml, b, L)
         clamp = not nan and (hi > t(limit) or lo < -t(limit))
-        total = self._run(_REPARAM_FWD, z.size, ml, b, eps, z, std, scratch, t(limit), clamp, self._rowsum(N))
+        total = _reparam_kl_forward(ml, b, eps, z, std, scratch, t(limit), clamp)
         return 0.5 * t(total)
 
     def reparam_kl_backward(self, dz, eps, std, mu_logvar, beta, dmu_logvar, limit):
@@ -357,11 +300,11 @@ class Twins:
             ok = False
         if not ok:
             return self.fallback("reparam_kl_backward")(dz, eps, std, mu_logvar, beta, dmu_logvar, limit)
-        t, (N, L) = ml.dtype.type, std.shape
+        t, L = ml.dtype.type, std.shape[1]
         nan, hi, lo = _logvar_range(ml, np.empty(0, ml.dtype), L)
         mask = not nan and (hi >= t(limit) or lo <= -t(limit))
         dz = np.empty((0, 0), ml.dtype) if dz is None else dz
-        self._run(_REPARAM_BWD, std.size, dz, eps, std, ml, t(beta), dml, t(limit), mask)
+        _reparam_kl_backward(dz, eps, std, ml, t(beta), dml, t(limit), mask)
         return dml
 
     # -- the Bernoulli block -------------------------------------------------------------------------
@@ -371,9 +314,9 @@ class Twins:
         b = _vector(bias, logits.shape[1], logits.dtype) if ok else None
         if b is None:
             return self.fallback("bernoulli_nll")(logits, x, dlogits, scratch, overwrite_logits, bias)
-        t, N = logits.dtype.type, logits.shape[0]
+        t = logits.dtype.type
         cap = t(88.0 if logits.dtype.itemsize == 4 else 708.0)     # the body's exponent caps
-        return t(self._run(_BERNOULLI, logits.size, logits, b, x, dlogits, scratch, cap, self._rowsum(N)))
+        return t(_bernoulli(logits, b, x, dlogits, scratch, cap))
 
     # -- Adam -------------------------------------------------------------------------------------------
     def adam(self, p, g, m, v, step_size, sqrt_bc2, b1, b2, eps, scratch):
@@ -382,8 +325,8 @@ class Twins:
         if not ok:
             return self.fallback("adam")(p, g, m, v, step_size, sqrt_bc2, b1, b2, eps, scratch)
         t = p.dtype.type
-        self._run(_ADAM, p.size, p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(step_size),
-                  t(sqrt_bc2), t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps), chunked=True)
+        _adam(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(step_size), t(sqrt_bc2), t(b1),
+              t(1 - b1), t(b2), t(1 - b2), t(eps))
 
     def adam_from(self, p, g, m, v, coef, b1, b2, eps, scratch):
         return self.adam(p, g, m, v, float(coef[0]), float(coef[1]), b1, b2, eps, scratch)
@@ -396,21 +339,19 @@ class Twins:
         if not ok:
             return self.fallback("sum_rows")(a, out)
         out = np.empty(a.shape[1], a.dtype) if out is None else out
-        self._run(_SUM_ROWS, a.size, a, out, chunked=True)
+        _sum_rows(a, out)
         return out
 
     # -- the draws (random.Stream on NumPy) -------------------------------------------------------------
     def philox_uniform(self, k0, k1, d, out):
         """Fill ``out`` (flat, C-contiguous float32 / float64) with uniforms of draw ``d``."""
+        u = np.uint64
         if out.dtype == np.float32:
-            self._draw(self._philox.UNIFORM32, k0, k1, d, out)
+            self._philox.uniform32(u(k0), u(k1), u(d & 0xFFFFFFFF), u(d >> 32), out)
         else:
-            self._draw(self._philox.PAIRS, k0, k1, d, out, False)
+            self._philox.pairs(u(k0), u(k1), u(d & 0xFFFFFFFF), u(d >> 32), out, False)
 
     def philox_normal(self, k0, k1, d, out):
         """Fill ``out`` (flat, C-contiguous float32 / float64) with normals of draw ``d``."""
-        self._draw(self._philox.PAIRS, k0, k1, d, out, True)
-
-    def _draw(self, kernel, k0, k1, d, out, *flag):
         u = np.uint64
-        self._run(kernel, out.size, u(k0), u(k1), u(d & 0xFFFFFFFF), u(d >> 32), out, *flag, chunked=True)
+        self._philox.pairs(u(k0), u(k1), u(d & 0xFFFFFFFF), u(d >> 32), out, True)

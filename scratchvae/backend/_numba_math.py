@@ -32,15 +32,12 @@ benchmarks' float64 same-work check) get the C library's, through the type-dispa
 
 The constants are float32 (or float64) values written once; intrinsics below are LLVM's own
 (bit casts, ``llvm.fma``: an exact fused multiply-add on every CPU, a hardware instruction
-where there is one). Also here, shared by the twins: their compile options (:data:`JIT`) and
-:func:`both`, a kernel's serial and parallel compilations.
+where there is one). Also here, shared by the twins: their compile options (:data:`JIT`).
 """
 
 from __future__ import annotations
 
-import collections
 import math
-import types as types_
 
 import numpy as np
 from llvmlite import ir
@@ -50,32 +47,11 @@ from numba.extending import intrinsic, overload
 
 JIT = dict(cache=True, error_model="numpy")
 """Options of every twin: cached compilation; float division by zero gives inf/NaN as NumPy
-does (Numba's default raises, and that check would keep loops from vectorising)."""
+does (Numba's default raises, and that check would keep loops from vectorising). No
+``parallel``: the twins run on the calling thread (``_numba_kernels`` says why)."""
 INLINE = dict(JIT, inline="always")
 
 F32, F64 = np.float32, np.float64
-
-
-class Compiled(collections.namedtuple("Compiled", "serial parallel ns")):
-    """A kernel's serial and parallel compilations, and its serial cost in ns per item."""
-
-
-def both(fn, ns):
-    """:class:`Compiled` from one kernel (``prange`` is ``range`` in the serial compilation);
-    ``ns``: its serial time per item (element, or random block), measured, for choosing.
-
-    The parallel one compiles a copy of ``fn`` under another qualified name: Numba files its
-    on-disk cache by name and signature, not by compile options, so the two would share entries.
-    """
-    twin = types_.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    twin.__qualname__ = fn.__qualname__ + "_parallel"
-    return Compiled(njit(**JIT)(fn), njit(parallel=True, **JIT)(twin), ns)
-
-
-@njit(**JIT)
-def span(c, chunks, n):
-    """The half-open range [lo, hi) of chunk c of n items cut into ``chunks`` near-equal parts."""
-    return c * n // chunks, (c + 1) * n // chunks
 
 
 # -- intrinsics ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Numba twins of the NumPy draws of :class:`~.random.Stream`: the same bits, one pass.
 
-``philox_uniform`` and ``philox_normal`` fill a flat float32 / float64 array with draw ``d``
-of the stream keyed ``(k0, k1)``, exactly as the NumPy path of ``Stream.draw_uniform_into`` /
+``uniform32`` and ``pairs`` (float64 uniforms, or normals) fill a flat float32 / float64 array
+with draw ``d`` of the stream keyed ``(k0, k1)``, exactly as the NumPy path of ``Stream.draw_uniform_into`` /
 ``draw_normal_into`` does (``random.py``'s counter layout, ``philox.py``'s transforms) and as
 the CUDA kernels ``philox_uniform_*`` / ``philox_normal_*`` do: block j's four words from
 Philox4x32-10 of counter (j_lo, j_hi, d_lo, d_hi), then ``uniform24`` of each word, or
@@ -18,9 +18,9 @@ reorders nor fuses them. ``tests/test_numba_twins.py`` compares every bit with t
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._numba_math import INLINE, both, bits_f64, f64_bits, span
+from ._numba_math import INLINE, JIT, bits_f64, f64_bits
 from .philox import (COS_C, LN2_HI, LN2_LO, LOG_C, PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, PIO2,
                      SIN_C, SQRT_HALF)
 
@@ -95,32 +95,30 @@ def _pair(j, d_lo, d_hi, k0, k1, normal):
     return _normal_pair(u1, u2) if normal else (u1, u2)
 
 
-def _pairs(k0, k1, d_lo, d_hi, out, normal, chunks):
+@njit(**JIT)
+def pairs(k0, k1, d_lo, d_hi, out, normal):
     """out[2j], out[2j + 1] = block j's two values; an odd n keeps the last block's first."""
     n = out.size
-    for c in prange(chunks):
-        lo, hi = span(c, chunks, n // 2)
-        oc = out[2 * lo:2 * hi]                  # indices from 0: LLVM vectorises the loop
-        for i in range(hi - lo):
-            oc[2 * i], oc[2 * i + 1] = _pair(lo + i, d_lo, d_hi, k0, k1, normal)
+    for j in range(n // 2):                      # whole blocks, indices from 0: LLVM vectorises
+        out[2 * j], out[2 * j + 1] = _pair(j, d_lo, d_hi, k0, k1, normal)
     if n % 2:
         out[n - 1] = _pair(n // 2, d_lo, d_hi, k0, k1, normal)[0]
 
 
-def _uniform32(k0, k1, d_lo, d_hi, out, chunks):
+@njit(**INLINE)
+def _uniform24(w):
+    """((w >> 8) | 1) · 2⁻²⁴: exact, in (0, 1)."""
+    return np.float32((w >> U64(8)) | U64(1)) * TWO_M24
+
+
+@njit(**JIT)
+def uniform32(k0, k1, d_lo, d_hi, out):
     """out[4j + t] = uniform24(word t of block j); the last block may be cut."""
     n = out.size
-    for c in prange(chunks):
-        lo, hi = span(c, chunks, n // 4)
-        oc = out[4 * lo:4 * hi]
-        for i in range(hi - lo):
-            w = _block(U64(lo + i), d_lo, d_hi, k0, k1)
-            for t in range(4):
-                oc[4 * i + t] = np.float32((w[t] >> U64(8)) | U64(1)) * TWO_M24
+    for j in range(n // 4):
+        w = _block(U64(j), d_lo, d_hi, k0, k1)
+        for t in range(4):
+            out[4 * j + t] = _uniform24(w[t])
     w = _block(U64(n // 4), d_lo, d_hi, k0, k1)
     for t in range(n % 4):
-        out[n - n % 4 + t] = np.float32((w[t] >> U64(8)) | U64(1)) * TWO_M24
-
-
-# serial ns per value (2-core AMD EPYC): a normal pair is ~40 float64 operations, a uniform ~1
-PAIRS, UNIFORM32 = both(_pairs, 4.0), both(_uniform32, 0.6)
+        out[n - n % 4 + t] = _uniform24(w[t])
