@@ -31,6 +31,7 @@ from scratchvae import backend  # noqa: E402
 from scratchvae.backend import DECLARED, NUMPY, _numba_kernels, _numba_philox, philox  # noqa: E402
 from scratchvae.backend.random import Stream  # noqa: E402
 from scratchvae.optim import adam_update, adam_update_from  # noqa: E402
+from scratchvae.runs import provenance  # noqa: E402
 
 from test_bernoulli_block import CAP, grid, reference, wide_enough  # noqa: E402
 
@@ -82,6 +83,7 @@ def test_the_numpy_backend_runs_the_twins_unless_switched_off_or_absent(monkeypa
     assert isinstance(on, _numba_kernels.Twins) and on.get("bias_act") is not None
     monkeypatch.setattr(NUMPY, "_twins", on)
     assert NUMPY.describe()["fast_path"] is True and NUMPY.describe()["numba"] == on.version
+    assert provenance(VAE(input_dim=6, hidden=(4,), latent=2))["fast_path"] is True     # a run's config.json
     monkeypatch.setenv("SCRATCHVAE_NUMBA", "0")
     off = backend._numba_twins()
     assert not off and off.get("bias_act") is None and off.why == "SCRATCHVAE_NUMBA=0"
