@@ -8,9 +8,8 @@ its arithmetic, kept in the body's order so that it agrees with the body:
 * **bit for bit** where the body uses only correctly rounded operations: bias + ReLU /
   leaky ReLU, their backward, the KL backward, Adam, and the bias gradient (``sum_rows``:
   NumPy adds the rows of a C-contiguous array in order, column by column, and so does the
-  twin). Constants are rounded to the array's
-  dtype first, as NumPy rounds its Python-scalar operands; no ``fastmath``, so LLVM neither
-  reorders nor contracts (no FMA) them.
+  twin). Constants are rounded to the array's dtype first, as NumPy rounds its Python-scalar
+  operands; no ``fastmath``, so LLVM neither reorders nor contracts (no FMA) them.
 * **within a few ulp** where the body calls NumPy's ``exp``, ``expm1`` or ``log1p``: the
   float32 twins use :mod:`._numba_math` (vectorisable; exp within 1.02 ulp, expm1 and
   log1p evaluated in float64 and correctly rounded), the float64 twins the C library's;
@@ -48,6 +47,7 @@ import numpy as np
 from numba import njit
 
 from ._numba_math import JIT, exp_t, expm1_t, log1p01_t
+
 ACTIVATIONS = {"relu": 0, "leaky_relu": 1}
 """The activations with a twin (piecewise linear: exact); the others run the NumPy body."""
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -294,17 +294,15 @@ class Twins:
         ok = _fast(ml, eps, std, dml) and std.ndim == 2 and std.size and type(limit) in (int, float) and (
             ml.shape == dml.shape == (std.shape[0], 2 * std.shape[1]) and eps.shape == std.shape) and (
             dz is None or (_fast(ml, dz) and dz.shape == std.shape))
-        if isinstance(beta, np.ndarray) and beta.dtype == np.float64 and beta.size == 1:
-            beta = ml.dtype.type(beta.reshape(-1)[0])        # as the body reads it: in the dtype
-        elif type(beta) not in (int, float):
-            ok = False
-        if not ok:
+        on_device = isinstance(beta, np.ndarray) and beta.dtype == np.float64 and beta.size == 1
+        if not ok or not (on_device or type(beta) in (int, float)):
             return self.fallback("reparam_kl_backward")(dz, eps, std, mu_logvar, beta, dmu_logvar, limit)
         t, L = ml.dtype.type, std.shape[1]
+        b_t = t(beta.reshape(-1)[0]) if on_device else t(beta)     # as the body reads it: in the dtype
         nan, hi, lo = _logvar_range(ml, np.empty(0, ml.dtype), L)
         mask = not nan and (hi >= t(limit) or lo <= -t(limit))
         dz = np.empty((0, 0), ml.dtype) if dz is None else dz
-        _reparam_kl_backward(dz, eps, std, ml, t(beta), dml, t(limit), mask)
+        _reparam_kl_backward(dz, eps, std, ml, b_t, dml, t(limit), mask)
         return dml
 
     # -- the Bernoulli block -------------------------------------------------------------------------
