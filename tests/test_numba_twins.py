@@ -8,11 +8,12 @@ The bounds asserted here (the twins' module docstring says why each holds):
   (``adam`` and ``adam_from``), the bias gradient (``sum_rows``), the logvar bias and clamp of
   the KL forward, and the draws (uniform and normal, float32 and float64: the NumPy streams' bits);
 * the KL forward, float32: σ within ``STD_ULPS`` ulp of the body's, z within one ulp of z plus
-  ``Z_ULPS`` ulp of σ ε; the KL within 1e-6 relative;
+  ``Z_ULPS`` ulp of σ ε; the KL within 1e-6 relative (measured: 7.8e-8);
 * the Bernoulli block, float32: dlogits within one ulp of dlogits plus ``SIG_ULPS`` ulp of σ(y);
-  the loss within 1e-6 relative; each term within 4ε of softplus(y) − x·y in extended precision
-  (the body's own bound, ``test_bernoulli_block.py``);
-* float64 twins (the C library's exp, expm1 and log1p against NumPy's): 1e-13 relative.
+  the loss within 1e-6 relative (measured: 1.03e-7); each term within 4ε of softplus(y) − x·y in
+  extended precision, the body's own bound (measured over the grid below: 1.04ε; the body 2.08ε);
+* in float64 the Bernoulli block and the KL forward run their bodies, and a whole float64 step
+  through the twins gives the bodies' bits.
 
 Shapes are tiny; CI compiles each twin once per dtype (cached on disk afterwards).
 """
@@ -36,8 +37,8 @@ from scratchvae.runs import provenance  # noqa: E402
 from test_bernoulli_block import CAP, grid, reference, wide_enough  # noqa: E402
 
 DTYPES = ("float32", "float64")
-STD_ULPS, Z_ULPS, SIG_ULPS = 2.5, 3, 4
-SUM_REL = {"float32": 1e-6, "float64": 1e-13}
+STD_ULPS, Z_ULPS, SIG_ULPS = 2.5, 4, 5      # measured worst on 5 million inputs: 2, 3, 4
+SUM_REL = 1e-6
 DRAWS = {"philox_uniform": ("k0", "k1", "d", "out"), "philox_normal": ("k0", "k1", "d", "out")}
 
 
@@ -195,10 +196,10 @@ def test_kl_forward_within_its_bounds(dtype, twins):
             outs.append((run(m, eps, z, std, terms, bias), m, z, std))
         (kl_b, m_b, z_b, std_b), (kl_t, m_t, z_t, std_t) = outs
         same_bits(m_t, m_b)                                # the bias and the clamp, in place
-        assert type(kl_t) is type(kl_b) and rel(kl_t, kl_b) <= SUM_REL[dtype]
-        if dtype == "float64":
-            np.testing.assert_allclose(std_t, std_b, rtol=1e-15, atol=0)
-            np.testing.assert_allclose(z_t, z_b, rtol=0, atol=1e-15 * float(np.max(np.abs(z_b))))
+        assert type(kl_t) is type(kl_b) and rel(kl_t, kl_b) <= SUM_REL
+        if dtype == "float64":                             # the body ran
+            assert kl_t == kl_b
+            same_bits(z_t, z_b)
             continue
         assert np.all(np.abs(std_t.astype(np.float64) - std_b) <= STD_ULPS * ulp32(std_b))
         dz = np.abs(z_t.astype(np.float64) - z_b)
@@ -221,18 +222,19 @@ def test_bernoulli_within_its_bounds(dtype, twins):
             dl, terms = np.empty_like(y), np.empty_like(y)
             out[name] = (run(y.copy(), x, dl, terms, overwrite_logits=True, bias=bias), dl)
         (loss_b, dl_b), (loss_t, dl_t) = out["body"], out["twin"]
-        assert type(loss_t) is type(loss_b) and rel(loss_t, loss_b) <= SUM_REL[dtype]
+        assert type(loss_t) is type(loss_b) and rel(loss_t, loss_b) <= SUM_REL
+        if dtype == "float64":                             # the body ran
+            assert loss_t == loss_b
+            same_bits(dl_t, dl_b)
+            continue
         yb = (y if bias is None else y + bias).astype(np.float64)
         sig = 1 / (1 + np.exp(-np.clip(yb, -CAP[dtype], CAP[dtype])))
         err = np.abs(dl_t.astype(np.float64) - dl_b)
-        if dtype == "float64":
-            assert np.all(err <= 1e-15 * np.maximum(np.abs(dl_b), sig) + 1e-300)
-        else:
-            assert np.all(err <= ulp32(dl_b) + SIG_ULPS * ulp32(sig)), float(np.max(err / ulp32(sig)))
+        assert np.all(err <= ulp32(dl_b) + SIG_ULPS * ulp32(sig)), float(np.max(err / ulp32(sig)))
 
 
 @pytest.mark.parametrize("x", [0.0, 1.0, 0.3])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", ["float32"])
 def test_bernoulli_terms_are_accurate_over_the_whole_logit_range(dtype, x, twins):
     """The twin leaves its terms in ``scratch`` as the body does: each within 4ε of the exact
     softplus(y) − x·y (plus e^{−cap} beyond the cap), the body's own bound."""
@@ -317,9 +319,14 @@ def test_a_training_step_through_the_twins_matches_the_bodies(dtype, monkeypatch
         grads = {k: v.copy() for k, v in m.grads.items()}
         opt.step(m.grad)
         res[name] = (r.recon, r.kl, grads, m.theta.copy())
-    tol = SUM_REL[dtype] if dtype == "float32" else 1e-12
+    if dtype == "float64":                                 # exact twins, and the bodies
+        for a, b in zip(res["twins"][:2], res["bodies"][:2]):
+            assert a == b
+        for k, g in res["bodies"][2].items():
+            same_bits(res["twins"][2][k], g)
+        same_bits(res["twins"][3], res["bodies"][3])
+        return
     for a, b in zip(res["twins"][:2], res["bodies"][:2]):
-        assert rel(a, b) <= tol
+        assert rel(a, b) <= SUM_REL
     for k, g in res["bodies"][2].items():
-        assert np.linalg.norm(res["twins"][2][k] - g) <= 1e-5 * np.linalg.norm(g) if dtype == "float32" \
-            else np.linalg.norm(res["twins"][2][k] - g) <= 1e-12 * np.linalg.norm(g), k
+        assert np.linalg.norm(res["twins"][2][k] - g) <= 1e-5 * np.linalg.norm(g), k

@@ -10,18 +10,20 @@ its arithmetic, kept in the body's order so that it agrees with the body:
   NumPy adds the rows of a C-contiguous array in order, column by column, and so does the
   twin). Constants are rounded to the array's dtype first, as NumPy rounds its Python-scalar
   operands; no ``fastmath``, so LLVM neither reorders nor contracts (no FMA) them.
-* **within a few ulp** where the body calls NumPy's ``exp``, ``expm1`` or ``log1p``: the
-  float32 twins use :mod:`._numba_math` (vectorisable; exp within 1.02 ulp, expm1 and
-  log1p evaluated in float64 and correctly rounded), the float64 twins the C library's;
-  NumPy's own float32 exp, expm1 and log1p are up to 2.6 ulp off. The bounds are asserted in
-  ``tests/test_numba_twins.py``.
+* **within a few ulp** where the body calls NumPy's ``exp``, ``expm1`` or ``log1p`` (the
+  Bernoulli block, the sample and KL), in float32: :mod:`._numba_math`'s vectorisable exp is
+  within 1.02 ulp, its expm1 and log1p are evaluated in float64 and correctly rounded; NumPy's
+  own float32 exp, expm1 and log1p are up to 2.6 ulp off. The bounds are asserted in
+  ``tests/test_numba_twins.py``. In float64 these two blocks run their bodies (the C
+  library's scalar exp and log1p made a float64 twin slower than NumPy's loops), so a float64
+  step gives the bodies' bits.
 * **sums** (the Bernoulli loss, the KL) add the float32 terms in float64, row by row, then
   the rows in order, and round once: within NumPy's own pairwise float32 error of the body's
   sum.
 
 A twin runs the body instead (through ``fallback``) for anything outside the fast path:
 an activation other than ReLU / leaky ReLU, arrays that are not C-contiguous or not float32 /
-float64, a bias of another shape, a constant that is a NumPy scalar rather than a Python
+float64 (float32 only for the Bernoulli block and the sample and KL), a bias of another shape, a constant that is a NumPy scalar rather than a Python
 number (NumPy would compute in its precision). What a body leaves in its scratch buffers is
 not promised by a twin: the Bernoulli and KL twins leave the terms in ``scratch`` as the
 bodies do, but the Bernoulli twin leaves the logits as they were (the body, with
@@ -46,7 +48,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from ._numba_math import JIT, exp_t, expm1_t, log1p01_t
+from ._numba_math import JIT, exp32, expm1_d, log1p01
 
 ACTIVATIONS = {"relu": 0, "leaky_relu": 1}
 """The activations with a twin (piecewise linear: exact); the others run the NumPy body."""
@@ -134,9 +136,9 @@ def _reparam_kl_forward(ml, b, eps, z, std, terms, lim, clamp):
             if clamp:
                 lv = min(max(lv, -lim), lim)
             mr[j], mr[L + j] = mu, lv
-            s = exp_t(lv * half)
+            s = np.float32(expm1_d(lv * half) + 1.0)      # e^{½ lv}, evaluated in float64
             sr[j] = s
-            tr[j] = (mu * mu + expm1_t(lv)) - lv
+            tr[j] = (mu * mu + np.float32(expm1_d(lv))) - lv
             zr[j] = s * er[j] + mu
         total += _sum64(tr)
     return total
@@ -179,9 +181,9 @@ def _bernoulli(y, b, x, dy, terms, cap):
         for j in range(y.shape[1]):
             yi, xi = (yr[j] + b[j], xr[j]) if b.size else (yr[j], xr[j])
             ay = abs(yi)
-            u = exp_t(-(cap if ay > cap else ay))
+            u = exp32(-(cap if ay > cap else ay))
             a = (yi if (yi >= zero or yi != yi) else zero) - yi * xi
-            tr[j] = log1p01_t(u) + a
+            tr[j] = log1p01(u) + a
             q = one / (one + u)
             dr[j] = (q if yi >= zero else u * q) - xi
         total += _sum64(tr)
@@ -278,8 +280,9 @@ class Twins:
     # -- reparameterize + KL ------------------------------------------------------------------------
     def reparam_kl_forward(self, mu_logvar, eps, z, std, scratch, bias, limit):
         ml = mu_logvar
-        ok = _fast(ml, eps, z, std, scratch) and z.ndim == 2 and z.size and type(limit) in (int, float) and (
-            ml.shape == (z.shape[0], 2 * z.shape[1]) and eps.shape == std.shape == scratch.shape == z.shape)
+        ok = _fast(ml, eps, z, std, scratch) and ml.dtype == np.float32 and z.ndim == 2 and z.size and (
+            type(limit) in (int, float) and ml.shape == (z.shape[0], 2 * z.shape[1])) and (
+            eps.shape == std.shape == scratch.shape == z.shape)
         b = _vector(bias, ml.shape[1], ml.dtype) if ok else None
         if b is None:
             return self.fallback("reparam_kl_forward")(mu_logvar, eps, z, std, scratch, bias, limit)
@@ -307,14 +310,12 @@ class Twins:
 
     # -- the Bernoulli block -------------------------------------------------------------------------
     def bernoulli_nll(self, logits, x, dlogits, scratch, overwrite_logits, bias):
-        ok = _fast(logits, x, dlogits, scratch) and logits.ndim == 2 and (
+        ok = _fast(logits, x, dlogits, scratch) and logits.dtype == np.float32 and logits.ndim == 2 and (
             x.shape == dlogits.shape == scratch.shape == logits.shape)
         b = _vector(bias, logits.shape[1], logits.dtype) if ok else None
         if b is None:
             return self.fallback("bernoulli_nll")(logits, x, dlogits, scratch, overwrite_logits, bias)
-        t = logits.dtype.type
-        cap = t(88.0 if logits.dtype.itemsize == 4 else 708.0)     # the body's exponent caps
-        return t(_bernoulli(logits, b, x, dlogits, scratch, cap))
+        return np.float32(_bernoulli(logits, b, x, dlogits, scratch, np.float32(88.0)))   # the body's cap
 
     # -- Adam -------------------------------------------------------------------------------------------
     def adam(self, p, g, m, v, step_size, sqrt_bc2, b1, b2, eps, scratch):

@@ -6,9 +6,8 @@ loop stays one scalar call into the C library per element, while NumPy's float32
 pass-per-operation body. Written out here as arithmetic, bit casts and selects, LLVM
 vectorises them with the rest of a fused loop (no ``fastmath``: the twins keep IEEE order).
 
-Float32 arguments get the functions below; float64 arguments (gradient checks, the
-benchmarks' float64 same-work check) get the C library's, through the type-dispatching
-``exp_t``, ``expm1_t`` and ``log1p01_t``:
+They serve the float32 twins (a float64 block runs its NumPy body: with the C library's scalar
+exp and log1p a float64 twin was slower than NumPy's loops):
 
 ``exp32(x)``: e^x in float32, for every float32 x. Cody–Waite reduction
     x = k ln2 + r, |r| ≤ ½ ln2, with k = rint(x log2 e) by the 1.5·2²³ trick and r formed by
@@ -43,7 +42,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit
 from numba.core import types
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 JIT = dict(cache=True, error_model="numpy")
 """Options of every twin: cached compilation; float division by zero gives inf/NaN as NumPy
@@ -163,31 +162,3 @@ def expm1_d(x32):
     em1 = r + r * r * poly(r, EXPM1_C)       # e^r − 1
     two_k = bits_f64((np.int64(k) + 1023) << 52)
     return two_k * em1 + (two_k - F64(1.0))
-
-
-# -- one name per function, the implementation chosen by the argument's type ----------------------
-def exp_t(x):
-    """e^x in x's precision."""
-
-
-def expm1_t(x):
-    """e^x − 1 in x's precision."""
-
-
-def log1p01_t(e):
-    """log(1 + e) for e in [0, 1], as float64 for float32 e (see log1p01), else in e's type."""
-
-
-@overload(exp_t, jit_options=JIT)
-def _exp_t(x):
-    return (lambda x: exp32(x)) if x == types.float32 else (lambda x: math.exp(x))
-
-
-@overload(expm1_t, jit_options=JIT)
-def _expm1_t(x):
-    return (lambda x: F32(expm1_d(x))) if x == types.float32 else (lambda x: math.expm1(x))
-
-
-@overload(log1p01_t, jit_options=JIT)
-def _log1p01_t(e):
-    return (lambda e: log1p01(e)) if e == types.float32 else (lambda e: math.log1p(e))
