@@ -281,9 +281,9 @@ def _meta(a, runs, check, data_desc, started, steps):
                     + "; XLA default threading")
     if a.device == "cpu":
         timing_line = ("CPU wall clock (perf_counter) around the timed loop. scratchvae-numpy, "
-                       "scratchvae-numba and torch: eager, the loss is computed within each step and stored; JAX: each step's loss "
-                       "is a jit output kept in a list, block_until_ready on state and losses after the "
-                       "loop.")
+                       "scratchvae-numba and torch: eager, the loss is computed within each step and "
+                       "stored; JAX: each step's loss is a jit output kept in a list, block_until_ready "
+                       "on state and losses after the loop.")
         mem_desc = "ru_maxrss of the peer's process (includes its imports and the 16 preloaded batches)"
         floor_desc = "numpy.matmul into out= buffers, transposes as views"
     else:
