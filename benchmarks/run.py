@@ -46,7 +46,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 CHECK_BATCH = 128
 DEFAULT_SIZES = {"cpu": (128, 1024), "gpu": (128, 4096)}
 FLOOR_PEER = {"cpu": "scratchvae-numpy", "gpu": "scratchvae-cupy"}
-BASELINES = {"cpu": ("scratchvae-numpy",), "gpu": ("scratchvae-cupy-graph", "scratchvae-cupy")}
+BASELINES = {"cpu": ("scratchvae-numba", "scratchvae-numpy"), "gpu": ("scratchvae-cupy-graph", "scratchvae-cupy")}
 
 
 def default_steps(device, batch):
@@ -279,7 +279,7 @@ def _meta(a, runs, check, data_desc, started, steps):
     blas_rt.update(next((r["blas"] for r in ok if r.get("blas")), {"threads": f"{THREADS} (env)"}))
     blas_build = numpy_blas_build()
     gpu = versions.get("gpu")
-    names = ("scratchvae", "numpy", "cupy", "torch", "jax", "jaxlib")
+    names = ("scratchvae", "numpy", "numba", "cupy", "torch", "jax", "jaxlib")
     versions_line = ", ".join(f"{k} {versions[k]}" for k in names if k in versions)
     if "cuda" in versions:
         versions_line += f", torch CUDA {versions['cuda']}"
@@ -294,10 +294,10 @@ def _meta(a, runs, check, data_desc, started, steps):
                     + (f" (reported {versions['torch_threads']})" if "torch_threads" in versions else "")
                     + "; XLA default threading")
     if a.device == "cpu":
-        timing_line = ("CPU wall clock (perf_counter) around the timed loop. scratchvae-numpy and torch: "
-                       "eager, the loss is computed within each step and stored; JAX: each step's loss "
-                       "is a jit output kept in a list, block_until_ready on state and losses after the "
-                       "loop.")
+        timing_line = ("CPU wall clock (perf_counter) around the timed loop. scratchvae-numpy, "
+                       "scratchvae-numba and torch: eager, the loss is computed within each step and "
+                       "stored; JAX: each step's loss is a jit output kept in a list, block_until_ready "
+                       "on state and losses after the loop.")
         mem_desc = "ru_maxrss of the peer's process (includes its imports and the 16 preloaded batches)"
         floor_desc = "numpy.matmul into out= buffers, transposes as views"
     else:
@@ -321,8 +321,7 @@ def _meta(a, runs, check, data_desc, started, steps):
         "steps": {str(B): s for B, s in steps.items()}, "n_batches": N_BATCHES, "data": data_desc,
         "precision": a.precision, "precision_settings": _settings(runs),
         "timing_line": timing_line, "mem_desc": mem_desc, "floor_desc": floor_desc,
-        "baseline_desc": (" if it ran, else ".join(BASELINES[a.device]) + "; each table names the one used"
-                          if a.device == "gpu" else "scratchvae-numpy"),
+        "baseline_desc": " if it ran, else ".join(BASELINES[a.device]) + "; each table names the one used",
         "peers": a.peer_list, "smoke": a.smoke,
         "loadavg_1min": [r.get("loadavg_before") for r in runs] + [_loadavg()],
         "noise_note": (f"1-minute load average during the sweep {_range(runs)} on {os.cpu_count()} "

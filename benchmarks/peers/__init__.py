@@ -2,6 +2,7 @@
 
 PEERS = {
     "scratchvae-numpy": ("benchmarks.peers.scratchvae_peer", "cpu"),
+    "scratchvae-numba": ("benchmarks.peers.scratchvae_peer", "cpu"),
     "scratchvae-cupy": ("benchmarks.peers.scratchvae_peer", "gpu"),
     "scratchvae-cupy-graph": ("benchmarks.peers.scratchvae_peer", "gpu"),
     "torch-eager": ("benchmarks.peers.torch_peer", "any"),

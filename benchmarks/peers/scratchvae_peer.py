@@ -1,4 +1,5 @@
-"""scratchvae's peers: ``scratchvae-numpy`` (CPU), ``scratchvae-cupy`` (GPU eager) and
+"""scratchvae's peers: ``scratchvae-numpy`` (CPU, the NumPy bodies), ``scratchvae-numba`` (CPU,
+the fused blocks' Numba twins: the ``fast`` extra), ``scratchvae-cupy`` (GPU eager) and
 ``scratchvae-cupy-graph`` (GPU, the whole step as one CUDA graph), plus the GEMM floor.
 
 Timed step (every peer here): ``model.loss_and_grads(x)`` — ε drawn by the model's 'noise'
@@ -11,6 +12,7 @@ one synchronize (the wall clock is recorded too).
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -22,7 +24,8 @@ GRAPH_TOL_F32 = 1e-5
 
 
 def _backend(peer):
-    if peer == "scratchvae-numpy":
+    if peer in ("scratchvae-numpy", "scratchvae-numba"):
+        _fast_path(peer == "scratchvae-numba")
         return "numpy"
     from scratchvae.backend import cupy_usable
 
@@ -31,10 +34,28 @@ def _backend(peer):
     return "cupy"
 
 
+def _fast_path(on):
+    """Set this process's NumPy backend to the Numba twins (``on``) or to the NumPy bodies, whatever
+    the environment says (``SCRATCHVAE_NUMBA``, read at the first block call); Skip if the twins
+    cannot run here."""
+    os.environ["SCRATCHVAE_NUMBA"] = "1" if on else "0"
+    from scratchvae.backend import NUMPY
+
+    twins = NUMPY.twins() if hasattr(NUMPY, "twins") else {}
+    if on and not twins:
+        raise Skip(f"no Numba twins: {getattr(twins, 'why', 'this scratchvae has none')}")
+
+
 def _versions(backend):
     import scratchvae
 
     v = {"scratchvae": scratchvae.__version__, "numpy": np.__version__}
+    if backend == "numpy":
+        from scratchvae.backend import NUMPY
+
+        fast = NUMPY.describe()
+        if fast.get("fast_path"):
+            v["numba"] = fast["numba"]
     if backend == "cupy":
         import cupy
 
@@ -232,7 +253,10 @@ def time_peer(spec):
         forced = ("loss computed inside loss_and_grads (NumPy: eager) and stored per step"
                   + ("; CuPy: device copy, no host sync" if backend == "cupy" else ""))
 
-    for i in range(W):
+    t0 = time.perf_counter()
+    step(0)                           # compiles (CuPy, Numba) or loads compiled code from the cache
+    first_ms = (time.perf_counter() - t0) * 1e3
+    for i in range(1, W):
         step(i)
     if peer == "scratchvae-cupy-graph":
         why = graph_fallback(gstep)
@@ -246,13 +270,14 @@ def time_peer(spec):
     assert host_losses.dtype == np.float32
     res = {"status": "ok", "peer": peer, "batch": B, "device": "cpu" if backend == "numpy" else "gpu",
            "ms_per_step": ms / S, "wall_ms_per_step": wall / S, "timer": timer.name,
-           "steps": S, "warmup": W, "dtype": "float32", "loss_forced": forced,
+           "steps": S, "warmup": W, "dtype": "float32", "loss_forced": forced, "first_step_ms": first_ms,
            "precision_setting": f"VAE(precision={precision!r})",
            "peak_rss_bytes": peak_rss_bytes(), "threads": thread_env(),
            "versions": _versions(backend), **steps_summary(host_losses)}
     if peer == "scratchvae-cupy-graph" and np.isnan(host_losses).all():
         res["note"] = "the graph step returned no loss; loss fields are not meaningful"
     if backend == "numpy":
+        res["fast_path"] = b.describe()
         res["blas"] = openblas_runtime()
         res["peak_mem_bytes"], res["peak_mem_kind"] = res["peak_rss_bytes"], "ru_maxrss"
     else:

@@ -22,6 +22,12 @@ must exist: a CuPy array reaching a block without its kernel raises :class:`Back
 rather than running the NumPy body (correct, but slow, allocating and unsafe in a CUDA-graph
 capture). :data:`DECLARED` lists every declared kernel, so a test can check each exists and
 takes its block's arguments.
+
+On NumPy arrays a block runs its body, or, with Numba installed (the ``fast`` extra), the
+block's Numba twin (``_numba_kernels.py``): the same computation in one pass, compiled on
+first use and cached on disk, taking the block's arguments as a CUDA launcher does. The
+environment variable ``SCRATCHVAE_NUMBA=0`` (read once, at the first block call) keeps the
+bodies; :meth:`Backend.describe` records which ran.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class Backend:
 
     def __init__(self):
         self.xp = np
+        self._twins = None       # the Numba twins, resolved at the first kernel() call
 
     # -- transfers ----------------------------------------------------------------------------
     def asarray(self, a, dtype=None):
@@ -83,15 +90,27 @@ class Backend:
             )
 
     def describe(self) -> dict:
-        """What a run records about where it ran (JSON-able)."""
-        return {"backend": self.name}
+        """What a run records about where it ran (JSON-able): the backend, and on NumPy whether
+        the fused blocks run their Numba twins (``fast_path``) or the NumPy bodies, and why."""
+        twins = self.twins()
+        on = {"numba": twins.version} if twins else {"fast_path_off": twins.why}
+        return {"backend": self.name, "fast_path": bool(twins), **on}
 
     def synchronize(self):
         """Wait for queued device work (no-op on NumPy)."""
 
     def kernel(self, name: str):
-        """The kernel ``name`` of this backend, or None (NumPy: none; the block's body runs)."""
-        return None
+        """The kernel ``name`` of this backend, or None. NumPy: the Numba twin of that name,
+        where the ``fast`` extra is installed and not switched off; else None (the body runs)."""
+        twins = self._twins
+        return (self.twins() if twins is None else twins).get(name)
+
+    def twins(self):
+        """The NumPy backend's Numba twins: a table (``get(name)``, ``version``),
+        empty (false, with ``why``) when Numba does not import or ``SCRATCHVAE_NUMBA=0``."""
+        if self._twins is None:
+            self._twins = _numba_twins()
+        return self._twins
 
     def __repr__(self):
         return f"<scratchvae backend {self.name}>"
@@ -152,6 +171,25 @@ class CupyBackend(Backend):
 
             self._kernels = _cupy_kernels.Kernels(self.xp)
         return self._kernels.get(name)
+
+
+class _NoTwins(dict):
+    """No Numba twins (an empty table), and why."""
+
+    def __init__(self, why):
+        super().__init__()
+        self.why = why
+
+
+def _numba_twins():
+    """The Numba twins, or an empty table saying why there are none."""
+    if os.environ.get("SCRATCHVAE_NUMBA", "1").strip() == "0":
+        return _NoTwins("SCRATCHVAE_NUMBA=0")
+    try:
+        from . import _numba_kernels
+    except ImportError as err:
+        return _NoTwins(f"Numba does not import ({err}); install the 'fast' extra")
+    return _numba_kernels.Twins(lambda name: DECLARED[name].body)
 
 
 def describe_type(a) -> str:

@@ -121,6 +121,8 @@ class Stream:
                          4 if f32 else 2)
             return out
         flat = out.reshape(-1)  # a view: out is C-contiguous
+        if self._twin("philox_uniform", flat):
+            return out
         if out.dtype == _FLOATS[0]:
             x, y = self._host_blocks(-(-n // 4))
             for t, words in enumerate((x[0], y[0], x[1], y[1])):  # word t of each block
@@ -143,6 +145,8 @@ class Stream:
         if self._cupy:
             name = "philox_normal_f32" if out.dtype == _FLOATS[0] else "philox_normal_f64"
             self._launch(name, out, n, 2)
+            return out
+        if self._twin("philox_normal", out.reshape(-1)):
             return out
         x, y = self._host_blocks(-(-n // 2))
         u = uniform53(x, y, out=self._ws_or_none("u", x), work=y)
@@ -208,10 +212,25 @@ class Stream:
         x, y = ws["x"], ws["y"]
         x[0] = ws["j_lo"]                  # c0 = j & 0xFFFFFFFF
         y[0] = ws["j_hi"]                  # c1 = j >> 32
-        x[1] = self._d & _MASK32           # c2 = d_lo
-        y[1] = self._d >> 32               # c3 = d_hi
-        self._d = (self._d + 1) & _MASK64
+        d = self._advance()
+        x[1] = d & _MASK32                 # c2 = d_lo
+        y[1] = d >> 32                     # c3 = d_hi
         return philox_rows(x, y, self._round_keys, work=ws["p"])
+
+    def _advance(self):
+        """NumPy: this draw's counter d; the stream moves on to d + 1 (mod 2**64)."""
+        d = self._d
+        self._d = (d + 1) & _MASK64
+        return d
+
+    def _twin(self, name, flat):
+        """NumPy: fill ``flat`` by the backend's Numba twin ``name`` (the same bits as the NumPy
+        path, in one pass) and advance d; False if there is no twin (Numba absent or off)."""
+        twin = self._backend.twins().get(name)
+        if twin is None:
+            return False
+        twin(self.key[0], self.key[1], self._advance(), flat)
+        return True
 
     def _ws_or_none(self, name, x):
         """The workspace array ``name`` if ``x`` came from a kept workspace, else None."""
