@@ -11,7 +11,7 @@ stage of the schedule (1, 4, 13, 40, 121, … passes) on the first --curve-limit
 curve; train with ``--keep all`` to keep them; ``--curve-limit 0`` skips it). Each run's results are kept in
 ``<results>/<run name>.json``, so a rerun evaluates only what is new and runs can be evaluated
 by separate processes. Prints a Markdown table: model, passes, NLL ± SE per seed, their mean,
-and the published figure; ``--plot`` draws test NLL against passes.
+and the published figure; ``--plot`` draws the test −ELBO and NLL against passes.
 """
 import argparse
 import json
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from scratchvae.data import load_dataset
 from scratchvae.evaluate import evaluate_run
-from scratchvae.runs import load_run
+from scratchvae.runs import load_run, read_history
 from scratchvae.step import iwae_stage
 
 K = 5000
@@ -65,9 +65,9 @@ def results_for(run_dir, args):
             done[key] = evaluate(run_dir, epoch, limit, args.data_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(done, indent=1))
-    return {"name": run_dir.name, "model": model_name(run.config), "seed": run.config["model"].get("seed"),
+    return {"name": run_dir.name, "dir": run_dir, "model": model_name(run.config), "seed": run.config["model"].get("seed"),
             "passes": last, "final": done[f"{last}/all"],
-            "curve": sorted((v["epoch"], v["nll"]) for k, v in done.items() if k.endswith(f"/{args.curve_limit}"))}
+            "curve": sorted((v["epoch"], v["nll"], v["n_test"]) for k, v in done.items() if not k.endswith("/all"))}
 
 
 def table(results):
@@ -87,27 +87,38 @@ def table(results):
     return "\n".join(lines)
 
 
-def plot(results, path, curve_limit):
+def plot(results, path):
+    """Per run: its test loss after every pass (the run's metrics, all test images: −ELBO, for
+    an IWAE run −L_k; lines) and its K = 5000 NLL where evaluated (the curve's points, on the
+    first test images, open markers; the final one on all of them, a filled marker)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
     models = sorted({r["model"] for r in results})
     color = {m: f"C{i}" for i, m in enumerate(models)}
     for r in sorted(results, key=lambda r: (r["model"], r["seed"])):
-        if not r["curve"]:
-            continue
-        epochs, nll = zip(*r["curve"])
-        ax.plot(epochs, nll, marker="o", ms=3, color=color[r["model"]], ls="-" if r["seed"] % 2 else "--",
+        c, ls = color[r["model"]], "-" if r["seed"] % 2 else "--"
+        rows = read_history(r["dir"], upto_epoch=r["passes"])
+        ax.plot([row["epoch"] for row in rows], [row["test_loss"] for row in rows], color=c, ls=ls, lw=1,
                 label=f"{r['model']}, seed {r['seed']}")
+        if r["curve"]:
+            epochs, nll, _ = zip(*r["curve"])
+            ax.plot(epochs, nll, ls="none", marker="o", mfc="none", ms=4, color=c)
+        ax.plot([r["passes"]], [r["final"]["nll"]], ls="none", marker="o", ms=5, color=c)
     for model in models:
         if model in PUBLISHED:
             ax.axhline(PUBLISHED[model], ls=":", color=color[model], lw=1,
-                       label=f"{model}: the paper's {PUBLISHED[model]} (3280 passes)")
-    ax.set(xscale="log", xlabel="passes over the training set",
-           ylabel=f"test NLL, nats (K={K}, first {curve_limit} test images)")
-    ax.legend(fontsize=7)
+                       label=f"{model}: the paper's NLL {PUBLISHED[model]} (3280 passes)")
+    n_curve = sorted({n for r in results for _, _, n in r["curve"]})
+    n_all = "/".join(map(str, sorted({r["final"]["n_test"] for r in results})))
+    on = f" (open: first {'/'.join(map(str, n_curve))} test images)" if n_curve else ""
+    ax.set(xscale="log", xlabel="passes over the training set", ylabel="nats per test image",
+           title=f"lines: each run's objective on the test set (−ELBO; IWAE: −L_k);\n"
+                 f"dots: test NLL = −log p(x), K={K}{on}; filled: all {n_all} test images")
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -118,12 +129,12 @@ def main():
     p.add_argument("--data-dir", metavar="DIR", help="where the MNIST IDX files are (default: the download cache)")
     p.add_argument("--results", default="iwae-results", metavar="DIR", help="where each run's evaluations are kept")
     p.add_argument("--curve-limit", type=int, default=1000, metavar="N", help="test images per point of the curve (0: no curve)")
-    p.add_argument("--plot", metavar="FILE", help="draw test NLL against passes into FILE")
+    p.add_argument("--plot", metavar="FILE", help="draw the test −ELBO and NLL against passes into FILE")
     args = p.parse_args()
     results = [results_for(r, args) for r in args.runs]
     print(table(results))
     if args.plot:
-        plot(results, args.plot, args.curve_limit)
+        plot(results, args.plot)
         print(args.plot)
 
 
