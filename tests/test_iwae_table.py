@@ -1,0 +1,65 @@
+"""tools/iwae_table.py: the stage ends it evaluates, its results cache, its table and plot.
+
+K is patched down from 5000 so that a tiny run on the embedded data evaluates in moments; what
+is checked is which checkpoints get evaluated on how many images, and what the table says.
+"""
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from scratchvae.cli import main
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "iwae_table.py"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("iwae_table", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("iwae") / "vae-s3"
+    main(["train", "--hidden", "8", "--latent", "2", "--epochs", "5", "--batch-size", "500", "--seed", "3",
+          "--lr-schedule", "iwae", "--keep", "all", "--out", str(out), "--quiet"])
+    return out
+
+
+def test_stage_ends_are_the_last_epochs_of_each_stage_and_the_last(tool):
+    assert tool.stage_ends(121) == [1, 4, 13, 40, 121]
+    assert tool.stage_ends(5) == [1, 4, 5]
+    assert tool.stage_ends(3280)[-3:] == [364, 1093, 3280]
+
+
+def test_model_names(tool):
+    assert tool.model_name({"model": {}}) == "VAE"
+    assert tool.model_name({"model": {"posterior": "full"}}) == "VAE, full covariance"
+    assert tool.model_name({"model": {"objective": "iwae", "iw_samples": 50}}) == "IWAE k=50"
+
+
+def test_a_run_is_evaluated_once_and_tabled(tool, run, tmp_path, monkeypatch):
+    monkeypatch.setattr(tool, "K", 3)
+    args = argparse.Namespace(results=str(tmp_path / "results"), curve_limit=40, data_dir=None)
+    r = tool.results_for(run, args)
+    done = json.loads((tmp_path / "results" / "vae-s3.json").read_text())
+    assert sorted(done) == ["1/40", "4/40", "5/40", "5/all"]
+    assert done["5/all"]["n_test"] == 1000 and done["1/40"]["n_test"] == 40
+    assert [e for e, _, _ in r["curve"]] == [1, 4, 5] and r["passes"] == 5 and r["seed"] == 3
+
+    def again(*a):
+        raise AssertionError("evaluated again")
+    monkeypatch.setattr(tool, "evaluate", again)
+    assert tool.results_for(run, argparse.Namespace(**{**vars(args), "curve_limit": 0})) == r
+
+    row = tool.table([r]).splitlines()[2]
+    assert row.startswith("| VAE | 5 | seed 3: ") and row.endswith("| 86.76 |")
+    assert f"{r['final']['nll']:.2f} ± {r['final']['se']:.2f}" in row
+    tool.plot([r], tmp_path / "nll.png")
+    assert (tmp_path / "nll.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
