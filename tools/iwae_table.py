@@ -121,6 +121,7 @@ def plot(results, path):
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main():
