@@ -149,3 +149,34 @@ class HostCupy:
     @staticmethod
     def RawKernel(code, name, options=()):
         return HostModule(code, options).get_function(name)
+
+
+def host_kernels():
+    """``_cupy_kernels.Kernels`` over :class:`HostCupy` (the module's CUDA kernels compiled for
+    the host), or a pytest skip naming why this machine cannot build them."""
+    import pytest
+
+    from scratchvae.backend import _cupy_kernels
+
+    if compiler() is None:
+        pytest.skip("no host C++ compiler")
+    try:
+        _compile("int host_probe() { return 0; }")
+    except RuntimeError as e:
+        pytest.skip(f"the host compiler has no C++20 <barrier>: {str(e)[-200:]}")
+    return _cupy_kernels.Kernels(HostCupy())
+
+
+def box_muller_edges(n_random, seed=0):
+    """(u1, u2) float64 pairs for Box–Muller bit-for-bit tests: u at 2**-53 and 1 − 2**-53, both
+    sides of the √½ split, every quarter turn and the half-way points where rint rounds to
+    even (all pairs of them), then ``n_random`` random odd multiples of 2**-53."""
+    from scratchvae.backend import philox
+
+    edges = [2.0**-53, 3 * 2.0**-53, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875,
+             1 - 2.0**-53, philox.SQRT_HALF, np.nextafter(philox.SQRT_HALF, 0), 1 / 3]
+    u1, u2 = (np.array(v) for v in zip(*[(a, b) for a in edges for b in edges]))
+    r = np.random.default_rng(seed)
+    u1 = np.concatenate([u1, (r.integers(0, 2**52, n_random) * 2 + 1) * 2.0**-53])
+    u2 = np.concatenate([u2, (r.integers(0, 2**52, n_random) * 2 + 1) * 2.0**-53])
+    return u1, u2

@@ -10,12 +10,11 @@ is the product of the words' exact values, accumulated in float32.
 import numpy as np
 import pytest
 
-from scratchvae.backend import _cupy_kernels
 from scratchvae.errors import InputError
 from scratchvae.ops.bf16 import from_bf16, to_bf16
 from scratchvae.ops.dense import matmul
 
-from _cuda_host import HostCupy, _compile, compiler
+from _cuda_host import host_kernels
 
 EDGES = np.array([0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF], dtype=np.uint32)
 """Lower halves of a float32 where rounding to bfloat16 turns: exact, just above, just below
@@ -94,13 +93,7 @@ def test_conversions_refuse_wrong_dtypes_and_outs():
 
 @pytest.fixture(scope="module")
 def hk():
-    if compiler() is None:
-        pytest.skip("no host C++ compiler")
-    try:
-        _compile("int host_probe() { return 0; }")
-    except RuntimeError as e:
-        pytest.skip(f"the host compiler has no C++20 <barrier>: {str(e)[-200:]}")
-    return _cupy_kernels.Kernels(HostCupy())
+    return host_kernels()
 
 
 def test_cuda_conversions_give_the_numpy_bodies_bits(hk):

@@ -34,6 +34,7 @@ from scratchvae.backend.random import Stream  # noqa: E402
 from scratchvae.optim import adam_update, adam_update_from  # noqa: E402
 from scratchvae.runs import provenance  # noqa: E402
 
+from _cuda_host import box_muller_edges  # noqa: E402
 from test_bernoulli_block import CAP, grid, reference, wide_enough  # noqa: E402
 
 DTYPES = ("float32", "float64")
@@ -292,14 +293,9 @@ def test_draws_give_the_numpy_streams_bits(kind, dtype, monkeypatch):
 
 
 def test_normal_pair_is_box_muller_bit_for_bit_at_the_edges():
-    """The edges of ``test_cuda_host``: u at 2**-53 and 1 − 2**-53, both sides of the √½ split,
-    every quarter turn and the half-way points where rint rounds to even, and random pairs."""
-    edges = [2.0**-53, 3 * 2.0**-53, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875,
-             1 - 2.0**-53, philox.SQRT_HALF, np.nextafter(philox.SQRT_HALF, 0), 1 / 3]
-    u1, u2 = (np.array(v) for v in zip(*[(a, b) for a in edges for b in edges]))
-    r = np.random.default_rng(0)
-    u1 = np.concatenate([u1, (r.integers(0, 2**52, 2000) * 2 + 1) * 2.0**-53])
-    u2 = np.concatenate([u2, (r.integers(0, 2**52, 2000) * 2 + 1) * 2.0**-53])
+    """The Box–Muller edges of ``test_cuda_host`` (``box_muller_edges``): u at 2**-53 and 1 − 2**-53,
+    both sides of the √½ split, every quarter turn, the rint ties, and random pairs."""
+    u1, u2 = box_muller_edges(2000)
     got = np.array([_numba_philox._normal_pair(a, b) for a, b in zip(u1, u2)]).reshape(-1)
     same_bits(got, philox.box_muller(u1, u2))
 
