@@ -165,6 +165,9 @@ class VAE:
     mode : 'vae', 'ae' (plain autoencoder) or 'kl-only' (see :data:`MODES`).
     posterior : 'diagonal' (N(μ, diag σ²)) or 'full' (N(μ, SSᵀ), S lower triangular); not
         for mode 'ae', whose code is a point.
+    offdiag_scale : posterior 'full' only: the fixed c of S_ij = c·o_ij, o the head's outputs
+        below the diagonal; default 1/√latent (:class:`~scratchvae.posteriors.FullGaussian`
+        says why).
     objective : 'elbo' (recon + β·KL) or 'iwae' (the importance-weighted bound of
         ``iw_samples`` samples, K; default :data:`IW_SAMPLES`). 'iwae' needs mode 'vae' and
         β = 1: its weights p(x|z)p(z)/q(z|x) hold the prior and the posterior inside one
@@ -182,7 +185,7 @@ class VAE:
     def __init__(self, input_dim=784, hidden=(400,), latent=20, activation="relu",
                  likelihood="bernoulli", sigma=1.0, mode="vae", beta=1.0, dtype="float32",
                  seed=0, backend="numpy", posterior="diagonal", objective="elbo", iw_samples=None,
-                 precision="fp32"):
+                 precision="fp32", offdiag_scale=None):
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
         self.input_dim = _positive_int("input_dim", input_dim)
@@ -196,7 +199,7 @@ class VAE:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
         self.beta = _beta(beta)
-        self.posterior, self.fits_data = _posterior(mode, posterior)
+        self.posterior, self.fits_data = _posterior(mode, posterior, offdiag_scale, self.latent)
         self.objective, self.iw_samples = _objective(objective, iw_samples, mode, self.beta)
         if str(dtype) not in DTYPES:
             raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -262,7 +265,8 @@ class VAE:
         """PyTorch ``nn.Linear`` default: weight and bias ~ U(−1/√fan_in, 1/√fan_in).
 
         Drawn from the 'init' stream in float64 (identical on every backend), then cast. The
-        likelihood initialises its own parameters (a learned raw log σ starts at 0, σ ≈ 1).
+        posterior adjusts its head (the full posterior starts S diagonal) and the likelihood
+        initialises its own parameters (a learned raw log σ starts at 0, σ ≈ 1).
         """
         stream = self.rng["init"]
         own = self.likelihood.param_shapes(self.input_dim)
@@ -272,6 +276,7 @@ class VAE:
             bound = 1.0 / math.sqrt(self.shapes[name[:-1] + "W"][0])
             u = stream.uniform(shape, "float64")
             self.params[name][...] = ((2.0 * u - 1.0) * bound).astype(self.dtype)
+        self.posterior.init_head(self.params["enc.head.W"], self.params["enc.head.b"], self.latent)
         self.likelihood.init_params(self.params)
 
     def config(self) -> dict:
@@ -279,7 +284,7 @@ class VAE:
 
         The arguments added after 0.1.0 (``posterior``, ``objective``, ``iw_samples``,
         ``precision``) appear only when they differ from the defaults, so a model of 0.1.0's
-        kind has 0.1.0's config.
+        kind has 0.1.0's config; a full posterior always records its ``offdiag_scale``.
         """
         return {"input_dim": self.input_dim, "hidden": list(self.hidden), "latent": self.latent,
                 "activation": self.activation, "likelihood": self.likelihood.name,
@@ -287,11 +292,13 @@ class VAE:
                 "dtype": self.dtype.name, "seed": self.seed, **self.config_extras()}
 
     def config_extras(self) -> dict:
-        """``posterior``, ``objective``, ``iw_samples`` and ``precision`` where they differ from
-        the defaults."""
+        """``posterior`` (and a full one's ``offdiag_scale``), ``objective``, ``iw_samples`` and
+        ``precision`` where they differ from the defaults."""
         c = {}
         if self.posterior.name not in ("diagonal", "point"):
             c["posterior"] = self.posterior.name
+        if self.posterior.name == "full":
+            c["offdiag_scale"] = self.posterior.offdiag_scale
         if self.objective != "elbo":
             c["objective"], c["iw_samples"] = self.objective, self.iw_samples
         if self.precision.name != "fp32":
@@ -607,13 +614,19 @@ def _positive_int(name, v):
     return int(v)
 
 
-def _posterior(mode, name):
+def _posterior(mode, name, offdiag_scale, latent):
     """(the posterior object, whether the reconstruction is in the objective) of a mode."""
     posterior, fits_data = MODES[mode]
     if name not in POSTERIORS:
         raise InputError(f"posterior must be one of {', '.join(POSTERIORS)}, got {name!r}")
-    if posterior is None:
+    if name == "full" and posterior is None:
+        c = 1.0 / math.sqrt(latent) if offdiag_scale is None else _offdiag_scale(offdiag_scale)
+        return POSTERIORS[name](c), fits_data
+    if posterior is None and offdiag_scale is None:
         return POSTERIORS[name](), fits_data
+    if name == "diagonal" and offdiag_scale is not None:
+        raise InputError(f"offdiag_scale is the scale of a full posterior's off-diagonal; it does not "
+                         f"apply to posterior={name!r}, got offdiag_scale={offdiag_scale!r}")
     if name != "diagonal":
         raise InputError(f"posterior={name!r} does not apply to mode {mode!r}: its code is a point, "
                          f"with no posterior to shape")
@@ -652,6 +665,13 @@ def _objective(objective, iw_samples, mode, beta):
         raise InputError(f"objective 'iwae' needs beta = 1, got {beta!r}: its weights p(x|z)p(z)/q(z|x) "
                          f"hold the prior and the posterior in one log-mean-exp, with no KL term to weight")
     return objective, _positive_int("iw_samples", IW_SAMPLES if iw_samples is None else iw_samples)
+
+
+def _offdiag_scale(c):
+    if isinstance(c, bool) or not isinstance(c, (int, float, np.integer, np.floating)) \
+            or not (math.isfinite(c) and c > 0):
+        raise InputError(f"offdiag_scale must be a finite number > 0, got {c!r}")
+    return float(c)
 
 
 def _beta(beta):

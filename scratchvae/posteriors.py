@@ -5,6 +5,7 @@ posterior turns them into a sample z and KL(q ‖ p) with p = N(0, I), and back:
 
 ==========================================  ===========================================
 ``head_width(L)``                           columns of the head's output for latent size L
+``init_head(W, b, L)``                      adjust the head's freshly drawn weights (in place)
 ``workspace(xp, dtype, n, L)``              the buffers one training step needs
 ``fill_noise(q, eps, stream)``              the noise of the sample (given, or drawn)
 ``forward(head, q, bias)``                  (z, KL sum): the fused sample-and-KL block
@@ -53,6 +54,9 @@ class _Gaussian:
     prior, and the pieces of the importance-weighted objective."""
 
     stochastic = True
+
+    def init_head(self, W, b, L):
+        """The head keeps the default draw (see :meth:`FullGaussian.init_head`)."""
 
     def fill_noise(self, q, eps, stream):
         if eps is None:
@@ -154,15 +158,47 @@ class DiagonalGaussian(_Gaussian):
 
 class FullGaussian(_Gaussian):
     """q(z|x) = N(μ(x), S(x) S(x)ᵀ), S lower triangular with a positive diagonal; the head
-    outputs [μ | log diag S | strict lower triangle of S], (N, 2L + L(L−1)/2)."""
+    outputs [μ | d | o], (N, 2L + L(L−1)/2): d = log diag S and S_ij = c·o_ij below the
+    diagonal, c = ``offdiag_scale``.
+
+    Why c = 1/√L by default. Adam moves every weight by about the learning rate per step
+    whatever its gradient's size, and the off-diagonal weights' gradients (dz_i ε_j per row) are
+    mostly noise: with c = 1 they random-walk, row i of S gathers i such entries, and the
+    sample z_i = μ_i + Σ_j S_ij ε_j carries their noise into the decoder. Measured on MNIST
+    with the IWAE paper's setup (784-200-200-50, batch 20, lr 1e-3; seed 1, test −ELBO after
+    passes 1, 4, 13): the diagonal VAE 120.3, 108.1, 101.4; c = 1 134.6, 118.2, 106.6 (lower KL,
+    much worse reconstruction); the off-diagonal frozen at 0, 121.4, 108.1 (so neither d = log S_ii
+    nor the extra head costs anything by itself); c = 0.1, 124.0, 108.9, 101.3. Scaling by 1/√L
+    (the fan-in rule of initialisation, for a row of up to L − 1 entries) lets a row's
+    off-diagonal part move about as fast as one entry of the diagonal. ``offdiag_scale=1``
+    is the plain parameterisation S_ij = o_ij (and what runs saved before the scale existed
+    hold: :func:`scratchvae.runs.read_config` reads them so).
+    """
 
     name = "full"
     param_names = ("mu", "scale_tril")
     log_scale_weight = 1.0          # log |det S| = Σ_i log S_ii
     log_scale_limit = fullcov.LOG_SCALE_LIMIT
 
+    def __init__(self, offdiag_scale):
+        self.offdiag_scale = offdiag_scale
+
     def head_width(self, L):
         return 2 * L + fullcov.tril_size(L)
+
+    def init_head(self, W, b, L):
+        """Start the strict lower triangle's columns at zero, so S starts diagonal.
+
+        With the default draw each of the M = L(L−1)/2 entries o starts with a variance of
+        about E[h²]/3 (fan-in uniform weights on a tanh layer), so row i of S starts with i of
+        them: Var z_i grows with i, and ½ Σ S_k² is KL spent on a model that has learnt nothing.
+        From o = 0 the model starts as the diagonal posterior does (up to the d = ½ logvar
+        scale) and the off-diagonal entries grow where the gradient asks for them:
+        ∂/∂W_o = hᵀ ∂/∂o is not zero at W_o = 0. (Seed 1 of the setup in the class docstring,
+        c = 1: test −ELBO after one pass 134.6 from the default draw, 130.6 from zero.)
+        """
+        W[:, 2 * L:] = 0
+        b[2 * L:] = 0
 
     def workspace(self, xp, dtype, n, L):
         e = lambda *shape: xp.empty(shape, dtype=dtype)  # noqa: E731
@@ -171,15 +207,17 @@ class FullGaussian(_Gaussian):
                                gathered=e(n, fullcov.tril_size(L)))
 
     def forward(self, head, q, bias):
-        kl = fullcov.fullcov_reparam_kl_forward(head, q.eps, q.z, q.scale, q.scratch, bias=bias)
+        kl = fullcov.fullcov_reparam_kl_forward(head, q.eps, q.z, q.scale, q.scratch, bias=bias,
+                                                offdiag=self.offdiag_scale)
         return q.z, kl
 
     def backward(self, dz, q, head, beta, dhead):
-        fullcov.fullcov_reparam_kl_backward(dz, q.eps, q.scale, head, beta, dhead, q.outer, q.gathered)
+        fullcov.fullcov_reparam_kl_backward(dz, q.eps, q.scale, head, beta, dhead, q.outer, q.gathered,
+                                            offdiag=self.offdiag_scale)
 
     def split(self, head):
         """(μ, scale_tril S (N, L, L)) of a head output (bias included), clamped as in training."""
-        return fullcov.scale_tril_from_head(head)
+        return fullcov.scale_tril_from_head(head, offdiag=self.offdiag_scale)
 
     def sample(self, params, eps):
         return fullcov.fullcov_sample(params[0], params[1], eps)
@@ -215,6 +253,9 @@ class PointMass:
 
     def head_width(self, L):
         return L
+
+    def init_head(self, W, b, L):
+        """The head keeps the default draw."""
 
     def workspace(self, xp, dtype, n, L):
         return SimpleNamespace(zero=xp.zeros((), dtype=dtype))

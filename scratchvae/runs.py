@@ -255,7 +255,17 @@ def read_config(run_dir):
         unknown = sorted(set(config[part]) - known)
         if unknown:
             raise InputError(f"{path}: unknown {part} settings {', '.join(unknown)}")
+    config["model"] = model_settings(config["model"])
     return config, dict(config["model"]), TrainConfig(**config["train"])
+
+
+def model_settings(model):
+    """A run's recorded model settings as this version reads them: a full posterior saved
+    before ``offdiag_scale`` existed has S_ij = o_ij, that is offdiag_scale 1 (today's default
+    is 1/√L, so leaving it out would change what its parameters mean)."""
+    if model.get("posterior") == "full" and "offdiag_scale" not in model:
+        return {**model, "offdiag_scale": 1.0}
+    return model
 
 
 def keep_of(config):
@@ -610,7 +620,7 @@ def _check_meta(path, meta, config, cfg_path):
         return
 
     def comparable(c):   # epochs is the total asked for, which --resume --epochs changes
-        return {"model": c.get("model", {}),
+        return {"model": model_settings(c.get("model", {})),
                 "train": {k: v for k, v in c.get("train", {}).items() if k != "epochs"}}
 
     lines = [line.replace(", model has ", f", {cfg_path.name} has ")

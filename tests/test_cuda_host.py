@@ -93,11 +93,13 @@ def test_reparam_kl_forward_and_backward(dtype, hk):
         assert out[0, L] == 0 and out[0, L + 1] == 0 and out[0, L + 2] == 0  # clamped: no gradient
 
 
+@pytest.mark.parametrize("offdiag", [1.0, 0.375])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fullcov_reparam_kl_forward_and_backward(dtype, hk):
-    """The full-covariance block: S, z, the KL sum (three blocks of partial sums) and the head as
-    the forward leaves it (bias added, clamps) within the twin tolerance / exactly; the backward,
-    made of products and sums only, bit for bit."""
+def test_fullcov_reparam_kl_forward_and_backward(dtype, offdiag, hk):
+    """The full-covariance block (S_ij = c·o_ij below the diagonal, c = 1 and c = 0.375): S, z,
+    the KL sum (three blocks of partial sums) and the head as the forward leaves it (bias added,
+    clamps) within the twin tolerance / exactly; the backward, made of products and sums only,
+    bit for bit."""
     r = np.random.default_rng(4)
     N, L = 61, 6                                         # 366 threads: two blocks; M = 15
     P = 2 * L + L * (L - 1) // 2
@@ -107,22 +109,22 @@ def test_fullcov_reparam_kl_forward_and_backward(dtype, hk):
     for bias in (r.normal(size=P).astype(dtype) * 0.1, None):
         (z_h, S_h, s_h), (z_d, S_d, s_d) = bufs(), bufs()
         h_h, h_d = head.copy(), head.copy()
-        kl = ops.fullcov_reparam_kl_forward(h_h, eps, z_h, S_h, s_h, bias=bias)
-        got = K(hk, ops.fullcov_reparam_kl_forward, h_d, eps, z_d, S_d + np.nan, s_d, bias=bias)
+        kl = ops.fullcov_reparam_kl_forward(h_h, eps, z_h, S_h, s_h, bias=bias, offdiag=offdiag)
+        got = K(hk, ops.fullcov_reparam_kl_forward, h_d, eps, z_d, S_d + np.nan, s_d, bias=bias, offdiag=offdiag)
         assert got.shape == () and got.dtype == np.dtype(dtype)
         assert rel(got, kl) <= TWIN[dtype]
         np.testing.assert_array_equal(h_d, h_h)          # head + bias and the clamp, in place
         assert rel(z_d, z_h) <= TWIN[dtype]
     S_d = np.full((N, L, L), np.nan, dtype)              # the kernel writes every entry of S
-    K(hk, ops.fullcov_reparam_kl_forward, h_h.copy(), eps, z_d, S_d, s_d)
+    K(hk, ops.fullcov_reparam_kl_forward, h_h.copy(), eps, z_d, S_d, s_d, offdiag=offdiag)
     assert rel(S_d, S_h) <= TWIN[dtype] and np.all(np.triu(S_d, 1) == 0)
     outer, gathered = np.empty((N, L, L), dtype), np.empty((N, P - 2 * L), dtype)
     for beta, with_dz in [(1.0, True), (0.3, False), (np.array([0.7]), True)]:
         b_host = float(beta[0]) if isinstance(beta, np.ndarray) else beta
         want = ops.fullcov_reparam_kl_backward(dz.copy() if with_dz else None, eps, S_h, h_h, b_host,
-                                               np.empty((N, P), dtype), outer, gathered)
+                                               np.empty((N, P), dtype), outer, gathered, offdiag=offdiag)
         got = K(hk, ops.fullcov_reparam_kl_backward, dz.copy() if with_dz else None, eps, S_h, h_h, beta,
-                np.empty((N, P), dtype), None, None)
+                np.empty((N, P), dtype), None, None, offdiag=offdiag)
         np.testing.assert_array_equal(got, want)
         assert got[0, L] == 0 and got[0, L + 1] == 0 and got[0, L + 2] == 0   # clamped: no gradient
 

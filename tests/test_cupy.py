@@ -123,8 +123,9 @@ def test_reparam_kl_backward_kernel(dtype, beta, with_dz, cb):
 
 
 # -- full-covariance reparameterize + KL --------------------------------------------------------------
+@pytest.mark.parametrize("offdiag", [1.0, 0.2236])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fullcov_kernels(dtype, cb):
+def test_fullcov_kernels(dtype, offdiag, cb):
     r = np.random.default_rng(5)
     N, L = 128, 20
     P = 2 * L + L * (L - 1) // 2
@@ -134,8 +135,8 @@ def test_fullcov_kernels(dtype, cb):
                                                       r.normal(size=(N, L)), 0.1 * r.normal(size=P))
     S, dS = np.zeros((N, L, L), dtype), cb.xp.full((N, L, L), np.nan, dtype)
     z, dzz = np.empty((N, L), dtype), cb.xp.empty((N, L), dtype)
-    kl = ops.fullcov_reparam_kl_forward(h, eps, z, S, np.empty((N, L), dtype), bias=bias)
-    dkl = ops.fullcov_reparam_kl_forward(dh, deps, dzz, dS, cb.xp.empty((N, L), dtype), bias=dbias)
+    kl = ops.fullcov_reparam_kl_forward(h, eps, z, S, np.empty((N, L), dtype), bias=bias, offdiag=offdiag)
+    dkl = ops.fullcov_reparam_kl_forward(dh, deps, dzz, dS, cb.xp.empty((N, L), dtype), bias=dbias, offdiag=offdiag)
     assert dkl.shape == () and rel(cb.to_host(dkl), kl) <= TWIN[dtype]
     for got, want in ((dzz, z), (dS, S)):
         assert rel(cb.to_host(got), want) <= TWIN[dtype]
@@ -143,9 +144,10 @@ def test_fullcov_kernels(dtype, cb):
     dS = cb.asarray(S)                                    # the backward from the same S
     for beta, b_dev, with_dz in [(1.0, 1.0, True), (0.3, 0.3, False), (0.7, cb.xp.asarray(np.float64(0.7)), True)]:
         want = ops.fullcov_reparam_kl_backward(dz.copy() if with_dz else None, eps, S, h, beta, np.empty((N, P), dtype),
-                                               np.empty((N, L, L), dtype), np.empty((N, P - 2 * L), dtype))
+                                               np.empty((N, L, L), dtype), np.empty((N, P - 2 * L), dtype),
+                                               offdiag=offdiag)
         got = ops.fullcov_reparam_kl_backward(ddz.copy() if with_dz else None, deps, dS, dh, b_dev,
-                                              cb.xp.empty((N, P), dtype), None, None)
+                                              cb.xp.empty((N, P), dtype), None, None, offdiag=offdiag)
         got = cb.to_host(got)
         assert rel(got, want) <= TWIN[dtype] and got[0, L] == 0 and got[0, L + 1] == 0
 

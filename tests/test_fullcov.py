@@ -48,30 +48,33 @@ def random_head(r, N, L, scale=0.5):
     return r.normal(size=(N, 2 * L + tril_size(L))) * scale
 
 
-def forward(backend, head, eps, bias=None):
+def forward(backend, head, eps, bias=None, offdiag=1.0):
     """(kl, z, S) of the fused forward on a copy of ``head`` (returned too, as the block left it)."""
     xp = backend.xp
     N, L = eps.shape
     z, scratch = xp.empty((N, L)), xp.empty((N, L))
     S = xp.zeros((N, L, L))
     h = head.copy()
-    kl = fullcov_reparam_kl_forward(h, eps, z, S, scratch, bias=bias)
+    kl = fullcov_reparam_kl_forward(h, eps, z, S, scratch, bias=bias, offdiag=offdiag)
     return kl, z, S, h
 
 
-def backward(backend, dz, eps, S, head, beta):
+def backward(backend, dz, eps, S, head, beta, offdiag=1.0):
     xp = backend.xp
     N, L = eps.shape
     dh = xp.empty(head.shape)
-    fullcov_reparam_kl_backward(dz, eps, S, head, beta, dh, xp.empty((N, L, L)), xp.empty((N, tril_size(L))))
+    fullcov_reparam_kl_backward(dz, eps, S, head, beta, dh, xp.empty((N, L, L)), xp.empty((N, tril_size(L))),
+                                offdiag=offdiag)
     return dh
 
 
 # -- layer 1: the fused block ---------------------------------------------------------------------
+@pytest.mark.parametrize("offdiag", [1.0, 0.3])
 @pytest.mark.parametrize("beta", [1.0, 0.3])
 @pytest.mark.parametrize("with_dz", [True, False])
-def test_fused_fullcov_block_gradient(beta, with_dz, backend):
-    """The block's gradient is that of  Σ w ⊙ z + β·KL  (or β·KL alone) over the whole head."""
+def test_fused_fullcov_block_gradient(beta, with_dz, offdiag, backend):
+    """The block's gradient is that of  Σ w ⊙ z + β·KL  (or β·KL alone) over the whole head,
+    with S_ij = c·o_ij below the diagonal (c = 1, and c = 0.3)."""
     r = np.random.default_rng(21)
     xp = backend.xp
     N, L = 4, 3
@@ -79,36 +82,38 @@ def test_fused_fullcov_block_gradient(beta, with_dz, backend):
     eps, w = (backend.asarray(r.normal(size=(N, L))) for _ in range(2))
 
     def f():
-        kl, z, _, _ = forward(backend, head, eps)
+        kl, z, _, _ = forward(backend, head, eps, offdiag=offdiag)
         return (xp.sum(w * z) if with_dz else 0.0) + beta * kl
 
-    _, _, S, h = forward(backend, head, eps)
-    dh = backward(backend, w.copy() if with_dz else None, eps, S, h, beta)
+    _, _, S, h = forward(backend, head, eps, offdiag=offdiag)
+    dh = backward(backend, w.copy() if with_dz else None, eps, S, h, beta, offdiag=offdiag)
     err = gradcheck(f, {"head": head}, {"head": dh})
     assert err["head"] <= TOL, err
 
 
-def test_fused_fullcov_block_against_the_textbook_forms(backend):
+@pytest.mark.parametrize("offdiag", [1.0, 0.3])
+def test_fused_fullcov_block_against_the_textbook_forms(offdiag, backend):
     """KL: ½(tr Σ + μᵀμ − L − log det Σ) with Σ = SSᵀ formed; z = μ + Sε; the backward is
-    the reference dS = tril(dz εᵀ) + β (S − S⁻ᵀ), dμ = dz + βμ, chained to d = log S_ii."""
+    the reference dS = tril(dz εᵀ) + β (S − S⁻ᵀ), dμ = dz + βμ, chained to d = log S_ii and
+    to o = S_ij / c below the diagonal."""
     r = np.random.default_rng(22)
     N, L, beta = 5, 4, 0.7
     head = backend.asarray(random_head(r, N, L))
     bias = backend.asarray(r.normal(size=head.shape[1]) * 0.1)
     eps, dz = (backend.asarray(r.normal(size=(N, L))) for _ in range(2))
-    kl, z, S, h = forward(backend, head, eps, bias=bias)
-    mu, S_ref = fullcov.scale_tril_from_head(head + bias)
+    kl, z, S, h = forward(backend, head, eps, bias=bias, offdiag=offdiag)
+    mu, S_ref = fullcov.scale_tril_from_head(head + bias, offdiag=offdiag)
     np.testing.assert_array_equal(backend.to_host(S), backend.to_host(S_ref))
     np.testing.assert_allclose(float(kl), float(reference.fullcov_kl(mu, S_ref)), rtol=1e-13)
     host = {k: backend.to_host(v) for k, v in dict(mu=mu, S=S_ref, eps=eps, z=z, dz=dz).items()}
     np.testing.assert_allclose(host["z"], host["mu"] + np.einsum("nij,nj->ni", host["S"], host["eps"]), rtol=1e-14)
 
-    dh = backend.to_host(backward(backend, dz.copy(), eps, S, h, beta))
+    dh = backend.to_host(backward(backend, dz.copy(), eps, S, h, beta, offdiag=offdiag))
     dmu_r, dS_r = reference.fullcov_reparameterize_backward(host["dz"], host["eps"])
     dmu_k, dS_k = reference.fullcov_kl_backward(host["mu"], host["S"])
     dS = dS_r + beta * dS_k
     dd = np.diagonal(dS, axis1=1, axis2=2) * np.diagonal(host["S"], axis1=1, axis2=2)   # ∂S_ii/∂d_i = S_ii
-    np.testing.assert_allclose(dh, pack(dmu_r + beta * dmu_k, dd, dS), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dh, pack(dmu_r + beta * dmu_k, dd, offdiag * dS), rtol=1e-12, atol=1e-14)
 
 
 def test_diagonal_special_case_of_the_block(backend):
@@ -308,7 +313,7 @@ def test_iwae_is_exact_when_the_full_q_is_the_true_posterior(backend):
                 backend=backend, posterior="full", objective=objective, seed=5)
         head_W = np.zeros((Dx, 5))
         head_W[:, :Lz] = A
-        head_b = np.concatenate([-b @ A, np.log(np.diag(S)), [S[1, 0]]])
+        head_b = np.concatenate([-b @ A, np.log(np.diag(S)), [S[1, 0] / m.posterior.offdiag_scale]])
         m.set_params({"enc.head.W": head_W, "enc.head.b": head_b, "dec.out.W": W, "dec.out.b": b})
         xb = backend.asarray(x)
         if objective == "elbo":
@@ -318,3 +323,94 @@ def test_iwae_is_exact_when_the_full_q_is_the_true_posterior(backend):
         else:
             res = m.loss_and_grads(xb, need_grads=False)
             assert float(res.bound) == pytest.approx(-exact.sum(), rel=1e-12)
+
+
+# -- the off-diagonal scale c and the head's start ---------------------------------------------------
+def test_offdiag_scale_defaults_to_one_over_root_latent_and_is_recorded():
+    m = VAE(input_dim=D, hidden=(6,), latent=4, posterior="full")
+    assert m.posterior.offdiag_scale == 0.5 and m.config()["offdiag_scale"] == 0.5
+    again = VAE(**m.config())
+    assert again.posterior.offdiag_scale == 0.5 and again.config() == m.config()
+    plain = VAE(input_dim=D, hidden=(6,), latent=4, posterior="full", offdiag_scale=1)
+    assert plain.posterior.offdiag_scale == 1.0 and plain.config()["offdiag_scale"] == 1.0
+    assert "offdiag_scale" not in VAE(input_dim=D, hidden=(6,), latent=4).config()
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(posterior="full", offdiag_scale=0.0), ["offdiag_scale", "> 0", "0.0"]),
+    (dict(posterior="full", offdiag_scale=-1), ["offdiag_scale", "-1"]),
+    (dict(posterior="full", offdiag_scale=float("nan")), ["offdiag_scale", "finite", "nan"]),
+    (dict(posterior="full", offdiag_scale="0.1"), ["offdiag_scale", "'0.1'"]),
+    (dict(posterior="full", offdiag_scale=True), ["offdiag_scale", "True"]),
+    (dict(offdiag_scale=0.5), ["offdiag_scale", "posterior='diagonal'", "0.5"]),
+    (dict(mode="ae", offdiag_scale=0.5), ["offdiag_scale", "posterior='diagonal'"]),
+])
+def test_offdiag_scale_bad_input(kw, words):
+    from scratchvae.errors import InputError
+    with pytest.raises(InputError) as e:
+        VAE(input_dim=D, hidden=(6,), latent=4, **kw)
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_the_scale_is_the_same_model_reparameterised(backend):
+    """Head outputs o and scale c give the model of outputs c·o and scale 1: the same losses, and
+    ∂/∂o = c · ∂/∂(c·o) for the off-diagonal columns (the head's W and b), the rest unchanged."""
+    m, x, eps = make(backend, seed=6)
+    c = m.posterior.offdiag_scale
+    assert c == 1 / math.sqrt(L)
+    one = VAE(**{**m.config(), "offdiag_scale": 1.0}, backend=backend)
+    p = m.host_params()
+    q = {k: v.copy() for k, v in p.items()}
+    for k in ("enc.head.W", "enc.head.b"):
+        q[k][..., 2 * L:] *= c
+    one.set_params(q)
+    rm, r1 = m.loss_and_grads(x, eps=eps), one.loss_and_grads(x, eps=eps)
+    np.testing.assert_allclose([float(rm.recon), float(rm.kl)], [float(r1.recon), float(r1.kl)], rtol=1e-13)
+    gm = {k: backend.to_host(v).copy() for k, v in rm.grads.items()}
+    g1 = {k: backend.to_host(v) for k, v in r1.grads.items()}
+    for k in gm:
+        want = g1[k].copy()
+        if k.startswith("enc.head"):
+            want[..., 2 * L:] *= c
+        np.testing.assert_allclose(gm[k], want, rtol=1e-11, atol=1e-13, err_msg=k)
+
+
+def test_the_off_diagonal_head_starts_at_zero():
+    """S starts diagonal: the head's columns of o are zero after initialisation, the others drawn."""
+    m = VAE(input_dim=D, hidden=(6,), latent=4, posterior="full", seed=3)
+    W, b = m.params["enc.head.W"], m.params["enc.head.b"]
+    assert np.all(W[:, 8:] == 0) and np.all(b[8:] == 0)
+    assert np.all(W[:, :8] != 0) and np.all(b[:8] != 0)
+    _, S = m.encode(np.random.default_rng(0).uniform(size=(3, D)).astype(np.float32))
+    assert np.all(np.tril(S, -1) == 0)
+
+
+def test_a_full_run_saved_before_the_scale_reads_as_scale_one(tmp_path):
+    """A run whose config.json and checkpoints carry no offdiag_scale (as every full-covariance run
+    saved before it existed) loads with c = 1, the meaning its parameters were trained with, and
+    gives that model's losses; the same run with the key loads as recorded."""
+    import json
+
+    from scratchvae.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+    from scratchvae.runs import CHECKPOINTS, TrainConfig, load_run
+    from scratchvae.train import fit
+    x = np.random.default_rng(1).uniform(size=(40, D)).astype(np.float32)
+    m = VAE(input_dim=D, hidden=(6,), latent=3, posterior="full", offdiag_scale=1.0, seed=2)
+    fit(m, x, config=TrainConfig(epochs=1, batch_size=10), run_dir=tmp_path / "run")
+    assert load_run(tmp_path / "run").model.posterior.offdiag_scale == 1.0
+    cfg_path = tmp_path / "run" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["model"]["offdiag_scale"]
+    cfg_path.write_text(json.dumps(cfg))
+    paths = list_checkpoints(tmp_path / "run" / CHECKPOINTS)
+    assert paths
+    for path in paths:
+        arrays, meta = load_checkpoint(path)
+        del meta["config"]["model"]["offdiag_scale"]
+        save_checkpoint(path, arrays, meta)
+    run = load_run(tmp_path / "run")
+    assert run.model.posterior.offdiag_scale == 1.0
+    xb = x[:10]
+    eps = np.random.default_rng(3).normal(size=(10, 3)).astype(np.float32)
+    got, want = run.model.loss_and_grads(xb, eps=eps), m.loss_and_grads(xb, eps=eps)
+    assert float(got.loss) == float(want.loss)

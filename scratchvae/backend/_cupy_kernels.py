@@ -186,10 +186,12 @@ __device__ void reparam_kl_bwd(const T* dz, const T* eps, const T* std_, const T
 /* h (N, P), P = 2L + L(L-1)/2: mu = [:, :L], d = log diag S = [:, L:2L], the strict lower triangle
    of S row by row from column 2L (row i's entries at 2L + i(i-1)/2); b (P) or null: h += b in place
    first; d clamped in place to +-lim. One thread per (row r, unit i): row i of S (N, L, L) written
-   whole, z_i = (sum_{j<i} S_ij eps_j + S_ii eps_i) + mu_i, and the KL terms of unit i:
-   (mu^2 + expm1(2d)) - 2d and S_ij^2 for j < i (their sum is halved by finish_sum). */
+   whole (S_ij = c o_ij below the diagonal), z_i = (sum_{j<i} S_ij eps_j + S_ii eps_i) + mu_i, and
+   the KL terms of unit i: (mu^2 + expm1(2d)) - 2d and S_ij^2 for j < i (their sum is halved by
+   finish_sum). */
 template <typename T>
-__device__ void fullcov_fwd(T* h, const T* b, const T* eps, T* z, T* S, i64 n, i64 L, T lim, double* partials) {
+__device__ void fullcov_fwd(T* h, const T* b, const T* eps, T* z, T* S, i64 n, i64 L, T lim, T c,
+                            double* partials) {
     i64 P = 2 * L + L * (L - 1) / 2;
     double acc = 0.0;
     GRID_STRIDE(t, n) {
@@ -210,9 +212,10 @@ __device__ void fullcov_fwd(T* h, const T* b, const T* eps, T* z, T* S, i64 n, i
         for (i64 j = 0; j < i; ++j) {
             T o = hr[off + j];
             if (b) { o = o + b[off + j]; hr[off + j] = o; }
-            Sr[j] = o;
-            T sq = o * o; acc += (double)sq;
-            T p = o * er[j]; zz = zz + p;
+            T so = o * c;
+            Sr[j] = so;
+            T sq = so * so; acc += (double)sq;
+            T p = so * er[j]; zz = zz + p;
         }
         T s = m_exp(d);
         Sr[i] = s;
@@ -225,10 +228,10 @@ __device__ void fullcov_fwd(T* h, const T* b, const T* eps, T* z, T* S, i64 n, i
 }
 
 /* dmu = beta mu (+ dz);  dd = (beta S_ii (+ dz_i eps_i)) S_ii - beta, 0 where |d| >= lim;
-   d(S_ij) = beta S_ij (+ dz_i eps_j) for j < i. beta as in reparam_kl_bwd. */
+   do_ij = (beta S_ij (+ dz_i eps_j)) c for j < i, S_ij = c o_ij. beta as in reparam_kl_bwd. */
 template <typename T>
 __device__ void fullcov_bwd(const T* dz, const T* eps, const T* S, const T* h, const double* beta_p, T beta_s,
-                            T* dh, i64 n, i64 L, T lim) {
+                            T* dh, i64 n, i64 L, T lim, T c) {
     T beta = beta_p ? (T)beta_p[0] : beta_s;
     i64 P = 2 * L + L * (L - 1) / 2;
     GRID_STRIDE(t, n) {
@@ -244,9 +247,10 @@ __device__ void fullcov_bwd(const T* dz, const T* eps, const T* S, const T* h, c
         dr[i] = dmu;
         dr[L + i] = dd;
         for (i64 j = 0; j < i; ++j) {
-            T g = hr[off + j] * beta;
+            T so = hr[off + j] * c;
+            T g = so * beta;
             if (dz) { T p = dzi * er[j]; g = g + p; }
-            dr[off + j] = g;
+            dr[off + j] = g * c;
         }
     }
 }
@@ -358,11 +362,11 @@ extern "C" __global__ void gather_rows_##SUF(const T* src, const i64* perm, cons
 extern "C" __global__ void record_losses_##SUF(const T* recon, const T* kl, double* losses, i64* bi, i64* flag) \
     { record_losses<T>(recon, kl, losses, bi, flag); } \
 extern "C" __global__ void fullcov_reparam_kl_forward_##SUF(T* h, const T* b, const T* eps, T* z, T* S, i64 n, \
-        i64 L, T lim, double* partials) \
-    { fullcov_fwd<T>(h, b, eps, z, S, n, L, lim, partials); } \
+        i64 L, T lim, T c, double* partials) \
+    { fullcov_fwd<T>(h, b, eps, z, S, n, L, lim, c, partials); } \
 extern "C" __global__ void fullcov_reparam_kl_backward_##SUF(const T* dz, const T* eps, const T* S, const T* h, \
-        const double* beta_p, T beta_s, T* dh, i64 n, i64 L, T lim) \
-    { fullcov_bwd<T>(dz, eps, S, h, beta_p, beta_s, dh, n, L, lim); } \
+        const double* beta_p, T beta_s, T* dh, i64 n, i64 L, T lim, T c) \
+    { fullcov_bwd<T>(dz, eps, S, h, beta_p, beta_s, dh, n, L, lim, c); } \
 extern "C" __global__ void record_bound_losses_##SUF(const T* bound, const T* recon, const T* kl, double* losses, \
         i64* bi, i64* flag) \
     { record_bound_losses<T>(bound, recon, kl, losses, bi, flag); }
@@ -540,16 +544,16 @@ class Kernels:
         return dml
 
     # -- full-covariance reparameterize + KL --------------------------------------------------------
-    def fullcov_reparam_kl_forward(self, head, eps, z, scale, scratch, bias, limit):
+    def fullcov_reparam_kl_forward(self, head, eps, z, scale, scratch, bias, limit, offdiag):
         suf, t = self._suffix(head), head.dtype.type
         N, L = z.shape
         self._need_c("fullcov_reparam_kl_forward", head, eps, z, scale)
         n = N * L
         return self._reduce(f"fullcov_reparam_kl_forward_{suf}", suf, head.dtype, n,
                             (head, self._vector_or_null(bias, head.shape[1], head.dtype), eps, z, scale,
-                             np.int64(n), np.int64(L), t(limit)), 0.5)
+                             np.int64(n), np.int64(L), t(limit), t(offdiag)), 0.5)
 
-    def fullcov_reparam_kl_backward(self, dz, eps, scale, head, beta, dhead, outer, gathered, limit):
+    def fullcov_reparam_kl_backward(self, dz, eps, scale, head, beta, dhead, outer, gathered, limit, offdiag):
         suf, t = self._suffix(head), head.dtype.type
         N, L = eps.shape
         self._need_c("fullcov_reparam_kl_backward", eps, scale, head, dhead, *(() if dz is None else (dz,)))
@@ -557,7 +561,7 @@ class Kernels:
         n = N * L
         self._launch(f"fullcov_reparam_kl_backward_{suf}", n,
                      (np.uint64(0) if dz is None else dz, eps, scale, head, beta_p, beta_s, dhead,
-                      np.int64(n), np.int64(L), t(limit)))
+                      np.int64(n), np.int64(L), t(limit), t(offdiag)))
         return dhead
 
     def _beta(self, beta, t):

@@ -2,9 +2,10 @@
 
 Notation (N batch, L latent; per row): μ (L,); the Cholesky factor S (L, L), ``scale_tril``,
 with S_ij = 0 for j > i and a positive diagonal S_ii = e^{d_i}, d = log diag S; the strict lower
-triangle o (M = L(L−1)/2 entries) holds S_ij for i > j in row-major order, the order of
-``numpy.tril_indices(L, -1)``: row i's entries S_i0 … S_i,i−1 start at offset i(i−1)/2. The
-encoder's head outputs [μ | d | o] per row, width 2L + M.
+triangle is S_ij = c·o_ij for i > j, o (M = L(L−1)/2 entries) in row-major order, the order of
+``numpy.tril_indices(L, -1)``: row i's entries o_i0 … o_i,i−1 start at offset i(i−1)/2. The
+encoder's head outputs [μ | d | o] per row, width 2L + M; c is the posterior's fixed
+``offdiag_scale`` (by default 1/√L: :class:`scratchvae.posteriors.FullGaussian` says why).
 
     Σ = S Sᵀ                  (any positive-definite Σ has exactly one such S: its Cholesky factor)
     z = μ + S ε,  ε ~ N(0, I)  (then Cov z = S E[εεᵀ] Sᵀ = S Sᵀ)
@@ -13,7 +14,7 @@ encoder's head outputs [μ | d | o] per row, width 2L + M.
 KL to the prior p = N(0, I), from KL = ½ (tr Σ + μᵀμ − L − log det Σ) (derived in
 :func:`.gaussian.kl_standard_normal_terms`) with tr(S Sᵀ) = Σ_ij S_ij² = ‖S‖²_F:
 
-    KL = ½ (‖S‖²_F + ‖μ‖² − L − 2 Σ_i d_i) = ½ Σ_i (e^{2d_i} − 1 − 2d_i + μ_i²) + ½ Σ_k o_k²
+    KL = ½ (‖S‖²_F + ‖μ‖² − L − 2 Σ_i d_i) = ½ Σ_i (e^{2d_i} − 1 − 2d_i + μ_i²) + ½ Σ_k (c o_k)²
 
 With o = 0 and d = ½ logvar this is the diagonal posterior's KL term for term, and z its sample.
 
@@ -50,13 +51,15 @@ def tril_indices(L):
 
 
 @fused("fullcov_reparam_kl_forward")
-def fullcov_reparam_kl_forward(head, eps, z, scale, scratch, bias=None, limit=LOG_SCALE_LIMIT):
+def fullcov_reparam_kl_forward(head, eps, z, scale, scratch, bias=None, limit=LOG_SCALE_LIMIT,
+                               offdiag=1.0):
     """Fused block after the encoder's head GEMM: S from the head, z = μ + S ε and the KL sum.
 
     head: (N, 2L + M) = [μ | d | o]; eps, z, scratch: (N, L); scale: (N, L, L), written whole
-    (S: o below the diagonal, e^{d} on it, 0 above), kept for the backward. ``bias`` (2L + M,):
-    the head's bias, added to ``head`` in place first; d is clamped in place to ±``limit``.
-    Returns KL (0-d, no host sync) = ½ Σ_n [Σ_i (e^{2d_i} − 1 − 2d_i + μ_i²) + Σ_k o_k²] (see
+    (S: c·o below the diagonal, e^{d} on it, 0 above), kept for the backward; c = ``offdiag``,
+    a Python float. ``bias`` (2L + M,): the head's bias, added to ``head`` in place first; d is
+    clamped in place to ±``limit``.
+    Returns KL (0-d, no host sync) = ½ Σ_n [Σ_i (e^{2d_i} − 1 − 2d_i + μ_i²) + Σ_k S_k²] (see
     the module). Each diagonal term is formed as the diagonal block forms it,
     (μ² + expm1(2d)) − 2d: ≥ 0 in floating point, and with o = 0, d = ½ logvar the same bits.
     """
@@ -69,8 +72,10 @@ def fullcov_reparam_kl_forward(head, eps, z, scale, scratch, bias=None, limit=LO
         xp.clip(d, -limit, limit, out=d)
     flat = scale.reshape(N, L * L)
     scale[...] = 0
-    flat[:, tril_indices(L)[2]] = o           # S below the diagonal
-    off = xp.vdot(flat, flat)                 # Σ o² (the diagonal is still 0)
+    flat[:, tril_indices(L)[2]] = o           # S below the diagonal: c·o (c = 1: o itself)
+    if offdiag != 1.0:
+        flat *= offdiag
+    off = xp.vdot(flat, flat)                 # Σ S_k² below the diagonal (the diagonal is still 0)
     diag = flat[:, ::L + 1]
     xp.exp(d, out=diag)                       # S_ii = e^{d}
     t = xp.multiply(mu, mu, out=scratch)      # μ²
@@ -87,7 +92,7 @@ def fullcov_reparam_kl_forward(head, eps, z, scale, scratch, bias=None, limit=LO
 
 @fused("fullcov_reparam_kl_backward", on="head")
 def fullcov_reparam_kl_backward(dz, eps, scale, head, beta, dhead, outer, gathered,
-                                limit=LOG_SCALE_LIMIT):
+                                limit=LOG_SCALE_LIMIT, offdiag=1.0):
     """Fused backward of :func:`fullcov_reparam_kl_forward` for the objective  recon + β·KL.
 
     dz: (N, L) = ∂recon/∂z (None: no reconstruction term, as in KL-only); not written.
@@ -96,10 +101,10 @@ def fullcov_reparam_kl_backward(dz, eps, scale, head, beta, dhead, outer, gather
     Derivation, per row (z_i = μ_i + Σ_{j≤i} S_ij ε_j, S_ii = e^{d_i}):
 
         through the sample:  ∂z_i/∂μ_i = 1,  ∂z_i/∂S_ij = ε_j   ->  dS = tril(dz εᵀ), dμ = dz
-        through β·KL:        ∂KL/∂μ_i = μ_i,  ∂KL/∂o_k = o_k,  ∂KL/∂d_i = e^{2d_i} − 1
-        the chain to d:      ∂S_ii/∂d_i = S_ii
+        through β·KL:        ∂KL/∂μ_i = μ_i,  ∂KL/∂S_ij = S_ij (i > j),  ∂KL/∂d_i = e^{2d_i} − 1
+        the chain to o, d:   ∂S_ij/∂o_ij = c,  ∂S_ii/∂d_i = S_ii
           dμ   = dz + β μ
-          do_k = dz_r ε_c + β o_k                        (k the entry (r, c), r > c)
+          do_k = (dz_r ε_c + β S_rc) c                   (k the entry (r, c), r > c)
           dd_i = (dz_i ε_i + β S_ii) S_ii − β            (= S_ii dS_ii + β (S_ii² − 1))
 
     With o = 0 and d = ½ logvar, dμ is the diagonal block's and dd exactly twice its dlogvar
@@ -113,7 +118,8 @@ def fullcov_reparam_kl_backward(dz, eps, scale, head, beta, dhead, outer, gather
     dmu, dd, do = dhead[:, :L], dhead[:, L:2 * L], dhead[:, 2 * L:]
     s = scale.reshape(N, L * L)[:, ::L + 1]           # S_ii
     xp.multiply(mu, beta, out=dmu)
-    xp.multiply(o, beta, out=do)
+    xp.multiply(o, offdiag, out=do)                   # S_rc = c o_k, as the forward rounded it
+    do *= beta
     xp.multiply(s, beta, out=dd)                      # β S_ii
     if dz is not None:
         dmu += dz
@@ -121,6 +127,8 @@ def fullcov_reparam_kl_backward(dz, eps, scale, head, beta, dhead, outer, gather
         flat = outer.reshape(N, L * L)
         dd += flat[:, ::L + 1]
         do += xp.take(flat, tril_indices(L)[2], axis=1, out=gathered, mode="clip")
+    if offdiag != 1.0:
+        do *= offdiag
     dd *= s
     dd -= beta
     if d.max() >= limit or d.min() <= -limit:
@@ -129,15 +137,17 @@ def fullcov_reparam_kl_backward(dz, eps, scale, head, beta, dhead, outer, gather
 
 
 # -- evaluation and figures: S as an array ---------------------------------------------------
-def scale_tril_from_head(head, limit=LOG_SCALE_LIMIT):
+def scale_tril_from_head(head, limit=LOG_SCALE_LIMIT, offdiag=1.0):
     """(μ, S) of head outputs (N, 2L + M) (bias included): μ a copy (N, L), S (N, L, L) with
-    e^{clip(d, ±limit)} on the diagonal, as training clamps it."""
+    c·o below the diagonal (c = ``offdiag``) and e^{clip(d, ±limit)} on it, as training forms it."""
     xp = xp_of(head)
     N, P = head.shape
     L = _latent_of(P)
     S = xp.zeros((N, L, L), dtype=head.dtype)
     rows, cols, _ = tril_indices(L)
     S[:, xp.asarray(rows), xp.asarray(cols)] = head[:, 2 * L:]
+    if offdiag != 1.0:
+        S *= offdiag
     i = xp.arange(L)
     S[:, i, i] = xp.exp(xp.clip(head[:, L:2 * L], -limit, limit))
     return head[:, :L].copy(), S
