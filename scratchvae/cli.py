@@ -90,6 +90,7 @@ def _figure_ok(s):
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _nonneg_float = _checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
 _positive_float = _checked(float, lambda v: 0 < v < math.inf, "a finite number > 0")
+_positive_float = _checked(float, lambda v: 0 < v < math.inf, "a finite number > 0")
 _fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 _open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 _image_shape = _checked(lambda s: tuple(int(p) for p in s.split(",")),
@@ -232,6 +233,9 @@ def _add_model_flags(m, d):
                    help="vae; ae: a plain autoencoder (no KL); kl-only: the KL term alone")
     m.add_argument("--posterior", default=d["posterior"], choices=list(POSTERIORS),
                    help="q(z|x): diagonal N(μ, diag σ²) or full N(μ, SSᵀ)")
+    m.add_argument("--offdiag-scale", type=_positive_float, default=d["offdiag_scale"], metavar="C",
+                   help="--posterior full only: S = C × the head's outputs below the diagonal "
+                        "(default 1/√L; 1 is the plain parameterisation)")
     m.add_argument("--objective", default=d["objective"], choices=OBJECTIVES,
                    help="elbo, or iwae: the importance-weighted bound of --iw-samples samples")
     m.add_argument("--iw-samples", type=_positive_int, default=d["iw_samples"], metavar="K",
@@ -644,7 +648,8 @@ def _train_new(a):
     model = VAE(input_dim=train.images.shape[1], hidden=a.hidden, latent=a.latent, activation=a.activation,
                 likelihood=a.likelihood, sigma=a.sigma if LIKELIHOODS[a.likelihood].has_sigma else 1.0,
                 mode=a.mode, beta=a.beta, dtype=a.dtype, seed=a.seed, backend=a.backend,
-                posterior=a.posterior, objective=a.objective, iw_samples=a.iw_samples, precision=a.precision)
+                posterior=a.posterior, objective=a.objective, iw_samples=a.iw_samples, precision=a.precision,
+                offdiag_scale=a.offdiag_scale)
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
                       momentum=a.momentum, binarize=a.binarize, kl_warmup=a.kl_warmup,
                       corrupt=a.corrupt, dataset=_dataset_name(a.dataset), test_fraction=test.held_out,
@@ -687,6 +692,8 @@ def _refuse_train_flags(a):
         ("no_graph", a.backend == "numpy", "--no-graph applies to --backend cupy or auto; numpy runs each step "
                                            "eagerly anyway"),
         ("posterior", a.mode == "ae", "--posterior shapes q(z|x), which --mode ae does not have (its code is a point)"),
+        ("offdiag_scale", a.posterior != "full", f"--offdiag-scale applies to --posterior full only, got "
+                                                 f"--posterior {a.posterior}"),
         ("objective", a.mode != "vae", f"--objective applies to --mode vae only, got --mode {a.mode}"),
         ("iw_samples", a.objective != "iwae", "--iw-samples is the K of --objective iwae; the ELBO draws one sample"),
         ("kl_warmup", a.objective == "iwae", "--kl-warmup does not apply to --objective iwae: its bound has no "

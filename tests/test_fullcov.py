@@ -414,3 +414,24 @@ def test_a_full_run_saved_before_the_scale_reads_as_scale_one(tmp_path):
     eps = np.random.default_rng(3).normal(size=(10, 3)).astype(np.float32)
     got, want = run.model.loss_and_grads(xb, eps=eps), m.loss_and_grads(xb, eps=eps)
     assert float(got.loss) == float(want.loss)
+
+
+def test_the_cli_sets_records_and_refuses_offdiag_scale(tmp_path, capsys):
+    import json
+
+    from scratchvae.cli import main
+    from scratchvae.runs import load_run
+    run = tmp_path / "RUN"
+    flags = ["--hidden", "8", "--latent", "3", "--quiet", "--epochs", "1", "--posterior", "full"]
+    assert main(["train", *flags, "--offdiag-scale", "0.25", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["model"]["offdiag_scale"] == 0.25
+    assert load_run(run).model.posterior.offdiag_scale == 0.25
+    capsys.readouterr()
+    assert main(["train", "--offdiag-scale", "0.5", "--out", str(tmp_path / "diag")]) == 2
+    assert "--offdiag-scale applies to --posterior full only, got --posterior diagonal" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train", *flags, "--offdiag-scale", "0", "--out", str(tmp_path / "zero")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--offdiag-scale" in err and "expected a finite number > 0, got '0'" in err
+    assert not (tmp_path / "diag").exists() and not (tmp_path / "zero").exists()
