@@ -40,7 +40,10 @@ def test_stage_ends_are_the_last_epochs_of_each_stage_and_the_last(tool):
 
 def test_model_names(tool):
     assert tool.model_name({"model": {}}) == "VAE"
-    assert tool.model_name({"model": {"posterior": "full"}}) == "VAE, full covariance"
+    full = {"posterior": "full", "latent": 50}
+    assert tool.model_name({"model": {**full, "offdiag_scale": 50 ** -0.5}}) == "VAE, full covariance"
+    assert tool.model_name({"model": {**full, "offdiag_scale": 1.0}}) == "VAE, full covariance, c = 1"
+    assert tool.model_name({"model": {**full, "offdiag_scale": 0.1}}) == "VAE, full covariance, c = 0.1"
     assert tool.model_name({"model": {"objective": "iwae", "iw_samples": 50}}) == "IWAE k=50"
 
 

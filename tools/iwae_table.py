@@ -15,6 +15,7 @@ and the published figure; ``--plot`` draws the test −ELBO and NLL against pass
 """
 import argparse
 import json
+import math
 from pathlib import Path
 
 from scratchvae.data import load_dataset
@@ -31,7 +32,10 @@ def model_name(config):
     m = config["model"]
     if m.get("objective") == "iwae":
         return f"IWAE k={m.get('iw_samples', 5)}"
-    return "VAE, full covariance" if m.get("posterior") == "full" else "VAE"
+    if m.get("posterior") != "full":
+        return "VAE"
+    c = m["offdiag_scale"]                # load_run reads runs that predate it as 1
+    return "VAE, full covariance" if math.isclose(c, 1 / math.sqrt(m["latent"])) else f"VAE, full covariance, c = {c:g}"
 
 
 def stage_ends(last):
@@ -73,7 +77,7 @@ def results_for(run_dir, args):
 def table(results):
     lines = ["| model | passes | test NLL per seed (± SE) | mean | published (3280 passes) |",
              "|---|---:|---|---:|---:|"]
-    order = ["VAE", "IWAE k=5", "IWAE k=50", "VAE, full covariance"]
+    order = ["VAE", "IWAE k=5", "IWAE k=50", "VAE, full covariance", "VAE, full covariance, c = 1"]
     groups = {}
     for r in results:
         groups.setdefault((r["model"], r["passes"]), []).append(r)
