@@ -90,7 +90,6 @@ def _figure_ok(s):
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _nonneg_float = _checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
 _positive_float = _checked(float, lambda v: 0 < v < math.inf, "a finite number > 0")
-_positive_float = _checked(float, lambda v: 0 < v < math.inf, "a finite number > 0")
 _fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 _open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 _image_shape = _checked(lambda s: tuple(int(p) for p in s.split(",")),
