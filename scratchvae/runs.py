@@ -77,6 +77,7 @@ from .errors import CheckpointError, InputError, NonFiniteError, ScratchVAEError
 from .inputs import BINARIZE, parse_corrupt
 from .model import VAE
 from .optim import OPTIMIZERS
+from .saving import model_settings
 from .step import LR_SCHEDULES, TRAIN_STREAMS
 from .version import __version__
 
@@ -257,15 +258,6 @@ def read_config(run_dir):
             raise InputError(f"{path}: unknown {part} settings {', '.join(unknown)}")
     config["model"] = model_settings(config["model"])
     return config, dict(config["model"]), TrainConfig(**config["train"])
-
-
-def model_settings(model):
-    """A run's recorded model settings as this version reads them: a full posterior saved
-    before ``offdiag_scale`` existed has S_ij = o_ij, that is offdiag_scale 1 (today's default
-    is 1/√L, so leaving it out would change what its parameters mean)."""
-    if model.get("posterior") == "full" and "offdiag_scale" not in model:
-        return {**model, "offdiag_scale": 1.0}
-    return model
 
 
 def keep_of(config):

@@ -435,3 +435,20 @@ def test_the_cli_sets_records_and_refuses_offdiag_scale(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--offdiag-scale" in err and "expected a finite number > 0, got '0'" in err
     assert not (tmp_path / "diag").exists() and not (tmp_path / "zero").exists()
+
+
+def test_a_full_model_file_saved_before_the_scale_loads_as_scale_one(tmp_path):
+    """VAE.load of a one-file model whose metadata has no offdiag_scale builds c = 1."""
+    from scratchvae.checkpoint import load_checkpoint, save_checkpoint
+    m = VAE(input_dim=D, hidden=(6,), latent=3, posterior="full", offdiag_scale=1.0, seed=4)
+    r = np.random.default_rng(4)
+    m.set_params({k: r.normal(size=s).astype(np.float32) * 0.3 for k, s in m.shapes.items()})
+    path = m.save(tmp_path / "m.npz")
+    arrays, meta = load_checkpoint(path)
+    del meta["model"]["offdiag_scale"]
+    save_checkpoint(path, arrays, meta)
+    back = VAE.load(path)
+    assert back.posterior.offdiag_scale == 1.0
+    x = r.uniform(size=(4, D)).astype(np.float32)
+    eps = r.normal(size=(4, 3)).astype(np.float32)
+    assert float(back.loss_and_grads(x, eps=eps).loss) == float(m.loss_and_grads(x, eps=eps).loss)
