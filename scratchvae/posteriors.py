@@ -166,13 +166,15 @@ class FullGaussian(_Gaussian):
     mostly noise: with c = 1 they random-walk, row i of S gathers i such entries, and the
     sample z_i = μ_i + Σ_j S_ij ε_j carries their noise into the decoder. Measured on MNIST
     with the IWAE paper's setup (784-200-200-50, batch 20, lr 1e-3; seed 1, test −ELBO after
-    passes 1, 4, 13): the diagonal VAE 120.3, 108.1, 101.4; c = 1 134.6, 118.2, 106.6 (lower KL,
-    much worse reconstruction); the off-diagonal frozen at 0, 121.4, 108.1 (so neither d = log S_ii
-    nor the extra head costs anything by itself); c = 0.1, 124.0, 108.9, 101.3. Scaling by 1/√L
-    (the fan-in rule of initialisation, for a row of up to L − 1 entries) lets a row's
-    off-diagonal part move about as fast as one entry of the diagonal. ``offdiag_scale=1``
-    is the plain parameterisation S_ij = o_ij (and what runs saved before the scale existed
-    hold: :func:`scratchvae.runs.read_config` reads them so).
+    passes 1, 4, 13): the diagonal VAE 120.3, 108.1, 101.4; c = 1 with the head drawn as any
+    layer's, 134.6, 118.2, 106.6 (lower KL, much worse reconstruction); from the zero start below
+    with the off-diagonal frozen at 0, 121.4, 108.1 (so neither d = log S_ii nor the extra head
+    costs anything by itself); c = 0.1, 124.0, 108.9, 101.3; c = 1/√50 (the default), 124.4,
+    109.3, 101.2. Scaling by 1/√L (the fan-in rule of initialisation, for a row of up to L − 1
+    entries) lets a row's off-diagonal part move about as fast as one entry of the diagonal; the
+    README's IWAE table has the NLL after 121 passes. ``offdiag_scale=1`` is the plain
+    parameterisation S_ij = o_ij, and what runs and model files saved before the scale existed
+    hold (:func:`scratchvae.saving.model_settings` reads them so).
     """
 
     name = "full"
