@@ -66,3 +66,10 @@ def test_a_run_is_evaluated_once_and_tabled(tool, run, tmp_path, monkeypatch):
     assert f"{r['final']['nll']:.2f} ± {r['final']['se']:.2f}" in row
     tool.plot([r], tmp_path / "nll.png")
     assert (tmp_path / "nll.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_seed_run_twice_is_told_apart_by_its_passes(tool):
+    r = {"model": "VAE", "seed": 1, "passes": 121}
+    longer = {**r, "passes": 364}
+    assert tool.labels([longer, r, {**r, "seed": 2}]) == ["VAE, seed 1, 364 passes", "VAE, seed 1, 121 passes",
+                                                         "VAE, seed 2"]

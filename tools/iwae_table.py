@@ -16,6 +16,7 @@ and the published figure; ``--plot`` draws the test −ELBO and NLL against pass
 import argparse
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 from scratchvae.data import load_dataset
@@ -91,6 +92,14 @@ def table(results):
     return "\n".join(lines)
 
 
+def labels(results):
+    """Each run's legend entry: its model and seed, and its passes where that model and seed has
+    more than one run (a run continued under another name)."""
+    runs_of = Counter((r["model"], r["seed"]) for r in results)
+    return [f"{r['model']}, seed {r['seed']}" + (f", {r['passes']} passes" if runs_of[r["model"], r["seed"]] > 1 else "")
+            for r in results]
+
+
 def plot(results, path):
     """Per run: its test loss after every pass (the run's metrics, all test images: −ELBO, for
     an IWAE run −L_k; lines) and its K = 5000 NLL where evaluated (the curve's points, on the
@@ -102,11 +111,12 @@ def plot(results, path):
     fig, ax = plt.subplots(figsize=(6.8, 4.4))
     models = sorted({r["model"] for r in results})
     color = {m: f"C{i}" for i, m in enumerate(models)}
-    for r in sorted(results, key=lambda r: (r["model"], r["seed"])):
+    results = sorted(results, key=lambda r: (r["model"], r["seed"], -r["passes"]))
+    for r, label in zip(results, labels(results)):
         c, ls = color[r["model"]], "-" if r["seed"] % 2 else "--"
         rows = read_history(r["dir"], upto_epoch=r["passes"])
         ax.plot([row["epoch"] for row in rows], [row["test_loss"] for row in rows], color=c, ls=ls, lw=1,
-                label=f"{r['model']}, seed {r['seed']}")
+                label=label)
         if r["curve"]:
             epochs, nll, _ = zip(*r["curve"])
             ax.plot(epochs, nll, ls="none", marker="o", mfc="none", ms=4, color=c)
