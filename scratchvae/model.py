@@ -619,18 +619,18 @@ def _posterior(mode, name, offdiag_scale, latent):
     posterior, fits_data = MODES[mode]
     if name not in POSTERIORS:
         raise InputError(f"posterior must be one of {', '.join(POSTERIORS)}, got {name!r}")
-    if name == "full" and posterior is None:
-        c = 1.0 / math.sqrt(latent) if offdiag_scale is None else _offdiag_scale(offdiag_scale)
-        return POSTERIORS[name](c), fits_data
-    if posterior is None and offdiag_scale is None:
-        return POSTERIORS[name](), fits_data
-    if name == "diagonal" and offdiag_scale is not None:
-        raise InputError(f"offdiag_scale is the scale of a full posterior's off-diagonal; it does not "
-                         f"apply to posterior={name!r}, got offdiag_scale={offdiag_scale!r}")
-    if name != "diagonal":
+    if posterior is not None and name != "diagonal":
         raise InputError(f"posterior={name!r} does not apply to mode {mode!r}: its code is a point, "
                          f"with no posterior to shape")
-    return posterior(), fits_data
+    if offdiag_scale is not None and name != "full":
+        raise InputError(f"offdiag_scale is the scale of a full posterior's off-diagonal; it does not "
+                         f"apply to posterior={name!r}, got offdiag_scale={offdiag_scale!r}")
+    if posterior is not None:
+        return posterior(), fits_data
+    if name == "full":
+        c = 1.0 / math.sqrt(latent) if offdiag_scale is None else _offdiag_scale(offdiag_scale)
+        return POSTERIORS[name](c), fits_data
+    return POSTERIORS[name](), fits_data
 
 
 def _precision(name, backend, dtype):
