@@ -13,10 +13,10 @@ its arithmetic, kept in the body's order so that it agrees with the body:
 * **within a few ulp** where the body calls NumPy's ``exp``, ``expm1`` or ``log1p`` (the
   Bernoulli block, the sample and KL), in float32: :mod:`._numba_math`'s vectorisable exp is
   within 1.02 ulp and its float32 log1p within 0.91 ulp, its expm1 is evaluated in float64 and
-  correctly rounded; NumPy's own float32 exp, expm1 and log1p are up to 2.6 ulp off. The bounds are asserted in
-  ``tests/test_numba_twins.py``. In float64 these two blocks run their bodies (the C
-  library's scalar exp and log1p made a float64 twin slower than NumPy's loops), so a float64
-  step gives the bodies' bits.
+  correctly rounded; NumPy's own float32 exp, expm1 and log1p are up to 2.6 ulp off. The
+  bounds are asserted in ``tests/test_numba_twins.py``. In float64 these two blocks run their
+  bodies (the C library's scalar exp and log1p made a float64 twin slower than NumPy's loops),
+  so a float64 step gives the bodies' bits.
 * **sums** (the Bernoulli loss, the KL) add the float32 terms in float64, row by row, then
   the rows in order, and round once: within NumPy's own pairwise float32 error of the body's
   sum.
