@@ -787,7 +787,7 @@ def _train_resume(a):
     replaces = run.config.get(REPLACES)
     return _train(a, Path(a.resume), Path(a.resume).parent / replaces if replaces else None, resume,
                   run, train.images, test.images, epochs=epochs,
-                  record={"command": _command(a), "backend": run.model.backend.name},
+                  record={"command": _command(a)},
                   **({"keep": a.keep} if "keep" in a.given else {}))
 
 

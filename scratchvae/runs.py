@@ -4,7 +4,8 @@
 
     RUN/config.json      {"model": VAE(...) arguments, "train": TrainConfig fields,
                           "provenance": versions and machine, "keep": the checkpoints kept,
-                          "resumes": [one record per resume], + what the caller adds}
+                          "resumes": [one record per resume, with its own "provenance"],
+                          + what the caller adds}
     RUN/metrics.jsonl    one JSON object per finished epoch (see scratchvae.train)
     RUN/checkpoints/     epoch-0003.npz (end of epoch 3),
                          epoch-0004-batch-000120.npz (inside epoch 4, after 120 batches)

@@ -54,6 +54,7 @@ from .runs import (  # noqa: F401  (load_run, Run, TrainConfig, make_optimizer, 
     keep_of,
     load_run,
     make_optimizer,
+    provenance,
     repair_metrics,
     write_config,
 )
@@ -280,7 +281,9 @@ def resume(run: Run, train, test=None, *, epochs=None, run_dir=None, keep=_RECOR
     continued in its own folder gets its metrics.jsonl repaired to the loaded checkpoint's
     history (rows past it dropped, a row lost to a kill rebuilt) and config.json records the
     resume: ``epochs`` becomes the new total, and ``resumes`` gains {"at", "from", "epochs",
-    "keep"} plus ``record``'s entries.
+    "keep", "provenance"} plus ``record``'s entries. "provenance" is where this sitting ran, as the
+    run's own: versions, machine, threads, the backend and whether the Numba twins ran (a run
+    may be resumed elsewhere, or with ``SCRATCHVAE_NUMBA=0`` where it started without).
     """
     cfg = run.train_config
     if epochs is not None:
@@ -296,7 +299,8 @@ def resume(run: Run, train, test=None, *, epochs=None, run_dir=None, keep=_RECOR
         repair_metrics(rd, run.history)
         source = run.checkpoint.relative_to(rd) if run.checkpoint.is_relative_to(rd) else run.checkpoint
         note = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "from": source.as_posix(),
-                "epochs": cfg.epochs, "keep": "all" if keep is None else keep, **(record or {})}
+                "epochs": cfg.epochs, "keep": "all" if keep is None else keep,
+                "provenance": provenance(run.model), **(record or {})}
         edit_config(rd, lambda doc: _note_resume(doc, note))
     return fit(run.model, train, test, config=cfg, run_dir=rd, optimizer=opt, state=run.state, keep=keep,
                on_ready=ready, **kwargs)

@@ -19,6 +19,7 @@ Shapes are tiny; CI compiles each twin once per dtype (cached on disk afterwards
 """
 
 import inspect
+import json
 import math
 import sys
 
@@ -32,7 +33,8 @@ from scratchvae import backend  # noqa: E402
 from scratchvae.backend import DECLARED, NUMPY, _numba_kernels, _numba_philox, philox  # noqa: E402
 from scratchvae.backend.random import Stream  # noqa: E402
 from scratchvae.optim import adam_update, adam_update_from  # noqa: E402
-from scratchvae.runs import provenance  # noqa: E402
+from scratchvae.runs import TrainConfig, load_run, provenance  # noqa: E402
+from scratchvae.train import fit, resume  # noqa: E402
 
 from _cuda_host import box_muller_edges  # noqa: E402
 from test_bernoulli_block import CAP, grid, reference, wide_enough  # noqa: E402
@@ -97,6 +99,21 @@ def test_the_numpy_backend_runs_the_twins_unless_switched_off_or_absent(monkeypa
     monkeypatch.delattr(backend, "_numba_kernels")
     absent = backend._numba_twins()
     assert not absent and "install the 'fast' extra" in absent.why
+
+
+def test_a_resume_records_whether_its_sitting_ran_the_twins(tmp_path, monkeypatch):
+    """A run started with the twins and resumed with ``SCRATCHVAE_NUMBA=0`` says so twice."""
+    x = np.random.default_rng(0).random((24, 6)).astype(np.float32)
+    monkeypatch.setattr(NUMPY, "_twins", _numba_kernels.Twins(lambda name: DECLARED[name].body))
+    fit(VAE(input_dim=6, hidden=(4,), latent=2, seed=1), x, config=TrainConfig(epochs=1, batch_size=8),
+        run_dir=tmp_path)
+    monkeypatch.setattr(NUMPY, "_twins", backend._NoTwins("SCRATCHVAE_NUMBA=0"))
+    resume(load_run(tmp_path), x, epochs=2)
+    doc = json.loads((tmp_path / "config.json").read_text())
+    (note,) = doc["resumes"]
+    assert doc["provenance"]["fast_path"] is True and "numba" in doc["provenance"]
+    assert note["provenance"]["fast_path"] is False and note["provenance"]["fast_path_off"] == "SCRATCHVAE_NUMBA=0"
+    assert note["provenance"]["numpy"] == np.__version__ and note["epochs"] == 2
 
 
 # -- bit for bit --------------------------------------------------------------------------------
