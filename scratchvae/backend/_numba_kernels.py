@@ -11,20 +11,21 @@ its arithmetic, kept in the body's order so that it agrees with the body:
   twin). Constants are rounded to the array's dtype first, as NumPy rounds its Python-scalar
   operands; no ``fastmath``, so LLVM neither reorders nor contracts (no FMA) them.
 * **within a few ulp** where the body calls NumPy's ``exp``, ``expm1`` or ``log1p`` (the
-  Bernoulli block, the sample and KL), in float32: :mod:`._numba_math`'s vectorisable exp is
-  within 1.02 ulp and its float32 log1p within 0.91 ulp, its expm1 is evaluated in float64 and
-  correctly rounded; NumPy's own float32 exp, expm1 and log1p are up to 2.6 ulp off. The
-  bounds are asserted in ``tests/test_numba_twins.py``. In float64 these two blocks run their
-  bodies (the C library's scalar exp and log1p made a float64 twin slower than NumPy's loops),
-  so a float64 step gives the bodies' bits.
+  Bernoulli block, the sample and KL, softplus), in float32: :mod:`._numba_math`'s vectorisable
+  exp is within 1.02 ulp and its float32 log1p within 0.91 ulp, its expm1 is evaluated in
+  float64 and correctly rounded; NumPy's own float32 exp, expm1 and log1p are up to 2.6 ulp
+  off. The bounds are asserted in ``tests/test_numba_twins.py``. In float64 these blocks run
+  their bodies (the C library's scalar exp and log1p made a float64 twin slower than NumPy's
+  loops), so a float64 step gives the bodies' bits.
 * **sums** (the Bernoulli loss, the KL) add the float32 terms in float64, row by row, then
   the rows in order, and round once: within NumPy's own pairwise float32 error of the body's
   sum.
 
 A twin runs the body instead (through ``fallback``) for anything outside the fast path:
 an activation other than ReLU / leaky ReLU, arrays that are not C-contiguous or not float32 /
-float64 (float32 only for the Bernoulli block and the sample and KL), a bias of another shape, a constant that is a NumPy scalar rather than a Python
-number (NumPy would compute in its precision). What a body leaves in its scratch buffers is
+float64 (float32 only for the Bernoulli block, the sample and KL and softplus), a bias of
+another shape, a constant that is a NumPy scalar rather than a Python number (NumPy would
+compute in its precision). What a body leaves in its scratch buffers is
 not promised by a twin: the Bernoulli and KL twins leave the terms in ``scratch`` as the
 bodies do, but the Bernoulli twin leaves the logits as they were (the body, with
 ``overwrite_logits``, leaves max(y, 0) − x·y there), and the activation masks and the spent
@@ -190,6 +191,23 @@ def _bernoulli(y, b, x, dy, terms, cap):
     return total
 
 
+# -- softplus (ops/activations.py: softplus) ---------------------------------------------------------
+@njit(**JIT)
+def _softplus(z, out, inplace):
+    """Twin of ``ops.activations.softplus`` (float32, flat): max(z, 0) + log1p(e^{−|z|}), the
+    body's formula with this module's exp and log1p (e^{−|z|} ∈ [0, 1], log1p01's domain).
+    ``inplace``: out is z, and the loop names one array (as ``_bias_act``)."""
+    zero = z.dtype.type(0)
+    if inplace:
+        for i in range(z.size):
+            zi = z[i]
+            z[i] = _np_max(zi, zero) + log1p01(exp32(-abs(zi)))
+    else:
+        for i in range(z.size):
+            zi = z[i]
+            out[i] = _np_max(zi, zero) + log1p01(exp32(-abs(zi)))
+
+
 # -- Adam (optim.py: adam_update, adam_update_from) -----------------------------------------------
 @njit(**JIT)
 def _adam(p, g, m, v, step, sbc2, b1, omb1, b2, omb2, eps):
@@ -247,7 +265,7 @@ class Twins:
         self._philox = _numba_philox
         self._table = {name: getattr(self, name) for name in (
             "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
-            "adam", "adam_from", "sum_rows", "philox_uniform", "philox_normal")}
+            "adam", "adam_from", "sum_rows", "softplus", "philox_uniform", "philox_normal")}
 
     def get(self, name):
         return self._table.get(name)
@@ -339,6 +357,14 @@ class Twins:
             return self.fallback("sum_rows")(a, out)
         out = np.empty(a.shape[1], a.dtype) if out is None else out
         _sum_rows(a, out)
+        return out
+
+    def softplus(self, z, out):
+        ok = _fast(z) and z.dtype == np.float32 and (out is None or (_fast(z, out) and out.shape == z.shape))
+        if not ok:
+            return self.fallback("softplus")(z, out)
+        out = np.empty_like(z) if out is None else out
+        _softplus(z.reshape(-1), out.reshape(-1), out is z)
         return out
 
     # -- the draws (random.Stream on NumPy) -------------------------------------------------------------

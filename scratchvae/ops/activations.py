@@ -43,9 +43,25 @@ def sigmoid(z, out=None):
     return out
 
 
+@fused("softplus")
 def softplus(z, out=None):
-    """softplus(z) = log(1 + e^z), computed as logaddexp(z, 0): stable for any z."""
-    return xp_of(z).logaddexp(z, 0, out=out)
+    """softplus(z) = log(1 + e^z) = max(z, 0) + log1p(e^{−|z|})  (take e^{max(z, 0)} out of
+    1 + e^z): no overflow for any z, and ±inf and NaN come out as log(1 + e^z) gives them.
+    ``out`` may be ``z``.
+
+    Accuracy (``tests/test_activations.py``): within 3.2 ulp in float32 and 1.7 ulp in float64
+    of the exact value. numpy.logaddexp(z, 0) evaluates the same formula, within 1.5 ulp, but
+    calls the C library's scalar exp and log1p per element: about 10× slower than these four
+    vectorised passes in float32 and 4× in float64 (it was 60% of an importance-sampled
+    log p(x) on a CPU). CuPy's kernel is one pass of ``cupy.logaddexp``; the float32 Numba twin
+    is one pass of its own exp and log1p."""
+    xp = xp_of(z)
+    t = xp.abs(z)
+    xp.negative(t, out=t)
+    xp.exp(t, out=t)
+    xp.log1p(t, out=t)                          # log1p(e^{−|z|}) ∈ [0, log 2]
+    out = xp.maximum(z, 0, out=out)
+    return xp.add(out, t, out=out)
 
 
 def check_activation(name: str) -> str:
