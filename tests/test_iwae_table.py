@@ -68,6 +68,19 @@ def test_a_run_is_evaluated_once_and_tabled(tool, run, tmp_path, monkeypatch):
     assert (tmp_path / "nll.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_run_at_an_earlier_epoch_is_a_row_of_its_own(tool, run, tmp_path, monkeypatch):
+    monkeypatch.setattr(tool, "K", 3)
+    args = argparse.Namespace(results=str(tmp_path), curve_limit=40, data_dir=None)
+    assert tool.split_epoch(f"{run}@4") == (run, 4) and tool.split_epoch("a@b/run") == (Path("a@b/run"), None)
+    early, last = tool.results_for(f"{run}@4", args), tool.results_for(run, args)
+    assert early["passes"] == 4 and [e for e, _, _ in early["curve"]] == [1, 4]
+    assert last["passes"] == 5 and [e for e, _, _ in last["curve"]] == [1, 4, 5]
+    assert sorted(json.loads((tmp_path / "vae-s3.json").read_text())) == ["1/40", "4/40", "4/all", "5/40", "5/all"]
+    assert [row.split(" | ")[1] for row in tool.table([last, early]).splitlines()[2:]] == ["4", "5"]
+    with pytest.raises(Exception, match="7"):
+        tool.results_for(f"{run}@7", args)
+
+
 def test_a_seed_run_twice_is_told_apart_by_its_passes(tool):
     r = {"model": "VAE", "seed": 1, "passes": 121}
     longer = {**r, "passes": 364}

@@ -3,10 +3,11 @@
 Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (ICLR 2016), Table 1, one
 stochastic layer: test NLL = −log p(x) by importance sampling with K = 5000 samples.
 
-    python tools/iwae_table.py RUN [RUN ...] [--data-dir DIR] [--results DIR]
+    python tools/iwae_table.py RUN[@EPOCH] [RUN[@EPOCH] ...] [--data-dir DIR] [--results DIR]
                                [--curve-limit N] [--plot FILE]
 
-For each run: its newest checkpoint on all test images (the table), then the last epoch of each
+For each run: its newest checkpoint (or the one of epoch EPOCH: ``runs/vae-s1@364``, a row for a
+run continued past it) on all test images (the table), then the last epoch of each
 stage of the schedule (1, 4, 13, 40, 121, … passes) on the first --curve-limit test images (the
 curve; train with ``--keep all`` to keep them; ``--curve-limit 0`` skips it). Each run's results are kept in
 ``<results>/<run name>.json``, so a rerun evaluates only what is new and runs can be evaluated
@@ -54,12 +55,20 @@ def evaluate(run_dir, epoch, limit, data_dir):
             "test_elbo": res["test_elbo"]["loss"], "active_units": res["active_units"]["count"]}
 
 
-def results_for(run_dir, args):
-    """The run's evaluations, read from its results file and completed there."""
-    run_dir = Path(run_dir)
+def split_epoch(arg):
+    """'RUN@EPOCH' -> (Path(RUN), EPOCH); any other argument -> (Path(arg), None)."""
+    head, at, tail = str(arg).rpartition("@")
+    return (Path(head), int(tail)) if at and tail.isdigit() else (Path(arg), None)
+
+
+def results_for(arg, args):
+    """The evaluations of run ``arg`` (RUN or RUN@EPOCH), read from the run's results file and
+    completed there (one file per run, whichever epochs are asked for: evaluate the epochs of
+    one run in one process)."""
+    run_dir, epoch = split_epoch(arg)
     path = Path(args.results) / f"{run_dir.name}.json"
     done = json.loads(path.read_text()) if path.exists() else {}
-    run = load_run(run_dir)
+    run = load_run(run_dir, epoch=epoch)
     last = run.meta["epoch"]
     curve = [(e, args.curve_limit) for e in stage_ends(last)] if args.curve_limit else []
     wanted = [(last, None)] + curve
@@ -72,7 +81,8 @@ def results_for(run_dir, args):
             path.write_text(json.dumps(done, indent=1))
     return {"name": run_dir.name, "dir": run_dir, "model": model_name(run.config), "seed": run.config["model"].get("seed"),
             "passes": last, "final": done[f"{last}/all"],
-            "curve": sorted((v["epoch"], v["nll"], v["n_test"]) for k, v in done.items() if not k.endswith("/all"))}
+            "curve": sorted((v["epoch"], v["nll"], v["n_test"]) for k, v in done.items()
+                            if not k.endswith("/all") and v["epoch"] <= last)}
 
 
 def table(results):
@@ -140,7 +150,7 @@ def plot(results, path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("runs", nargs="+", metavar="RUN[@EPOCH]", help="a run folder, or one at epoch EPOCH's checkpoint")
     p.add_argument("--data-dir", metavar="DIR", help="where the MNIST IDX files are (default: the download cache)")
     p.add_argument("--results", default="iwae-results", metavar="DIR", help="where each run's evaluations are kept")
     p.add_argument("--curve-limit", type=int, default=1000, metavar="N", help="test images per point of the curve (0: no curve)")
