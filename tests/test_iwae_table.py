@@ -77,12 +77,13 @@ def test_a_run_at_an_earlier_epoch_is_a_row_of_its_own(tool, run, tmp_path, monk
     assert last["passes"] == 5 and [e for e, _, _ in last["curve"]] == [1, 4, 5]
     assert sorted(json.loads((tmp_path / "vae-s3.json").read_text())) == ["1/40", "4/40", "4/all", "5/40", "5/all"]
     assert [row.split(" | ")[1] for row in tool.table([last, early]).splitlines()[2:]] == ["4", "5"]
+    tool.plot([last, early], tmp_path / "nll.png")            # one line, two filled points
+    assert (tmp_path / "nll.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(Exception, match="7"):
         tool.results_for(f"{run}@7", args)
 
 
-def test_a_seed_run_twice_is_told_apart_by_its_passes(tool):
+def test_the_plot_draws_the_longest_run_of_each_model_and_seed(tool):
     r = {"model": "VAE", "seed": 1, "passes": 121}
-    longer = {**r, "passes": 364}
-    assert tool.labels([longer, r, {**r, "seed": 2}]) == ["VAE, seed 1, 364 passes", "VAE, seed 1, 121 passes",
-                                                         "VAE, seed 2"]
+    longer, other = {**r, "passes": 364}, {**r, "seed": 2}
+    assert tool.longest([r, longer, other, {**r, "model": "IWAE k=5"}]) == [{**r, "model": "IWAE k=5"}, longer, other]

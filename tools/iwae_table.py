@@ -17,7 +17,6 @@ and the published figure; ``--plot`` draws the test −ELBO and NLL against pass
 import argparse
 import json
 import math
-from collections import Counter
 from pathlib import Path
 
 from scratchvae.data import load_dataset
@@ -102,18 +101,22 @@ def table(results):
     return "\n".join(lines)
 
 
-def labels(results):
-    """Each run's legend entry: its model and seed, and its passes where that model and seed has
-    more than one run (a run continued under another name)."""
-    runs_of = Counter((r["model"], r["seed"]) for r in results)
-    return [f"{r['model']}, seed {r['seed']}" + (f", {r['passes']} passes" if runs_of[r["model"], r["seed"]] > 1 else "")
-            for r in results]
+def longest(results):
+    """The longest result of each model and seed: the one whose line is drawn (a shorter one is
+    the same run cut earlier, a copy continued, or the run at an earlier ``@EPOCH``)."""
+    best = {}
+    for r in results:
+        key = (r["model"], r["seed"])
+        if key not in best or r["passes"] > best[key]["passes"]:
+            best[key] = r
+    return sorted(best.values(), key=lambda r: (r["model"], r["seed"]))
 
 
 def plot(results, path):
-    """Per run: its test loss after every pass (the run's metrics, all test images: −ELBO, for
-    an IWAE run −L_k; lines) and its K = 5000 NLL where evaluated (the curve's points, on the
-    first test images, open markers; the final one on all of them, a filled marker)."""
+    """Per model and seed: the test loss after every pass of its longest run (the run's metrics,
+    all test images: −ELBO, for an IWAE run −L_k; lines), its K = 5000 NLL at the stage ends
+    (on the first test images, open markers) and on all test images wherever a row of the table
+    was evaluated (filled markers)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -121,16 +124,16 @@ def plot(results, path):
     fig, ax = plt.subplots(figsize=(6.8, 4.4))
     models = sorted({r["model"] for r in results})
     color = {m: f"C{i}" for i, m in enumerate(models)}
-    results = sorted(results, key=lambda r: (r["model"], r["seed"], -r["passes"]))
-    for r, label in zip(results, labels(results)):
+    for r in longest(results):
         c, ls = color[r["model"]], "-" if r["seed"] % 2 else "--"
         rows = read_history(r["dir"], upto_epoch=r["passes"])
         ax.plot([row["epoch"] for row in rows], [row["test_loss"] for row in rows], color=c, ls=ls, lw=1,
-                label=label)
+                label=f"{r['model']}, seed {r['seed']}")
         if r["curve"]:
             epochs, nll, _ = zip(*r["curve"])
             ax.plot(epochs, nll, ls="none", marker="o", mfc="none", ms=4, color=c)
-        ax.plot([r["passes"]], [r["final"]["nll"]], ls="none", marker="o", ms=5, color=c)
+    for r in results:
+        ax.plot([r["passes"]], [r["final"]["nll"]], ls="none", marker="o", ms=5, color=color[r["model"]])
     for model in models:
         if model in PUBLISHED:
             ax.axhline(PUBLISHED[model], ls=":", color=color[model], lw=1,
