@@ -288,6 +288,22 @@ def test_softplus_within_its_bound(twins):
     same_bits(twin(twins, ops.softplus, z64), ops.softplus.body(z64))
 
 
+def test_bernoulli_rows_within_1e_6_of_the_body(twins):
+    """−log p(x|y) per row, as importance sampling asks for it: (N, D), and (n, K, D) logits
+    with x (n, 1, D); float32 or float64 sums. Float64 logits run the body."""
+    r = np.random.default_rng(11)
+    y = (r.standard_normal((3, 5, 784)) * 6).astype(np.float32)
+    x = (r.uniform(size=(3, 1, 784)) < 0.3).astype(np.float32)
+    for args in ((y, x), (y[0], x[0].repeat(5, axis=0)), (y[:, :1], x)):
+        for dtype in (None, np.float64):
+            got = twin(twins, ops.bernoulli_nll_rows, *args, dtype=dtype)
+            want = ops.bernoulli_nll_rows.body(*args, dtype=dtype)
+            assert got.shape == want.shape == args[0].shape[:-1] and got.dtype == want.dtype
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+    y64, x64 = y.astype(np.float64), x.astype(np.float64)
+    same_bits(twin(twins, ops.bernoulli_nll_rows, y64, x64), ops.bernoulli_nll_rows.body(y64, x64))
+
+
 # -- what the twins leave to the bodies ---------------------------------------------------------------
 def test_what_a_twin_does_not_cover_runs_the_body(twins):
     r = np.random.default_rng(7)

@@ -421,7 +421,7 @@ class Kernels:
         self._cublas = None
         self._table = {name: getattr(self, name) for name in (
             "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
-            "adam", "adam_from", "matmul", "sum_rows", "softplus", "gather_rows", "load_row", "record_losses",
+            "adam", "adam_from", "matmul", "sum_rows", "softplus", "bernoulli_nll_rows", "gather_rows", "load_row", "record_losses",
             "fullcov_reparam_kl_forward", "fullcov_reparam_kl_backward", "record_bound_losses",
             "to_bf16", "from_bf16")}
 
@@ -603,6 +603,12 @@ class Kernels:
     # -- matrix products --------------------------------------------------------------------------------
     def matmul(self, a, b, out, precision):
         return self.cublas.matmul(a, b, out, precision)
+
+    def bernoulli_nll_rows(self, logits, x, dtype):
+        """Σ_d softplus(y) − x·y per row, the body's operations in CuPy (importance sampling)."""
+        terms = self.softplus(logits, None)
+        terms -= x * logits
+        return self.cp.sum(terms, axis=-1, dtype=dtype)
 
     def softplus(self, z, out):
         """log(1 + e^z) as CuPy's logaddexp(z, 0): one elementwise pass."""

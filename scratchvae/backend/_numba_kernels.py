@@ -208,6 +208,21 @@ def _softplus(z, out, inplace):
             out[i] = _np_max(zi, zero) + log1p01(exp32(-abs(zi)))
 
 
+@njit(**JIT)
+def _bernoulli_rows(y, x, out, row):
+    """Twin of ``ops.likelihoods.bernoulli_nll_rows`` (float32): out[i, k] = Σ_d softplus(y) − x·y
+    for y (n, K, D) and x (n, 1 or K, D), each term as the body forms it (softplus as the twin
+    above, then − x·y in float32), summed in float64. ``row``: a (D,) buffer for the terms."""
+    zero = y.dtype.type(0)
+    for i in range(y.shape[0]):
+        for k in range(y.shape[1]):
+            yr, xr = y[i, k], x[i, k if x.shape[1] > 1 else 0]
+            for d in range(y.shape[2]):
+                yd = yr[d]
+                row[d] = (_np_max(yd, zero) + log1p01(exp32(-abs(yd)))) - xr[d] * yd
+            out[i, k] = _sum64(row)
+
+
 # -- Adam (optim.py: adam_update, adam_update_from) -----------------------------------------------
 @njit(**JIT)
 def _adam(p, g, m, v, step, sbc2, b1, omb1, b2, omb2, eps):
@@ -265,7 +280,8 @@ class Twins:
         self._philox = _numba_philox
         self._table = {name: getattr(self, name) for name in (
             "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
-            "adam", "adam_from", "sum_rows", "softplus", "philox_uniform", "philox_normal")}
+            "adam", "adam_from", "sum_rows", "softplus", "bernoulli_nll_rows", "philox_uniform",
+            "philox_normal")}
 
     def get(self, name):
         return self._table.get(name)
@@ -366,6 +382,19 @@ class Twins:
         out = np.empty_like(z) if out is None else out
         _softplus(z.reshape(-1), out.reshape(-1), out is z)
         return out
+
+    def bernoulli_nll_rows(self, logits, x, dtype):
+        """(N, D) or (n, K, D) float32 logits, x of the same shape or (n, 1, D)."""
+        y = logits[None] if logits.ndim == 2 else logits
+        xx = x[None] if isinstance(x, np.ndarray) and x.ndim == 2 else x
+        ok = (y.ndim == 3 and _fast(y, xx) and y.dtype == np.float32 and xx.shape[0] == y.shape[0]
+              and xx.shape[1] in (1, y.shape[1]) and xx.shape[2] == y.shape[2] and y.shape[2] > 0
+              and (dtype is None or np.dtype(dtype) in _FLOATS))
+        if not ok:
+            return self.fallback("bernoulli_nll_rows")(logits, x, dtype)
+        out = np.empty(y.shape[:2], np.float64)
+        _bernoulli_rows(y, xx, out, np.empty(y.shape[2], np.float32))
+        return out.reshape(logits.shape[:-1]).astype(y.dtype if dtype is None else dtype, copy=False)
 
     # -- the draws (random.Stream on NumPy) -------------------------------------------------------------
     def philox_uniform(self, k0, k1, d, out):

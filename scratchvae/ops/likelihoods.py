@@ -174,11 +174,13 @@ def sample_gaussian(mean, log_sigma, eps):
 # One value per row: the sums run over the last axis (the D pixels) only, so the inputs may
 # be (N, D) or stacked (n, K, D) with x broadcast as (n, 1, D). No gradients: these serve
 # importance sampling, where each (image, sample) pair needs its own log p(x|z).
+@fused("bernoulli_nll_rows")
 def bernoulli_nll_rows(logits, x, dtype=None):
     """−log p(x|y) per row: Σ_d softplus(y_d) − x_d·y_d  -> logits.shape[:-1].
 
     ``dtype``: the accumulator and result dtype (default the logits'; pass float64 to sum
-    the D terms in double precision).
+    the D terms in double precision). A fused block: the Numba twin makes one pass (float32
+    (N, D) or (n, K, D) logits with x (n, 1, D)), CuPy runs this body's operations.
     """
     xp = xp_of(logits)
     terms = softplus(logits)
