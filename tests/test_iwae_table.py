@@ -83,6 +83,15 @@ def test_a_run_at_an_earlier_epoch_is_a_row_of_its_own(tool, run, tmp_path, monk
         tool.results_for(f"{run}@7", args)
 
 
+def test_wildcards_are_expanded_with_an_epoch_kept(tool, tmp_path):
+    for name in ("vae-s2", "vae-s1", "iwae5-s1"):
+        (tmp_path / name).mkdir()
+    got = tool.expand([f"{tmp_path}/vae-s?@364", f"{tmp_path}/iwae5-s1", "plain@7"])
+    assert got == [f"{tmp_path}/vae-s1@364", f"{tmp_path}/vae-s2@364", f"{tmp_path}/iwae5-s1", "plain@7"]
+    with pytest.raises(SystemExit, match="no run matches"):
+        tool.expand([f"{tmp_path}/full-s?@121"])
+
+
 def test_the_plot_draws_the_longest_run_of_each_model_and_seed(tool):
     r = {"model": "VAE", "seed": 1, "passes": 121}
     longer, other = {**r, "passes": 364}, {**r, "seed": 2}

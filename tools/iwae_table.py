@@ -6,15 +6,17 @@ stochastic layer: test NLL = −log p(x) by importance sampling with K = 5000 sa
     python tools/iwae_table.py RUN[@EPOCH] [RUN[@EPOCH] ...] [--data-dir DIR] [--results DIR]
                                [--curve-limit N] [--plot FILE]
 
-For each run: its newest checkpoint (or the one of epoch EPOCH: ``runs/vae-s1@364``, a row for a
-run continued past it) on all test images (the table), then the last epoch of each
-stage of the schedule (1, 4, 13, 40, 121, … passes) on the first --curve-limit test images (the
-curve; train with ``--keep all`` to keep them; ``--curve-limit 0`` skips it). Each run's results are kept in
-``<results>/<run name>.json``, so a rerun evaluates only what is new and runs can be evaluated
-by separate processes. Prints a Markdown table: model, passes, NLL ± SE per seed, their mean,
-and the published figure; ``--plot`` draws the test −ELBO and NLL against passes.
+For each run: its newest checkpoint (or the one of epoch EPOCH: ``runs/vae-s1@364``, a row for
+a run continued past it; RUN may hold wildcards, quoted: ``'runs/vae-s?@364'``) on all test
+images (the table), then the last epoch of each stage of the schedule (1, 4, 13, 40, 121, …
+passes) on the first --curve-limit test images (the curve; train with ``--keep all`` to keep
+them; ``--curve-limit 0`` skips it). Each run's results are kept in ``<results>/<run
+name>.json``, so a rerun evaluates only what is new and separate runs can be evaluated by
+separate processes. Prints a Markdown table: model, passes, NLL ± SE per seed, their mean, and
+the published figure; ``--plot`` draws the test −ELBO and NLL against passes.
 """
 import argparse
+import glob
 import json
 import math
 from pathlib import Path
@@ -58,6 +60,22 @@ def split_epoch(arg):
     """'RUN@EPOCH' -> (Path(RUN), EPOCH); any other argument -> (Path(arg), None)."""
     head, at, tail = str(arg).rpartition("@")
     return (Path(head), int(tail)) if at and tail.isdigit() else (Path(arg), None)
+
+
+def expand(args_runs):
+    """The runs named: each RUN[@EPOCH] with RUN's wildcards expanded here (the shell leaves
+    ``runs/vae-s?@364`` alone, since no file is called that), in sorted order."""
+    runs = []
+    for arg in args_runs:
+        head, epoch = split_epoch(arg)
+        if not glob.has_magic(str(head)):
+            runs.append(arg)
+            continue
+        found = sorted(glob.glob(str(head)))
+        if not found:
+            raise SystemExit(f"iwae_table: no run matches {head}")
+        runs += [f"{h}@{epoch}" if epoch is not None else h for h in found]
+    return runs
 
 
 def results_for(arg, args):
@@ -159,7 +177,7 @@ def main():
     p.add_argument("--curve-limit", type=int, default=1000, metavar="N", help="test images per point of the curve (0: no curve)")
     p.add_argument("--plot", metavar="FILE", help="draw the test −ELBO and NLL against passes into FILE")
     args = p.parse_args()
-    results = [results_for(r, args) for r in args.runs]
+    results = [results_for(r, args) for r in expand(args.runs)]
     print(table(results))
     if args.plot:
         plot(results, args.plot)
