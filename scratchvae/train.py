@@ -281,9 +281,10 @@ def resume(run: Run, train, test=None, *, epochs=None, run_dir=None, keep=_RECOR
     continued in its own folder gets its metrics.jsonl repaired to the loaded checkpoint's
     history (rows past it dropped, a row lost to a kill rebuilt) and config.json records the
     resume: ``epochs`` becomes the new total, and ``resumes`` gains {"at", "from", "epochs",
-    "keep", "provenance"} plus ``record``'s entries. "provenance" is where this sitting ran, as the
-    run's own: versions, machine, threads, the backend and whether the Numba twins ran (a run
-    may be resumed elsewhere, or with ``SCRATCHVAE_NUMBA=0`` where it started without).
+    "keep", "provenance"} plus ``record``'s entries. "provenance" is where this sitting ran, as
+    the run's own: versions, machine, threads, the backend and whether the Numba twins ran (a
+    run may be resumed on another machine, or with the twins switched off where it started
+    with them).
     """
     cfg = run.train_config
     if epochs is not None:

@@ -421,8 +421,8 @@ class Kernels:
         self._cublas = None
         self._table = {name: getattr(self, name) for name in (
             "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
-            "adam", "adam_from", "matmul", "sum_rows", "softplus", "bernoulli_nll_rows", "gather_rows", "load_row", "record_losses",
-            "fullcov_reparam_kl_forward", "fullcov_reparam_kl_backward", "record_bound_losses",
+            "adam", "adam_from", "matmul", "sum_rows", "softplus", "bernoulli_nll_rows", "gather_rows",
+            "load_row", "record_losses", "fullcov_reparam_kl_forward", "fullcov_reparam_kl_backward", "record_bound_losses",
             "to_bf16", "from_bf16")}
 
     def get(self, name):

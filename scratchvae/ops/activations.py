@@ -51,7 +51,7 @@ def softplus(z, out=None):
 
     Accuracy (``tests/test_softplus.py``): within 3.2 ulp in float32 and 1.7 ulp in float64
     of the exact value. numpy.logaddexp(z, 0) evaluates the same formula, within 1.5 ulp, but
-    calls the C library's scalar exp and log1p per element: about 10× slower than these four
+    calls the C library's scalar exp and log1p per element: about 10× slower than these six
     vectorised passes in float32 and 4× in float64 (it was 60% of an importance-sampled
     log p(x) on a CPU). CuPy's kernel is one pass of ``cupy.logaddexp``; the float32 Numba twin
     is one pass of its own exp and log1p."""
