@@ -229,6 +229,7 @@ def test_resume_takes_equal_values_and_records_itself(run_copy, capsys):
     (note,) = json.loads((run_copy / "config.json").read_text())["resumes"]
     assert note["from"] == "checkpoints/epoch-0001.npz" and note["epochs"] == 2 and note["keep"] == "all"
     assert note["command"].startswith("scratchvae train --resume") and cfg["train"]["epochs"] == 1
+    assert note["provenance"]["backend"] == "numpy" and "fast_path" in note["provenance"]
     assert json.loads((run_copy / "config.json").read_text())["train"]["epochs"] == 2
     assert "resuming" in capsys.readouterr().out and [r["epoch"] for r in rows(run_copy)] == [1, 2]
 
