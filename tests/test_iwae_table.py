@@ -79,8 +79,10 @@ def test_a_run_at_an_earlier_epoch_is_a_row_of_its_own(tool, run, tmp_path, monk
     assert [row.split(" | ")[1] for row in tool.table([last, early]).splitlines()[2:]] == ["4", "5"]
     tool.plot([last, early], tmp_path / "nll.png")            # one line, two filled points
     assert (tmp_path / "nll.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(Exception, match="7"):
-        tool.results_for(f"{run}@7", args)
+    with pytest.raises(SystemExit, match="iwae_table: no end-of-epoch checkpoint for epoch 7"):
+        tool.main([f"{run}@7", "--results", str(tmp_path)])
+    with pytest.raises(SystemExit, match="iwae_table: .*nothing-here.* is not a scratchvae run"):
+        tool.main([str(tmp_path / "nothing-here"), "--results", str(tmp_path)])
 
 
 def test_wildcards_are_expanded_with_an_epoch_kept(tool, tmp_path):

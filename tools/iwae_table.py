@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 
 from scratchvae.data import load_dataset
+from scratchvae.errors import ScratchVAEError
 from scratchvae.evaluate import evaluate_run
 from scratchvae.runs import load_run, read_history
 from scratchvae.step import iwae_stage
@@ -169,15 +170,18 @@ def plot(results, path):
     plt.close(fig)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN[@EPOCH]", help="a run folder, or one at epoch EPOCH's checkpoint")
     p.add_argument("--data-dir", metavar="DIR", help="where the MNIST IDX files are (default: the download cache)")
     p.add_argument("--results", default="iwae-results", metavar="DIR", help="where each run's evaluations are kept")
     p.add_argument("--curve-limit", type=int, default=1000, metavar="N", help="test images per point of the curve (0: no curve)")
     p.add_argument("--plot", metavar="FILE", help="draw the test −ELBO and NLL against passes into FILE")
-    args = p.parse_args()
-    results = [results_for(r, args) for r in expand(args.runs)]
+    args = p.parse_args(argv)
+    try:
+        results = [results_for(r, args) for r in expand(args.runs)]
+    except ScratchVAEError as e:              # a run that is not there, an epoch it never saved
+        raise SystemExit(f"iwae_table: {e}") from None
     print(table(results))
     if args.plot:
         plot(results, args.plot)
