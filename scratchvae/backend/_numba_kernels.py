@@ -49,7 +49,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from ._numba_math import JIT, exp32, expm1_d, log1p01
+from ._numba_math import INLINE, JIT, exp32, expm1_d, log1p01
 
 ACTIVATIONS = {"relu": 0, "leaky_relu": 1}
 """The activations with a twin (piecewise linear: exact); the others run the NumPy body."""
@@ -192,20 +192,23 @@ def _bernoulli(y, b, x, dy, terms, cap):
 
 
 # -- softplus (ops/activations.py: softplus) ---------------------------------------------------------
+@njit(**INLINE)
+def _softplus1(v):
+    """softplus(v) = max(v, 0) + log1p(e^{−|v|}) of one float32, the body's formula with this
+    module's exp and log1p (e^{−|v|} ∈ [0, 1], log1p01's domain)."""
+    return _np_max(v, np.float32(0)) + log1p01(exp32(-abs(v)))
+
+
 @njit(**JIT)
 def _softplus(z, out, inplace):
-    """Twin of ``ops.activations.softplus`` (float32, flat): max(z, 0) + log1p(e^{−|z|}), the
-    body's formula with this module's exp and log1p (e^{−|z|} ∈ [0, 1], log1p01's domain).
-    ``inplace``: out is z, and the loop names one array (as ``_bias_act``)."""
-    zero = z.dtype.type(0)
+    """Twin of ``ops.activations.softplus`` (float32, flat). ``inplace``: out is z, and the loop
+    names one array (as ``_bias_act``)."""
     if inplace:
         for i in range(z.size):
-            zi = z[i]
-            z[i] = _np_max(zi, zero) + log1p01(exp32(-abs(zi)))
+            z[i] = _softplus1(z[i])
     else:
         for i in range(z.size):
-            zi = z[i]
-            out[i] = _np_max(zi, zero) + log1p01(exp32(-abs(zi)))
+            out[i] = _softplus1(z[i])
 
 
 @njit(**JIT)
@@ -213,13 +216,11 @@ def _bernoulli_rows(y, x, out, row):
     """Twin of ``ops.likelihoods.bernoulli_nll_rows`` (float32): out[i, k] = Σ_d softplus(y) − x·y
     for y (n, K, D) and x (n, 1 or K, D), each term as the body forms it (softplus as the twin
     above, then − x·y in float32), summed in float64. ``row``: a (D,) buffer for the terms."""
-    zero = y.dtype.type(0)
     for i in range(y.shape[0]):
         for k in range(y.shape[1]):
             yr, xr = y[i, k], x[i, k if x.shape[1] > 1 else 0]
             for d in range(y.shape[2]):
-                yd = yr[d]
-                row[d] = (_np_max(yd, zero) + log1p01(exp32(-abs(yd)))) - xr[d] * yd
+                row[d] = _softplus1(yr[d]) - xr[d] * yr[d]
             out[i, k] = _sum64(row)
 
 
