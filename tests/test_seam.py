@@ -23,7 +23,7 @@ from _cuda_host import HostCupy
 
 @pytest.fixture(scope="module")
 def kernels():
-    return _cupy_kernels.Kernels(HostCupy())
+    return _cupy_kernels.Kernels(HostCupy(), body=lambda name: DECLARED[name].body)
 
 
 def test_every_declared_kernel_exists_and_takes_its_blocks_arguments(kernels):
@@ -38,6 +38,18 @@ def test_every_declared_kernel_exists_and_takes_its_blocks_arguments(kernels):
 
 def test_every_kernel_belongs_to_a_block(kernels):
     assert set(kernels.names()) == set(DECLARED)
+
+
+def test_the_row_wise_bernoulli_launcher_runs_its_blocks_body(kernels):
+    # CuPy has no kernel of its own for it: the launcher hands its arguments to the body,
+    # which here (host arrays) runs on NumPy, so it must give the body's bits.
+    r = np.random.default_rng(3)
+    y = r.standard_normal((2, 3, 7)).astype(np.float32)
+    x = (r.uniform(size=(2, 1, 7)) < 0.5).astype(np.float32)
+    body = DECLARED["bernoulli_nll_rows"].body
+    for dtype in (None, np.float64):
+        got, want = kernels.get("bernoulli_nll_rows")(y, x, dtype), body(y, x, dtype)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
 def test_every_activation_and_every_typed_kernel_is_in_the_cuda_source():

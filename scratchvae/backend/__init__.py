@@ -169,7 +169,7 @@ class CupyBackend(Backend):
         if self._kernels is None:
             from . import _cupy_kernels
 
-            self._kernels = _cupy_kernels.Kernels(self.xp)
+            self._kernels = _cupy_kernels.Kernels(self.xp, body=lambda name: DECLARED[name].body)
         return self._kernels.get(name)
 
 

@@ -411,11 +411,14 @@ class Kernels:
     """The fused kernels of one CuPy module (compiled on first use, cached by CuPy on disk).
 
     ``get(name)`` returns the launcher of the kernel a block declared under ``name``; each
-    launcher takes exactly the arguments of its block.
+    launcher takes exactly the arguments of its block. ``body(name)`` gives a block's NumPy
+    form, for the blocks whose CuPy launcher runs the body's own operations (as the Numba
+    twins' ``fallback``).
     """
 
-    def __init__(self, cupy):
+    def __init__(self, cupy, body=None):
         self.cp = cupy
+        self.body = body
         self._module = None
         self._fns = {}
         self._cublas = None
@@ -605,10 +608,11 @@ class Kernels:
         return self.cublas.matmul(a, b, out, precision)
 
     def bernoulli_nll_rows(self, logits, x, dtype):
-        """Σ_d softplus(y) − x·y per row, the body's operations in CuPy (importance sampling)."""
-        terms = self.softplus(logits, None)
-        terms -= x * logits
-        return self.cp.sum(terms, axis=-1, dtype=dtype)
+        """The block's own body on CuPy arrays (importance sampling): its softplus is the kernel
+        below, then − x·y and the row sums, each one CuPy operation."""
+        if self.body is None:
+            raise BackendError("bernoulli_nll_rows: these kernels were built without the blocks' bodies")
+        return self.body("bernoulli_nll_rows")(logits, x, dtype)
 
     def softplus(self, z, out):
         """log(1 + e^z) as CuPy's logaddexp(z, 0): one elementwise pass."""
