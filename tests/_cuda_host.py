@@ -156,7 +156,7 @@ def host_kernels():
     the host), or a pytest skip naming why this machine cannot build them."""
     import pytest
 
-    from scratchvae.backend import _cupy_kernels
+    from scratchvae.backend import _cupy_kernels, body_of
 
     if compiler() is None:
         pytest.skip("no host C++ compiler")
@@ -164,7 +164,7 @@ def host_kernels():
         _compile("int host_probe() { return 0; }")
     except RuntimeError as e:
         pytest.skip(f"the host compiler has no C++20 <barrier>: {str(e)[-200:]}")
-    return _cupy_kernels.Kernels(HostCupy())
+    return _cupy_kernels.Kernels(HostCupy(), body_of)
 
 
 def box_muller_edges(n_random, seed=0):

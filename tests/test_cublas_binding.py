@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from scratchvae import ops
-from scratchvae.backend import _cupy_kernels, cublas
+from scratchvae.backend import _cupy_kernels, body_of, cublas
 from scratchvae.errors import BackendError, InputError
 from scratchvae.ops.bf16 import from_bf16, to_bf16
 
@@ -236,7 +236,7 @@ def test_float64_fp32_products_and_bias_sums_stay_on_the_exact_path(binding, stu
 
 
 def test_the_launcher_takes_the_blocks_precision_through_the_seam(stub, operands):
-    kernels = _cupy_kernels.Kernels(StubCupy())
+    kernels = _cupy_kernels.Kernels(StubCupy(), body_of)
     kernels._cublas = cublas.Cublas(StubCupy(), lib=stub)
     a16, b16 = dev(to_bf16(operands[0])), dev(to_bf16(operands[1]))
     got = ops.matmul.call_kernel(kernels.get("matmul"), a16, b16, precision="bf16")

@@ -30,7 +30,7 @@ pytest.importorskip("numba")
 
 from scratchvae import VAE, Adam, ops  # noqa: E402
 from scratchvae import backend  # noqa: E402
-from scratchvae.backend import DECLARED, NUMPY, _numba_kernels, _numba_philox, philox  # noqa: E402
+from scratchvae.backend import DECLARED, NUMPY, _numba_kernels, _numba_philox, body_of, philox  # noqa: E402
 from scratchvae.backend.random import Stream  # noqa: E402
 from scratchvae.optim import adam_update, adam_update_from  # noqa: E402
 from scratchvae.runs import TrainConfig, load_run, provenance  # noqa: E402
@@ -48,7 +48,7 @@ DRAWS = {"philox_uniform": ("k0", "k1", "d", "out"), "philox_normal": ("k0", "k1
 
 @pytest.fixture(scope="module")
 def twins():
-    return _numba_kernels.Twins(lambda name: DECLARED[name].body)
+    return _numba_kernels.Twins(body_of)
 
 
 def twin(twins, block, *args, **kwargs):
@@ -105,7 +105,7 @@ def test_the_numpy_backend_runs_the_twins_unless_switched_off_or_absent(monkeypa
 def test_a_resume_records_whether_its_sitting_ran_the_twins(tmp_path, monkeypatch):
     """A run started with the twins and resumed with ``SCRATCHVAE_NUMBA=0`` says so twice."""
     x = np.random.default_rng(0).random((24, 6)).astype(np.float32)
-    monkeypatch.setattr(NUMPY, "_twins", _numba_kernels.Twins(lambda name: DECLARED[name].body))
+    monkeypatch.setattr(NUMPY, "_twins", _numba_kernels.Twins(body_of))
     fit(VAE(input_dim=6, hidden=(4,), latent=2, seed=1), x, config=TrainConfig(epochs=1, batch_size=8),
         run_dir=tmp_path)
     monkeypatch.setattr(NUMPY, "_twins", backend._NoTwins("SCRATCHVAE_NUMBA=0"))
@@ -335,7 +335,7 @@ def test_draws_give_the_numpy_streams_bits(kind, dtype, monkeypatch):
         got, want = Stream(31337, 2), Stream(31337, 2)
         for s in (got, want):
             s.set_state(np.array([*s.key, d & 0xFFFFFFFF, d >> 32], np.uint32))
-        monkeypatch.setattr(NUMPY, "_twins", _numba_kernels.Twins(lambda name: DECLARED[name].body))
+        monkeypatch.setattr(NUMPY, "_twins", _numba_kernels.Twins(body_of))
         a = getattr(got, kind)((n,), dtype)
         monkeypatch.setattr(NUMPY, "_twins", backend._NoTwins("the NumPy path"))
         b = getattr(want, kind)((n,), dtype)
@@ -357,7 +357,7 @@ def test_a_training_step_through_the_twins_matches_the_bodies(dtype, monkeypatch
     """Loss and every gradient of a model step (the same ε from the same stream), then Adam."""
     x = (np.random.default_rng(8).uniform(size=(16, 784)) < 0.3).astype(dtype)
     res = {}
-    for name, table in (("twins", _numba_kernels.Twins(lambda n: DECLARED[n].body)),
+    for name, table in (("twins", _numba_kernels.Twins(body_of)),
                         ("bodies", backend._NoTwins("off"))):
         monkeypatch.setattr(NUMPY, "_twins", table)
         m = VAE(hidden=(32,), latent=4, dtype=dtype, seed=5)

@@ -21,7 +21,7 @@ import pytest
 import scratchvae.ops.dense as dense_module
 import scratchvae.ops.precision as precision_module
 from scratchvae import VAE, Adam, fit, load_run
-from scratchvae.backend import NUMPY, Backend, _cupy_kernels
+from scratchvae.backend import NUMPY, Backend, _cupy_kernels, body_of
 from scratchvae.backend.random import Stream
 from scratchvae.cli import main
 from scratchvae.errors import CheckpointError, InputError
@@ -182,7 +182,7 @@ def test_a_bf16_step_asks_only_for_kernels_the_cuda_module_has(monkeypatch, kw):
     names.clear()
     s(0)
     assert {"to_bf16", "matmul", "sum_rows", "adam_from"} <= set(names) and "from_bf16" not in names
-    kernels = _cupy_kernels.Kernels(HostCupy())
+    kernels = _cupy_kernels.Kernels(HostCupy(), body_of)
     assert [n for n in set(names) if kernels.get(n) is None] == []
 
 

@@ -15,7 +15,7 @@ import pytest
 import scratchvae.backend as backend
 import scratchvae.step  # noqa: F401  (declares record_losses)
 from scratchvae import ops
-from scratchvae.backend import DECLARED, Backend, _cupy_kernels
+from scratchvae.backend import DECLARED, Backend, _cupy_kernels, body_of
 from scratchvae.errors import BackendError
 
 from _cuda_host import HostCupy
@@ -23,7 +23,7 @@ from _cuda_host import HostCupy
 
 @pytest.fixture(scope="module")
 def kernels():
-    return _cupy_kernels.Kernels(HostCupy(), body=lambda name: DECLARED[name].body)
+    return _cupy_kernels.Kernels(HostCupy(), body_of)
 
 
 def test_every_declared_kernel_exists_and_takes_its_blocks_arguments(kernels):

@@ -15,7 +15,7 @@ import pytest
 import scratchvae.step as step_module
 from scratchvae import VAE, Adam, SGD
 from scratchvae.backend import NUMPY
-from scratchvae.backend import _cupy_kernels
+from scratchvae.backend import _cupy_kernels, body_of
 from scratchvae.backend.random import Stream
 from scratchvae.errors import InputError
 from scratchvae.step import BETA, Schedule, TrainStep, make_graph_step
@@ -144,7 +144,7 @@ def test_warm_up_capture_and_replay_ask_for_the_kernels_the_uncaptured_step_asks
     assert eager and by_phase["warm-up"] == by_phase["capture"] == eager
     assert by_phase["replay"] == eager * 2
     assert eager[:3] == ["gather_rows", "draw_uniform_into", "draw_normal_into"]   # binarise, corrupt
-    kernels = _cupy_kernels.Kernels(HostCupy())
+    kernels = _cupy_kernels.Kernels(HostCupy(), body_of)
     fused = [n for n in eager if not n.startswith("draw_")]
     assert expected <= set(fused)
     assert [n for n in fused if kernels.get(n) is None] == []

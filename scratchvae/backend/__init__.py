@@ -46,6 +46,13 @@ DECLARED: dict = {}
 """kernel name -> the fused block (the decorated function) that declared it."""
 
 
+def body_of(name: str):
+    """The NumPy body of the block declared under kernel ``name``: what a backend's kernel table
+    runs where it has no kernel of its own for part of its blocks (the Numba twins' fallback, a
+    CuPy launcher made of the body's own operations)."""
+    return DECLARED[name].body
+
+
 class Backend:
     """One array backend. Use :func:`get_backend` rather than constructing it."""
 
@@ -169,7 +176,7 @@ class CupyBackend(Backend):
         if self._kernels is None:
             from . import _cupy_kernels
 
-            self._kernels = _cupy_kernels.Kernels(self.xp, body=lambda name: DECLARED[name].body)
+            self._kernels = _cupy_kernels.Kernels(self.xp, body_of)
         return self._kernels.get(name)
 
 
@@ -189,7 +196,7 @@ def _numba_twins():
         from . import _numba_kernels
     except ImportError as err:
         return _NoTwins(f"Numba does not import ({err}); install the 'fast' extra")
-    return _numba_kernels.Twins(lambda name: DECLARED[name].body)
+    return _numba_kernels.Twins(body_of)
 
 
 def describe_type(a) -> str:

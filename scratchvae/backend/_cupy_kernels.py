@@ -412,11 +412,11 @@ class Kernels:
 
     ``get(name)`` returns the launcher of the kernel a block declared under ``name``; each
     launcher takes exactly the arguments of its block. ``body(name)`` gives a block's NumPy
-    form, for the blocks whose CuPy launcher runs the body's own operations (as the Numba
-    twins' ``fallback``).
+    form (``backend.body_of``), for the blocks whose CuPy launcher runs the body's own
+    operations (as the Numba twins' ``fallback``).
     """
 
-    def __init__(self, cupy, body=None):
+    def __init__(self, cupy, body):
         self.cp = cupy
         self.body = body
         self._module = None
@@ -610,8 +610,6 @@ class Kernels:
     def bernoulli_nll_rows(self, logits, x, dtype):
         """The block's own body on CuPy arrays (importance sampling): its softplus is the kernel
         below, then − x·y and the row sums, each one CuPy operation."""
-        if self.body is None:
-            raise BackendError("bernoulli_nll_rows: these kernels were built without the blocks' bodies")
         return self.body("bernoulli_nll_rows")(logits, x, dtype)
 
     def softplus(self, z, out):
