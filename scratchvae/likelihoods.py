@@ -10,7 +10,7 @@ p(x|z); its formulas live in :mod:`scratchvae.ops.likelihoods`, and it calls the
 ``forward_backward(y, x, dy, ...)``      the fused −log p(x|z) sum and ∂/∂y (training)
 ``backward_params(extra, P, G)``         the gradients of its own parameters
 ``weighted_backward(y, x, w, dy, ...)``  ∂/∂y of Σ_r w_r (−log p(x_r|y_r)) (importance weights)
-``nll_rows(y, x, P, dtype)``             −log p(x|z) per row (importance sampling)
+``nll_rows(y, x, P, dtype, out, buffers)``  −log p(x|z) per row (importance sampling)
 ``mean(y, P)``                           E[x | z] from the decoder output y
 ``output_for_mean(m)``                   the decoder output whose mean is m (to start its bias)
 ``draw(mean, P, stream)``                pixels drawn from p(x|z)
@@ -76,8 +76,8 @@ class Bernoulli:
         ops.bernoulli_nll_forward_backward(y, x, dy, scratch, overwrite_logits=True)
         dy *= weights[:, None]
 
-    def nll_rows(self, y, x, params, dtype=None):
-        return ops.bernoulli_nll_rows(y, x, dtype=dtype)
+    def nll_rows(self, y, x, params, dtype=None, out=None, buffers=None):
+        return ops.bernoulli_nll_rows(y, x, dtype=dtype, out=out, buffers=buffers)
 
     def mean(self, y, params, out=None):
         return sigmoid(y, out=out)
@@ -149,8 +149,8 @@ class Gaussian:
         if self.learned:
             grads[LOGSIGMA][...] = ops.soft_floor_log_sigma_backward(dlog_sigma, params[LOGSIGMA])
 
-    def nll_rows(self, y, x, params, dtype=None):
-        return ops.gaussian_nll_rows(y, x, self.log_sigma(params), dtype=dtype)
+    def nll_rows(self, y, x, params, dtype=None, out=None, buffers=None):
+        return ops.gaussian_nll_rows(y, x, self.log_sigma(params), dtype=dtype, out=out, buffers=buffers)
 
     def output_for_mean(self, m):
         """The decoder output whose mean is ``m``: ``m`` itself."""

@@ -146,6 +146,7 @@ class _Workspace:
             self.mlk, self.dmlk = (e(rows, head), e(rows, head)) if K > 1 else (self.ml, self.dml)
             self.xt = e(rows, D) if K > 1 else None
             self.w, self.target = e(K, n), None               # normalised weights w̃ (K, N)
+            self.nll, self.logw = e(rows), e(rows)            # −log p(x|z) and log w per row
 
 
 class VAE:
@@ -554,8 +555,8 @@ class VAE:
         g = self._hidden_forward(ws.z, self._dec, (ws.dec_a, ws.dec_d, ws.dec_lo))
         y = mm(g, self.params_lo["dec.out.W"], out=ws.y)
         y += P["dec.out.b"]
-        nll = lik.nll_rows(y, ws.target, P)               # −log p(x|z) per (sample, image)
-        logw = q.iw_log_ratio_rows(ws.q, ws.mlk)
+        nll = lik.nll_rows(y, ws.target, P, out=ws.nll, buffers=(ws.dy, ws.scratch))   # per (sample, image)
+        logw = q.iw_log_ratio_rows(ws.q, ws.mlk, out=ws.logw)
         logw -= nll
         bound = iw_bound_and_weights(logw.reshape(K, n), ws.w)
         return self.xp.sum(nll[:n]), kl / K, -bound
@@ -567,11 +568,12 @@ class VAE:
         the K head gradients of an image summed (its head feeds all K samples); the encoder."""
         K, n = self.iw_samples, x.shape[0]
         w = ws.w.reshape(-1)
-        extra = self.likelihood.weighted_backward(ws.y, ws.target, w, ws.dy, ws.scratch, self.params)
+        lik = self.likelihood
+        lik.backward_params(lik.weighted_backward(ws.y, ws.target, w, ws.dy, ws.scratch, self.params),
+                            self.params, self.grads)
         dz = self.posterior.dz_buffer(ws.q, ws.dmlk)
         self._backward_stack(self._dec_out, [ws.z] + ws.dec_a, ws.dec_d, ws.dy, dz, ws.mask,
                              ws.dec_lo, ws.dy_lo)
-        self.likelihood.backward_params(extra, self.params, self.grads)
         self.posterior.iw_backward(dz, ws.q, ws.mlk, w, ws.dmlk)
         if K > 1:
             self.xp.sum(ws.dmlk.reshape(K, n, -1), axis=0, out=ws.dml)

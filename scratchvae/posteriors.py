@@ -76,15 +76,18 @@ class _Gaussian:
         """log p(z) per row, p = N(0, I)."""
         return log_standard_normal_rows(z, dtype=dtype)
 
-    def iw_log_ratio_rows(self, q, head):
+    def iw_log_ratio_rows(self, q, head, out=None):
         """log p(z) − log q(z|x) per row for the sample of :meth:`forward` (head as it left it):
-        −½‖z‖² + ½‖ε‖² + c Σ_i head[:, L + i]  (the ½ L log 2π of both densities cancel)."""
+        −½‖z‖² + ½‖ε‖² + c Σ_i head[:, L + i]  (the ½ L log 2π of both densities cancel).
+        Into ``out`` (rows,) if given; the squares go through ``q.scratch``."""
         xp = xp_of(head)
         L = q.z.shape[1]
-        ratio = xp.sum(q.eps * q.eps, axis=1)
-        ratio -= xp.sum(q.z * q.z, axis=1)
+        ratio = xp.sum(xp.multiply(q.eps, q.eps, out=q.scratch), axis=1, out=out)
+        ratio -= xp.sum(xp.multiply(q.z, q.z, out=q.scratch), axis=1)
         ratio *= 0.5
-        ratio += self.log_scale_weight * xp.sum(head[:, L:2 * L], axis=1)
+        log_det = xp.sum(head[:, L:2 * L], axis=1)
+        log_det *= self.log_scale_weight
+        ratio += log_det
         return ratio
 
     def iw_backward(self, dz, q, head, weights, dhead):
@@ -99,11 +102,12 @@ class _Gaussian:
         xp = xp_of(head)
         L = q.z.shape[1]
         w = weights[:, None]
-        dz += w * q.z
+        dz += xp.multiply(q.z, w, out=q.scratch)
         self.backward(dz, q, head, 0.0, dhead)
         ds = dhead[:, L:2 * L]
-        ds -= self.log_scale_weight * w
-        ds *= xp.abs(head[:, L:2 * L]) < self.log_scale_limit
+        ds -= xp.multiply(w, self.log_scale_weight, out=q.scratch[:, :1])
+        inside = xp.abs(head[:, L:2 * L], out=q.scratch)
+        ds *= xp.less(inside, self.log_scale_limit, out=inside)      # 1 inside the clamp, else 0
 
 
 class DiagonalGaussian(_Gaussian):

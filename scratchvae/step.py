@@ -23,8 +23,9 @@ What the body may not do, because a captured CUDA graph replays it without Pytho
 * **write host state**: the host advances its own copies (the optimizer's ``t``) between
   steps. Nothing writes ``model.beta``: β is an input, read from the schedule.
 
-``tests/test_step.py`` checks on NumPy that a step after the first allocates no batch-sized
-buffer, and that the warm-up, the captured call and the uncaptured step ask for the same
+``tests/test_step.py`` and ``tests/test_engine_misc.py`` check on NumPy, with the Numba twins
+and with the bodies, that a step after the first allocates less than one (B, L) array at its
+peak for every kind of model (the rule is stated once, in ``tests/_alloc.py``), and that the warm-up, the captured call and the uncaptured step ask for the same
 kernels, each of which the CUDA module has; the GPU tests compare captured and eager steps.
 
 Device state, written by the host only between steps (once per epoch):

@@ -304,6 +304,22 @@ def test_bernoulli_rows_within_1e_6_of_the_body(twins):
     same_bits(twin(twins, ops.bernoulli_nll_rows, y64, x64), ops.bernoulli_nll_rows.body(y64, x64))
 
 
+@pytest.mark.parametrize("dtype", [None, np.float64])
+def test_rows_into_given_buffers_keep_the_bits(twins, dtype):
+    """With ``out`` and ``buffers`` (what a training step passes, so it allocates nothing) the
+    twin and the body each give the bits they give without them; the Gaussian's body too."""
+    r = np.random.default_rng(12)
+    y = (r.standard_normal((40, 784)) * 6).astype(np.float32)
+    x = (r.uniform(size=(40, 784)) < 0.3).astype(np.float32)
+    for run in (lambda **k: twin(twins, ops.bernoulli_nll_rows, y, x, dtype=dtype, **k),
+                lambda **k: ops.bernoulli_nll_rows.body(y, x, dtype=dtype, **k),
+                lambda **k: ops.gaussian_nll_rows(y, x, np.full(784, -0.3, np.float32), dtype=dtype, **k)):
+        want = run()
+        out, buffers = np.empty(40, want.dtype), (np.empty_like(y), np.empty_like(y))
+        assert run(out=out, buffers=buffers) is out
+        same_bits(out, want)
+
+
 # -- what the twins leave to the bodies ---------------------------------------------------------------
 def test_what_a_twin_does_not_cover_runs_the_body(twins):
     r = np.random.default_rng(7)

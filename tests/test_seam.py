@@ -48,8 +48,11 @@ def test_the_row_wise_bernoulli_launcher_runs_its_blocks_body(kernels):
     x = (r.uniform(size=(2, 1, 7)) < 0.5).astype(np.float32)
     body = DECLARED["bernoulli_nll_rows"].body
     for dtype in (None, np.float64):
-        got, want = kernels.get("bernoulli_nll_rows")(y, x, dtype), body(y, x, dtype)
+        got, want = kernels.get("bernoulli_nll_rows")(y, x, dtype, None, None), body(y, x, dtype)
         assert got.dtype == want.dtype and np.array_equal(got, want)
+        out, buffers = np.empty(y.shape[:2], want.dtype), (np.empty_like(y), np.empty_like(y))
+        got = kernels.get("bernoulli_nll_rows")(y, x, dtype, out, buffers)
+        assert got is out and np.array_equal(out, want)
 
 
 def test_every_activation_and_every_typed_kernel_is_in_the_cuda_source():

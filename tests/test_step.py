@@ -7,8 +7,6 @@ order, and the CUDA module has each of them, so on a GPU nothing falls back to a
 β comes from the schedule: nothing writes ``model.beta``, even when training is interrupted.
 """
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
@@ -21,6 +19,7 @@ from scratchvae.errors import InputError
 from scratchvae.step import BETA, Schedule, TrainStep, make_graph_step
 from scratchvae.train import Interrupted, TrainConfig, fit
 
+from _alloc import fused_path, peak_bytes, threshold  # noqa: F401  (fused_path: a fixture)
 from _cuda_host import HostCupy
 
 B, L, H = 64, 64, 64          # the smallest buffer of the step, (B, L) float32, is 16 KiB
@@ -47,32 +46,21 @@ CASES = {
     "ae": {"model_kw": {"mode": "ae"}},
     "kl-only": {"model_kw": {"mode": "kl-only"}},
     "full": {"model_kw": {"posterior": "full"}, "warmup": 2.0},
+    "softplus": {"model_kw": {"activation": "softplus"}},
+    "iwae-bernoulli": {"model_kw": {"objective": "iwae", "iw_samples": 3}, "binarize": True},
+    "iwae-gaussian": {"model_kw": {"objective": "iwae", "iw_samples": 3, "likelihood": "gaussian",
+                                   "sigma": "per-pixel"}},
+    "iwae-full": {"model_kw": {"objective": "iwae", "iw_samples": 3, "posterior": "full"}},
 }
 
 
-def peak_bytes(steps):
-    """Peak bytes allocated (and not yet freed) while running ``steps()``. NumPy's ufuncs keep
-    a cast buffer of at most ``bufsize`` elements per operand; it is set small here, so what
-    remains is the step's own allocations."""
-    old = np.setbufsize(256)
-    tracemalloc.start()
-    try:
-        base, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        steps()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        np.setbufsize(old)
-    return peak - base
-
-
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_step_after_the_first_allocates_no_batch_sized_buffer(case):
+def test_a_step_after_the_first_allocates_no_batch_sized_buffer(case, fused_path):
+    """With the twins and with the NumPy bodies: under one (B, L) array (tests/_alloc.py)."""
     m, o, s = setup(**CASES[case])
     s(0)                                     # the first call makes every buffer
     peak = peak_bytes(lambda: (s(1), s(2)))
-    assert peak < B * L * 4, f"two steps allocated {peak} bytes at their peak"
+    assert peak < threshold(m, B), f"two steps allocated {peak} bytes at their peak"
     assert o.t == 3 and int(s.bi[0]) == 3
 
 

@@ -607,13 +607,13 @@ class Kernels:
     def matmul(self, a, b, out, precision):
         return self.cublas.matmul(a, b, out, precision)
 
-    def bernoulli_nll_rows(self, logits, x, dtype):
+    def bernoulli_nll_rows(self, logits, x, dtype, out, buffers):
         """The block's own body on CuPy arrays (importance sampling): its softplus is the kernel
         below, then − x·y and the row sums, each one CuPy operation."""
-        return self.body("bernoulli_nll_rows")(logits, x, dtype)
+        return self.body("bernoulli_nll_rows")(logits, x, dtype, out, buffers)
 
-    def softplus(self, z, out):
-        """log(1 + e^z) as CuPy's logaddexp(z, 0): one elementwise pass."""
+    def softplus(self, z, out, scratch):
+        """log(1 + e^z) as CuPy's logaddexp(z, 0): one elementwise pass (no scratch needed)."""
         return self.cp.logaddexp(z, 0, out=out)
 
     def sum_rows(self, a, out):

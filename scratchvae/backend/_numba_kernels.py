@@ -376,26 +376,30 @@ class Twins:
         _sum_rows(a, out)
         return out
 
-    def softplus(self, z, out):
+    def softplus(self, z, out, scratch):
         ok = _fast(z) and z.dtype == np.float32 and (out is None or (_fast(z, out) and out.shape == z.shape))
         if not ok:
-            return self.fallback("softplus")(z, out)
+            return self.fallback("softplus")(z, out, scratch)
         out = np.empty_like(z) if out is None else out
         _softplus(z.reshape(-1), out.reshape(-1), out is z)
         return out
 
-    def bernoulli_nll_rows(self, logits, x, dtype):
-        """(N, D) or (n, K, D) float32 logits, x of the same shape or (n, 1, D)."""
+    def bernoulli_nll_rows(self, logits, x, dtype, out, buffers):
+        """(N, D) or (n, K, D) float32 logits, x of the same shape or (n, 1, D); each row summed
+        in float64 and stored in ``dtype`` (``out``: a C-contiguous array of the rows' shape).
+        ``buffers`` are not needed: the terms of one row live in a (D,) array."""
         y = logits[None] if logits.ndim == 2 else logits
         xx = x[None] if isinstance(x, np.ndarray) and x.ndim == 2 else x
+        kind = np.dtype(y.dtype if dtype is None else dtype)
         ok = (y.ndim == 3 and _fast(y, xx) and y.dtype == np.float32 and xx.shape[0] == y.shape[0]
               and xx.shape[1] in (1, y.shape[1]) and xx.shape[2] == y.shape[2] and y.shape[2] > 0
-              and (dtype is None or np.dtype(dtype) in _FLOATS))
+              and kind in _FLOATS and (out is None or (isinstance(out, np.ndarray) and out.dtype == kind
+                                                       and out.shape == logits.shape[:-1] and out.flags.c_contiguous)))
         if not ok:
-            return self.fallback("bernoulli_nll_rows")(logits, x, dtype)
-        out = np.empty(y.shape[:2], np.float64)
-        _bernoulli_rows(y, xx, out, np.empty(y.shape[2], np.float32))
-        return out.reshape(logits.shape[:-1]).astype(y.dtype if dtype is None else dtype, copy=False)
+            return self.fallback("bernoulli_nll_rows")(logits, x, dtype, out, buffers)
+        out = np.empty(logits.shape[:-1], kind) if out is None else out
+        _bernoulli_rows(y, xx, out.reshape(y.shape[:2]), np.empty(y.shape[2], np.float32))   # one row's terms
+        return out
 
     # -- the draws (random.Stream on NumPy) -------------------------------------------------------------
     def philox_uniform(self, k0, k1, d, out):

@@ -44,10 +44,11 @@ def sigmoid(z, out=None):
 
 
 @fused("softplus")
-def softplus(z, out=None):
+def softplus(z, out=None, scratch=None):
     """softplus(z) = log(1 + e^z) = max(z, 0) + log1p(e^{−|z|})  (take e^{max(z, 0)} out of
     1 + e^z): no overflow for any z, and ±inf and NaN come out as log(1 + e^z) gives them.
-    ``out`` may be ``z``.
+    ``out`` may be ``z``; ``scratch``, a buffer of z's shape other than z and ``out``, holds
+    log1p(e^{−|z|}) so that nothing is allocated (None: a temporary).
 
     Accuracy (``tests/test_softplus.py``): within 3.2 ulp in float32 and 1.7 ulp in float64
     of the exact value. numpy.logaddexp(z, 0) evaluates the same formula, within 1.5 ulp, but
@@ -56,7 +57,8 @@ def softplus(z, out=None):
     log p(x) on a CPU). CuPy's kernel is one pass of ``cupy.logaddexp``; the float32 Numba twin
     is one pass of its own exp and log1p."""
     xp = xp_of(z)
-    t = xp.abs(z)
+    usable = scratch is not None and scratch is not z and scratch is not out
+    t = xp.abs(z, out=scratch if usable else None)
     xp.negative(t, out=t)
     xp.exp(t, out=t)
     xp.log1p(t, out=t)                          # log1p(e^{−|z|}) ∈ [0, log 2]
@@ -73,8 +75,8 @@ def check_activation(name: str) -> str:
 def activation_forward(name, z, out=None, scratch=None, slope=LEAKY_SLOPE):
     """a = f(z) elementwise (``out`` may be ``z``). See the module table for f.
 
-    Leaky ReLU in place needs a second buffer of z's shape: pass ``scratch`` to avoid an
-    allocation (the model passes a gradient buffer that is free during the forward pass).
+    Leaky ReLU and softplus in place need a second buffer of z's shape: pass ``scratch`` to
+    avoid an allocation (the model passes a gradient buffer that is free during the forward pass).
     """
     xp = xp_of(z)
     if out is None:
@@ -91,7 +93,7 @@ def activation_forward(name, z, out=None, scratch=None, slope=LEAKY_SLOPE):
     elif name == "sigmoid":
         sigmoid(z, out=out)
     elif name == "softplus":
-        softplus(z, out=out)
+        softplus(z, out=out, scratch=scratch)
     else:
         check_activation(name)
     return out

@@ -109,12 +109,18 @@ def bernoulli_nll_forward_backward(logits, x, dlogits, scratch, overwrite_logits
 # -- Gaussian -----------------------------------------------------------------------
 def soft_floor_log_sigma(s, floor=LOG_SIGMA_FLOOR):
     """log σ = f + softplus(s − f): the learned log σ with a soft floor f.  Returns log σ."""
-    return floor + softplus(s - floor)
+    log_sigma = xp_of(s).subtract(s, floor)
+    softplus(log_sigma, out=log_sigma)
+    log_sigma += floor
+    return log_sigma
 
 
 def soft_floor_log_sigma_backward(dlog_sigma, s, floor=LOG_SIGMA_FLOOR):
     """ds = dlog σ · sigmoid(s − f)   (d softplus(u)/du = σ(u))."""
-    return dlog_sigma * sigmoid(s - floor)
+    ds = xp_of(s).subtract(s, floor)
+    sigmoid(ds, out=ds)
+    ds *= dlog_sigma
+    return ds
 
 
 def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=False, row_weights=None):
@@ -141,7 +147,8 @@ def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=
         inv_var = math.exp(-2.0 * log_sigma)
         sum_log_sigma = n * D * log_sigma
     else:
-        inv_var = xp.exp(-2.0 * log_sigma)
+        inv_var = xp.multiply(log_sigma, -2.0)
+        xp.exp(inv_var, out=inv_var)
         sum_log_sigma = n * (xp.sum(log_sigma) if per_pixel else D * log_sigma[0])
     q = xp.multiply(dmean, dmean, out=scratch)
     q *= inv_var                                         # r²/σ²
@@ -150,9 +157,9 @@ def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=
         q *= row_weights[:, None]
         dmean *= row_weights[:, None]
     if per_pixel:
-        col = xp.sum(q, axis=0)                          # (D,)
+        col = xp.sum(q, axis=0, out=inv_var)             # (D,), into 1/σ² (spent)
         quad = xp.sum(col)
-        dls = None if fixed else n - col
+        dls = None if fixed else xp.subtract(n, col, out=col)
     else:
         quad = xp.sum(q)
         dls = None if fixed else xp.reshape(n * D - quad, (1,))
@@ -175,25 +182,29 @@ def sample_gaussian(mean, log_sigma, eps):
 # be (N, D) or stacked (n, K, D) with x broadcast as (n, 1, D). No gradients: these serve
 # importance sampling, where each (image, sample) pair needs its own log p(x|z).
 @fused("bernoulli_nll_rows")
-def bernoulli_nll_rows(logits, x, dtype=None):
+def bernoulli_nll_rows(logits, x, dtype=None, out=None, buffers=None):
     """−log p(x|y) per row: Σ_d softplus(y_d) − x_d·y_d  -> logits.shape[:-1].
 
     ``dtype``: the accumulator and result dtype (default the logits'; pass float64 to sum
-    the D terms in double precision). A fused block: the Numba twin makes one pass (float32
+    the D terms in double precision). ``out``: the result's buffer (else a new array);
+    ``buffers``: two arrays of the logits' shape to hold the terms (else temporaries), so a
+    training step allocates nothing. A fused block: the Numba twin makes one pass (float32
     (N, D) or (n, K, D) logits with x (n, 1, D)), CuPy runs this body's operations.
     """
     xp = xp_of(logits)
-    terms = softplus(logits)
-    terms -= x * logits
-    return xp.sum(terms, axis=-1, dtype=dtype)
+    terms, xy = (None, None) if buffers is None else buffers
+    terms = softplus(logits, out=terms, scratch=xy)
+    terms -= xp.multiply(x, logits, out=xy)
+    return xp.sum(terms, axis=-1, dtype=dtype, out=out)
 
 
-def gaussian_nll_rows(mean, x, log_sigma, dtype=None):
+def gaussian_nll_rows(mean, x, log_sigma, dtype=None, out=None, buffers=None):
     """−log p(x|m) per row: Σ_d ½ log 2π + log σ_d + (x_d − m_d)²/(2σ_d²)  -> mean.shape[:-1].
 
     ``log_sigma``: a float (fixed σ), or an array (1,) (shared) or (D,) (per pixel), as
     returned by ``VAE.log_sigma()``. ``dtype``: accumulator and result dtype (default mean's).
-    The constant part  D·½ log 2π + Σ_d log σ_d  is the same for every row.
+    The constant part  D·½ log 2π + Σ_d log σ_d  is the same for every row. ``out`` and
+    ``buffers`` as :func:`bernoulli_nll_rows` (the first buffer holds the squared residuals).
     """
     xp = xp_of(mean)
     D = mean.shape[-1]
@@ -203,8 +214,12 @@ def gaussian_nll_rows(mean, x, log_sigma, dtype=None):
     else:
         ls = xp.broadcast_to(log_sigma, (D,))
         const = D * 0.5 * LOG_2PI + xp.sum(ls, dtype=dtype)
-        inv_var = xp.exp(-2.0 * ls)
-    r = x - mean
+        inv_var = xp.multiply(ls, -2.0)
+        xp.exp(inv_var, out=inv_var)
+    r = xp.subtract(x, mean, out=None if buffers is None else buffers[0])
     r *= r
     r *= inv_var                                       # (x − m)²/σ²
-    return 0.5 * xp.sum(r, axis=-1, dtype=dtype) + const
+    rows = xp.sum(r, axis=-1, dtype=dtype, out=out)
+    rows *= 0.5
+    rows += const
+    return rows
