@@ -27,3 +27,5 @@ def test_ci_runs_the_readme_test_command():
     ci = CI.read_text()
     assert install in ci and test in ci
     assert "bench" not in ci and "gpu" not in ci
+    assert "reference" in install, "CI installs the reference extra, so the autograd references run"
+    assert "SCRATCHVAE_REQUIRE_REFERENCE=1" in ci, "CI fails, not skips, the autograd references without JAX"
