@@ -20,9 +20,17 @@ posterior turns them into a sample z and KL(q ‖ p) with p = N(0, I), and back:
 ``log_q_rows(eps, params, dtype)``          log q(z|x) per row for the z that ε made
 ``log_prior_rows(z, dtype)``                log p(z) per row, p = N(0, I)
 ``kl_terms(params)``                        KL of each latent unit, per row
-``iw_log_ratio_rows(q, head)``              log p(z) − log q(z|x) per row of a training sample
+``iw_log_ratio_rows(q, head, out)``         log p(z) − log q(z|x) per row of a training sample
 ``iw_backward(dz, q, head, weights, dhead)``  the importance-weighted gradient into dhead
 ==========================================  ===========================================
+
+**dz is spent.** The decoder's backward writes ∂/∂z into ``dz_buffer(q, dhead)``; ``backward``
+and ``iw_backward`` read it and may overwrite it (the diagonal NumPy body multiplies it by ε in
+place, so it needs no scratch; the Numba twin and the CUDA kernels only read it), and after
+them only ``dhead`` holds a result: no caller reads ``dz`` again. (The point code's ``dz`` *is*
+``dhead``.) This is the one statement of the contract; ``tests/test_engine_misc.py`` poisons
+``dz`` after each backward, for both families and both objectives, and the gradients must not
+change.
 
 Two Gaussian families: :class:`DiagonalGaussian`, whose parameters are (μ, logvar), and
 :class:`FullGaussian`, whose parameters are (μ, ``scale_tril`` S) with q = N(μ, SSᵀ). Their
@@ -94,7 +102,7 @@ class _Gaussian:
         """∂/∂head of Σ_r w̃_r (−log p(z_r) + log q(z_r|x)) + (what ``dz`` carries) into dhead.
 
         ``dz`` (rows, L) arrives as w̃_r ∂(−log p(x|z_r))/∂z_r (the decoder's backward of the
-        weighted likelihood gradient) and is overwritten; ``weights`` (rows,) are w̃. Per row,
+        weighted likelihood gradient) and is spent (see the module); ``weights`` (rows,) are w̃. Per row,
         with −log p(z) + log q(z|x) = ½‖z‖² − ½‖ε‖² − c Σ_i s_i (+ const), s the log-scale columns:
         ∂/∂z = z (ε is fixed), which goes through the sample with the rest of dz (the fused
         backward with β = 0), and ∂/∂s_i = −c directly. Clamped log-scales get 0, as in training.

@@ -124,6 +124,37 @@ def test_the_allocation_threshold_catches_a_batch_sized_temporary():
         assert_step_allocates_nothing_large(m, opt)
 
 
+SPENT_CASES = {"diagonal-elbo": {}, "full-elbo": {"posterior": "full"},
+               "diagonal-iwae": {"objective": "iwae", "iw_samples": 3},
+               "full-iwae": {"posterior": "full", "objective": "iwae", "iw_samples": 3}}
+
+
+@pytest.mark.parametrize("case", list(SPENT_CASES))
+def test_dz_is_spent_and_nothing_reads_it_after_the_posteriors_backward(case, fused_path):
+    """The contract of scratchvae.posteriors: after backward (and iw_backward) only dhead holds
+    a result. Poisoning dz with NaN right after each call changes no loss and no gradient, for
+    both families and both objectives, with the twins and with the NumPy bodies."""
+    def run(poison):
+        m = VAE(input_dim=12, hidden=(7,), latent=4, dtype="float64", seed=5, **SPENT_CASES[case])
+        poisoned = []
+        for name in ("backward", "iw_backward"):
+            def spent(dz, *args, _call=getattr(m.posterior, name)):
+                _call(dz, *args)
+                if poison:
+                    dz[...] = np.nan
+                    poisoned.append(dz)
+            setattr(m.posterior, name, spent)
+        x = np.random.default_rng(2).uniform(size=(6, 12))
+        res = m.loss_and_grads(x)
+        assert len(poisoned) == poison * (1 if m.objective == "elbo" else 2)
+        return float(res.objective), {k: v.copy() for k, v in res.grads.items()}
+
+    (loss, grads), (loss_p, grads_p) = run(False), run(True)
+    assert loss_p == loss
+    for k in grads:
+        np.testing.assert_array_equal(grads_p[k], grads[k], err_msg=k)
+
+
 def test_parameters_and_gradients_are_views_of_flat_buffers():
     m = VAE(input_dim=6, hidden=(4,), latent=2)
     for k in m.params:

@@ -95,7 +95,8 @@ def fullcov_reparam_kl_backward(dz, eps, scale, head, beta, dhead, outer, gather
                                 limit=LOG_SCALE_LIMIT, offdiag=1.0):
     """Fused backward of :func:`fullcov_reparam_kl_forward` for the objective  recon + β·KL.
 
-    dz: (N, L) = ∂recon/∂z (None: no reconstruction term, as in KL-only); not written.
+    dz: (N, L) = ∂recon/∂z, spent (the contract is stated in :mod:`scratchvae.posteriors`;
+    this body happens only to read it); None: no reconstruction term, as in KL-only.
     beta: a number or a float64 backend array of one value. Writes dhead (N, 2L + M) =
     [dμ | dd | do]. ``outer`` (N, L, L) and ``gathered`` (N, M): scratch of this NumPy body.
     Derivation, per row (z_i = μ_i + Σ_{j≤i} S_ij ε_j, S_ii = e^{d_i}):

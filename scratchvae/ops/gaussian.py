@@ -91,7 +91,8 @@ def reparam_kl_forward(mu_logvar, eps, z, std, scratch, bias=None, limit=LOGVAR_
 def reparam_kl_backward(dz, eps, std, mu_logvar, beta, dmu_logvar, limit=LOGVAR_LIMIT):
     """Fused backward of :func:`reparam_kl_forward` for the objective  recon + β·KL.
 
-    dz: (N, L) = ∂recon/∂z, **overwritten** (None: no reconstruction term, as in KL-only).
+    dz: (N, L) = ∂recon/∂z, spent: this body overwrites it (the contract is stated in
+    :mod:`scratchvae.posteriors`); None: no reconstruction term, as in KL-only.
     beta: a number, or a float64 backend array of one value (a schedule read on the device).
     Writes dmu_logvar (N, 2L) = [dμ | dlv]. Derivation, per entry (σ = e^{½ lv}):
 
