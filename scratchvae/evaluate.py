@@ -1,15 +1,16 @@
 """Evaluation: importance-weighted log p(x), active units, a linear probe, and the
 AE / KL-only / VAE comparison.
 
-Importance-weighted log p(x) (Burda, Grosse & Salakhutdinov 2015, "Importance weighted
-autoencoders"). For one image x and z_1..z_K ~ q(z|x),
+Importance-weighted log p(x) (Burda, Grosse & Salakhutdinov, "Importance weighted
+autoencoders", ICLR 2016). For one image x and z_1..z_K ~ q(z|x),
 
     log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x)
     L_K(x)  = log (1/K) Σ_k w_k = LSE_k(log w_k) − log K,   LSE(a) = m + log Σ e^{a−m}, m = max a
 
 E[L_1] is the ELBO, E[L_K] rises with K and tends to log p(x) (nats). Here log q uses the
-noise itself: with z = μ + σ ⊙ ε, log q(z|x) = log N(ε; 0, I) − ½ Σ_j logvar_j (no (z − μ)/σ
-is recomputed). The log-weights are summed over pixels in float64 and the log-sum-exp runs in
+noise itself, by the change of variables z -> ε: log q(z|x) = log N(ε; 0, I) − log |det ∂z/∂ε|,
+with z = μ + σ ⊙ ε and log |det| = ½ Σ_j logvar_j for the diagonal posterior, z = μ + S ε and
+log |det| = Σ_j log S_jj for the full one (nothing such as (z − μ)/σ is recomputed). The log-weights are summed over pixels in float64 and the log-sum-exp runs in
 float64.
 
 One set of K_max = max(ks) samples per image serves every K: it is cut into ⌊K_max/K⌋
@@ -26,7 +27,7 @@ All randomness comes from the model's 'eval' stream, so evaluating never disturb
 streams, and a run evaluated twice from the same checkpoint gives the same numbers (for the
 same ``batch``, which fixes how the draws are cut).
 
-Active units (Burda et al. 2015, §5.2): unit u is active when
+Active units (Burda et al. 2016, §5.2): unit u is active when
 A_u = Cov_x(E_{q(z|x)}[z_u]) = Var_x(μ_u(x)) exceeds a threshold (0.01).
 
 Linear probe: a hand-written softmax (multinomial logistic) classifier on the codes, trained

@@ -36,7 +36,7 @@ Two Gaussian families: :class:`DiagonalGaussian`, whose parameters are (μ, logv
 :class:`FullGaussian`, whose parameters are (μ, ``scale_tril`` S) with q = N(μ, SSᵀ). Their
 formulas live in :mod:`scratchvae.ops.gaussian` and :mod:`scratchvae.ops.fullcov`. Both heads
 start with [μ | log-scale], the log-scale columns [L:2L] being logvar = 2 log σ (diagonal) or
-d = log S_ii (full), so log |det ∂z/∂ε| = c · Σ of those columns with c = ½ or 1
+d = log S_ii (full), so log |det ∂z/∂ε| = γ · Σ of those columns with γ = ½ or 1
 (``log_scale_weight``). ``stochastic`` says whether there is a q(z|x) to sample at all (a plain
 autoencoder's code is a point).
 """
@@ -86,7 +86,7 @@ class _Gaussian:
 
     def iw_log_ratio_rows(self, q, head, out=None):
         """log p(z) − log q(z|x) per row for the sample of :meth:`forward` (head as it left it):
-        −½‖z‖² + ½‖ε‖² + c Σ_i head[:, L + i]  (the ½ L log 2π of both densities cancel).
+        −½‖z‖² + ½‖ε‖² + γ Σ_i head[:, L + i]  (the ½ L log 2π of both densities cancel).
         Into ``out`` (rows,) if given; the squares go through ``q.scratch``."""
         xp = xp_of(head)
         L = q.z.shape[1]
@@ -103,9 +103,9 @@ class _Gaussian:
 
         ``dz`` (rows, L) arrives as w̃_r ∂(−log p(x|z_r))/∂z_r (the decoder's backward of the
         weighted likelihood gradient) and is spent (see the module); ``weights`` (rows,) are w̃. Per row,
-        with −log p(z) + log q(z|x) = ½‖z‖² − ½‖ε‖² − c Σ_i s_i (+ const), s the log-scale columns:
+        with −log p(z) + log q(z|x) = ½‖z‖² − ½‖ε‖² − γ Σ_i s_i (+ const), s the log-scale columns:
         ∂/∂z = z (ε is fixed), which goes through the sample with the rest of dz (the fused
-        backward with β = 0), and ∂/∂s_i = −c directly. Clamped log-scales get 0, as in training.
+        backward with β = 0), and ∂/∂s_i = −γ directly. Clamped log-scales get 0, as in training.
         """
         xp = xp_of(head)
         L = q.z.shape[1]

@@ -114,6 +114,26 @@ def test_kl_is_nonnegative_for_tiny_positive_logvar():
         assert abs(kl - 0.25 * lv * lv) <= 1e-5 * 0.25 * lv * lv + 2.3e-16 * abs(lv)
 
 
+@pytest.mark.parametrize("dtype, reach", [(np.float32, 4.7e-4), (np.float64, 1.5e-8)])
+def test_the_naive_kl_term_goes_negative_where_the_docs_say(dtype, reach):
+    """e^{lv} − 1 − lv, computed as written, is negative for a large share of small lv (every
+    positive float32 below 1e-8; about half of float64's below 1e-8) and as far out as lv ≈ 4.7e-4
+    in float32 and 1.5e-8 in float64, not beyond (docs/derivations.md, section 3);
+    expm1(lv) − lv, the form the model uses, is ≥ 0 at every one of them."""
+    def naive(lv):
+        return (np.exp(lv) - dtype(1)) - lv
+
+    r = np.random.default_rng(0)
+    small = (10.0 ** r.uniform(-16, math.log10(reach), 400_000)).astype(dtype)
+    assert np.mean(naive(small) < 0) > 0.4 and np.any(naive(-small) < 0)
+    near = np.linspace(reach / 2, reach, 200_000, dtype=dtype)
+    assert np.any(naive(near) < 0)
+    beyond = np.linspace(1.02 * reach, 20 * reach, 400_000, dtype=dtype)
+    assert np.all(naive(beyond) >= 0)
+    for lv in (small, -small, near, beyond):
+        assert np.all(np.expm1(lv) - lv >= 0)
+
+
 @given(data=st.data(), shape=_shapes)
 def test_kl_is_nonnegative(data, shape):
     mu = data.draw(hnp.arrays(np.float64, shape, elements=_bounded), label="mu")

@@ -5,8 +5,9 @@ the forward product needs no transpose; PyTorch's ``nn.Linear.weight`` is ``W.T`
 
 Training runs the forward in two pieces: the product x W (:func:`matmul`), then the fused
 block that reads it anyway adds b (bias + activation in :func:`~.activations.bias_act_forward`;
-the head's bias in :func:`~.gaussian.reparam_kl_forward`; the output bias in the likelihood's
-block). The unfused ``dense_forward`` is kept as a test oracle in :mod:`.reference`.
+the head's bias in :func:`~.gaussian.reparam_kl_forward`; on the ELBO path the output bias in
+the Bernoulli block; the Gaussian likelihood and the importance-weighted path add the output
+bias in a pass of its own). The unfused ``dense_forward`` is kept as a test oracle in :mod:`.reference`.
 """
 
 from __future__ import annotations
