@@ -7,12 +7,14 @@ posterior turns them into a sample z and KL(q ‖ p) with p = N(0, I), and back:
 ``head_width(L)``                           columns of the head's output for latent size L
 ``init_head(W, b, L)``                      adjust the head's freshly drawn weights (in place)
 ``workspace(xp, dtype, n, L)``              the buffers one training step needs
+``draw_noise(stream, shape, dtype)``        ε for samples of this q (None: a point takes none)
 ``fill_noise(q, eps, stream)``              the noise of the sample (given, or drawn)
 ``forward(head, q, bias)``                  (z, KL sum): the fused sample-and-KL block
 ``dz_buffer(q, dhead)``                     where the decoder writes ∂recon/∂z
 ``backward(dz, q, head, beta, dhead)``      ∂(recon + β·KL)/∂head into dhead
 ``split(head)``                             the parameters of q for each row (``encode``)
 ``param_names``                             their names (the arrays ``scratchvae encode`` writes)
+``config_entries()``                        what a model's configuration records of it
 ``sample(params, eps)``                     z from the parameters and standard normals ε
 ``std(params)``                             the standard deviation of each unit of q
 ``covariance(params)``                      Cov q (…, L, L) (the figures' ellipses)
@@ -65,6 +67,10 @@ class _Gaussian:
 
     def init_head(self, W, b, L):
         """The head keeps the default draw (see :meth:`FullGaussian.init_head`)."""
+
+    def draw_noise(self, stream, shape, dtype):
+        """ε ~ N(0, I) of ``shape`` (the samples' leading shape and L) from ``stream``."""
+        return stream.normal(shape, dtype)
 
     def fill_noise(self, q, eps, stream):
         if eps is None:
@@ -128,6 +134,10 @@ class DiagonalGaussian(_Gaussian):
 
     def head_width(self, L):
         return 2 * L
+
+    def config_entries(self):
+        """Nothing: the diagonal posterior is the default."""
+        return {}
 
     def workspace(self, xp, dtype, n, L):
         e = lambda: xp.empty((n, L), dtype=dtype)  # noqa: E731
@@ -200,6 +210,9 @@ class FullGaussian(_Gaussian):
     def head_width(self, L):
         return 2 * L + fullcov.tril_size(L)
 
+    def config_entries(self):
+        return {"posterior": self.name, "offdiag_scale": self.offdiag_scale}
+
     def init_head(self, W, b, L):
         """Start the strict lower triangle's columns at zero, so S starts diagonal.
 
@@ -268,11 +281,19 @@ class PointMass:
     def head_width(self, L):
         return L
 
+    def config_entries(self):
+        """Nothing: a point code comes with ``mode='ae'``, which the configuration records."""
+        return {}
+
     def init_head(self, W, b, L):
         """The head keeps the default draw."""
 
     def workspace(self, xp, dtype, n, L):
         return SimpleNamespace(zero=xp.zeros((), dtype=dtype))
+
+    def draw_noise(self, stream, shape, dtype):
+        """None: a point code z = μ(x) takes no noise (nothing is drawn from ``stream``)."""
+        return None
 
     def fill_noise(self, q, eps, stream):
         pass

@@ -1,9 +1,9 @@
 """THE training step, written once, and the schedule that feeds it.
 
 One step: gather the batch by index -> binarise / corrupt it -> draw ε -> forward and
-backward (:meth:`VAE.loss_and_grads`) -> the optimizer's update -> record (−ELBO, recon, KL)
-and the non-finite flag (with the importance-weighted objective: (−L_K, recon, KL), the bound
-beside the single-sample ELBO's parts). :class:`TrainStep` holds it as one function of its inputs and of
+backward (:meth:`VAE.loss_and_grads`) -> the optimizer's update -> record what the objective
+reports (−ELBO, recon, KL; with the importance-weighted objective −L_K beside the single-sample
+ELBO's parts) and the non-finite flag, through one record block. :class:`TrainStep` holds it as one function of its inputs and of
 device state, ``_body``. On NumPy it runs eagerly; on CuPy it is captured into a CUDA graph
 once per batch shape and replayed (:class:`~scratchvae.backend.graph.StepGraphs`); with
 ``capture=False`` (``--no-graph``) the same body runs uncaptured. There is no second copy.
@@ -37,7 +37,7 @@ buffer          shape, dtype       meaning
 ``bi``          (1,) int64         the batch index: the gather reads it, ``record_losses`` adds 1
 ``table``       (S, 3) float64     per batch: the optimizer's two coefficients and β (``Schedule``)
 ``cur``         (3,) float64       ``table[bi]``, copied by a kernel at the start of each step
-``losses``      (S, 3) float64     per batch: the (−ELBO or −L_K, recon, KL) sums
+``losses``      (S, 3) float64     per batch: the objective's loss (−ELBO, −L_K, …), recon, KL sums
 ``flag``        (1,) int64         the first batch whose −ELBO was not finite, else −1
 ==============  =================  ===============================================================
 """
@@ -54,8 +54,8 @@ from .inputs import CORRUPTIONS, binarize_dynamic
 TRAIN_STREAMS = {"shuffle": 2, "binarize": 3}
 """The training loop's random streams and their ids (the model has its own, MODEL_STREAMS)."""
 LOSSES = ("neg_elbo", "recon", "kl")
-"""The columns of a step's recorded losses (batch sums); with ``objective='iwae'`` the first
-holds −L_K, the loss that objective reports (:attr:`~scratchvae.model.LossResult.loss`)."""
+"""The columns of the ELBO's recorded losses (batch sums); a model's own are its objective's
+``columns`` (the importance-weighted bound's first holds −L_K, the loss it reports)."""
 BETA = 2
 """The schedule row's column holding β; columns 0 and 1 hold the optimizer's coefficients."""
 
@@ -108,39 +108,30 @@ LR_SCHEDULES = {"constant": None, "iwae": iwae_lr}
 
 
 @fused("record_losses", on="losses")
-def record_losses(recon, kl, losses, bi, flag):
-    """losses[b] = (recon + kl, recon, kl) with b = bi[0]; then bi[0] = b + 1.
+def record_losses(first, second, recon, kl, losses, bi, flag):
+    """losses[b] = (first + second, recon, kl) with b = bi[0]; then bi[0] = b + 1.
 
-    recon, kl: 0-d arrays of the model's dtype (−ELBO is formed in that dtype, as
-    ``LossResult.neg_elbo``); losses (S, 3) float64. ``flag`` (1,) int64 starts at −1 and
-    receives b the first time recon + kl is not finite, so one small read tells whether any
-    step failed.
+    The first column is the loss the objective reports, the sum of two of its 0-d terms that
+    :meth:`record_terms <scratchvae.objectives.ELBO.record_terms>` names (the ELBO: recon and
+    kl; the importance-weighted bound: −L_K and None, which stands for nothing to add), formed
+    in their dtype; recon, kl: the model's dtype; losses (S, 3) float64. ``flag`` (1,) int64
+    starts at −1 and receives b the first time the loss is not finite, so one small read tells
+    whether any step failed.
     """
     b = int(bi[0])
-    ne = recon + kl
-    losses[b, 0], losses[b, 1], losses[b, 2] = ne, recon, kl
-    if not np.isfinite(ne) and flag[0] < 0:
-        flag[0] = b
-    bi[0] = b + 1
-
-
-@fused("record_bound_losses", on="losses")
-def record_bound_losses(bound, recon, kl, losses, bi, flag):
-    """losses[b] = (bound, recon, kl) with b = bi[0]; then bi[0] = b + 1 (the importance-weighted
-    objective's row: −L_K beside the single-sample ELBO's parts). ``flag`` as in
-    :func:`record_losses`, for a non-finite bound."""
-    b = int(bi[0])
-    losses[b, 0], losses[b, 1], losses[b, 2] = bound, recon, kl
-    if not np.isfinite(bound) and flag[0] < 0:
+    loss = first if second is None else first + second
+    losses[b, 0], losses[b, 1], losses[b, 2] = loss, recon, kl
+    if not np.isfinite(loss) and flag[0] < 0:
         flag[0] = b
     bi[0] = b + 1
 
 
 def check_schedule(model, warmup_steps):
-    """Refuse a KL warm-up for a model with no KL weight (``objective='iwae'``)."""
-    if warmup_steps and model.objective == "iwae":
-        raise InputError("KL warm-up does not apply to objective 'iwae': its bound has no KL term to "
-                         "weight (the prior and the posterior sit inside one log-mean-exp)")
+    """Refuse a KL warm-up for a model whose objective has no KL weight (the importance-weighted
+    bound, a plain autoencoder's reconstruction)."""
+    objective = model.objective
+    if warmup_steps and not objective.uses_beta:
+        raise InputError(f"KL warm-up does not apply to {objective.what}: {objective.no_beta_why}")
 
 
 class TrainStep:
@@ -227,10 +218,7 @@ class TrainStep:
         load_row(self.table, self.bi, self.cur)
         res = model.loss_and_grads(x_in, target=xb, beta=self.cur[BETA:BETA + 1])
         self.opt.step_from(model.grad, self.cur)
-        if res.bound is None:
-            record_losses(res.recon, res.kl, self.losses, self.bi, self.flag)
-        else:
-            record_bound_losses(res.bound, res.recon, res.kl, self.losses, self.bi, self.flag)
+        record_losses(*model.objective.record_terms(res), res.recon, res.kl, self.losses, self.bi, self.flag)
         return res
 
 

@@ -19,9 +19,6 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
-import pytest
-
-from scratchvae.backend import NUMPY, _NoTwins
 
 BUFSIZE = 256
 """NumPy's ufunc buffer (elements per operand) while a step is measured (see the module)."""
@@ -46,14 +43,3 @@ def peak_bytes(run, bufsize=BUFSIZE):
         tracemalloc.stop()
         np.setbufsize(old)
     return peak - base
-
-
-@pytest.fixture(params=["numba", "numpy"], ids=["twins", "bodies"])
-def fused_path(request, monkeypatch):
-    """Run a test twice: with the Numba twins (skipped where Numba does not import) and with the
-    NumPy bodies (as ``SCRATCHVAE_NUMBA=0`` would, switched for this test only)."""
-    if request.param == "numpy":
-        monkeypatch.setattr(NUMPY, "_twins", _NoTwins("switched off for this test"))
-    elif not NUMPY.twins():
-        pytest.skip(f"no Numba twins: {NUMPY.twins().why}")
-    return request.param

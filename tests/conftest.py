@@ -51,6 +51,19 @@ def backend(request):
     return get_backend(request.param)
 
 
+@pytest.fixture(params=["numba", "numpy"], ids=["twins", "bodies"])
+def fused_path(request, monkeypatch):
+    """Run a test twice: with the Numba twins (skipped where Numba does not import) and with the
+    NumPy bodies (as ``SCRATCHVAE_NUMBA=0`` would, switched for this test only)."""
+    from scratchvae.backend import NUMPY, _NoTwins
+
+    if request.param == "numpy":
+        monkeypatch.setattr(NUMPY, "_twins", _NoTwins("switched off for this test"))
+    elif not NUMPY.twins():
+        pytest.skip(f"no Numba twins: {NUMPY.twins().why}")
+    return request.param
+
+
 @pytest.fixture
 def cp():
     """The cupy module, for tests written directly against it; skips without a usable GPU."""

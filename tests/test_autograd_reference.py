@@ -112,7 +112,7 @@ def reference_loss(F, P, x, eps, m):
         return F["sum"](nll)
     if m.mode == "kl-only":
         return m.beta * kl
-    if m.objective == "elbo":
+    if m.objective.name == "elbo":
         return F["sum"](nll) + m.beta * kl
     logw = -nll - 0.5 * F["sum"](z * z, axis=2) + 0.5 * F["sum"](eps * eps, axis=2) + log_det
     return -F["sum"](F["lse0"](logw) - math.log(eps.shape[0]))

@@ -169,8 +169,13 @@ class Tty(io.StringIO):
 def test_progress_bar_from_step_0_with_rate_and_eta_cleared_before_each_line(monkeypatch):
     """On a terminal: one bar per epoch from its first step, with rate and ETA, cleared
     before the epoch's line; fit's callback at batch 0 comes before any step."""
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")          # draw every update the loop reports,
-    monkeypatch.setenv("TQDM_MINITERS", "1")             # however fast they come (no dynamic miniters)
+    import tqdm
+
+    class EveryUpdate(tqdm.tqdm):   # draw every update the loop reports, however fast they come
+        def __init__(self, *args, **kwargs):   # (not TQDM_* variables: tqdm reads them once, at import)
+            super().__init__(*args, mininterval=0, miniters=1, **kwargs)
+
+    monkeypatch.setattr(tqdm, "tqdm", EveryUpdate)
     screen = Tty()
     m = VAE(input_dim=10, hidden=(4,), latent=2, seed=1)
     x = np.random.default_rng(0).random((400, 10)).astype(np.float32)

@@ -16,7 +16,7 @@ from scratchvae.backend.graph import gather_rows, load_row
 from scratchvae.backend.random import Stream
 from scratchvae.errors import InputError
 from scratchvae.optim import adam_update, adam_update_from
-from scratchvae.step import record_bound_losses, record_losses
+from scratchvae.step import record_losses
 
 from _cuda_host import HostCupy, box_muller_edges, host_kernels
 
@@ -196,24 +196,19 @@ def test_graph_plumbing(dtype, hk):
     cur = np.empty(3)
     K(hk, load_row, table, np.array([4]), cur)
     np.testing.assert_array_equal(cur, load_row(table, np.array([4]), np.empty(3)))
-    bound = {}
-    for name, rec in (("kernel", lambda *a: K(hk, record_bound_losses, *a)), ("numpy", record_bound_losses)):
-        losses, bi, flag = np.zeros((4, 3)), np.array([0]), np.array([-1])
-        for b in (7.5, 8.0, np.inf, np.nan):
-            rec(np.array(b, dtype), np.array(5.5, dtype), np.array(0.25, dtype), losses, bi, flag)
-        bound[name] = (losses, bi, flag)
-    for a, b in zip(bound["kernel"], bound["numpy"]):
-        np.testing.assert_array_equal(a, b)
-    assert bound["kernel"][0][0].tolist() == [7.5, 5.5, 0.25] and bound["kernel"][2][0] == 2
-    state = {}
-    for name, rec in (("kernel", lambda *a: K(hk, record_losses, *a)), ("numpy", record_losses)):
-        losses, bi, flag = np.zeros((4, 3)), np.array([1]), np.array([-1])
-        for recon in (5.5, np.inf, np.nan):
-            rec(np.array(recon, dtype), np.array(0.25, dtype), losses, bi, flag)
-        state[name] = (losses, bi, flag)
-    for a, b in zip(state["kernel"], state["numpy"]):
-        np.testing.assert_array_equal(a, b)
-    assert state["kernel"][0][1].tolist() == [5.75, 5.5, 0.25] and state["kernel"][2][0] == 2
+    # the one record block: the loss as first + second (the ELBO's recon + kl), or first alone
+    # (second None: a bound), beside recon and kl; the first non-finite loss's row is flagged
+    for second in (np.array(0.25, dtype), None):
+        state = {}
+        for name, rec in (("kernel", lambda *a: K(hk, record_losses, *a)), ("numpy", record_losses)):
+            losses, bi, flag = np.zeros((5, 3)), np.array([1]), np.array([-1])
+            for first in (5.5, 7.0, np.inf, np.nan):
+                rec(np.array(first, dtype), second, np.array(5.25, dtype), np.array(0.25, dtype), losses, bi, flag)
+            state[name] = (losses, bi, flag)
+        for a, b in zip(state["kernel"], state["numpy"]):
+            np.testing.assert_array_equal(a, b)
+        total = 5.75 if second is not None else 5.5
+        assert state["kernel"][0][1].tolist() == [total, 5.25, 0.25] and state["kernel"][2][0] == 3
 
 
 # -- Philox and its transforms -------------------------------------------------------------------
@@ -303,7 +298,7 @@ def test_fused_kernel_module_compiles_with_every_kernel_the_launchers_name(tmp_p
     names = ["load_row", "to_bf16", "from_bf16"] + [f"{k}_{suf}" for suf in ("f32", "f64") for k in (
         "finish_sum", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll", "adam",
         "adam_from", "gather_rows", "record_losses", "fullcov_reparam_kl_forward",
-        "fullcov_reparam_kl_backward", "record_bound_losses",
+        "fullcov_reparam_kl_backward",
         *(f"{p}_{a}" for p in ("bias_act", "act_backward") for a in ops.ACTIVATIONS))]
     for name in names:
         assert f".entry {name}(" in ptx, name

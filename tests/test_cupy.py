@@ -337,11 +337,11 @@ def test_graph_plumbing_kernels(dtype, cb):
     np.testing.assert_array_equal(cb.to_host(cur), table[4])
     losses, bi, flag = xp.zeros((4, 3)), xp.asarray([1]), xp.asarray([-1])
     recon, kl = xp.asarray(np.array(5.5, dtype)), xp.asarray(np.array(0.25, dtype))
-    record_losses(recon, kl, losses, bi, flag)
-    record_losses(xp.asarray(np.array(np.inf, dtype)), kl, losses, bi, flag)
-    record_losses(xp.asarray(np.array(np.nan, dtype)), kl, losses, bi, flag)
-    np.testing.assert_array_equal(cb.to_host(losses)[1], [5.75, 5.5, 0.25])
-    assert int(bi.get()[0]) == 4 and int(flag.get()[0]) == 2
+    record_losses(recon, kl, recon, kl, losses, bi, flag)                       # the ELBO's: recon + kl
+    record_losses(xp.asarray(np.array(7.0, dtype)), None, recon, kl, losses, bi, flag)   # a bound's
+    record_losses(xp.asarray(np.array(np.inf, dtype)), kl, recon, kl, losses, bi, flag)
+    np.testing.assert_array_equal(cb.to_host(losses)[1:3], [[5.75, 5.5, 0.25], [7.0, 5.5, 0.25]])
+    assert int(bi.get()[0]) == 4 and int(flag.get()[0]) == 3
 
 
 # -- the whole model: NumPy vs CuPy --------------------------------------------------------------------------

@@ -147,7 +147,7 @@ def test_a_run_reports_the_bound_and_loads_back(tmp_path, capsys):
     cfg = json.loads((run / "config.json").read_text())["model"]
     assert (cfg["posterior"], cfg["objective"], cfg["iw_samples"]) == ("full", "iwae", 3)
     model = load_run(run).model
-    assert (model.posterior.name, model.objective, model.iw_samples) == ("full", "iwae", 3)
+    assert (model.posterior.name, model.objective.name, model.iw_samples) == ("full", "iwae", 3)
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["train_loss"] < row["train_recon"] + row["train_kl"]      # L_K above the one-sample ELBO
     capsys.readouterr()

@@ -313,27 +313,16 @@ __device__ void gather_rows(const T* src, const i64* perm, const i64* bi, i64 B,
     GRID_STRIDE(i, nb * d) { i64 r = i / d, c = i - r * d; out[i] = src[perm[base + r] * d + c]; }
 }
 
-/* losses[bi] = (bound, recon, kl) (the importance-weighted objective's row); flag and bi as below. */
+/* losses[bi] = (first + second, recon, kl): the objective's loss as the sum of two of its 0-d
+   terms (second null: first alone); the first non-finite loss's index goes to flag; bi += 1. */
 template <typename T>
-__device__ void record_bound_losses(const T* bound, const T* recon, const T* kl, double* losses, i64* bi,
-                                    i64* flag) {
+__device__ void record_losses(const T* first, const T* second, const T* recon, const T* kl, double* losses,
+                              i64* bi, i64* flag) {
     if (blockIdx.x == 0 && threadIdx.x == 0) {
         i64 b = bi[0];
-        T lb = bound[0];
-        losses[3 * b] = (double)lb; losses[3 * b + 1] = (double)recon[0]; losses[3 * b + 2] = (double)kl[0];
-        if (!(lb - lb == T(0)) && flag[0] < 0) flag[0] = b;
-        bi[0] = b + 1;
-    }
-}
-
-/* losses[bi] = (recon + kl, recon, kl); the first non-finite row's index goes to flag; bi += 1. */
-template <typename T>
-__device__ void record_losses(const T* recon, const T* kl, double* losses, i64* bi, i64* flag) {
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
-        i64 b = bi[0];
-        T r = recon[0], k = kl[0], ne = r + k;
-        losses[3 * b] = (double)ne; losses[3 * b + 1] = (double)r; losses[3 * b + 2] = (double)k;
-        if (!(ne - ne == T(0)) && flag[0] < 0) flag[0] = b;
+        T loss = second ? first[0] + second[0] : first[0];
+        losses[3 * b] = (double)loss; losses[3 * b + 1] = (double)recon[0]; losses[3 * b + 2] = (double)kl[0];
+        if (!(loss - loss == T(0)) && flag[0] < 0) flag[0] = b;
         bi[0] = b + 1;
     }
 }
@@ -359,17 +348,15 @@ extern "C" __global__ void adam_from_##SUF(T* p, const T* g, T* m, T* v, i64 n, 
 extern "C" __global__ void gather_rows_##SUF(const T* src, const i64* perm, const i64* bi, i64 B, i64 nb, \
         i64 d, T* out) \
     { gather_rows<T>(src, perm, bi, B, nb, d, out); } \
-extern "C" __global__ void record_losses_##SUF(const T* recon, const T* kl, double* losses, i64* bi, i64* flag) \
-    { record_losses<T>(recon, kl, losses, bi, flag); } \
+extern "C" __global__ void record_losses_##SUF(const T* first, const T* second, const T* recon, const T* kl, \
+        double* losses, i64* bi, i64* flag) \
+    { record_losses<T>(first, second, recon, kl, losses, bi, flag); } \
 extern "C" __global__ void fullcov_reparam_kl_forward_##SUF(T* h, const T* b, const T* eps, T* z, T* S, i64 n, \
         i64 L, T lim, T c, double* partials) \
     { fullcov_fwd<T>(h, b, eps, z, S, n, L, lim, c, partials); } \
 extern "C" __global__ void fullcov_reparam_kl_backward_##SUF(const T* dz, const T* eps, const T* S, const T* h, \
         const double* beta_p, T beta_s, T* dh, i64 n, i64 L, T lim, T c) \
-    { fullcov_bwd<T>(dz, eps, S, h, beta_p, beta_s, dh, n, L, lim, c); } \
-extern "C" __global__ void record_bound_losses_##SUF(const T* bound, const T* recon, const T* kl, double* losses, \
-        i64* bi, i64* flag) \
-    { record_bound_losses<T>(bound, recon, kl, losses, bi, flag); }
+    { fullcov_bwd<T>(dz, eps, S, h, beta_p, beta_s, dh, n, L, lim, c); }
 
 TYPED_KERNELS(float, f32)
 TYPED_KERNELS(double, f64)
@@ -425,7 +412,7 @@ class Kernels:
         self._table = {name: getattr(self, name) for name in (
             "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
             "adam", "adam_from", "matmul", "sum_rows", "softplus", "bernoulli_nll_rows", "gather_rows",
-            "load_row", "record_losses", "fullcov_reparam_kl_forward", "fullcov_reparam_kl_backward", "record_bound_losses",
+            "load_row", "record_losses", "fullcov_reparam_kl_forward", "fullcov_reparam_kl_backward",
             "to_bf16", "from_bf16")}
 
     def get(self, name):
@@ -655,16 +642,13 @@ class Kernels:
         self.fn("load_row")((1,), (32,), (table, bi, np.int64(table.shape[1]), out))
         return out
 
-    def record_losses(self, recon, kl, losses, bi, flag):
-        suf = self._suffix(recon)
-        if kl.dtype != recon.dtype:
-            kl = kl.astype(recon.dtype)
-        self.fn("record_losses_" + suf)((1,), (1,), (recon, kl, losses, bi, flag))
-
-    def record_bound_losses(self, bound, recon, kl, losses, bi, flag):
-        suf = self._suffix(bound)
-        recon, kl = (a if a.dtype == bound.dtype else a.astype(bound.dtype) for a in (recon, kl))
-        self.fn("record_bound_losses_" + suf)((1,), (1,), (bound, recon, kl, losses, bi, flag))
+    def record_losses(self, first, second, recon, kl, losses, bi, flag):
+        suf = self._suffix(first)
+        recon, kl = (a if a.dtype == first.dtype else a.astype(first.dtype) for a in (recon, kl))
+        if second is not None and second.dtype != first.dtype:
+            second = second.astype(first.dtype)
+        args = (first, np.uint64(0) if second is None else second, recon, kl, losses, bi, flag)
+        self.fn("record_losses_" + suf)((1,), (1,), args)
 
     def _vector_or_null(self, v, size, dtype):
         """A folded-in bias: a contiguous (size,) array of ``dtype``, or a null pointer for None."""
