@@ -34,7 +34,7 @@ from types import SimpleNamespace
 
 from .backend import xp_of
 from .errors import InputError
-from .ops.iwae import iw_bound_and_weights
+from .ops.iwae import iw_bound_and_weights, log_weight_rows
 
 OUTPUT_BIAS = "dec.out.b"
 
@@ -233,8 +233,8 @@ class ImportanceWeighted:
         n = target.shape[0] // K
         y += P[OUTPUT_BIAS]
         nll = model.likelihood.nll_rows(y, target, P, out=own.nll, buffers=(ws.dy, ws.scratch))
-        logw = model.posterior.iw_log_ratio_rows(ws.q, own.head, out=own.logw)
-        logw -= nll
+        log_det = model.posterior.head_log_det_rows(own.head, model.latent)
+        logw = log_weight_rows(ws.q.eps, ws.q.z, log_det, nll, out=own.logw, scratch=ws.q.scratch)
         bound = iw_bound_and_weights(logw.reshape(K, n), own.w)
         return LossResult(recon=xp_of(nll).sum(nll[:n]), kl=kl / K, n=n, bound=-bound, of=self)
 

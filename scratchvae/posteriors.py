@@ -22,7 +22,7 @@ posterior turns them into a sample z and KL(q ‖ p) with p = N(0, I), and back:
 ``log_q_rows(eps, params, dtype)``          log q(z|x) per row for the z that ε made
 ``log_prior_rows(z, dtype)``                log p(z) per row, p = N(0, I)
 ``kl_terms(params)``                        KL of each latent unit, per row
-``iw_log_ratio_rows(q, head, out)``         log p(z) − log q(z|x) per row of a training sample
+``head_log_det_rows(head, L)``              log |det ∂z/∂ε| per row of a training head
 ``iw_backward(dz, q, head, weights, dhead)``  the importance-weighted gradient into dhead
 ==========================================  ===========================================
 
@@ -90,19 +90,12 @@ class _Gaussian:
         """log p(z) per row, p = N(0, I)."""
         return log_standard_normal_rows(z, dtype=dtype)
 
-    def iw_log_ratio_rows(self, q, head, out=None):
-        """log p(z) − log q(z|x) per row for the sample of :meth:`forward` (head as it left it):
-        −½‖z‖² + ½‖ε‖² + γ Σ_i head[:, L + i]  (the ½ L log 2π of both densities cancel).
-        Into ``out`` (rows,) if given; the squares go through ``q.scratch``."""
-        xp = xp_of(head)
-        L = q.z.shape[1]
-        ratio = xp.sum(xp.multiply(q.eps, q.eps, out=q.scratch), axis=1, out=out)
-        ratio -= xp.sum(xp.multiply(q.z, q.z, out=q.scratch), axis=1)
-        ratio *= 0.5
-        log_det = xp.sum(head[:, L:2 * L], axis=1)
+    def head_log_det_rows(self, head, L):
+        """log |det ∂z/∂ε| per row of a head as the forward left it (bias added, clamped):
+        γ Σ_i s_i over its log-scale columns s = head[:, L:2L] (γ = ``log_scale_weight``)."""
+        log_det = xp_of(head).sum(head[:, L:2 * L], axis=1)
         log_det *= self.log_scale_weight
-        ratio += log_det
-        return ratio
+        return log_det
 
     def iw_backward(self, dz, q, head, weights, dhead):
         """∂/∂head of Σ_r w̃_r (−log p(z_r) + log q(z_r|x)) + (what ``dz`` carries) into dhead.
