@@ -176,20 +176,11 @@ class FullGaussian(_Gaussian):
     outputs [μ | d | o], (N, 2L + L(L−1)/2): d = log diag S and S_ij = c·o_ij below the
     diagonal, c = ``offdiag_scale``.
 
-    Why c = 1/√L by default. Adam moves every weight by about the learning rate per step
-    whatever its gradient's size, and the off-diagonal weights' gradients (dz_i ε_j per row) are
-    mostly noise: with c = 1 they random-walk, row i of S gathers i such entries, and the
-    sample z_i = μ_i + Σ_j S_ij ε_j carries their noise into the decoder. Measured on MNIST
-    with the IWAE paper's setup (784-200-200-50, batch 20, lr 1e-3; seed 1, test −ELBO after
-    passes 1, 4, 13): the diagonal VAE 120.3, 108.1, 101.4; c = 1 with the head drawn as any
-    layer's, 134.6, 118.2, 106.6 (lower KL, much worse reconstruction); from the zero start below
-    with the off-diagonal frozen at 0, 121.4, 108.1 (so neither d = log S_ii nor the extra head
-    costs anything by itself); c = 0.1, 124.0, 108.9, 101.3; c = 1/√50 (the default), 124.4,
-    109.3, 101.2. Scaling by 1/√L (the fan-in rule of initialisation, for a row of up to L − 1
-    entries) lets a row's off-diagonal part move about as fast as one entry of the diagonal; the
-    README's IWAE table has the NLL after 121 passes. ``offdiag_scale=1`` is the plain
-    parameterisation S_ij = o_ij, and what runs and model files saved before the scale existed
-    hold (:func:`scratchvae.saving.model_settings` reads them so).
+    c = 1/√L by default: the off-diagonal weights' gradients (dz_i ε_j) are mostly noise that
+    Adam turns into a random walk of about the learning rate per step, and 1/√L lets a row of
+    up to L − 1 such entries move about as fast as one diagonal entry. ``offdiag_scale=1`` is
+    the plain S_ij = o_ij, what runs saved before the scale existed hold
+    (:func:`scratchvae.saving.model_settings`). The measurements: docs/design-notes.md.
     """
 
     name = "full"
@@ -207,15 +198,10 @@ class FullGaussian(_Gaussian):
         return {"posterior": self.name, "offdiag_scale": self.offdiag_scale}
 
     def init_head(self, W, b, L):
-        """Start the strict lower triangle's columns at zero, so S starts diagonal.
-
-        With the default draw each of the M = L(L−1)/2 entries o starts with a variance of
-        about E[h²]/3 (fan-in uniform weights on a tanh layer), so row i of S starts with i of
-        them: Var z_i grows with i, and ½ Σ S_k² is KL spent on a model that has learnt nothing.
-        From o = 0 the model starts as the diagonal posterior does (up to the d = ½ logvar
-        scale) and the off-diagonal entries grow where the gradient asks for them:
-        ∂/∂W_o = hᵀ ∂/∂o is not zero at W_o = 0. (Seed 1 of the setup in the class docstring,
-        c = 1: test −ELBO after one pass 134.6 from the default draw, 130.6 from zero.)
+        """Start the strict lower triangle's columns at zero, so S starts diagonal: the model
+        starts as the diagonal posterior does, spending no KL on ½ Σ S_k² of untrained entries,
+        and ∂/∂W_o = hᵀ ∂/∂o is not zero at W_o = 0, so they grow where the gradient asks for
+        them (docs/design-notes.md has the measurements).
         """
         W[:, 2 * L:] = 0
         b[2 * L:] = 0

@@ -51,11 +51,9 @@ def softplus(z, out=None, scratch=None):
     log1p(e^{−|z|}) so that nothing is allocated (None: a temporary).
 
     Accuracy (``tests/test_softplus.py``): within 3.2 ulp in float32 and 1.7 ulp in float64
-    of the exact value. numpy.logaddexp(z, 0) evaluates the same formula, within 1.5 ulp, but
-    calls the C library's scalar exp and log1p per element: about 10× slower than these six
-    vectorised passes in float32 and 4× in float64 (it was 60% of an importance-sampled
-    log p(x) on a CPU). CuPy's kernel is one pass of ``cupy.logaddexp``; the float32 Numba twin
-    is one pass of its own exp and log1p."""
+    of the exact value. Vectorised passes rather than numpy.logaddexp's scalar calls
+    (docs/design-notes.md); CuPy's kernel is one pass of ``cupy.logaddexp``, the float32 Numba
+    twin one pass of its own exp and log1p."""
     xp = xp_of(z)
     usable = scratch is not None and scratch is not z and scratch is not out
     t = xp.abs(z, out=scratch if usable else None)
