@@ -6,6 +6,7 @@ output, and back.
 
 ====================================  ==========================================================
 ``label``, ``model_name``             what reports call its loss ("−ELBO", "−L_5", …) and the model
+``title_note``                        what figure titles add for it (", IWAE K = 5")
 ``columns``                           the names of the three recorded loss columns (batch sums)
 ``samples``, ``eps_shape(n, L)``      z per image, and the shape of one call's noise ε
 ``uses_beta``, ``what``, ``no_beta_why``  whether β and a KL warm-up apply (and, naming it, why not)
@@ -93,7 +94,7 @@ class ELBO:
     """recon + β·KL: the negative evidence lower bound weighted by β (a β-VAE for β ≠ 1),
     one z per image, the KL in closed form (the posterior's block)."""
 
-    name, model_name, label = "elbo", "VAE", "−ELBO"
+    name, model_name, label, title_note = "elbo", "VAE", "−ELBO", ""
     columns = ("neg_elbo", "recon", "kl")
     per_sample_keys = ("recon", "kl", "objective", "neg_elbo")
     samples, uses_beta, fits_data, adds_up = 1, True, True, True
@@ -193,7 +194,7 @@ class ImportanceWeighted:
 
     def __init__(self, samples):
         self.samples = samples
-        self.label = f"−L_{samples}"
+        self.label, self.title_note = f"−L_{samples}", f", IWAE K = {samples}"
 
     def eps_shape(self, n, L):
         return (self.samples, n, L)

@@ -15,6 +15,8 @@ posterior turns them into a sample z and KL(q ‖ p) with p = N(0, I), and back:
 ``split(head)``                             the parameters of q for each row (``encode``)
 ``param_names``                             their names (the arrays ``scratchvae encode`` writes)
 ``config_entries()``                        what a model's configuration records of it
+``label``, ``title_note``, ``prior_note``   what it is called, and what figure titles add
+``grid(params, probs)``                     where a figure's grid of codes runs, unit by unit
 ``sample(params, eps)``                     z from the parameters and standard normals ε
 ``std(params)``                             the standard deviation of each unit of q
 ``covariance(params)``                      Cov q (…, L, L) (the figures' ellipses)
@@ -45,7 +47,11 @@ autoencoder's code is a point).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from statistics import NormalDist
 from types import SimpleNamespace
+
+import numpy as np
 
 from .backend import xp_of
 from .ops import fullcov
@@ -59,11 +65,35 @@ from .ops.gaussian import (
 )
 
 
+@dataclass
+class Grid:
+    """Where a figure's grid of codes runs (the manifold figure), unit by unit, and how the
+    units rank: host float64 arrays, each with the words that describe it."""
+
+    values: object        # (L, m): the m values of each unit along the grid
+    values_what: str
+    centre: object        # (L,): where the units off the grid are held
+    centre_what: str
+    score: object         # (L,): how much each unit is used (a figure shows the top two)
+    score_what: str
+    unit: str             # the score's unit, with its leading space ('' for none)
+
+
 class _Gaussian:
     """What both Gaussian families share: the noise, log q by the change of variables, the
     prior, and the pieces of the importance-weighted objective."""
 
     stochastic = True
+    prior_note = ""
+
+    def grid(self, params, probs):
+        """The prior's quantiles Φ⁻¹(p) for every unit, the others held at the prior's mean 0,
+        units ranked by their mean KL (params: host arrays of :meth:`split`)."""
+        L = params[0].shape[1]
+        phi = np.array([NormalDist().inv_cdf(float(p)) for p in probs])
+        return Grid(values=np.tile(phi, (L, 1)), values_what="Φ⁻¹ of evenly spaced probabilities",
+                    centre=np.zeros(L), centre_what="0", score=self.kl_terms(params).mean(axis=0),
+                    score_what="mean KL", unit=" nats")
 
     def init_head(self, W, b, L):
         """The head keeps the default draw (see :meth:`FullGaussian.init_head`)."""
@@ -121,6 +151,7 @@ class DiagonalGaussian(_Gaussian):
     """q(z|x) = N(μ(x), diag e^{logvar(x)}); the head outputs [μ | logvar], (N, 2L)."""
 
     name = "diagonal"
+    label, title_note = "diagonal Gaussian q(z|x)", ""
     param_names = ("mu", "logvar")
     log_scale_weight = 0.5          # log σ = ½ logvar
     log_scale_limit = LOGVAR_LIMIT
@@ -184,6 +215,7 @@ class FullGaussian(_Gaussian):
     """
 
     name = "full"
+    label, title_note = "full-covariance Gaussian q(z|x)", ", full-covariance q"
     param_names = ("mu", "scale_tril")
     log_scale_weight = 1.0          # log |det S| = Σ_i log S_ii
     log_scale_limit = fullcov.LOG_SCALE_LIMIT
@@ -254,8 +286,17 @@ class PointMass:
     """A plain autoencoder's code: z = μ(x), no sampling and no KL; the head outputs μ, (N, L)."""
 
     name = "point"
+    label, title_note, prior_note = "point code z = μ(x)", "", " (an AE has no prior)"
     param_names = ("mu",)
     stochastic = False
+
+    def grid(self, params, probs):
+        """With no prior: each unit's empirical quantiles of μ over the images, the others held
+        at their mean μ, units ranked by the variance of μ (params: host arrays)."""
+        mu = params[0]
+        values = np.stack([np.quantile(mu[:, j], probs) for j in range(mu.shape[1])])
+        return Grid(values=values, values_what="empirical quantiles of μ", centre=mu.mean(axis=0),
+                    centre_what="mean μ", score=mu.var(axis=0), score_what="variance of μ", unit="")
 
     def head_width(self, L):
         return L
