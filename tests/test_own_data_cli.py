@@ -45,7 +45,7 @@ def test_train_on_an_npz_records_its_split_and_shape_and_codes_round_trip(rgb_np
                  "--out", str(tmp_path / "train.npz")]) == 0
     assert sorted(read_codes(tmp_path / "train.npz")) == ["logvar", "mu", "y", "z"]
     edited = {"mu": codes["mu"] + np.float32(0.5)}                 # attribute arithmetic by hand
-    np.savez(tmp_path / "edited.npz", **edited)
+    np.savez_compressed(tmp_path / "edited.npz", **edited)            # compressed codes read too
     assert main(["decode", str(run), str(tmp_path / "edited.npz"), "--out", str(tmp_path / "x.npz")]) == 0
     assert "decoded mu of 12 codes" in capsys.readouterr().out
     model = load_run(run).model

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from scratchvae.backend.random import Stream
+from scratchvae.checkpoint import read_npz
 from scratchvae.data.dataset import Dataset
 from scratchvae.data.idx import find_idx_files
 from scratchvae.errors import DataError
@@ -83,11 +84,7 @@ def split_test(data, fraction, seed):
 # -- .npz ------------------------------------------------------------------------------------------
 def load_npz(path, image_shape=None):
     """``(train, test or None)`` from the arrays of an .npz file (see the module docstring)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files if k in NPZ_KEYS}
-    except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"{path} is not a readable .npz file of arrays ({err})") from None
+    arrays = read_npz(path, what="dataset (--dataset)", error=DataError, names=NPZ_KEYS, compressed=True)
     if "x_train" not in arrays:
         raise DataError(f"{path} must hold an array x_train (and optionally x_test, y_train, y_test), "
                         f"got {', '.join(sorted(arrays)) or 'none of them'}")
