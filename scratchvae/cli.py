@@ -905,7 +905,14 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, 
 
 
 def main(argv=None):
+    from .console import quiet_when_closed
+
     argv = sys.argv[1:] if argv is None else list(argv)
+    with quiet_when_closed():      # a closed pipe (scratchvae train | head -1) ends no run
+        return _run_command(argv)
+
+
+def _run_command(argv):
     a = build_parser().parse_args(argv)
     a.argv, a.given = argv, getattr(a, "given", frozenset())
     try:

@@ -269,3 +269,26 @@ def test_killed_before_an_overwrite_swaps_keeps_both_runs(one_epoch, tmp_path):
     assert f"the new run replaced the old one in {run}" in r.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["RUN"]
     assert json.loads((run / "config.json").read_text())["model"]["seed"] == 8
+
+
+# ------------------------------------------------------------------------ a closed output
+@pytest.mark.parametrize("closed, lines_read", [
+    (("stdout",), 1),                 # scratchvae train --epochs 5 | head -1
+    (("stdout",), 0),                 # ... | head -0: closed before the first line
+    (("stdout", "stderr"), 0),        # ... 2>&1 | head -0
+])
+def test_a_closed_output_neither_stops_the_run_nor_prints_a_traceback(straight, tmp_path, closed, lines_read):
+    """The reader of standard output (and error) goes away: the run trains all its epochs,
+    exactly as one that printed everything, and exits 0 without a word about the pipe."""
+    run = tmp_path / "RUN"
+    proc = subprocess.Popen([sys.executable, "-m", "scratchvae", "train", *TINY, "--epochs", "5", "--out", str(run)],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = [proc.stdout.readline() for _ in range(lines_read)]
+    for name in closed:
+        getattr(proc, name).close()
+    err = "" if "stderr" in closed else proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert all(line.startswith("training VAE") for line in first)
+    assert err == ""
+    assert rows(run) == rows(straight)[:5]
+    assert_identical(ckpt_of(run, 5), ckpt_of(straight, 5))
