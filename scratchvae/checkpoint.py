@@ -483,17 +483,24 @@ def list_checkpoints(ckpt_dir):
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(ckpt_dir, epoch=None):
-    """The newest checkpoint in ``ckpt_dir``, or the end-of-epoch checkpoint of ``epoch``."""
+def latest_checkpoint(ckpt_dir, epoch=None, finished=False):
+    """The newest checkpoint in ``ckpt_dir``, or the end-of-epoch checkpoint of ``epoch``; with
+    ``finished``, the newest end-of-epoch checkpoint (a mid-epoch one is a model between two
+    epochs' ends)."""
     found = list_checkpoints(ckpt_dir)
     if not found:
         raise CheckpointError(f"no checkpoints in {ckpt_dir}")
-    if epoch is None:
+    ends = [_progress(p.name)[0] for p in found if _progress(p.name)[1] == math.inf]
+    if epoch is None and not finished:
         return found[-1]
+    if epoch is None and ends:
+        return Path(ckpt_dir) / checkpoint_name(ends[-1])
+    if epoch is None:
+        raise CheckpointError(f"no end-of-epoch checkpoint in {ckpt_dir} yet; the newest is {found[-1].name}, "
+                              f"inside epoch {_progress(found[-1].name)[0]} (name it with --checkpoint to use it)")
     wanted = Path(ckpt_dir) / checkpoint_name(epoch)
     if wanted in found:
         return wanted
-    ends = [_progress(p.name)[0] for p in found if _progress(p.name)[1] == math.inf]
     available = ", ".join(map(str, ends)) if ends else "none"
     raise CheckpointError(
         f"no end-of-epoch checkpoint for epoch {epoch} in {ckpt_dir}; "

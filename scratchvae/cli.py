@@ -295,7 +295,7 @@ def _add_evaluate(sub):
 
     e = _verb(sub, "evaluate", "score a run: test −ELBO, importance-sampled log p(x), active units, linear probe")
     e.add_argument("run_dir", metavar="RUN", help="a run folder (as written by train)")
-    e.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
+    _add_checkpoint_flags(e)
     e.add_argument("--limit", type=_positive_int, metavar="N", help="use the first N test images (default: all)")
     e.add_argument("--ks", type=_ks, default=",".join(map(str, DEFAULT_KS)), metavar="K,K,...",
                    help="importance samples K per image, comma-separated")
@@ -305,11 +305,18 @@ def _add_evaluate(sub):
     e.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_checkpoint_flags(p):
+    """--epoch and --checkpoint: which checkpoint of RUN a reading verb uses."""
+    p.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
+    p.add_argument("--checkpoint", metavar="FILE", help="a checkpoint of the run to use instead, by file name or "
+                   "path; a mid-epoch one (epoch-0004-batch-000034.npz, written by an interrupt) is used only so")
+
+
 def _view_arguments(s, d):
     from .backend import BACKENDS
 
     s.add_argument("run_dir", metavar="RUN", help="a run folder (as written by train)")
-    s.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
+    _add_checkpoint_flags(s)
     s.add_argument("--n", type=_positive_int, default=d["n"], help="how many prior samples to decode")
     s.add_argument("--seed", type=_seed, default=d["view_seed"], help="seeds every random choice of the figures")
     s.add_argument("--sample-x", action="store_true", help="draw pixels from p(x|z) instead of decoder means")
@@ -346,7 +353,7 @@ def _add_encode(sub):
     e.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images of the split")
     e.add_argument("--sample", action="store_true", help="also one z ~ q(z|x) per image (the model's eval stream)")
     e.add_argument("--out", type=_npz_file, metavar="FILE.npz", help="where to write (default: RUN/codes-<split>.npz)")
-    e.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
+    _add_checkpoint_flags(e)
     e.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is read (default: where it was)")
     e.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
 
@@ -360,7 +367,7 @@ def _add_decode(sub):
     d.add_argument("codes", metavar="CODES.npz", help="an .npz with z or mu of shape (N, latent), as encode writes")
     d.add_argument("--out", type=_image_output, metavar="FILE", help="a figure (.png, .pdf, .svg, .jpg) of the "
                    "decoder means, or an .npz holding them as x (default: RUN/decoded.png)")
-    d.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
+    _add_checkpoint_flags(d)
     d.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
 
 
@@ -791,10 +798,18 @@ def _train_resume(a):
                   **({"keep": a.keep} if "keep" in a.given else {}))
 
 
-def _run_and_data(a, progress=None):
+def _reader_run(a):
+    """The run of a verb that reads it, at the checkpoint --epoch or --checkpoint names (default:
+    the newest end-of-epoch one)."""
     from .runs import load_run
 
-    run = load_run(a.run_dir, epoch=a.epoch, backend=a.backend)
+    _refuse(a, [("epoch", a.checkpoint is not None,
+                 f"--checkpoint names a checkpoint itself; --epoch {a.epoch} does not apply with it")])
+    return load_run(a.run_dir, epoch=a.epoch, backend=a.backend, checkpoint=a.checkpoint, finished=True)
+
+
+def _run_and_data(a, progress=None):
+    run = _reader_run(a)
     _refuse_data_dir(a, run.train_config.dataset)
     train, test = _run_data(run, a.data_dir, progress)
     return run, train, test
@@ -812,9 +827,8 @@ def cmd_evaluate(a):
 
 def cmd_sample(a):
     from .plots import sample_figure
-    from .runs import load_run
 
-    run = load_run(a.run_dir, epoch=a.epoch, backend=a.backend)
+    run = _reader_run(a)
     out = Path(a.out or Path(a.run_dir) / "samples.png")
     sample_figure(run.model, n=a.n, seed=a.seed, draw=a.sample_x, path=out, image_shape=_image_shape_of(run))
     print(out)
@@ -840,7 +854,7 @@ def cmd_encode(a):
     x = _prepare(images, run.model, run.train_config, stream, a.split)   # binarised as in training
     codes = encode_images(run.model, x, labels, sample=a.sample)
     out = Path(a.out or Path(a.run_dir) / f"codes-{a.split}.npz")
-    write_codes(out, codes, {"run": str(Path(a.run_dir).resolve()), "epoch": run.meta.get("epoch"),
+    write_codes(out, codes, {"run": str(Path(a.run_dir).resolve()), **run.position,
                              "split": a.split, "posterior": run.model.posterior.name, "sampled": a.sample})
     shapes = ", ".join(f"{k} {v.shape}" for k, v in codes.items())
     print(f"{out}: {shapes}")
@@ -850,9 +864,8 @@ def cmd_encode(a):
 def cmd_decode(a):
     from .codes import decode_codes, read_codes
     from .plots import _tile, grid_figure
-    from .runs import load_run
 
-    run = load_run(a.run_dir, epoch=a.epoch, backend=a.backend)
+    run = _reader_run(a)
     pixels, which = decode_codes(run.model, read_codes(a.codes))
     out = Path(a.out or Path(a.run_dir) / "decoded.png")
     if out.suffix.lower() == ".npz":

@@ -58,6 +58,7 @@ import numpy as np
 from .backend.random import Stream
 from .errors import InputError
 from .inputs import prepare_images
+from .runs import position_label
 
 DPI = 100
 FIGSIZE = {
@@ -738,8 +739,8 @@ def plot_run(run, train, test, out_dir, n=64, seed=0, draw=False, fmt="png"):
             (train is None or train.labels is not None):
         paths.append(arithmetic_figure(model, test, f["arithmetic"], train=train, seed=seed))
     if run.history:
-        epoch = run.meta.get("epoch") if isinstance(getattr(run, "meta", None), dict) else None
-        title = _describe(model) + (f", epoch {epoch}" if epoch else "")
+        position = getattr(run, "position", None) if isinstance(getattr(run, "meta", None), dict) else None
+        title = _describe(model) + (f", {position_label(position)}" if position and position["epoch"] else "")
         loss = f"−L_{model.iw_samples} (importance-weighted bound)" if model.objective == "iwae" else None
         paths.append(loss_figure(run.history, f["losses"], title=title, loss=loss))
     if model.latent == 2:

@@ -553,20 +553,36 @@ class Run:
     checkpoint: Path
     state: TrainState = None
 
+    @property
+    def position(self):
+        """Where the loaded checkpoint stands, as its file name says: ``{"epoch": E}`` at the end
+        of epoch E, ``{"epoch": E, "batch": B}`` inside epoch E after B of its batches."""
+        done, batch = self.meta.get("epoch"), self.meta.get("batch", 0)
+        return {"epoch": done + 1, "batch": batch} if batch else {"epoch": done}
 
-def load_run(run_dir, epoch=None, backend=None, checkpoint=None) -> Run:
+
+def position_label(position):
+    """'epoch 3', or 'epoch 4, batch 34' for a position inside an epoch (see :attr:`Run.position`)."""
+    return f"epoch {position['epoch']}" + (f", batch {position['batch']}" if position.get("batch") else "")
+
+
+def load_run(run_dir, epoch=None, backend=None, checkpoint=None, finished=False) -> Run:
     """Load a run: the model (on ``backend``, default the run's), configs, history, optimizer
     state and training position.
 
-    ``epoch``: the end-of-epoch checkpoint to load (default: the newest checkpoint);
-    ``checkpoint``: a checkpoint file to load instead. The history is that of the loaded
+    ``epoch``: the end-of-epoch checkpoint to load (default: the newest checkpoint, or with
+    ``finished`` the newest end-of-epoch one); ``checkpoint``: a checkpoint file to load
+    instead (a bare file name is one of the run's). The history is that of the loaded
     checkpoint (see :func:`run_history`). Temporary files of killed writers are removed.
     """
     run_dir = Path(run_dir)
     config, model_kw, tc = read_config(run_dir)
     for folder in (run_dir, run_dir / CHECKPOINTS):   # what killed writers left
         remove_stale_temps(folder)
-    path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / CHECKPOINTS, epoch=epoch)
+    if checkpoint:
+        path = Path(checkpoint) if Path(checkpoint).name != str(checkpoint) else run_dir / CHECKPOINTS / checkpoint
+    else:
+        path = latest_checkpoint(run_dir / CHECKPOINTS, epoch=epoch, finished=finished)
     arrays, meta = load_checkpoint(path)
     _check_meta(path, meta, config, run_dir / CONFIG)
     model = VAE(backend=_backend(config, backend), **model_kw)
