@@ -204,7 +204,8 @@ def _add_data_flags(g, d):
     g.add_argument("--image-shape", type=_image_shape, metavar="H,W[,C]",
                    help="own flat data (N, D): the image shape its rows unflatten to, for the figures")
     g.add_argument("--data-dir", metavar="DIR", help="mnist / fashion-mnist: read the four IDX files (raw or .gz) "
-                   "from DIR instead of downloading them into the cache")
+                   "from DIR instead of downloading them into the cache; with --resume on one's own data that "
+                   "moved: the folder now holding its .npz or image folder")
     g.add_argument("--binarize", default=d["binarize"], choices=BINARIZE,
                    help="make pixels 0/1: once per image (static) or at every step (dynamic)")
     g.add_argument("--corrupt", default=d["corrupt"], metavar="SPEC", type=_library_check(parse_corrupt,
@@ -299,10 +300,19 @@ def _add_evaluate(sub):
     e.add_argument("--limit", type=_positive_int, metavar="N", help="use the first N test images (default: all)")
     e.add_argument("--ks", type=_ks, default=",".join(map(str, DEFAULT_KS)), metavar="K,K,...",
                    help="importance samples K per image, comma-separated")
-    e.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is read (default: where it was)")
+    _add_run_data_flags(e)
     e.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_run_data_flags(p):
+    """--dataset and --data-dir: where a verb that reads a run's data finds them."""
+    p.add_argument("--dataset", metavar="PATH", help="the run's own data (an .npz or image folder) at another "
+                   "path, after they moved; accepted when they are the data the run recorded")
+    p.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is read: the folder of the IDX files "
+                   "(mnist, fashion-mnist), or the folder now holding the run's own .npz or image folder "
+                   "(default: where it was)")
 
 
 def _add_checkpoint_flags(p):
@@ -338,7 +348,7 @@ def _add_plot(sub, d):
     _view_arguments(s, d)
     s.add_argument("--out", metavar="DIR", help="folder for the figures (default: RUN/figures)")
     s.add_argument("--format", default="png", choices=sorted(set(FORMATS.values())), help="the figures' file format")
-    s.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is read (default: where it was)")
+    _add_run_data_flags(s)
 
 
 def _add_encode(sub):
@@ -354,7 +364,7 @@ def _add_encode(sub):
     e.add_argument("--sample", action="store_true", help="also one z ~ q(z|x) per image (the model's eval stream)")
     e.add_argument("--out", type=_npz_file, metavar="FILE.npz", help="where to write (default: RUN/codes-<split>.npz)")
     _add_checkpoint_flags(e)
-    e.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is read (default: where it was)")
+    _add_run_data_flags(e)
     e.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
 
 
@@ -516,11 +526,18 @@ def _refuse_data_dir(a, dataset):
                  f"not to {dataset}")])
 
 
-def _run_data(run, data_dir, progress=None):
-    """A run's (train, test): its dataset, split and shaped as when it was trained."""
-    tc = run.train_config
-    return _load_data(tc.dataset, data_dir or run.config.get("data_dir"), progress, test_fraction=tc.test_fraction,
-                      seed=run.config["model"].get("seed", 0), image_shape=tc.image_shape)
+def _run_data(run, a, progress=None):
+    """A run's (train, test): its data, where they were or where --dataset / --data-dir say they
+    are now, split and shaped as when it was trained, and checked against its fingerprint."""
+    from .data.fingerprint import check_fingerprint, locate
+
+    tc, recorded = run.train_config, (run.config.get("data") or {}).get("fingerprint")
+    dataset, data_dir = locate(tc.dataset, run.config.get("data_dir"), a.dataset if "dataset" in a.given else None,
+                               a.data_dir, fingerprinted=recorded is not None)
+    train, test = _load_data(dataset, data_dir, progress, test_fraction=tc.test_fraction,
+                             seed=run.config["model"].get("seed", 0), image_shape=tc.image_shape)
+    check_fingerprint(recorded, train, test, dataset)
+    return train, test
 
 
 def _shown(v):
@@ -530,7 +547,9 @@ def _shown(v):
 
 
 def _refuse_differences(a, run):
-    """--resume: refuse every flag given with a value other than the run's, naming each."""
+    """--resume: refuse every flag given with a value other than the run's, naming each (one's own
+    data may have moved: --dataset is checked against the run's fingerprint instead)."""
+    from .data import DATASETS
     from .errors import InputError
     from .inputs import parse_corrupt
     from .likelihoods import parse_sigma
@@ -543,7 +562,8 @@ def _refuse_differences(a, run):
     recorded = {**_model_defaults(), **run.config["model"], **vars(run.train_config)}
     recorded.update({k: v for k, v in _unset_as_flags().items() if recorded.get(k) is None})
     diffs = []
-    for dest in sorted(a.given & recorded.keys() - set(RESUMABLE)):
+    moves = {"dataset"} if run.train_config.dataset not in DATASETS else set()
+    for dest in sorted(a.given & recorded.keys() - set(RESUMABLE) - moves):
         same = canonical.get(dest, lambda v: v)
         if same(getattr(a, dest)) != same(recorded[dest]):
             diffs.append(f"{_flag_name(dest)} {_shown(getattr(a, dest))} (the run has {_shown(recorded[dest])})")
@@ -552,7 +572,7 @@ def _refuse_differences(a, run):
     if diffs:
         raise InputError(f"--resume {a.resume}: {'; '.join(diffs)}: a resumed run keeps its settings "
                          f"(start a new run to change them; --epochs, --backend, --no-graph, --quiet, "
-                         f"--keep and --data-dir may change)")
+                         f"--keep and --data-dir may change, and --dataset for one's own data that moved)")
 
 
 def _unset_as_flags():
@@ -640,6 +660,7 @@ def _apply_preset(a):
 
 
 def _train_new(a):
+    from .data.fingerprint import data_record
     from .likelihoods import LIKELIHOODS
     from .model import VAE
     from .runs import REPLACES, TrainConfig
@@ -663,7 +684,7 @@ def _train_new(a):
                       lr_schedule=None if a.lr_schedule == "constant" else a.lr_schedule, adam_eps=a.adam_eps,
                       output_bias=None if a.output_bias == "zero" else a.output_bias).validate()
     info = {"data_dir": str(Path(a.data_dir).resolve()) if a.data_dir else None, "command": _command(a),
-            "data": {"image_shape": train.image_shape, "classes": train.classes}}
+            "data": data_record(train, test)}
     if into != out:
         info[REPLACES] = out.name
     print(f"training {model} on {a.dataset} ({train.images.shape[0]} train, {test.images.shape[0]} test) -> "
@@ -774,7 +795,6 @@ def _train_resume(a):
                  "--no-graph applies to --backend cupy or auto; numpy runs each step eagerly anyway")])
     run = load_run(a.resume, backend=a.backend if "backend" in a.given else None)
     _refuse_differences(a, run)
-    _refuse_data_dir(a, run.train_config.dataset)
     done, batch, epochs = run.meta["epoch"], run.meta.get("batch", 0), run.train_config.epochs
     if "epochs" in a.given:
         epochs = a.epochs
@@ -788,7 +808,7 @@ def _train_resume(a):
         raise InputError(f"the run in {a.resume} has finished its {done} epochs; "
                          f"pass --epochs N (N > {done}) to train it further")
     with _Progress(a.quiet) as progress:
-        train, test = _run_data(run, a.data_dir, progress.download)
+        train, test = _run_data(run, a, progress.download)
     print(f"resuming {a.resume} at epoch {done}" + (f", batch {batch}" if batch else "") + f" -> {epochs} epochs",
           flush=True)
     replaces = run.config.get(REPLACES)
@@ -810,8 +830,7 @@ def _reader_run(a):
 
 def _run_and_data(a, progress=None):
     run = _reader_run(a)
-    _refuse_data_dir(a, run.train_config.dataset)
-    train, test = _run_data(run, a.data_dir, progress)
+    train, test = _run_data(run, a, progress)
     return run, train, test
 
 
@@ -891,6 +910,7 @@ def cmd_plot(a):
 
 def cmd_compare(a):
     from .compare import compare_models
+    from .data.fingerprint import data_record
     from .errors import InputError
     from .runs import check_run_dir, staged_dir
 
@@ -905,7 +925,7 @@ def cmd_compare(a):
         with staged_dir(out) as folder:
             res = compare_models(train, test, epochs=a.epochs, batch_size=a.batch_size, hidden=a.hidden, lr=a.lr,
                                  seed=a.seed, backend=a.backend, out=folder / "compare.png", run_dir=folder,
-                                 callback=progress, run_info={"command": _command(a)})
+                                 callback=progress, run_info={"command": _command(a), "data": data_record(train, test)})
     for name, acc in res["probe_accuracy"].items():
         print(f"{name:8s} linear-probe accuracy {acc:.3f}  (run: {out / name})")
     print(out / "compare.png")

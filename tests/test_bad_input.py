@@ -601,7 +601,7 @@ BAD_INVOCATIONS = {
                                 ("decode RUN", _codes, lambda r, f: ["decode", str(r), f]))
        for name, (damage, words) in DAMAGED.items()},
     ".npy named .npz as --dataset": (lambda t, r: ["train", *TINY, "--dataset", str(_npy_named_npz(t))],
-                                     "dataset " + "{t}/x.npz is not an .npz archive (it is a .npy file"),
+                                     "dataset (--dataset) {t}/x.npz is not an .npz archive (it is a .npy file"),
     ".npy named .npz as codes": (lambda t, r: ["decode", str(r), str(_npy_named_npz(t))],
                                  "codes {t}/x.npz is not an .npz archive (it is a .npy file"),
     "empty .npz as --dataset": (lambda t, r: ["train", *TINY, "--dataset", str(_empty_npz(t))], "is empty (0 bytes)"),
