@@ -9,6 +9,7 @@ this module renders its callbacks (a tqdm bar on a terminal, one labelled line p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import inspect
 import json
@@ -749,10 +750,11 @@ def _dataset_name(dataset):
 def _train(a, folder, replacing, train, *args, **kwargs):
     """Run ``train`` (fit or resume) with ``args`` into ``folder``, render it, report an interrupt
     or a failure, and move a completed run that replaces another (``replacing``) into its place."""
-    from .runs import finish_replacement
+    from .runs import finish_replacement, writing
     from .train import Interrupted
 
-    with _Progress(a.quiet) as progress, _StopFlag() as stop:
+    with writing(replacing) if replacing else contextlib.nullcontext(), _Progress(a.quiet) as progress, \
+            _StopFlag() as stop:          # the run to replace has one writer too: this command
         try:
             train(*args, callback=progress, should_stop=stop, graph=False if a.no_graph else None, **kwargs)
         except Interrupted as e:
@@ -763,7 +765,7 @@ def _train(a, folder, replacing, train, *args, **kwargs):
             partial = (f"the partial new run is in {folder} (continue it with: {_resume_command(a, folder)})"
                        if folder.exists() else "no new run was written")
             raise type(e)(f"{e}; the run in {replacing} is untouched, {partial}") from None
-    moved = finish_replacement(folder)
+        moved = finish_replacement(folder)
     if moved is not None:
         print(f"the new run replaced the old one in {moved}")
     return 0
@@ -786,13 +788,20 @@ def _interrupted(a, e, run_dir, replacing, progress, signum):
 
 
 def _train_resume(a):
-    from .errors import InputError
-    from .runs import REPLACES, finish_replacement, load_run
-    from .train import resume
+    from .runs import writing
 
     _refuse(a, [("overwrite", True, "--overwrite does not apply to --resume (a resumed run stays where it is)"),
                 ("no_graph", "backend" in a.given and a.backend == "numpy",
                  "--no-graph applies to --backend cupy or auto; numpy runs each step eagerly anyway")])
+    with writing(a.resume):        # before it is read: what is read is what is continued
+        return _resume_held(a)
+
+
+def _resume_held(a):
+    from .errors import InputError
+    from .runs import REPLACES, finish_replacement, load_run
+    from .train import resume
+
     run = load_run(a.resume, backend=a.backend if "backend" in a.given else None)
     _refuse_differences(a, run)
     done, batch, epochs = run.meta["epoch"], run.meta.get("batch", 0), run.train_config.epochs
@@ -901,10 +910,14 @@ def cmd_decode(a):
 def cmd_plot(a):
     from .plots import plot_run
 
-    run, train, test = _run_and_data(a)
+    from .runs import writing
+
     out = Path(a.out or Path(a.run_dir) / "figures")
-    for p in plot_run(run, train, test, out_dir=out, n=a.n, seed=a.seed, draw=a.sample_x, fmt=a.format):
-        print(p)
+    inside = out.resolve().is_relative_to(Path(a.run_dir).resolve())
+    with writing(a.run_dir) if inside else contextlib.nullcontext():      # figures written into the run
+        run, train, test = _run_and_data(a)
+        for p in plot_run(run, train, test, out_dir=out, n=a.n, seed=a.seed, draw=a.sample_x, fmt=a.format):
+            print(p)
     return 0
 
 
