@@ -804,13 +804,12 @@ def _resume_held(a):
 
     run = load_run(a.resume, backend=a.backend if "backend" in a.given else None)
     _refuse_differences(a, run)
-    done, batch, epochs = run.meta["epoch"], run.meta.get("batch", 0), run.train_config.epochs
-    if "epochs" in a.given:
-        epochs = a.epochs
-        if epochs < done + (1 if batch else 0):
-            raise InputError(f"--epochs is the total number of epochs: the run has finished {done}"
-                             + (f" and is inside epoch {done + 1}" if batch else "") + f", got --epochs {epochs}")
-    elif epochs <= done:
+    done, batch = run.meta["epoch"], run.meta.get("batch", 0)
+    epochs = a.epochs if "epochs" in a.given else run.train_config.epochs
+    if epochs < done or (batch and epochs <= done):
+        raise InputError(f"--epochs is the total number of epochs: the run has finished {done}"
+                         + (f" and is inside epoch {done + 1}" if batch else "") + f", got --epochs {epochs}")
+    if epochs <= done:               # finished: whether --epochs names its own total or not, nothing to do
         if run.config.get(REPLACES):     # complete, but killed before it replaced the old run
             print(f"the new run replaced the old one in {finish_replacement(a.resume)}")
             return 0

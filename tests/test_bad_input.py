@@ -558,6 +558,9 @@ BAD_INVOCATIONS = {
                               "--epochs is the total number of epochs: the run has finished 2, got --epochs 1"),
     "--resume a finished run": (lambda t, r: ["train", "--resume", str(r)],
                                 "has finished its 2 epochs; pass --epochs N (N > 2) to train it further"),
+    "--resume a finished run --epochs its own": (lambda t, r: ["train", "--resume", str(r), "--epochs", "2"],
+                                                 "has finished its 2 epochs; pass --epochs N (N > 2) to train it "
+                                                 "further"),
     "evaluate non-run dir": (lambda t, r: ["evaluate", str(_not_a_run(t))], "config.json is missing"),
     "evaluate --ks a,b": (lambda t, r: ["evaluate", str(r), "--ks", "a,b"], "argument --ks: expected comma-separated"),
     "evaluate --ks 0": (lambda t, r: ["evaluate", str(r), "--ks", "0,10"], "argument --ks: expected comma-separated"),
