@@ -392,11 +392,12 @@ def save_training_checkpoint(run_dir, model, opt, cfg, state, row=None):
 def staged_dir(target):
     """A new folder ``.<name>.tmp-<pid>`` beside ``target`` to fill; renamed onto ``target``
     (which must not exist, or be an empty folder) when the block completes, removed if the
-    block fails. Leftovers of killed processes staging the same name are removed first."""
+    block fails. What killed processes left staged in that folder, whatever its name, is
+    removed first."""
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(target.parent, target.name)
+        remove_stale_temps(target.parent)
         tmp = temp_path(target)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -635,6 +636,7 @@ def finish_replacement(run_dir):
     trash = temp_path(target)
     faults.point("before-swap")
     with writing(target) if target.exists() else contextlib.nullcontext() as old, writing(run_dir) as new:
+        remove_stale_temps(target.parent)             # what killed writers staged beside them
         try:
             if old is not None:
                 os.replace(target, trash)

@@ -210,13 +210,16 @@ def test_killed_before_the_first_checkpoint_leaves_no_folder(tmp_path):
 
 def test_killed_while_writing_the_first_checkpoint_leaves_no_run(straight, tmp_path):
     """The folder appears with its first checkpoint, in one rename: a kill before that leaves
-    only the staged folder, hidden, which the next train into the same --out removes."""
+    only the staged folder, hidden, which the next run written beside it removes, whatever its
+    name."""
     run = tmp_path / "RUN"
     killed(train(run, 1, fault="before-rename"))
     staged = [p.name for p in tmp_path.iterdir()]
     assert not run.exists() and len(staged) == 1 and staged[0].startswith(".RUN.tmp-")
+    ok(train(tmp_path / "OTHER", 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["OTHER"]
     ok(train(run, 1))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["RUN"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["OTHER", "RUN"]
     assert_identical(ckpt_of(run, 1), ckpt_of(straight, 1))
 
 

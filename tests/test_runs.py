@@ -105,6 +105,18 @@ def test_staged_folder_appears_whole_or_not_at_all(tmp_path):
     assert remove_stale_temps(tmp_path / "a") == []
 
 
+def test_a_dead_writers_staging_folders_go_when_their_folder_is_next_written(tmp_path):
+    """Whatever name they staged: the next folder staged beside them removes them (a live
+    writer's stays)."""
+    dead, alive = dead_pid(), os.getpid()
+    for name in (f".A.tmp-{dead}", f".B.new.tmp-{dead}", f".C.tmp-{alive}"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "checkpoints").mkdir()
+    with staged_dir(tmp_path / "D") as tmp:
+        (tmp / "x").write_text("1")
+    assert names(tmp_path) == [f".C.tmp-{alive}", "D"]
+
+
 # ------------------------------------------------------------------------ nothing before the first checkpoint
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
     m = model()
