@@ -202,8 +202,7 @@ def _add_data_flags(g, d):
     g.add_argument("--test-fraction", type=_open_fraction, metavar="F",
                    help="own data without a test split: hold out this part of the images, chosen by --seed "
                         f"(default {DEFAULT_TEST_FRACTION})")
-    g.add_argument("--image-shape", type=_image_shape, metavar="H,W[,C]",
-                   help="own flat data (N, D): the image shape its rows unflatten to, for the figures")
+    _add_own_image_shape_flag(g)
     g.add_argument("--data-dir", metavar="DIR", help="mnist / fashion-mnist: read the four IDX files (raw or .gz) "
                    "from DIR instead of downloading them into the cache; with --resume on one's own data that "
                    "moved: the folder now holding its .npz or image folder")
@@ -212,6 +211,11 @@ def _add_data_flags(g, d):
     g.add_argument("--corrupt", default=d["corrupt"], metavar="SPEC", type=_library_check(parse_corrupt,
                    "none, gaussian:S (S > 0) or mask:P (0 < P < 1)"),
                    help="denoising: none, gaussian:S (add S·N(0, 1)) or mask:P (zero pixels with probability P)")
+
+
+def _add_own_image_shape_flag(g):
+    g.add_argument("--image-shape", type=_image_shape, metavar="H,W[,C]",
+                   help="own flat data (N, D): the image shape its rows unflatten to, for the figures")
 
 
 def _add_model_flags(m, d):
@@ -332,6 +336,13 @@ def _view_arguments(s, d):
     s.add_argument("--seed", type=_seed, default=d["view_seed"], help="seeds every random choice of the figures")
     s.add_argument("--sample-x", action="store_true", help="draw pixels from p(x|z) instead of decoder means")
     s.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
+    _add_image_shape_flag(s)
+
+
+def _add_image_shape_flag(p):
+    p.add_argument("--image-shape", type=_image_shape, metavar="H,W[,C]",
+                   help="draw each image as H,W[,C] (H·W·C values: the data's width); for flat data that "
+                        "recorded no image shape (default: the data's own)")
 
 
 def _add_sample(sub, d):
@@ -378,6 +389,7 @@ def _add_decode(sub):
     d.add_argument("codes", metavar="CODES.npz", help="an .npz with z or mu of shape (N, latent), as encode writes")
     d.add_argument("--out", type=_image_output, metavar="FILE", help="a figure (.png, .pdf, .svg, .jpg) of the "
                    "decoder means, or an .npz holding them as x (default: RUN/decoded.png)")
+    _add_image_shape_flag(d)
     _add_checkpoint_flags(d)
     d.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
 
@@ -392,6 +404,7 @@ def _add_compare(sub, d):
     c.add_argument("--dataset", default=d["dataset"], metavar="NAME|PATH",
                    help=f"the data, as for train: {', '.join(DATASETS)}, or a labelled .npz or image folder")
     c.add_argument("--data-dir", metavar="DIR", help="mnist / fashion-mnist: read the IDX files from DIR")
+    _add_own_image_shape_flag(c)
     c.add_argument("--epochs", type=_positive_int, default=d["epochs"], metavar="N", help="epochs per model")
     c.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], metavar="B", help="images per step")
     c.add_argument("--hidden", type=_hidden, default=d["hidden"], metavar="SIZES", help="encoder layer sizes")
@@ -664,6 +677,7 @@ def _train_new(a):
     from .data.fingerprint import data_record
     from .likelihoods import LIKELIHOODS
     from .model import VAE
+    from .plots import tile_shape
     from .runs import REPLACES, TrainConfig
 
     _refuse_train_flags(a)
@@ -673,6 +687,9 @@ def _train_new(a):
         train, test = _load_data(a.dataset, a.data_dir, progress.download, test_fraction=a.test_fraction,
                                  seed=a.seed, image_shape=a.image_shape)
     _check_batch_size(a.batch_size, train)
+    if tile_shape(train.images.shape[1], train.image_shape) is None:
+        print(f"scratchvae: note: the data are vectors of {train.images.shape[1]} values with no image shape: the "
+              f"figures that draw images (plot, sample, decode, compare) need --image-shape H,W[,C]", file=sys.stderr)
     model = VAE(input_dim=train.images.shape[1], hidden=a.hidden, latent=a.latent, activation=a.activation,
                 likelihood=a.likelihood, sigma=a.sigma if LIKELIHOODS[a.likelihood].has_sigma else 1.0,
                 mode=a.mode, beta=a.beta, dtype=a.dtype, seed=a.seed, backend=a.backend,
@@ -857,13 +874,18 @@ def cmd_sample(a):
 
     run = _reader_run(a)
     out = Path(a.out or Path(a.run_dir) / "samples.png")
-    sample_figure(run.model, n=a.n, seed=a.seed, draw=a.sample_x, path=out, image_shape=_image_shape_of(run))
+    sample_figure(run.model, n=a.n, seed=a.seed, draw=a.sample_x, path=out, image_shape=_image_shape_of(run, a))
     print(out)
     return 0
 
 
-def _image_shape_of(run):
-    """The image shape a run's data were recorded with (None: older runs, square images)."""
+def _image_shape_of(run, a):
+    """The image shape a run's images are drawn in: --image-shape (checked against the data's width),
+    else the one its data were recorded with (None: older runs, flat data, square images)."""
+    from .data.dataset import check_image_shape
+
+    if a.image_shape is not None:
+        return check_image_shape(a.image_shape, run.model.input_dim)
     shape = (run.config.get("data") or {}).get("image_shape")
     return tuple(shape) if shape else None
 
@@ -892,31 +914,37 @@ def cmd_decode(a):
     from .codes import decode_codes, read_codes
     from .plots import _tile, grid_figure
 
-    run = _reader_run(a)
-    pixels, which = decode_codes(run.model, read_codes(a.codes))
     out = Path(a.out or Path(a.run_dir) / "decoded.png")
-    if out.suffix.lower() == ".npz":
+    figure = out.suffix.lower() != ".npz"
+    _refuse(a, [("image_shape", not figure, f"--image-shape draws a figure; --out {out} holds the pixels")])
+    run = _reader_run(a)
+    shape = _tile(run.model, image_shape=_image_shape_of(run, a)) if figure else None
+    pixels, which = decode_codes(run.model, read_codes(a.codes))
+    if figure:
+        grid_figure(pixels, shape, out, f"decoder means of {len(pixels)} codes ({which}) — {Path(a.codes).name}")
+    else:
         from .codes import write_codes
 
         write_codes(out, {"x": pixels}, {"decoded": which, "codes": str(a.codes)})
-    else:
-        shape = _tile(run.model, image_shape=_image_shape_of(run))
-        grid_figure(pixels, shape, out, f"decoder means of {len(pixels)} codes ({which}) — {Path(a.codes).name}")
     print(f"decoded {which} of {len(pixels)} codes -> {out}")
     return 0
 
 
 def cmd_plot(a):
-    from .plots import plot_run
-
+    from .plots import figure_plan, plot_run
     from .runs import writing
 
     out = Path(a.out or Path(a.run_dir) / "figures")
     inside = out.resolve().is_relative_to(Path(a.run_dir).resolve())
     with writing(a.run_dir) if inside else contextlib.nullcontext():      # figures written into the run
         run, train, test = _run_and_data(a)
-        for p in plot_run(run, train, test, out_dir=out, n=a.n, seed=a.seed, draw=a.sample_x, fmt=a.format):
-            print(p)
+        shape = _image_shape_of(run, a) if a.image_shape else None        # else the data's own
+        drawn = plot_run(run, train, test, out_dir=out, n=a.n, seed=a.seed, draw=a.sample_x, fmt=a.format,
+                         image_shape=shape)
+    print("\n".join(map(str, drawn)))
+    for kind, why in figure_plan(run, train, test, shape).items():
+        if why:
+            print(f"scratchvae: note: skipped {kind}.{a.format}: {why}", file=sys.stderr)
     return 0
 
 
@@ -924,6 +952,7 @@ def cmd_compare(a):
     from .compare import compare_models
     from .data.fingerprint import data_record
     from .errors import InputError
+    from .plots import image_tile
     from .runs import check_run_dir, staged_dir
 
     _refuse_data_dir(a, a.dataset)
@@ -932,8 +961,9 @@ def cmd_compare(a):
         raise InputError(f"--out {out} exists and is not empty; choose another folder")
     check_run_dir(out, what="--out")
     with _Progress(a.quiet) as progress:
-        train, test = _load_data(a.dataset, a.data_dir, progress.download, seed=a.seed)
+        train, test = _load_data(a.dataset, a.data_dir, progress.download, seed=a.seed, image_shape=a.image_shape)
         _check_batch_size(a.batch_size, train)
+        image_tile(train.images.shape[1], train.image_shape)      # the figures draw images: a shape, before training
         with staged_dir(out) as folder:
             res = compare_models(train, test, epochs=a.epochs, batch_size=a.batch_size, hidden=a.hidden, lr=a.lr,
                                  seed=a.seed, backend=a.backend, out=folder / "compare.png", run_dir=folder,

@@ -2,6 +2,7 @@
 split, figures in the data's own image shape, and codes out (encode) and back (decode)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,3 +260,90 @@ def test_an_npz_that_moved_is_found_by_data_dir(rgb_npz, tmp_path, capsys):
     assert run_cli(["evaluate", str(run), "--data-dir", str(tmp_path / "moved"),
                     "--dataset", str(tmp_path / "moved" / rgb_npz.name)]) == 2
     assert "give --dataset or --data-dir, not both" in _one_line(capsys)
+
+
+# -- flat data without an image shape ---------------------------------------------------------------
+IMAGE_FIGURES = ("manifold", "reconstructions", "abstraction", "samples", "interpolation")
+
+
+@pytest.fixture
+def flat_run(tmp_path, capsys):
+    """A run on flat (N, 300) data, labelled, trained without --image-shape; and what train said."""
+    r = np.random.default_rng(4)
+    np.savez(tmp_path / "flat.npz", x_train=r.uniform(size=(60, 300)).astype(np.float32),
+             y_train=np.arange(60) % 3)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(tmp_path / "flat.npz"), *SMALL, "--out", str(run)]) == 0
+    return run, capsys.readouterr().err
+
+
+def test_train_on_flat_data_says_once_that_figures_of_images_need_a_shape(flat_run):
+    _, err = flat_run
+    assert err.splitlines() == [
+        "scratchvae: note: the data are vectors of 300 values with no image shape: the figures that draw images "
+        "(plot, sample, decode, compare) need --image-shape H,W[,C]"]
+
+
+def test_plot_without_a_shape_draws_what_needs_none_and_names_the_rest(flat_run, tmp_path, capsys):
+    run, _ = flat_run
+    assert main(["plot", str(run), "--out", str(tmp_path / "figs")]) == 0
+    out, err = capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["latent.png", "losses.png", "posteriors.png"]
+    assert sorted(Path(line).name for line in out.splitlines()) == sorted(p.name for p in (tmp_path / "figs").iterdir())
+    for kind in (*IMAGE_FIGURES, "arithmetic"):
+        assert f"scratchvae: note: skipped {kind}.png: it draws images, and the data have no image shape (300 " \
+               "values per image; --image-shape H,W[,C] gives one)" in err.splitlines(), err
+    assert main(["plot", str(run), "--out", str(tmp_path / "shaped"), "--image-shape", "10,30"]) == 0
+    assert sorted(p.name for p in (tmp_path / "shaped").iterdir()) == sorted(
+        [f"{k}.png" for k in IMAGE_FIGURES] + ["arithmetic.png", "latent.png", "losses.png", "posteriors.png"])
+
+
+@pytest.mark.parametrize("verb", ["plot", "sample", "decode", "compare"])
+def test_image_shape_is_accepted_and_checked_against_the_data(verb, flat_run, tmp_path, capsys):
+    run, _ = flat_run
+    np.savez(tmp_path / "codes.npz", mu=np.zeros((4, 2), np.float32))
+    argv = {"plot": ["plot", str(run), "--out", str(tmp_path / "figs")],
+            "sample": ["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.png")],
+            "decode": ["decode", str(run), str(tmp_path / "codes.npz"), "--out", str(tmp_path / "d.png")],
+            "compare": ["compare", "--dataset", str(tmp_path / "flat.npz"), "--epochs", "1", "--batch-size", "16",
+                        "--hidden", "8", "--quiet", "--out", str(tmp_path / "cmp")]}[verb]
+    before = _files(tmp_path)
+    assert run_cli([*argv, "--image-shape", "10,10"]) == 2
+    line = _one_line(capsys)
+    assert "image_shape (--image-shape) 10,10 holds 100 values per image; the data have 300" in line, line
+    assert _files(tmp_path) == before
+    if verb in ("sample", "decode", "compare"):              # nothing to draw without a shape
+        assert run_cli(argv) == 2
+        assert "--image-shape H,W[,C]" in _one_line(capsys)
+        assert _files(tmp_path) == before
+    assert run_cli([*argv, "--image-shape", "15,20"]) == 0
+
+
+def test_a_failed_plot_leaves_no_partial_figure(flat_run, tmp_path, monkeypatch, capsys):
+    """A figure fails half way through plot (here: its file cannot be written): the figures a
+    plot wrote before are untouched, none of this plot's is left, no temporary file either; so
+    for sample's one figure."""
+    from matplotlib.figure import Figure
+
+    from scratchvae import plots
+
+    run, _ = flat_run
+    assert main(["plot", str(run), "--image-shape", "15,20"]) == 0
+    assert main(["sample", str(run), "--image-shape", "15,20"]) == 0
+    before = _files(run)
+    real, failing = Figure.savefig, []
+
+    def full_disk(self, fname, **kw):
+        if any(name in str(fname) for name in failing):
+            Path(fname).write_bytes(b"half a figure")
+            raise OSError(28, "No space left on device")
+        return real(self, fname, **kw)
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    monkeypatch.setattr(plots, "MAX_SCATTER", 5)          # every figure differs from the first plot's
+    monkeypatch.setattr(plots, "STREAM_IDS", {**plots.STREAM_IDS, "samples": 299})
+    capsys.readouterr()
+    for verb, name in (("plot", "interpolation"), ("sample", "samples")):
+        failing[:] = [name]
+        assert run_cli([verb, str(run), "--image-shape", "15,20", "--seed", "9"]) == 2
+        assert "No space left on device" in _one_line(capsys)
+        assert _files(run) == before

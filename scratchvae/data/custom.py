@@ -26,7 +26,7 @@ import numpy as np
 
 from scratchvae.backend.random import Stream
 from scratchvae.checkpoint import read_npz
-from scratchvae.data.dataset import Dataset
+from scratchvae.data.dataset import Dataset, check_image_shape
 from scratchvae.data.idx import find_idx_files
 from scratchvae.errors import DataError
 
@@ -113,9 +113,9 @@ def _pixels(a, what, image_shape):
         raise DataError(f"{what}: images (N, H, W, C) must have C = 1 (grayscale) or 3 (RGB), got {a.shape}")
     if a.dtype.kind == "f":
         _check_unit_floats(a, what)
-    shape = a.shape[1:] if a.ndim > 2 else (tuple(image_shape) if image_shape is not None else None)
     if a.ndim > 2 and image_shape is not None:
         raise DataError(f"{what} are images of shape {a.shape[1:]}; image_shape (--image-shape) is for flat arrays")
+    shape = a.shape[1:] if a.ndim > 2 else (check_image_shape(image_shape, a.shape[1]) if image_shape else None)
     if shape is not None and len(shape) == 3 and shape[2] == 1:
         shape = shape[:2]
     return np.ascontiguousarray(a.reshape(len(a), -1)), shape
