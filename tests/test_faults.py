@@ -336,3 +336,24 @@ def test_a_second_writer_of_a_run_is_refused_naming_the_first(one_epoch, tmp_pat
     ok(resume(run, done + 1))
     assert [r["epoch"] for r in rows(run)] == list(range(1, done + 2))
     assert not (run / ".lock").exists()
+
+
+def test_an_overwrite_holds_the_old_run_and_the_new(one_epoch, tmp_path, monkeypatch):
+    """While --overwrite trains RUN.new to replace RUN, neither can be resumed by another process."""
+    from scratchvae import faults
+
+    run = tmp_path / "RUN"
+    shutil.copytree(one_epoch, run)
+    refused = {}
+
+    def meanwhile(step):          # inside the new run's epoch 2: RUN.new has its first checkpoint
+        if step == 150:
+            for target in (run, run.with_name("RUN.new")):
+                refused[target.name] = _cli("train", "--resume", str(target), "--epochs", "9", "--quiet")
+    monkeypatch.setattr(faults, "mid_epoch_step", meanwhile)
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(run), "--overwrite"]) == 0
+    assert sorted(refused) == ["RUN", "RUN.new"]
+    for name, r in refused.items():
+        assert r.returncode == 2 and f"is being written by another process (PID {os.getpid()})" in r.stderr, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RUN"] and not (run / ".lock").exists()
+    assert [r["epoch"] for r in rows(run)] == [1, 2]
