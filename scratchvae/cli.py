@@ -687,9 +687,6 @@ def _train_new(a):
         train, test = _load_data(a.dataset, a.data_dir, progress.download, test_fraction=a.test_fraction,
                                  seed=a.seed, image_shape=a.image_shape)
     _check_batch_size(a.batch_size, train)
-    if tile_shape(train.images.shape[1], train.image_shape) is None:
-        print(f"scratchvae: note: the data are vectors of {train.images.shape[1]} values with no image shape: the "
-              f"figures that draw images (plot, sample, decode, compare) need --image-shape H,W[,C]", file=sys.stderr)
     model = VAE(input_dim=train.images.shape[1], hidden=a.hidden, latent=a.latent, activation=a.activation,
                 likelihood=a.likelihood, sigma=a.sigma if LIKELIHOODS[a.likelihood].has_sigma else 1.0,
                 mode=a.mode, beta=a.beta, dtype=a.dtype, seed=a.seed, backend=a.backend,
@@ -709,8 +706,12 @@ def _train_new(a):
           + (f"{into}, to replace {out} once complete" if into != out else f"{out}"), flush=True)
     from .train import fit
 
-    return _train(a, into, out if into != out else None, fit, model, train.images, test.images,
-                  config=cfg, run_dir=into, keep=a.keep, run_info=info)
+    status = _train(a, into, out if into != out else None, fit, model, train.images, test.images,
+                    config=cfg, run_dir=into, keep=a.keep, run_info=info)
+    if tile_shape(train.images.shape[1], train.image_shape) is None:      # said once the run is there
+        print(f"scratchvae: note: the data are vectors of {train.images.shape[1]} values with no image shape: the "
+              f"figures that draw images (plot, sample, decode, compare) need --image-shape H,W[,C]", file=sys.stderr)
+    return status
 
 
 def _refuse_train_flags(a):
