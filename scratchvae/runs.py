@@ -47,7 +47,6 @@ so they load and resume.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import inspect
 import json
 import math
@@ -59,6 +58,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:            # no flock (Windows): there one writer per run is not enforced
+    fcntl = None
 
 from . import faults
 from .backend.random import Streams
@@ -504,6 +508,8 @@ class WriterLock:
             return held
         if not self.folder.is_dir():
             raise InputError(f"{self.folder} is not a scratchvae run: there is no such folder")
+        if fcntl is None:
+            return self
         path = self.folder / LOCK
         while self.fd is None:
             try:
