@@ -311,10 +311,10 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
     runs in the model's precision (fp32, tf32 or bf16), which the result names.
 
     Returns a JSON-able dict: ``epoch`` (and ``batch`` for a mid-epoch checkpoint, see
-    :attr:`Run.position <scratchvae.runs.Run.position>`), ``checkpoint`` (its file name), ``mode``, ``likelihood``, ``binarize``, ``n_test``,
-    ``precision``, ``posterior`` / ``objective`` / ``iw_samples`` where not the defaults,
-    ``test_elbo`` {loss, recon, kl} per image (one z per image; ``loss`` is −L_K for an
-    ``objective='iwae'`` model, see :func:`evaluate_elbo`), ``log_px``
+    :attr:`Run.position <scratchvae.runs.Run.position>`), ``checkpoint`` (its file name), ``mode``,
+    ``likelihood``, ``binarize``, ``n_test``, ``precision``, ``posterior`` / ``objective`` /
+    ``iw_samples`` where not the defaults, ``test_elbo`` {loss, recon, kl} per image (one z per
+    image; ``loss`` is −L_K for an ``objective='iwae'`` model, see :func:`evaluate_elbo`), ``log_px``
     {K: {mean, se, gain, gain_se}} (gain: mean rise over the smallest K with its paired SE;
     None for an 'ae' run, with ``log_px_note``), ``active_units`` {count, of, threshold,
     variances}, ``probe_accuracy`` (μ codes of up to ``probe_limit`` train images -> test

@@ -148,7 +148,8 @@ def test_lost_and_torn_metrics_rows_are_rebuilt_from_the_checkpoints(tmp_path):
 
 
 # ------------------------------------------------------------------------ one writer at a time
-HOLD = "import sys, time; from scratchvae.runs import writing\nwith writing(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)"
+HOLD = ("import sys, time; from scratchvae.runs import writing\n"
+        "with writing(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)")
 
 
 def _holder(folder):
