@@ -18,6 +18,9 @@ whose process is gone (the run directory does so when it is next opened). Text f
 Reads trust nothing: every way a file can be missing, cut short, corrupted, too new or
 hold pickled objects becomes a :class:`CheckpointError` naming the file, and each entry's
 header is checked against the zip's own sizes before any array memory is allocated.
+:func:`read_npz` is that reader for every ``.npz`` scratchvae opens (one's own data, codes,
+models, checkpoints), raising the caller's error class, so a damaged file is "damaged or
+truncated" whichever verb reads it.
 
 Run directories hold ``epoch-0003.npz`` (end of epoch 3) and ``epoch-0004-batch-000120.npz``
 (inside epoch 4, after 120 of its batches); :func:`list_checkpoints` orders them by training
@@ -202,13 +205,23 @@ def save_checkpoint(path, arrays, meta):
 
 # ---------------------------------------------------------------------------- load
 
-def _entry_header(zf, info, file_size):
-    """(shape, dtype) of one ``.npy`` entry, checked against the zip's sizes."""
-    if info.compress_type != zipfile.ZIP_STORED:
+class _Refused(Exception):
+    """An entry that reads fine but is not what an .npz of scratchvae may hold (the message's tail)."""
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_DEFLATED_OK = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+
+
+def _entry_header(zf, info, file_size, compressed):
+    """(shape, dtype) of one ``.npy`` entry, checked against the zip's sizes; deflated entries
+    only where ``compressed``."""
+    if info.compress_type not in (_DEFLATED_OK if compressed else (zipfile.ZIP_STORED,)):
         raise ValueError(f"entry {info.filename!r} is compressed (method {info.compress_type})")
     if info.flag_bits & 0x1:
         raise ValueError(f"entry {info.filename!r} is encrypted")
-    if info.compress_size != info.file_size or info.header_offset + info.file_size > file_size:
+    stored = info.compress_type == zipfile.ZIP_STORED
+    if (stored and info.compress_size != info.file_size) or info.header_offset + info.compress_size > file_size:
         raise ValueError(f"entry {info.filename!r} claims {info.file_size} bytes, more than the file holds")
     with zf.open(info) as fp:
         version = np.lib.format.read_magic(fp)
@@ -220,51 +233,68 @@ def _entry_header(zf, info, file_size):
             raise ValueError(f"entry {info.filename!r} has unsupported .npy version {version}")
         header_len = fp.tell()
     if dtype.hasobject:
-        raise CheckpointError(
-            f"entry {info.filename[:-4]!r} holds pickled Python objects; refusing to load it "
-            "(checkpoints contain numeric arrays only)"
-        )
+        raise _Refused(f"entry {info.filename[:-4]!r} holds pickled Python objects; refusing to load it "
+                       "(only numeric arrays are read)")
     if header_len + math.prod(shape) * dtype.itemsize != info.file_size:
         raise ValueError(f"entry {info.filename!r}: header shape {shape} {dtype} does not match its size")
     return shape, dtype
 
 
-def _read_npz(path):
-    """Every entry of the archive at ``path`` (arrays, meta array), read eagerly."""
+def _file_size(path, what, error):
+    """The size of the file at ``path`` once it looks like an .npz; else ``error`` saying what it is."""
     try:
         with open(path, "rb") as f:
-            magic = f.read(4)
-            file_size = os.fstat(f.fileno()).st_size
+            magic = f.read(len(_NPY_MAGIC))
+            size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
+        raise error(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a folder, not an .npz file") from None
     except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
-    if file_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); the write that made it did not finish")
-    if magic not in _ZIP_MAGIC:
-        raise CheckpointError(f"checkpoint {path} is not an .npz archive (starts with {magic!r})")
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if size == 0:
+        raise error(f"{what} {path} is empty (0 bytes)")
+    if magic.startswith(_NPY_MAGIC):
+        raise error(f"{what} {path} is not an .npz archive (it is a .npy file, one array: np.savez writes "
+                    f"an .npz of named arrays)")
+    if magic[:4] not in _ZIP_MAGIC:
+        raise error(f"{what} {path} is not an .npz archive (starts with {magic[:4]!r})")
+    return size
+
+
+def read_npz(path, *, what="checkpoint", error=CheckpointError, names=None, compressed=False):
+    """The entries of the .npz at ``path`` (name -> array), read eagerly; only those of ``names``
+    if given (the others are not read). The one reader of every .npz scratchvae opens.
+
+    Trusts nothing: a file that is missing, a folder, empty, not a zip, cut short or corrupted
+    (a failed CRC), an entry whose header disagrees with the zip's sizes, or pickled objects,
+    each raise ``error`` naming ``what`` and the file ("damaged or truncated" for what the zip
+    and .npy readers reject). ``compressed``: deflated entries (``np.savez_compressed``) are
+    read too; checkpoints are stored uncompressed.
+    """
+    path = Path(path)
+    file_size = _file_size(path, what, error)
     try:
         with np.load(path, allow_pickle=False) as npz:
             infos = npz.zip.infolist()
-            names = [i.filename for i in infos]
-            if len(set(names)) != len(names):
+            found = [i.filename for i in infos]
+            if len(set(found)) != len(found):
                 raise ValueError("duplicate entry names")
-            for name in names:
+            for name in found:
                 if not name.endswith(".npy"):
                     raise ValueError(f"unexpected entry {name!r}")
-            headers = {i.filename[:-4]: _entry_header(npz.zip, i, file_size) for i in infos}
+            headers = {i.filename[:-4]: _entry_header(npz.zip, i, file_size, compressed) for i in infos
+                       if names is None or i.filename[:-4] in names}
             entries = {}
             for key, (shape, dtype) in headers.items():
                 arr = npz[key]
                 if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != dtype:
                     raise ValueError(f"entry {key!r} did not read back as its header says")
                 entries[key] = arr
-    except CheckpointError:
-        raise
+    except _Refused as exc:
+        raise error(f"{what} {path}: {exc}") from None
     except _READ_ERRORS as exc:
-        raise CheckpointError(
-            f"checkpoint {path} is damaged or truncated ({type(exc).__name__}: {exc})"
-        ) from None
+        raise error(f"{what} {path} is damaged or truncated ({type(exc).__name__}: {exc})") from None
     return entries
 
 
@@ -326,7 +356,7 @@ def load_checkpoint(path, *, expected=None):
     reported in one CheckpointError. Arrays not named in ``expected`` are returned as well.
     """
     path = Path(path)
-    entries = _read_npz(path)
+    entries = read_npz(path)
     meta = _parse_meta(path, entries)
     for name, arr in entries.items():
         if name.startswith("__"):
@@ -341,14 +371,7 @@ def load_checkpoint(path, *, expected=None):
 def read_meta(path):
     """Only the metadata of the checkpoint at ``path`` (its arrays are not read)."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            entries = {META_KEY: npz[META_KEY]}
-    except CheckpointError:
-        raise
-    except _READ_ERRORS as exc:
-        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(exc).__name__}: {exc})") from None
-    return _parse_meta(path, entries)
+    return _parse_meta(path, read_npz(path, names=(META_KEY,)))
 
 
 # ---------------------------------------------------------------------------- config
@@ -460,17 +483,24 @@ def list_checkpoints(ckpt_dir):
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(ckpt_dir, epoch=None):
-    """The newest checkpoint in ``ckpt_dir``, or the end-of-epoch checkpoint of ``epoch``."""
+def latest_checkpoint(ckpt_dir, epoch=None, finished=False):
+    """The newest checkpoint in ``ckpt_dir``, or the end-of-epoch checkpoint of ``epoch``; with
+    ``finished``, the newest end-of-epoch checkpoint (a mid-epoch one is a model between two
+    epochs' ends)."""
     found = list_checkpoints(ckpt_dir)
     if not found:
         raise CheckpointError(f"no checkpoints in {ckpt_dir}")
-    if epoch is None:
+    ends = [_progress(p.name)[0] for p in found if _progress(p.name)[1] == math.inf]
+    if epoch is None and not finished:
         return found[-1]
+    if epoch is None and ends:
+        return Path(ckpt_dir) / checkpoint_name(ends[-1])
+    if epoch is None:
+        raise CheckpointError(f"no end-of-epoch checkpoint in {ckpt_dir} yet; the newest is {found[-1].name}, "
+                              f"inside epoch {_progress(found[-1].name)[0]} (name it with --checkpoint to use it)")
     wanted = Path(ckpt_dir) / checkpoint_name(epoch)
     if wanted in found:
         return wanted
-    ends = [_progress(p.name)[0] for p in found if _progress(p.name)[1] == math.inf]
     available = ", ".join(map(str, ends)) if ends else "none"
     raise CheckpointError(
         f"no end-of-epoch checkpoint for epoch {epoch} in {ckpt_dir}; "

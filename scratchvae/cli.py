@@ -9,6 +9,7 @@ this module renders its callbacks (a tqdm bar on a terminal, one labelled line p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import inspect
 import json
@@ -201,15 +202,20 @@ def _add_data_flags(g, d):
     g.add_argument("--test-fraction", type=_open_fraction, metavar="F",
                    help="own data without a test split: hold out this part of the images, chosen by --seed "
                         f"(default {DEFAULT_TEST_FRACTION})")
-    g.add_argument("--image-shape", type=_image_shape, metavar="H,W[,C]",
-                   help="own flat data (N, D): the image shape its rows unflatten to, for the figures")
+    _add_own_image_shape_flag(g)
     g.add_argument("--data-dir", metavar="DIR", help="mnist / fashion-mnist: read the four IDX files (raw or .gz) "
-                   "from DIR instead of downloading them into the cache")
+                   "from DIR instead of downloading them into the cache; with --resume on one's own data that "
+                   "moved: the folder now holding its .npz or image folder")
     g.add_argument("--binarize", default=d["binarize"], choices=BINARIZE,
                    help="make pixels 0/1: once per image (static) or at every step (dynamic)")
     g.add_argument("--corrupt", default=d["corrupt"], metavar="SPEC", type=_library_check(parse_corrupt,
                    "none, gaussian:S (S > 0) or mask:P (0 < P < 1)"),
                    help="denoising: none, gaussian:S (add S·N(0, 1)) or mask:P (zero pixels with probability P)")
+
+
+def _add_own_image_shape_flag(g):
+    g.add_argument("--image-shape", type=_image_shape, metavar="H,W[,C]",
+                   help="own flat data (N, D): the image shape its rows unflatten to, for the figures")
 
 
 def _add_model_flags(m, d):
@@ -295,25 +301,48 @@ def _add_evaluate(sub):
 
     e = _verb(sub, "evaluate", "score a run: test −ELBO, importance-sampled log p(x), active units, linear probe")
     e.add_argument("run_dir", metavar="RUN", help="a run folder (as written by train)")
-    e.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
+    _add_checkpoint_flags(e)
     e.add_argument("--limit", type=_positive_int, metavar="N", help="use the first N test images (default: all)")
     e.add_argument("--ks", type=_ks, default=",".join(map(str, DEFAULT_KS)), metavar="K,K,...",
                    help="importance samples K per image, comma-separated")
-    e.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is read (default: where it was)")
+    _add_run_data_flags(e)
     e.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_run_data_flags(p):
+    """--dataset and --data-dir: where a verb that reads a run's data finds them."""
+    p.add_argument("--dataset", metavar="PATH", help="the run's own data (an .npz or image folder) at another "
+                   "path, after they moved; accepted when they are the data the run recorded")
+    p.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is read: the folder of the IDX files "
+                   "(mnist, fashion-mnist), or the folder now holding the run's own .npz or image folder "
+                   "(default: where it was)")
+
+
+def _add_checkpoint_flags(p):
+    """--epoch and --checkpoint: which checkpoint of RUN a reading verb uses."""
+    p.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
+    p.add_argument("--checkpoint", metavar="FILE", help="a checkpoint of the run to use instead, by file name or "
+                   "path; a mid-epoch one (epoch-0004-batch-000034.npz, written by an interrupt) is used only so")
 
 
 def _view_arguments(s, d):
     from .backend import BACKENDS
 
     s.add_argument("run_dir", metavar="RUN", help="a run folder (as written by train)")
-    s.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
+    _add_checkpoint_flags(s)
     s.add_argument("--n", type=_positive_int, default=d["n"], help="how many prior samples to decode")
     s.add_argument("--seed", type=_seed, default=d["view_seed"], help="seeds every random choice of the figures")
     s.add_argument("--sample-x", action="store_true", help="draw pixels from p(x|z) instead of decoder means")
     s.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
+    _add_image_shape_flag(s)
+
+
+def _add_image_shape_flag(p):
+    p.add_argument("--image-shape", type=_image_shape, metavar="H,W[,C]",
+                   help="draw each image as H,W[,C] (H·W·C values: the data's width); for flat data that "
+                        "recorded no image shape (default: the data's own)")
 
 
 def _add_sample(sub, d):
@@ -331,7 +360,7 @@ def _add_plot(sub, d):
     _view_arguments(s, d)
     s.add_argument("--out", metavar="DIR", help="folder for the figures (default: RUN/figures)")
     s.add_argument("--format", default="png", choices=sorted(set(FORMATS.values())), help="the figures' file format")
-    s.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is read (default: where it was)")
+    _add_run_data_flags(s)
 
 
 def _add_encode(sub):
@@ -346,8 +375,8 @@ def _add_encode(sub):
     e.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images of the split")
     e.add_argument("--sample", action="store_true", help="also one z ~ q(z|x) per image (the model's eval stream)")
     e.add_argument("--out", type=_npz_file, metavar="FILE.npz", help="where to write (default: RUN/codes-<split>.npz)")
-    e.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
-    e.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is read (default: where it was)")
+    _add_checkpoint_flags(e)
+    _add_run_data_flags(e)
     e.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
 
 
@@ -360,7 +389,8 @@ def _add_decode(sub):
     d.add_argument("codes", metavar="CODES.npz", help="an .npz with z or mu of shape (N, latent), as encode writes")
     d.add_argument("--out", type=_image_output, metavar="FILE", help="a figure (.png, .pdf, .svg, .jpg) of the "
                    "decoder means, or an .npz holding them as x (default: RUN/decoded.png)")
-    d.add_argument("--epoch", type=_positive_int, help="the end-of-epoch checkpoint to use (default: the newest)")
+    _add_image_shape_flag(d)
+    _add_checkpoint_flags(d)
     d.add_argument("--backend", choices=BACKENDS, help="array backend (default: the run's own if usable)")
 
 
@@ -374,6 +404,7 @@ def _add_compare(sub, d):
     c.add_argument("--dataset", default=d["dataset"], metavar="NAME|PATH",
                    help=f"the data, as for train: {', '.join(DATASETS)}, or a labelled .npz or image folder")
     c.add_argument("--data-dir", metavar="DIR", help="mnist / fashion-mnist: read the IDX files from DIR")
+    _add_own_image_shape_flag(c)
     c.add_argument("--epochs", type=_positive_int, default=d["epochs"], metavar="N", help="epochs per model")
     c.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], metavar="B", help="images per step")
     c.add_argument("--hidden", type=_hidden, default=d["hidden"], metavar="SIZES", help="encoder layer sizes")
@@ -509,11 +540,18 @@ def _refuse_data_dir(a, dataset):
                  f"not to {dataset}")])
 
 
-def _run_data(run, data_dir, progress=None):
-    """A run's (train, test): its dataset, split and shaped as when it was trained."""
-    tc = run.train_config
-    return _load_data(tc.dataset, data_dir or run.config.get("data_dir"), progress, test_fraction=tc.test_fraction,
-                      seed=run.config["model"].get("seed", 0), image_shape=tc.image_shape)
+def _run_data(run, a, progress=None):
+    """A run's (train, test): its data, where they were or where --dataset / --data-dir say they
+    are now, split and shaped as when it was trained, and checked against its fingerprint."""
+    from .data.fingerprint import check_fingerprint, locate
+
+    tc, recorded = run.train_config, (run.config.get("data") or {}).get("fingerprint")
+    dataset, data_dir = locate(tc.dataset, run.config.get("data_dir"), a.dataset if "dataset" in a.given else None,
+                               a.data_dir, fingerprinted=recorded is not None)
+    train, test = _load_data(dataset, data_dir, progress, test_fraction=tc.test_fraction,
+                             seed=run.config["model"].get("seed", 0), image_shape=tc.image_shape)
+    check_fingerprint(recorded, train, test, dataset)
+    return train, test
 
 
 def _shown(v):
@@ -523,7 +561,9 @@ def _shown(v):
 
 
 def _refuse_differences(a, run):
-    """--resume: refuse every flag given with a value other than the run's, naming each."""
+    """--resume: refuse every flag given with a value other than the run's, naming each (one's own
+    data may have moved: --dataset is checked against the run's fingerprint instead)."""
+    from .data import DATASETS
     from .errors import InputError
     from .inputs import parse_corrupt
     from .likelihoods import parse_sigma
@@ -536,7 +576,8 @@ def _refuse_differences(a, run):
     recorded = {**_model_defaults(), **run.config["model"], **vars(run.train_config)}
     recorded.update({k: v for k, v in _unset_as_flags().items() if recorded.get(k) is None})
     diffs = []
-    for dest in sorted(a.given & recorded.keys() - set(RESUMABLE)):
+    moves = {"dataset"} if run.train_config.dataset not in DATASETS else set()
+    for dest in sorted(a.given & recorded.keys() - set(RESUMABLE) - moves):
         same = canonical.get(dest, lambda v: v)
         if same(getattr(a, dest)) != same(recorded[dest]):
             diffs.append(f"{_flag_name(dest)} {_shown(getattr(a, dest))} (the run has {_shown(recorded[dest])})")
@@ -545,7 +586,7 @@ def _refuse_differences(a, run):
     if diffs:
         raise InputError(f"--resume {a.resume}: {'; '.join(diffs)}: a resumed run keeps its settings "
                          f"(start a new run to change them; --epochs, --backend, --no-graph, --quiet, "
-                         f"--keep and --data-dir may change)")
+                         f"--keep and --data-dir may change, and --dataset for one's own data that moved)")
 
 
 def _unset_as_flags():
@@ -633,8 +674,10 @@ def _apply_preset(a):
 
 
 def _train_new(a):
+    from .data.fingerprint import data_record
     from .likelihoods import LIKELIHOODS
     from .model import VAE
+    from .plots import tile_shape
     from .runs import REPLACES, TrainConfig
 
     _refuse_train_flags(a)
@@ -656,15 +699,19 @@ def _train_new(a):
                       lr_schedule=None if a.lr_schedule == "constant" else a.lr_schedule, adam_eps=a.adam_eps,
                       output_bias=None if a.output_bias == "zero" else a.output_bias).validate()
     info = {"data_dir": str(Path(a.data_dir).resolve()) if a.data_dir else None, "command": _command(a),
-            "data": {"image_shape": train.image_shape, "classes": train.classes}}
+            "data": data_record(train, test)}
     if into != out:
         info[REPLACES] = out.name
     print(f"training {model} on {a.dataset} ({train.images.shape[0]} train, {test.images.shape[0]} test) -> "
           + (f"{into}, to replace {out} once complete" if into != out else f"{out}"), flush=True)
     from .train import fit
 
-    return _train(a, into, out if into != out else None, fit, model, train.images, test.images,
-                  config=cfg, run_dir=into, keep=a.keep, run_info=info)
+    status = _train(a, into, out if into != out else None, fit, model, train.images, test.images,
+                    config=cfg, run_dir=into, keep=a.keep, run_info=info)
+    if tile_shape(train.images.shape[1], train.image_shape) is None:      # said once the run is there
+        print(f"scratchvae: note: the data are vectors of {train.images.shape[1]} values with no image shape: the "
+              f"figures that draw images (plot, sample, decode, compare) need --image-shape H,W[,C]", file=sys.stderr)
+    return status
 
 
 def _refuse_train_flags(a):
@@ -721,10 +768,11 @@ def _dataset_name(dataset):
 def _train(a, folder, replacing, train, *args, **kwargs):
     """Run ``train`` (fit or resume) with ``args`` into ``folder``, render it, report an interrupt
     or a failure, and move a completed run that replaces another (``replacing``) into its place."""
-    from .runs import finish_replacement
+    from .runs import finish_replacement, writing
     from .train import Interrupted
 
-    with _Progress(a.quiet) as progress, _StopFlag() as stop:
+    with writing(replacing) if replacing else contextlib.nullcontext(), _Progress(a.quiet) as progress, \
+            _StopFlag() as stop:          # the run to replace has one writer too: this command
         try:
             train(*args, callback=progress, should_stop=stop, graph=False if a.no_graph else None, **kwargs)
         except Interrupted as e:
@@ -735,7 +783,7 @@ def _train(a, folder, replacing, train, *args, **kwargs):
             partial = (f"the partial new run is in {folder} (continue it with: {_resume_command(a, folder)})"
                        if folder.exists() else "no new run was written")
             raise type(e)(f"{e}; the run in {replacing} is untouched, {partial}") from None
-    moved = finish_replacement(folder)
+        moved = finish_replacement(folder)
     if moved is not None:
         print(f"the new run replaced the old one in {moved}")
     return 0
@@ -758,30 +806,35 @@ def _interrupted(a, e, run_dir, replacing, progress, signum):
 
 
 def _train_resume(a):
-    from .errors import InputError
-    from .runs import REPLACES, finish_replacement, load_run
-    from .train import resume
+    from .runs import writing
 
     _refuse(a, [("overwrite", True, "--overwrite does not apply to --resume (a resumed run stays where it is)"),
                 ("no_graph", "backend" in a.given and a.backend == "numpy",
                  "--no-graph applies to --backend cupy or auto; numpy runs each step eagerly anyway")])
+    with writing(a.resume):        # before it is read: what is read is what is continued
+        return _resume_held(a)
+
+
+def _resume_held(a):
+    from .errors import InputError
+    from .runs import REPLACES, finish_replacement, load_run
+    from .train import resume
+
     run = load_run(a.resume, backend=a.backend if "backend" in a.given else None)
     _refuse_differences(a, run)
-    _refuse_data_dir(a, run.train_config.dataset)
-    done, batch, epochs = run.meta["epoch"], run.meta.get("batch", 0), run.train_config.epochs
-    if "epochs" in a.given:
-        epochs = a.epochs
-        if epochs < done + (1 if batch else 0):
-            raise InputError(f"--epochs is the total number of epochs: the run has finished {done}"
-                             + (f" and is inside epoch {done + 1}" if batch else "") + f", got --epochs {epochs}")
-    elif epochs <= done:
+    done, batch = run.meta["epoch"], run.meta.get("batch", 0)
+    epochs = a.epochs if "epochs" in a.given else run.train_config.epochs
+    if epochs < done or (batch and epochs <= done):
+        raise InputError(f"--epochs is the total number of epochs: the run has finished {done}"
+                         + (f" and is inside epoch {done + 1}" if batch else "") + f", got --epochs {epochs}")
+    if epochs <= done:               # finished: whether --epochs names its own total or not, nothing to do
         if run.config.get(REPLACES):     # complete, but killed before it replaced the old run
             print(f"the new run replaced the old one in {finish_replacement(a.resume)}")
             return 0
         raise InputError(f"the run in {a.resume} has finished its {done} epochs; "
                          f"pass --epochs N (N > {done}) to train it further")
     with _Progress(a.quiet) as progress:
-        train, test = _run_data(run, a.data_dir, progress.download)
+        train, test = _run_data(run, a, progress.download)
     print(f"resuming {a.resume} at epoch {done}" + (f", batch {batch}" if batch else "") + f" -> {epochs} epochs",
           flush=True)
     replaces = run.config.get(REPLACES)
@@ -791,12 +844,19 @@ def _train_resume(a):
                   **({"keep": a.keep} if "keep" in a.given else {}))
 
 
-def _run_and_data(a, progress=None):
+def _reader_run(a):
+    """The run of a verb that reads it, at the checkpoint --epoch or --checkpoint names (default:
+    the newest end-of-epoch one)."""
     from .runs import load_run
 
-    run = load_run(a.run_dir, epoch=a.epoch, backend=a.backend)
-    _refuse_data_dir(a, run.train_config.dataset)
-    train, test = _run_data(run, a.data_dir, progress)
+    _refuse(a, [("epoch", a.checkpoint is not None,
+                 f"--checkpoint names a checkpoint itself; --epoch {a.epoch} does not apply with it")])
+    return load_run(a.run_dir, epoch=a.epoch, backend=a.backend, checkpoint=a.checkpoint, finished=True)
+
+
+def _run_and_data(a, progress=None):
+    run = _reader_run(a)
+    train, test = _run_data(run, a, progress)
     return run, train, test
 
 
@@ -812,17 +872,21 @@ def cmd_evaluate(a):
 
 def cmd_sample(a):
     from .plots import sample_figure
-    from .runs import load_run
 
-    run = load_run(a.run_dir, epoch=a.epoch, backend=a.backend)
+    run = _reader_run(a)
     out = Path(a.out or Path(a.run_dir) / "samples.png")
-    sample_figure(run.model, n=a.n, seed=a.seed, draw=a.sample_x, path=out, image_shape=_image_shape_of(run))
+    sample_figure(run.model, n=a.n, seed=a.seed, draw=a.sample_x, path=out, image_shape=_image_shape_of(run, a))
     print(out)
     return 0
 
 
-def _image_shape_of(run):
-    """The image shape a run's data were recorded with (None: older runs, square images)."""
+def _image_shape_of(run, a):
+    """The image shape a run's images are drawn in: --image-shape (checked against the data's width),
+    else the one its data were recorded with (None: older runs, flat data, square images)."""
+    from .data.dataset import check_image_shape
+
+    if a.image_shape is not None:
+        return check_image_shape(a.image_shape, run.model.input_dim)
     shape = (run.config.get("data") or {}).get("image_shape")
     return tuple(shape) if shape else None
 
@@ -840,7 +904,7 @@ def cmd_encode(a):
     x = _prepare(images, run.model, run.train_config, stream, a.split)   # binarised as in training
     codes = encode_images(run.model, x, labels, sample=a.sample)
     out = Path(a.out or Path(a.run_dir) / f"codes-{a.split}.npz")
-    write_codes(out, codes, {"run": str(Path(a.run_dir).resolve()), "epoch": run.meta.get("epoch"),
+    write_codes(out, codes, {"run": str(Path(a.run_dir).resolve()), **run.position,
                              "split": a.split, "posterior": run.model.posterior.name, "sampled": a.sample})
     shapes = ", ".join(f"{k} {v.shape}" for k, v in codes.items())
     print(f"{out}: {shapes}")
@@ -850,35 +914,46 @@ def cmd_encode(a):
 def cmd_decode(a):
     from .codes import decode_codes, read_codes
     from .plots import _tile, grid_figure
-    from .runs import load_run
 
-    run = load_run(a.run_dir, epoch=a.epoch, backend=a.backend)
-    pixels, which = decode_codes(run.model, read_codes(a.codes))
     out = Path(a.out or Path(a.run_dir) / "decoded.png")
-    if out.suffix.lower() == ".npz":
+    figure = out.suffix.lower() != ".npz"
+    _refuse(a, [("image_shape", not figure, f"--image-shape draws a figure; --out {out} holds the pixels")])
+    run = _reader_run(a)
+    shape = _tile(run.model, image_shape=_image_shape_of(run, a)) if figure else None
+    pixels, which = decode_codes(run.model, read_codes(a.codes))
+    if figure:
+        grid_figure(pixels, shape, out, f"decoder means of {len(pixels)} codes ({which}) — {Path(a.codes).name}")
+    else:
         from .codes import write_codes
 
         write_codes(out, {"x": pixels}, {"decoded": which, "codes": str(a.codes)})
-    else:
-        shape = _tile(run.model, image_shape=_image_shape_of(run))
-        grid_figure(pixels, shape, out, f"decoder means of {len(pixels)} codes ({which}) — {Path(a.codes).name}")
     print(f"decoded {which} of {len(pixels)} codes -> {out}")
     return 0
 
 
 def cmd_plot(a):
-    from .plots import plot_run
+    from .plots import figure_plan, plot_run
+    from .runs import writing
 
-    run, train, test = _run_and_data(a)
     out = Path(a.out or Path(a.run_dir) / "figures")
-    for p in plot_run(run, train, test, out_dir=out, n=a.n, seed=a.seed, draw=a.sample_x, fmt=a.format):
-        print(p)
+    inside = out.resolve().is_relative_to(Path(a.run_dir).resolve())
+    with writing(a.run_dir) if inside else contextlib.nullcontext():      # figures written into the run
+        run, train, test = _run_and_data(a)
+        shape = _image_shape_of(run, a) if a.image_shape else None        # else the data's own
+        drawn = plot_run(run, train, test, out_dir=out, n=a.n, seed=a.seed, draw=a.sample_x, fmt=a.format,
+                         image_shape=shape)
+    print("\n".join(map(str, drawn)))
+    for kind, why in figure_plan(run, train, test, shape).items():
+        if why:
+            print(f"scratchvae: note: skipped {kind}.{a.format}: {why}", file=sys.stderr)
     return 0
 
 
 def cmd_compare(a):
     from .compare import compare_models
+    from .data.fingerprint import data_record
     from .errors import InputError
+    from .plots import image_tile
     from .runs import check_run_dir, staged_dir
 
     _refuse_data_dir(a, a.dataset)
@@ -887,12 +962,13 @@ def cmd_compare(a):
         raise InputError(f"--out {out} exists and is not empty; choose another folder")
     check_run_dir(out, what="--out")
     with _Progress(a.quiet) as progress:
-        train, test = _load_data(a.dataset, a.data_dir, progress.download, seed=a.seed)
+        train, test = _load_data(a.dataset, a.data_dir, progress.download, seed=a.seed, image_shape=a.image_shape)
         _check_batch_size(a.batch_size, train)
+        image_tile(train.images.shape[1], train.image_shape)      # the figures draw images: a shape, before training
         with staged_dir(out) as folder:
             res = compare_models(train, test, epochs=a.epochs, batch_size=a.batch_size, hidden=a.hidden, lr=a.lr,
                                  seed=a.seed, backend=a.backend, out=folder / "compare.png", run_dir=folder,
-                                 callback=progress, run_info={"command": _command(a)})
+                                 callback=progress, run_info={"command": _command(a), "data": data_record(train, test)})
     for name, acc in res["probe_accuracy"].items():
         print(f"{name:8s} linear-probe accuracy {acc:.3f}  (run: {out / name})")
     print(out / "compare.png")
@@ -905,7 +981,14 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, 
 
 
 def main(argv=None):
+    from .console import quiet_when_closed
+
     argv = sys.argv[1:] if argv is None else list(argv)
+    with quiet_when_closed():      # a closed pipe (scratchvae train | head -1) ends no run
+        return _run_command(argv)
+
+
+def _run_command(argv):
     a = build_parser().parse_args(argv)
     a.argv, a.given = argv, getattr(a, "given", frozenset())
     try:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .errors import CheckpointError, InputError
+from .checkpoint import META_KEY, read_npz, save_checkpoint
+from .errors import InputError
 from .evaluate import EVAL_BATCH
 
 
@@ -63,14 +63,8 @@ def write_codes(path, codes, meta):
 
 
 def read_codes(path):
-    """{name: array} of an .npz of codes: one :func:`write_codes` wrote, or any plain .npz of
-    arrays (an edited copy saved with ``np.savez``)."""
-    path = Path(path)
-    try:
-        return load_checkpoint(path)[0]
-    except CheckpointError:                     # not scratchvae's: a plain npz of arrays is fine
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError) as err:
-            raise InputError(f"{path} is not an .npz file of codes ({err})") from None
+    """{name: array} of an .npz of codes: one :func:`write_codes` wrote (its metadata left out), or
+    any plain .npz of arrays (an edited copy saved with ``np.savez`` or ``np.savez_compressed``)."""
+    codes = read_npz(path, what="codes", error=InputError, compressed=True)
+    codes.pop(META_KEY, None)
+    return codes

@@ -44,6 +44,7 @@ import numpy as np
 from .backend import backend_of
 from .errors import InputError
 from .inputs import STATIC_TEST_STREAM, STATIC_TRAIN_STREAM, binarize_static, prepare_images
+from .runs import position_label
 
 EVAL_BATCH = 1000
 
@@ -310,10 +311,11 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
     Every product (the test −ELBO's, the importance sampling's encoder and decoder, the codes)
     runs in the model's precision (fp32, tf32 or bf16), which the result names.
 
-    Returns a JSON-able dict: ``epoch``, ``mode``, ``likelihood``, ``binarize``, ``n_test``,
-    ``precision``, ``posterior`` / ``objective`` / ``iw_samples`` where not the defaults,
-    ``test_elbo`` {loss, recon, kl} per image (one z per image; ``loss`` is −L_K for an
-    ``objective='iwae'`` model, see :func:`evaluate_elbo`), ``log_px``
+    Returns a JSON-able dict: ``epoch`` (and ``batch`` for a mid-epoch checkpoint, see
+    :attr:`Run.position <scratchvae.runs.Run.position>`), ``checkpoint`` (its file name), ``mode``,
+    ``likelihood``, ``binarize``, ``n_test``, ``precision``, ``posterior`` / ``objective`` /
+    ``iw_samples`` where not the defaults, ``test_elbo`` {loss, recon, kl} per image (one z per
+    image; ``loss`` is −L_K for an ``objective='iwae'`` model, see :func:`evaluate_elbo`), ``log_px``
     {K: {mean, se, gain, gain_se}} (gain: mean rise over the smallest K with its paired SE;
     None for an 'ae' run, with ``log_px_note``), ``active_units`` {count, of, threshold,
     variances}, ``probe_accuracy`` (μ codes of up to ``probe_limit`` train images -> test
@@ -330,7 +332,7 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
     xtest = _prepare(images, model, tc, STATIC_TEST_STREAM, "test")
     xtrain = _prepare(train.images[:probe_limit], model, tc, STATIC_TRAIN_STREAM, "train")
 
-    res = {"epoch": run.meta.get("epoch"), "mode": model.mode, "likelihood": model.likelihood.name,
+    res = {**run.position, "checkpoint": run.checkpoint.name, "mode": model.mode, "likelihood": model.likelihood.name,
            "units": model.likelihood.units, "binarize": tc.binarize, "dataset": tc.dataset,
            "n_test": int(xtest.shape[0]), **model.config_extras(), "precision": model.precision.name}
     res["test_elbo"] = evaluate_elbo(model, xtest)
@@ -368,7 +370,7 @@ def _prepare(images, model, tc, stream_id, what):
 def format_report(res) -> str:
     """A readable multi-line report of :func:`evaluate_run`'s dict."""
     extras = "".join(f" · {k} {res[k]}" for k in ("posterior", "objective", "iw_samples") if k in res)
-    lines = [f"epoch {res.get('epoch')} · {res.get('mode')} · {res.get('likelihood')}{extras} · "
+    lines = [f"{position_label(res)} · {res.get('mode')} · {res.get('likelihood')}{extras} · "
              f"binarize {res.get('binarize')} · {res['n_test']} test images · products in "
              f"{res.get('precision', 'fp32')}"]
     e = res["test_elbo"]

@@ -46,9 +46,10 @@ point of the AE/KL-only/VAE comparison).
 from __future__ import annotations
 
 import contextlib
-
+import dataclasses
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 from statistics import NormalDist
@@ -56,8 +57,10 @@ from statistics import NormalDist
 import numpy as np
 
 from .backend.random import Stream
+from .checkpoint import temp_path
 from .errors import InputError
 from .inputs import prepare_images
+from .runs import position_label
 
 DPI = 100
 FIGSIZE = {
@@ -128,14 +131,18 @@ def figure_format(path):
 
 
 def _save(plt, fig, path):
-    """Write ``fig`` to ``path`` in the format its name asks for (parents created) and close it,
-    whatever happens."""
+    """Write ``fig`` to ``path`` in the format its name asks for (parents created; through a
+    temporary file, so a failed write leaves whatever was there) and close it, whatever happens."""
+    path = tmp = Path(path)
     try:
-        path = Path(path)
         fmt = figure_format(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=DPI, format=fmt, metadata=_UNDATED[fmt])
+        tmp = temp_path(path)           # atomic: the file is the whole figure, or the one before it
+        fig.savefig(tmp, dpi=DPI, format=fmt, metadata=_UNDATED[fmt])
+        os.replace(tmp, path)
     except OSError as err:
+        if tmp != path:
+            tmp.unlink(missing_ok=True)
         raise InputError(f"could not write the figure {path}: {err.strerror or err}") from None
     finally:
         plt.close(fig)
@@ -153,20 +160,30 @@ def _describe(model):
 
 
 # -- arrays ------------------------------------------------------------------------------------
-def _tile(model, data=None, image_shape=None):
-    """The (H, W) or (H, W, C) each row of the model's data is drawn as: ``image_shape``, else the
-    dataset's, else a square of the input's size."""
-    shape = image_shape if image_shape is not None else getattr(data, "image_shape", None)
-    if shape is not None:
-        shape = tuple(int(d) for d in shape)
-        if int(np.prod(shape)) != model.input_dim:
-            raise InputError(f"image_shape {shape} does not hold the model's {model.input_dim} values per image")
+def tile_shape(width, image_shape=None):
+    """The (H, W) or (H, W, C) each row of ``width`` values is drawn as: ``image_shape``, else a
+    square of that size; None where there is neither."""
+    if image_shape is not None:
+        shape = tuple(int(d) for d in image_shape)
+        if int(np.prod(shape)) != width:
+            raise InputError(f"image_shape {shape} does not hold the model's {width} values per image")
         return shape
-    side = math.isqrt(model.input_dim)
-    if side * side != model.input_dim:
-        raise InputError(f"the images have no shape to be drawn in: {model.input_dim} values per image is not a "
+    side = math.isqrt(width)
+    return (side, side) if side * side == width else None
+
+
+def image_tile(width, image_shape=None):
+    """:func:`tile_shape`, for a figure that draws images: InputError where there is none."""
+    shape = tile_shape(width, image_shape)
+    if shape is None:
+        raise InputError(f"the images have no shape to be drawn in: {width} values per image is not a "
                          f"square; give the data an image shape (--image-shape H,W[,C])")
-    return (side, side)
+    return shape
+
+
+def _tile(model, data=None, image_shape=None):
+    """The tile of the model's images: ``image_shape``, else the dataset's, else a square."""
+    return image_tile(model.input_dim, image_shape if image_shape is not None else getattr(data, "image_shape", None))
 
 
 def _positive(name, v):
@@ -708,40 +725,86 @@ def posterior_figure(models, test, path, n=MAX_ELLIPSES, seed=0):
 
 
 # -- everything for a run ----------------------------------------------------------------------------------
-def plot_run(run, train, test, out_dir, n=64, seed=0, draw=False, fmt="png"):
+def _shaped(test, image_shape):
+    """``test`` drawn as ``image_shape`` where one is given (a Dataset, checked by it)."""
+    return test if image_shape is None else dataclasses.replace(test, image_shape=tuple(image_shape))
+
+
+def figure_plan(run, train, test, image_shape=None):
+    """{figure kind: None where :func:`plot_run` draws it, else why it does not} (see plot_run)."""
+    model, test = run.model, _shaped(test, image_shape)
+    images = None if tile_shape(model.input_dim, getattr(test, "image_shape", None)) is not None else (
+        f"it draws images, and the data have no image shape ({model.input_dim} values per image; "
+        f"--image-shape H,W[,C] gives one)")
+    labelled = test.labels is not None and len(np.unique(np.asarray(test.labels))) >= 2 and \
+        (train is None or train.labels is not None)
+    return {
+        "latent": None, "manifold": images, "reconstructions": images,
+        "abstraction": images or (None if model.posterior.stochastic else
+                                  "a plain autoencoder ('ae') has no q(z|x) to draw codes from"),
+        "samples": images, "interpolation": images,
+        "arithmetic": images or (None if labelled else "it needs labelled data of two classes or more"),
+        "losses": None if run.history else "no epoch has finished yet",
+        "posteriors": None if model.latent == 2 else f"it draws 2-D latents; the model's is {model.latent}-D",
+    }
+
+
+@contextlib.contextmanager
+def _staged_figures(out):
+    """A hidden folder beside ``out`` to draw into; once the block completes its files replace
+    their namesakes in ``out`` (made if need be), so a plot that fails leaves ``out`` as it was."""
+    made = [p for p in (out, *out.parents) if not p.exists()]          # the deepest first
+    tmp = temp_path(out)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        yield tmp
+        out.mkdir(exist_ok=True)
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, out / f.name)
+    except OSError as err:
+        raise InputError(f"could not write the figures into {out}: {err.strerror or err}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:                 # those still empty: the plot failed
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def plot_run(run, train, test, out_dir, n=64, seed=0, draw=False, fmt="png", image_shape=None):
     """Write figures 1–9 of a loaded run into ``out_dir``; returns the paths written.
 
     ``n``: prior samples in samples.png (reconstructions show min(n, 32) inputs); ``seed``:
     every random choice (see the module docstring); ``draw``: samples as pixels drawn from
-    p(x|z); ``fmt``: the files' format (png, pdf, svg or jpg). Images are drawn in the test
-    set's image shape. Skipped: abstraction for mode 'ae'; arithmetic without labels or with
-    fewer than two classes; losses when no epoch has finished; posteriors unless the latent is 2-D.
+    p(x|z); ``fmt``: the files' format (png, pdf, svg or jpg). Images are drawn in
+    ``image_shape``, else the test set's image shape. Skipped (:func:`figure_plan` says why):
+    the figures that draw images when the data have no image shape (and their width is not a
+    square); abstraction for mode 'ae'; arithmetic without labels or with fewer than two
+    classes; losses when no epoch has finished; posteriors unless the latent is 2-D. All
+    figures are drawn before any is written into ``out_dir``: a plot that fails changes nothing.
     """
     n = _positive("n", n)
-    model = run.model
+    model, test = run.model, _shaped(test, image_shape)
     _check_split(test)
     figure_format(f"figure.{fmt}")
+    plan = figure_plan(run, train, test)
+    position = getattr(run, "position", None) if isinstance(getattr(run, "meta", None), dict) else None
+    title = _describe(model) + (f", {position_label(position)}" if position and position["epoch"] else "")
+    makers = {
+        "latent": lambda p: latent_figure(model, test, p, seed=seed),
+        "manifold": lambda p: manifold_figure(model, test, p),
+        "reconstructions": lambda p: reconstruction_figure(model, test, p, n=min(n, 32), seed=seed),
+        "abstraction": lambda p: abstraction_figure(model, test, p, seed=seed),
+        "samples": lambda p: sample_figure(model, n, seed, draw, p, image_shape=_tile(model, test)),
+        "interpolation": lambda p: interpolation_figure(model, test, p, seed=seed),
+        "arithmetic": lambda p: arithmetic_figure(model, test, p, train=train, seed=seed),
+        "losses": lambda p: loss_figure(run.history, p, title=title, loss=f"−L_{model.iw_samples} "
+                                        "(importance-weighted bound)" if model.objective == "iwae" else None),
+        "posteriors": lambda p: posterior_figure(model, test, p, seed=seed),
+    }
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"could not create the folder {out}: {err.strerror or err}") from None
-    f = {k: out / Path(name).with_suffix(f".{fmt}") for k, name in FILES.items()}
-    paths = [latent_figure(model, test, f["latent"], seed=seed),
-             manifold_figure(model, test, f["manifold"]),
-             reconstruction_figure(model, test, f["reconstructions"], n=min(n, 32), seed=seed)]
-    if model.posterior.stochastic:
-        paths.append(abstraction_figure(model, test, f["abstraction"], seed=seed))
-    paths.append(sample_figure(model, n, seed, draw, f["samples"], image_shape=_tile(model, test)))
-    paths.append(interpolation_figure(model, test, f["interpolation"], seed=seed))
-    if test.labels is not None and len(np.unique(np.asarray(test.labels))) >= 2 and \
-            (train is None or train.labels is not None):
-        paths.append(arithmetic_figure(model, test, f["arithmetic"], train=train, seed=seed))
-    if run.history:
-        epoch = run.meta.get("epoch") if isinstance(getattr(run, "meta", None), dict) else None
-        title = _describe(model) + (f", epoch {epoch}" if epoch else "")
-        loss = f"−L_{model.iw_samples} (importance-weighted bound)" if model.objective == "iwae" else None
-        paths.append(loss_figure(run.history, f["losses"], title=title, loss=loss))
-    if model.latent == 2:
-        paths.append(posterior_figure(model, test, f["posteriors"], seed=seed))
-    return paths
+    names = [Path(FILES[kind]).with_suffix(f".{fmt}").name for kind in makers if plan[kind] is None]
+    with _staged_figures(out) as tmp:
+        for kind, name in zip([k for k in makers if plan[k] is None], names):
+            makers[kind](tmp / name)
+    return [out / name for name in names]

@@ -18,7 +18,8 @@ end-of-epoch checkpoints beyond the newest ``keep`` other than the best by test 
 Every checkpoint's metadata carries the metrics row of its last finished epoch, so a run
 killed between an epoch's checkpoint and its row loses nothing: :func:`load_run` rebuilds
 the row and :func:`scratchvae.train.resume` writes it back. Temporary files of a killed
-writer are removed when the run is next opened.
+writer are removed when the run is next opened. One process writes a run at a time: the
+writer holds RUN/.lock (:class:`WriterLock`), there only while it writes.
 
 A checkpoint is an ``.npz`` of host arrays plus JSON metadata (the file format, atomic
 writes and untrusting reads: :mod:`scratchvae.checkpoint`). Its schema is written once,
@@ -58,6 +59,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:            # no flock (Windows): there one writer per run is not enforced
+    fcntl = None
+
 from . import faults
 from .backend.random import Streams
 from .checkpoint import (
@@ -87,6 +93,8 @@ DEFAULT_KEEP = 3
 """End-of-epoch checkpoints a run keeps by default (the newest ones; plus the best by test loss)."""
 REPLACES = "replaces"
 """config.json key of a run trained to replace another (``train --overwrite``): that one's name."""
+LOCK = ".lock"
+"""The run folder's writer lock (see :class:`WriterLock`); there while a process writes the run."""
 
 
 OPTIONAL_FIELDS = ("test_fraction", "image_shape", "lr_schedule", "adam_eps", "output_bias")
@@ -388,11 +396,12 @@ def save_training_checkpoint(run_dir, model, opt, cfg, state, row=None):
 def staged_dir(target):
     """A new folder ``.<name>.tmp-<pid>`` beside ``target`` to fill; renamed onto ``target``
     (which must not exist, or be an empty folder) when the block completes, removed if the
-    block fails. Leftovers of killed processes staging the same name are removed first."""
+    block fails. What killed processes left staged in that folder, whatever its name, is
+    removed first."""
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(target.parent, target.name)
+        remove_stale_temps(target.parent)
         tmp = temp_path(target)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -462,31 +471,147 @@ def prune_checkpoints(ckpt_dir, keep=DEFAULT_KEEP, best=None):
     return removed
 
 
+# -- one writer per run ------------------------------------------------------------------------------
+_HELD = {}
+"""The writer locks this process holds: the real path of the run folder -> its WriterLock."""
+
+
+def _same_file(fd, path):
+    """Whether the open file ``fd`` is the one at ``path`` (not one unlinked or replaced since)."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+class WriterLock:
+    """One writer per run folder: an exclusive ``fcntl.flock`` on RUN/.lock, taken by every command
+    that writes the run and held until it ends (readers take none).
+
+    The file holds the holder's PID, so a second writer is refused naming it. The lock is the
+    operating system's, released when its process ends however it ends: the file a killed writer
+    leaves, and the PID in it (perhaps another process's by now), block no one. The holder removes
+    the file when it lets go; whoever opened it just before checks, once locked, that it is still
+    the file at RUN/.lock. A process taking a lock it holds already gets that one back (its
+    :meth:`release` then only undoes this :meth:`acquire`).
+    """
+
+    def __init__(self, folder):
+        self.folder, self.fd, self.depth = Path(folder), None, 0
+
+    def acquire(self):
+        """Take the lock (or count another use of the one this process holds); returns the holder."""
+        held = _HELD.get(os.path.realpath(self.folder))
+        if held is not None:
+            held.depth += 1
+            return held
+        if not self.folder.is_dir():
+            raise InputError(f"{self.folder} is not a scratchvae run: there is no such folder")
+        if fcntl is None:
+            return self
+        path = self.folder / LOCK
+        while self.fd is None:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise InputError(f"cannot lock {self.folder} for writing: {err.strerror or err}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise InputError(f"{self.folder} is being written by another process (PID {holder}): wait for "
+                                 f"it to end or stop it (one process writes a run at a time)") from None
+            if _same_file(fd, path):
+                self.fd = fd
+            else:                           # its holder removed it as we opened it: take the new one
+                os.close(fd)
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        self.depth = 1
+        _HELD[os.path.realpath(self.folder)] = self
+        return self
+
+    def moved(self, folder):
+        """The locked folder was renamed to ``folder`` (its lock file with it)."""
+        _HELD.pop(os.path.realpath(self.folder), None)
+        self.folder = Path(folder)
+        _HELD[os.path.realpath(self.folder)] = self
+
+    def release(self):
+        """Undo one :meth:`acquire`; the last removes RUN/.lock and lets go of the lock."""
+        self.depth -= 1
+        if self.depth > 0 or self.fd is None:
+            return
+        _HELD.pop(os.path.realpath(self.folder), None)
+        if _same_file(self.fd, self.folder / LOCK):
+            with contextlib.suppress(OSError):
+                (self.folder / LOCK).unlink()
+        os.close(self.fd)
+        self.fd = None
+
+
+@contextlib.contextmanager
+def writing(folder):
+    """Hold ``folder``'s writer lock (:class:`WriterLock`) for the block; yields the holder."""
+    lock = WriterLock(folder).acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 class RunWriter:
     """What a training run writes into its folder: config.json, checkpoints, metrics, pruning.
 
     ``doc``: config.json's document for a new run (the folder appears with the first
-    checkpoint, see the module docstring); a folder with config.json already is written into.
-    ``keep``: end-of-epoch checkpoints kept (None: all), plus the best by test loss if
-    ``keep_best``.
+    checkpoint, see the module docstring; a folder that another process created meanwhile is
+    not written into); a folder with config.json already is written into. Used as a context
+    manager, it holds the run's :class:`WriterLock`: from the start for a folder written into,
+    from its creation for a new run. ``keep``: end-of-epoch checkpoints kept (None: all), plus
+    the best by test loss if ``keep_best``.
     """
 
     def __init__(self, path, doc, keep=DEFAULT_KEEP, keep_best=True):
         self.path, self.doc, self.keep, self.keep_best = Path(path), doc, keep, keep_best
+        self.existing, self.lock = (self.path / CONFIG).exists(), None
+
+    def __enter__(self):
+        if self.existing:
+            self.lock = WriterLock(self.path).acquire()
+        return self
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def save(self, model, opt, cfg, state, row=None):
         """The checkpoint of this moment (creating the run's folder with the first); its path."""
-        if (self.path / CONFIG).exists():
+        if self.existing or self.lock is not None:
             try:
                 (self.path / CHECKPOINTS).mkdir(exist_ok=True)
             except OSError as err:
                 raise InputError(f"run_dir {self.path} is not writable: {err.strerror or err}") from None
             return save_training_checkpoint(self.path, model, opt, cfg, state, row)
+        if self.path.is_dir() and any(self.path.iterdir()):
+            raise InputError(f"{self.path} appeared while this run trained (another process made it); nothing of "
+                             f"this run was written, so that the two stay apart")
         arrays, meta = checkpoint_contents(model, opt, cfg, state, row)
-        with staged_dir(self.path) as tmp:
-            write_text(tmp / CONFIG, _dump(self.doc))
-            (tmp / CHECKPOINTS).mkdir()
-            save_checkpoint(tmp / CHECKPOINTS / checkpoint_file(state), arrays, meta)
+        lock = None
+        try:
+            with staged_dir(self.path) as tmp:
+                lock = WriterLock(tmp).acquire()
+                write_text(tmp / CONFIG, _dump(self.doc))
+                (tmp / CHECKPOINTS).mkdir()
+                save_checkpoint(tmp / CHECKPOINTS / checkpoint_file(state), arrays, meta)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        lock.moved(self.path)
+        self.lock = lock
         return self.path / CHECKPOINTS / checkpoint_file(state)
 
     def end_epoch(self, row, history):
@@ -516,14 +641,18 @@ def finish_replacement(run_dir):
     target = run_dir.parent / name
     trash = temp_path(target)
     faults.point("before-swap")
-    try:
-        if target.exists():
-            os.replace(target, trash)
-        os.replace(run_dir, target)
-        edit_config(target, lambda doc: doc.pop(REPLACES, None))
-    except OSError as err:
-        raise ScratchVAEError(f"could not move the new run {run_dir} onto {target}: "
-                              f"{err.strerror or err}") from None
+    with writing(target) if target.exists() else contextlib.nullcontext() as old, writing(run_dir) as new:
+        remove_stale_temps(target.parent)             # what killed writers staged beside them
+        try:
+            if old is not None:
+                os.replace(target, trash)
+                old.moved(trash)
+            os.replace(run_dir, target)
+            new.moved(target)
+            edit_config(target, lambda doc: doc.pop(REPLACES, None))
+        except OSError as err:
+            raise ScratchVAEError(f"could not move the new run {run_dir} onto {target}: "
+                                  f"{err.strerror or err}") from None
     shutil.rmtree(trash, ignore_errors=True)
     return target
 
@@ -553,20 +682,36 @@ class Run:
     checkpoint: Path
     state: TrainState = None
 
+    @property
+    def position(self):
+        """Where the loaded checkpoint stands, as its file name says: ``{"epoch": E}`` at the end
+        of epoch E, ``{"epoch": E, "batch": B}`` inside epoch E after B of its batches."""
+        done, batch = self.meta.get("epoch"), self.meta.get("batch", 0)
+        return {"epoch": done + 1, "batch": batch} if batch else {"epoch": done}
 
-def load_run(run_dir, epoch=None, backend=None, checkpoint=None) -> Run:
+
+def position_label(position):
+    """'epoch 3', or 'epoch 4, batch 34' for a position inside an epoch (see :attr:`Run.position`)."""
+    return f"epoch {position['epoch']}" + (f", batch {position['batch']}" if position.get("batch") else "")
+
+
+def load_run(run_dir, epoch=None, backend=None, checkpoint=None, finished=False) -> Run:
     """Load a run: the model (on ``backend``, default the run's), configs, history, optimizer
     state and training position.
 
-    ``epoch``: the end-of-epoch checkpoint to load (default: the newest checkpoint);
-    ``checkpoint``: a checkpoint file to load instead. The history is that of the loaded
+    ``epoch``: the end-of-epoch checkpoint to load (default: the newest checkpoint, or with
+    ``finished`` the newest end-of-epoch one); ``checkpoint``: a checkpoint file to load
+    instead (a bare file name is one of the run's). The history is that of the loaded
     checkpoint (see :func:`run_history`). Temporary files of killed writers are removed.
     """
     run_dir = Path(run_dir)
     config, model_kw, tc = read_config(run_dir)
     for folder in (run_dir, run_dir / CHECKPOINTS):   # what killed writers left
         remove_stale_temps(folder)
-    path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / CHECKPOINTS, epoch=epoch)
+    if checkpoint:
+        path = Path(checkpoint) if Path(checkpoint).name != str(checkpoint) else run_dir / CHECKPOINTS / checkpoint
+    else:
+        path = latest_checkpoint(run_dir / CHECKPOINTS, epoch=epoch, finished=finished)
     arrays, meta = load_checkpoint(path)
     _check_meta(path, meta, config, run_dir / CONFIG)
     model = VAE(backend=_backend(config, backend), **model_kw)

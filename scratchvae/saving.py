@@ -49,6 +49,11 @@ def model_settings(model):
 def load_model(cls, path, backend=None):
     """A ``cls`` (VAE) built from a file of :func:`save_model` or a run's checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a run folder, not a model file: load the run with scratchvae.load_run({str(path)!r}) "
+            f"(its .model is the VAE), or one of its checkpoints with VAE.load" if (path / "config.json").is_file()
+            else f"{path} is a folder, not a model file (VAE.load reads the .npz that VAE.save wrote)")
     arrays, meta = load_checkpoint(path)
     if meta.get("kind") == KIND and isinstance(meta.get("model"), dict):
         config = meta["model"]

@@ -30,6 +30,7 @@ uninterrupted one exactly on the same backend and thread settings.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,7 +97,9 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
         epoch's checkpoint is written.
     run_info : more entries for a new run's config.json (the command line records its own).
     on_ready : called with no arguments once every check has passed, before the first step
-        and before anything is written (:func:`resume` records itself there).
+        and before anything is written (:func:`resume` records itself there), with the run's
+        writer lock held (:class:`~scratchvae.runs.WriterLock`: a second process writing the
+        same run is refused, naming this one).
     Every ``NONFINITE_CHECK_EVERY`` steps (one host sync) and at the end of each epoch the
     losses since the last check are tested: a NaN/Inf raises :class:`NonFiniteError` naming
     the step. A checkpoint is never written from non-finite parameters.
@@ -105,9 +108,10 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
     loop = _prepare(model, train, test, config=config, run_dir=run_dir, callback=callback,
                     report_every=report_every, should_stop=should_stop, optimizer=optimizer, graph=graph,
                     state=state, keep=keep, keep_best=keep_best, run_info=run_info)
-    if on_ready is not None:
-        on_ready()
-    return loop.run()
+    with loop.writer if loop.writer is not None else contextlib.nullcontext():   # the run's writer lock
+        if on_ready is not None:
+            on_ready()
+        return loop.run()
 
 
 def _prepare(model, train, test, *, config, run_dir, callback, report_every, should_stop, optimizer,

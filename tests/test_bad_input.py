@@ -457,6 +457,72 @@ def _under_a_file(tmp_path):
     return tmp_path / "f" / "run"
 
 
+def _own_npz(tmp_path, name="own.npz", **arrays):
+    """A small .npz of one's own data (or, given ``arrays``, of those), the path."""
+    path = tmp_path / name
+    np.savez(path, **(arrays or {"x_train": np.random.default_rng(0).integers(0, 256, (200, 16), np.uint8)}))
+    return path
+
+
+def _codes(tmp_path):
+    return _own_npz(tmp_path, "codes.npz", mu=np.zeros((4, 2), np.float32))
+
+
+def _truncated(make):
+    def damage(tmp_path):
+        path = make(tmp_path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return path
+    return damage
+
+
+def _flipped(make):
+    """The file with one byte of an array's data flipped: its zip entry fails its CRC."""
+    def damage(tmp_path):
+        path = make(tmp_path)
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 3] ^= 0xFF
+        path.write_bytes(bytes(raw))
+        return path
+    return damage
+
+
+def _npy_named_npz(tmp_path):
+    path = tmp_path / "x.npz"
+    with open(path, "wb") as f:
+        np.save(f, np.zeros((4, 2), np.float32))
+    return path
+
+
+def _empty_npz(tmp_path):
+    path = tmp_path / "empty.npz"
+    path.write_bytes(b"")
+    return path
+
+
+def _folder_npz(tmp_path):
+    path = tmp_path / "x.npz"
+    path.mkdir()
+    return path
+
+
+def _zero_byte_image(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((4, 4), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    (folder / "9.png").write_bytes(b"")
+    return folder
+
+
+DAMAGED = {   # damaged files of each kind a verb reads, with what the one line must say
+    "truncated": (_truncated, "is damaged or truncated (BadZipFile"),
+    "flipped bytes": (_flipped, "is damaged or truncated (BadZipFile: Bad CRC-32"),
+}
+
+
 BAD_INVOCATIONS = {
     "no command": (lambda t, r: [], "required: COMMAND"),
     "--hidden abc": (lambda t, r: ["train", "--hidden", "abc"], "argument --hidden"),
@@ -492,6 +558,9 @@ BAD_INVOCATIONS = {
                               "--epochs is the total number of epochs: the run has finished 2, got --epochs 1"),
     "--resume a finished run": (lambda t, r: ["train", "--resume", str(r)],
                                 "has finished its 2 epochs; pass --epochs N (N > 2) to train it further"),
+    "--resume a finished run --epochs its own": (lambda t, r: ["train", "--resume", str(r), "--epochs", "2"],
+                                                 "has finished its 2 epochs; pass --epochs N (N > 2) to train it "
+                                                 "further"),
     "evaluate non-run dir": (lambda t, r: ["evaluate", str(_not_a_run(t))], "config.json is missing"),
     "evaluate --ks a,b": (lambda t, r: ["evaluate", str(r), "--ks", "a,b"], "argument --ks: expected comma-separated"),
     "evaluate --ks 0": (lambda t, r: ["evaluate", str(r), "--ks", "0,10"], "argument --ks: expected comma-separated"),
@@ -528,6 +597,24 @@ BAD_INVOCATIONS = {
                                              "--out", str(r)],
                                "nothing was written. Try a smaller --lr, --kl-warmup, or float64; the run in"),
     "compare --out not empty": (lambda t, r: ["compare", "--out", str(r)], "exists and is not empty"),
+    # damaged files: one line, nothing written
+    **{f"{verb} {name}": (lambda t, r, a=argv, d=damage(make): a(r, str(d(t))), words)
+       for verb, make, argv in (("train --dataset", _own_npz, lambda r, f: ["train", *TINY, "--dataset", f]),
+                                ("compare --dataset", _own_npz, lambda r, f: ["compare", "--quiet", "--dataset", f]),
+                                ("decode RUN", _codes, lambda r, f: ["decode", str(r), f]))
+       for name, (damage, words) in DAMAGED.items()},
+    ".npy named .npz as --dataset": (lambda t, r: ["train", *TINY, "--dataset", str(_npy_named_npz(t))],
+                                     "dataset (--dataset) {t}/x.npz is not an .npz archive (it is a .npy file"),
+    ".npy named .npz as codes": (lambda t, r: ["decode", str(r), str(_npy_named_npz(t))],
+                                 "codes {t}/x.npz is not an .npz archive (it is a .npy file"),
+    "empty .npz as --dataset": (lambda t, r: ["train", *TINY, "--dataset", str(_empty_npz(t))], "is empty (0 bytes)"),
+    "empty .npz as codes": (lambda t, r: ["decode", str(r), str(_empty_npz(t))], "is empty (0 bytes)"),
+    "a folder x.npz as --dataset": (lambda t, r: ["train", *TINY, "--dataset", str(_folder_npz(t))],
+                                    "holds no PNG or JPEG images"),
+    "a folder x.npz as codes": (lambda t, r: ["decode", str(r), str(_folder_npz(t))],
+                                "is a folder, not an .npz file"),
+    "a zero-byte image": (lambda t, r: ["train", *TINY, "--dataset", str(_zero_byte_image(t))],
+                          "9.png is not a readable PNG/JPEG image"),
 }
 
 
@@ -545,8 +632,17 @@ def test_cli_user_errors_are_one_line(name, run_copy, tmp_path, capsys):
     before = tree(tmp_path, run_copy)
     capsys.readouterr()
     line = one_line_error(capsys, run_main(argv))
-    assert words in line, line
+    assert words.format(t=tmp_path) in line, line
     assert tree(tmp_path, run_copy) == before
+
+
+def test_load_of_a_run_folder_says_it_is_a_run(run_copy, tmp_path):
+    with pytest.raises(CheckpointError, match=f"{run_copy} is a run folder, not a model file: .*load_run"):
+        VAE.load(run_copy)
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'x.npz'} is a folder, not a model file"):
+        VAE.load(_folder_npz(tmp_path))
+    with pytest.raises(CheckpointError, match="is damaged or truncated"):
+        VAE.load(_truncated(lambda t: VAE(input_dim=6, hidden=(3,), latent=2).save(t / "m.npz"))(tmp_path))
 
 
 def test_cli_fault_spec_typo_is_one_line(tmp_path, monkeypatch, capsys):

@@ -271,6 +271,48 @@ def test_an_interrupted_run_says_the_command_that_finishes_it(tmp_path, monkeypa
     assert all(np.array_equal(a[k], b[k]) for k in b if k.startswith("param/"))
 
 
+def test_the_readers_take_the_newest_finished_epoch_and_a_mid_epoch_checkpoint_only_when_named(tmp_path, monkeypatch,
+                                                                                                capsys):
+    """After a SIGINT inside epoch 2, evaluate (and encode) score epoch 1's checkpoint, as their
+    help says; the mid-epoch checkpoint is scored when named, labelled 'epoch 2, batch 20'."""
+    from scratchvae import faults
+
+    monkeypatch.setattr(faults, "mid_epoch_step", lambda step: step == 70 and os.kill(os.getpid(), signal.SIGINT))
+    run = tmp_path / "RUN"
+    assert main(["train", "--epochs", "3", *TINY, "--batch-size", "100", "--out", str(run)]) == 130
+    capsys.readouterr()
+    quick = ["--limit", "20", "--ks", "1", "--quiet"]
+    assert main(["evaluate", str(run), *quick, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["epoch"] == 1 and "batch" not in res and res["checkpoint"] == "epoch-0001.npz"
+    assert main(["evaluate", str(run), *quick]) == 0
+    assert capsys.readouterr().out.startswith("epoch 1 · vae")
+    for named in ("epoch-0002-batch-000020.npz", str(run / "checkpoints" / "epoch-0002-batch-000020.npz")):
+        assert main(["evaluate", str(run), *quick, "--json", "--checkpoint", named]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert (res["epoch"], res["batch"], res["checkpoint"]) == (2, 20, "epoch-0002-batch-000020.npz")
+    assert main(["evaluate", str(run), *quick, "--checkpoint", "epoch-0002-batch-000020.npz"]) == 0
+    assert capsys.readouterr().out.startswith("epoch 2, batch 20 · vae")
+    assert main(["encode", str(run), "--limit", "5", "--out", str(tmp_path / "c.npz")]) == 0
+    assert load_checkpoint(tmp_path / "c.npz")[1]["epoch"] == 1
+    assert main(["evaluate", str(run), "--epoch", "1", "--checkpoint", "epoch-0001.npz"]) == 2
+    assert "--checkpoint names a checkpoint itself; --epoch 1 does not apply with it" in capsys.readouterr().err
+
+
+def test_a_run_without_a_finished_epoch_is_read_only_when_its_checkpoint_is_named(tmp_path, monkeypatch, capsys):
+    from scratchvae import faults
+
+    monkeypatch.setattr(faults, "mid_epoch_step", lambda step: step == 20 and os.kill(os.getpid(), signal.SIGINT))
+    run = tmp_path / "RUN"
+    assert main(["train", "--epochs", "2", *TINY, "--batch-size", "100", "--out", str(run)]) == 130
+    capsys.readouterr()
+    assert main(["sample", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"scratchvae: error: no end-of-epoch checkpoint in {run / 'checkpoints'} yet; the newest is "
+        "epoch-0001-batch-000020.npz, inside epoch 1 (name it with --checkpoint to use it)")
+    assert main(["sample", str(run), "--checkpoint", "epoch-0001-batch-000020.npz", "--n", "4"]) == 0
+
+
 # ------------------------------------------------------------------------ --overwrite
 def test_overwrite_replaces_the_run_only_once_the_new_one_completes(run_copy, monkeypatch, capsys):
     from scratchvae import faults

@@ -256,3 +256,26 @@ def test_download_dataset_uses_injected_tables(server, tmp_path):
     mirror = _serve(server, "m", "ok", gz(RAW))
     paths = download_dataset("mnist", tmp_path, names=[NAME], mirrors=[mirror], sha256={NAME: SHA})
     assert paths == [tmp_path / f"{NAME}.gz"]
+
+
+def test_a_failed_download_leaves_no_cache_folder_and_names_data_dir(server, tmp_path, monkeypatch, capsys):
+    """Every mirror fails: the cache folders the download made (empty) are gone, and the one
+    line says how to read the files from a folder instead."""
+    from scratchvae.cli import main
+
+    monkeypatch.setitem(dl.MIRRORS, "mnist", (_serve(server, "down", "500"),))
+    monkeypatch.delenv("SCRATCHVAE_OFFLINE", raising=False)
+    monkeypatch.setenv("SCRATCHVAE_CACHE_DIR", str(tmp_path / "cache" / "root"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DownloadError, match="data_dir=FOLDER"):
+        load_dataset("mnist")
+    assert list(tmp_path.iterdir()) == []
+    assert main(["train", "--dataset", "mnist", "--quiet"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("scratchvae: error: could not download train-images-idx3-ubyte") and \
+        "--data-dir DIR" in line, line
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "cache").mkdir()                              # a folder that was there stays
+    with pytest.raises(DownloadError):
+        load_dataset("mnist")
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"] and list((tmp_path / "cache").iterdir()) == []

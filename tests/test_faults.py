@@ -23,6 +23,7 @@ import pytest
 from scratchvae import checkpoint as ckpt
 from scratchvae.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from scratchvae.cli import main
+from scratchvae.runs import load_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--hidden", "8", "--latent", "2", "--batch-size", "50", "--seed", "3", "--keep", "all", "--quiet"]
@@ -209,13 +210,16 @@ def test_killed_before_the_first_checkpoint_leaves_no_folder(tmp_path):
 
 def test_killed_while_writing_the_first_checkpoint_leaves_no_run(straight, tmp_path):
     """The folder appears with its first checkpoint, in one rename: a kill before that leaves
-    only the staged folder, hidden, which the next train into the same --out removes."""
+    only the staged folder, hidden, which the next run written beside it removes, whatever its
+    name."""
     run = tmp_path / "RUN"
     killed(train(run, 1, fault="before-rename"))
     staged = [p.name for p in tmp_path.iterdir()]
     assert not run.exists() and len(staged) == 1 and staged[0].startswith(".RUN.tmp-")
+    ok(train(tmp_path / "OTHER", 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["OTHER"]
     ok(train(run, 1))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["RUN"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["OTHER", "RUN"]
     assert_identical(ckpt_of(run, 1), ckpt_of(straight, 1))
 
 
@@ -261,11 +265,95 @@ def test_killed_before_an_overwrite_swaps_keeps_both_runs(one_epoch, tmp_path):
     shutil.copytree(one_epoch, run)
     old = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     killed(_cli("train", *TINY, "--epochs", "1", "--seed", "8", "--out", str(run), "--overwrite", fault="before-swap"))
-    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == old
+    assert (run / ".lock").read_text().strip().isdigit()     # the killed writer's lock file: it blocks nothing
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == old
     new = tmp_path / "RUN.new"
     assert json.loads((new / "config.json").read_text())["replaces"] == "RUN"
     r = _cli("train", "--resume", str(new), "--quiet")
     ok(r)
     assert f"the new run replaced the old one in {run}" in r.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["RUN"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RUN"] and not (run / ".lock").exists()
     assert json.loads((run / "config.json").read_text())["model"]["seed"] == 8
+
+
+# ------------------------------------------------------------------------ a closed output
+@pytest.mark.parametrize("closed, lines_read", [
+    (("stdout",), 1),                 # scratchvae train --epochs 5 | head -1
+    (("stdout",), 0),                 # ... | head -0: closed before the first line
+    (("stdout", "stderr"), 0),        # ... 2>&1 | head -0
+])
+def test_a_closed_output_neither_stops_the_run_nor_prints_a_traceback(straight, tmp_path, closed, lines_read):
+    """The reader of standard output (and error) goes away: the run trains all its epochs,
+    exactly as one that printed everything, and exits 0 without a word about the pipe."""
+    run = tmp_path / "RUN"
+    proc = subprocess.Popen([sys.executable, "-m", "scratchvae", "train", *TINY, "--epochs", "5", "--out", str(run)],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = [proc.stdout.readline() for _ in range(lines_read)]
+    for name in closed:
+        getattr(proc, name).close()
+    err = "" if "stderr" in closed else proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert all(line.startswith("training VAE") for line in first)
+    assert err == ""
+    assert rows(run) == rows(straight)[:5]
+    assert_identical(ckpt_of(run, 5), ckpt_of(straight, 5))
+
+
+# ------------------------------------------------------------------------ one writer per run
+def _until_it_trains(proc):
+    """Wait for a `train` subprocess's first line (its lock is taken before it)."""
+    line = proc.stdout.readline()
+    assert line.startswith(("training", "resuming")), line
+    return proc
+
+
+def test_a_second_writer_of_a_run_is_refused_naming_the_first(one_epoch, tmp_path):
+    """`train --resume R` twice at once: the second is refused, naming the first's PID, and so are
+    --overwrite and plot's figures; the readers read on. Once the first is killed, its lock blocks
+    nothing: R resumes, and every epoch has one metrics row."""
+    run = tmp_path / "RUN"
+    shutil.copytree(one_epoch, run)
+    first = _until_it_trains(subprocess.Popen(
+        [sys.executable, "-m", "scratchvae", "train", "--resume", str(run), "--epochs", "1000", "--quiet"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        for argv in (["train", "--resume", str(run), "--epochs", "3", "--quiet"],
+                     ["train", *TINY, "--epochs", "1", "--out", str(run), "--overwrite"],
+                     ["plot", str(run)]):
+            r = _cli(*argv)
+            assert r.returncode == 2 and r.stderr.splitlines() == [
+                f"scratchvae: error: {run} is being written by another process (PID {first.pid}): wait for it "
+                f"to end or stop it (one process writes a run at a time)"], (argv, r.stderr)
+        assert not run.with_name("RUN.new").exists() and not (run / "figures").exists()
+        for argv in (["evaluate", str(run), "--limit", "10", "--ks", "1", "--quiet"],
+                     ["sample", str(run), "--out", str(tmp_path / "s.png"), "--n", "4"],
+                     ["encode", str(run), "--out", str(tmp_path / "c.npz"), "--limit", "10"]):
+            ok(_cli(*argv))
+    finally:
+        first.kill()
+        first.wait()
+    done = load_run(run).meta["epoch"]
+    ok(resume(run, done + 1))
+    assert [r["epoch"] for r in rows(run)] == list(range(1, done + 2))
+    assert not (run / ".lock").exists()
+
+
+def test_an_overwrite_holds_the_old_run_and_the_new(one_epoch, tmp_path, monkeypatch):
+    """While --overwrite trains RUN.new to replace RUN, neither can be resumed by another process."""
+    from scratchvae import faults
+
+    run = tmp_path / "RUN"
+    shutil.copytree(one_epoch, run)
+    refused = {}
+
+    def meanwhile(step):          # inside the new run's epoch 2: RUN.new has its first checkpoint
+        if step == 150:
+            for target in (run, run.with_name("RUN.new")):
+                refused[target.name] = _cli("train", "--resume", str(target), "--epochs", "9", "--quiet")
+    monkeypatch.setattr(faults, "mid_epoch_step", meanwhile)
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(run), "--overwrite"]) == 0
+    assert sorted(refused) == ["RUN", "RUN.new"]
+    for name, r in refused.items():
+        assert r.returncode == 2 and f"is being written by another process (PID {os.getpid()})" in r.stderr, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RUN"] and not (run / ".lock").exists()
+    assert [r["epoch"] for r in rows(run)] == [1, 2]

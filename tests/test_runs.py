@@ -7,8 +7,10 @@ test_faults.py.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ import pytest
 from scratchvae import VAE
 from scratchvae.checkpoint import checkpoint_name, list_checkpoints, remove_stale_temps
 from scratchvae.errors import InputError, NonFiniteError
-from scratchvae.runs import METRICS, best_epoch, load_run, prune_checkpoints, staged_dir
+from scratchvae.runs import LOCK, METRICS, best_epoch, load_run, prune_checkpoints, staged_dir, writing
 from scratchvae.train import TrainConfig, fit, resume
 
 D = 10
@@ -103,6 +105,18 @@ def test_staged_folder_appears_whole_or_not_at_all(tmp_path):
     assert remove_stale_temps(tmp_path / "a") == []
 
 
+def test_a_dead_writers_staging_folders_go_when_their_folder_is_next_written(tmp_path):
+    """Whatever name they staged: the next folder staged beside them removes them (a live
+    writer's stays)."""
+    dead, alive = dead_pid(), os.getpid()
+    for name in (f".A.tmp-{dead}", f".B.new.tmp-{dead}", f".C.tmp-{alive}"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "checkpoints").mkdir()
+    with staged_dir(tmp_path / "D") as tmp:
+        (tmp / "x").write_text("1")
+    assert names(tmp_path) == [f".C.tmp-{alive}", "D"]
+
+
 # ------------------------------------------------------------------------ nothing before the first checkpoint
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
     m = model()
@@ -131,3 +145,76 @@ def test_lost_and_torn_metrics_rows_are_rebuilt_from_the_checkpoints(tmp_path):
     assert rows[:3] == hist and [r["epoch"] for r in rows] == [1, 2, 3, 4]
     (note,) = json.loads((tmp_path / "config.json").read_text())["resumes"]
     assert note["from"] == "checkpoints/epoch-0003.npz" and note["epochs"] == 4 and note["keep"] == "all"
+
+
+# ------------------------------------------------------------------------ one writer at a time
+HOLD = ("import sys, time; from scratchvae.runs import writing\n"
+        "with writing(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)")
+
+
+def _holder(folder):
+    """A process that holds ``folder``'s writer lock (until it is killed), once it says so."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                                             os.environ.get("PYTHONPATH", "")])})
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_never_blocks(tmp_path):
+    fit(model(), data(), config=TrainConfig(epochs=1, batch_size=8), run_dir=tmp_path)
+    assert LOCK not in names(tmp_path)                       # released and removed once the run is written
+    proc = _holder(tmp_path)
+    try:
+        with pytest.raises(InputError, match=f"{tmp_path} is being written by another process \\(PID {proc.pid}\\)"):
+            resume(load_run(tmp_path), data(), epochs=2)
+        with pytest.raises(InputError, match=f"PID {proc.pid}"):
+            with writing(tmp_path):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    assert LOCK in names(tmp_path)                           # the killed holder's file stays ...
+    resume(load_run(tmp_path), data(), epochs=2)              # ... and blocks nothing
+    assert [r["epoch"] for r in load_run(tmp_path).history] == [1, 2] and LOCK not in names(tmp_path)
+
+
+def test_a_lock_file_naming_a_live_process_that_holds_no_lock_blocks_nothing(tmp_path):
+    """A dead writer's PID reused by another process: the file names a live process, but no
+    process holds the lock, so the run is written."""
+    fit(model(), data(), config=TrainConfig(epochs=1, batch_size=8), run_dir=tmp_path)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        (tmp_path / LOCK).write_text(f"{sleeper.pid}\n")
+        resume(load_run(tmp_path), data(), epochs=2)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert [r["epoch"] for r in load_run(tmp_path).history] == [1, 2]
+
+
+def test_the_lock_is_one_per_process_and_nests(tmp_path):
+    with writing(tmp_path):
+        with writing(tmp_path):                               # the same process: no second lock
+            assert (tmp_path / LOCK).read_text() == f"{os.getpid()}\n"
+        assert LOCK in names(tmp_path)
+    assert names(tmp_path) == []
+
+
+def test_a_new_run_never_writes_into_a_run_another_process_created_meanwhile(tmp_path):
+    """Two new runs into one folder: the one that checkpoints second finds the folder taken and
+    stops, writing nothing there."""
+    other = tmp_path / "other"
+    fit(model(), data(), config=TrainConfig(epochs=1, batch_size=8), run_dir=other)
+    run = tmp_path / "RUN"
+
+    def meanwhile(event, info):
+        if event == "batch" and info["step"] == 2 and not run.exists():
+            shutil.copytree(other, run)                       # another process's first checkpoint
+    before = None
+    with pytest.raises(InputError, match=f"{run} appeared while this run trained .*nothing of this run was written"):
+        fit(model(), data(), config=TrainConfig(epochs=2, batch_size=8), run_dir=run, callback=meanwhile,
+            report_every=1)
+    before = {p.name: p.read_bytes() for p in other.rglob("*") if p.is_file()}
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert names(tmp_path) == ["RUN", "other"]

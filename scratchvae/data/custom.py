@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from scratchvae.backend.random import Stream
-from scratchvae.data.dataset import Dataset
+from scratchvae.checkpoint import read_npz
+from scratchvae.data.dataset import Dataset, check_image_shape
 from scratchvae.data.idx import find_idx_files
 from scratchvae.errors import DataError
 
@@ -83,11 +84,7 @@ def split_test(data, fraction, seed):
 # -- .npz ------------------------------------------------------------------------------------------
 def load_npz(path, image_shape=None):
     """``(train, test or None)`` from the arrays of an .npz file (see the module docstring)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files if k in NPZ_KEYS}
-    except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"{path} is not a readable .npz file of arrays ({err})") from None
+    arrays = read_npz(path, what="dataset (--dataset)", error=DataError, names=NPZ_KEYS, compressed=True)
     if "x_train" not in arrays:
         raise DataError(f"{path} must hold an array x_train (and optionally x_test, y_train, y_test), "
                         f"got {', '.join(sorted(arrays)) or 'none of them'}")
@@ -116,9 +113,9 @@ def _pixels(a, what, image_shape):
         raise DataError(f"{what}: images (N, H, W, C) must have C = 1 (grayscale) or 3 (RGB), got {a.shape}")
     if a.dtype.kind == "f":
         _check_unit_floats(a, what)
-    shape = a.shape[1:] if a.ndim > 2 else (tuple(image_shape) if image_shape is not None else None)
     if a.ndim > 2 and image_shape is not None:
         raise DataError(f"{what} are images of shape {a.shape[1:]}; image_shape (--image-shape) is for flat arrays")
+    shape = a.shape[1:] if a.ndim > 2 else (check_image_shape(image_shape, a.shape[1]) if image_shape else None)
     if shape is not None and len(shape) == 3 and shape[2] == 1:
         shape = shape[:2]
     return np.ascontiguousarray(a.reshape(len(a), -1)), shape

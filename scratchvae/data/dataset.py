@@ -57,6 +57,15 @@ class Dataset:
                        name or self.name, self.image_shape, self.classes, held_out)
 
 
+def check_image_shape(image_shape, width):
+    """``image_shape`` (H, W[, C]) as a tuple of ints, once it holds ``width`` values per image."""
+    shape = tuple(int(d) for d in image_shape)
+    if int(np.prod(shape)) != width:
+        raise DataError(f"image_shape (--image-shape) {','.join(map(str, shape))} holds {int(np.prod(shape))} "
+                        f"values per image; the data have {width}")
+    return shape
+
+
 def _describe(a):
     if hasattr(a, "dtype") and hasattr(a, "shape"):
         return f"{a.dtype} array of shape {tuple(a.shape)}"

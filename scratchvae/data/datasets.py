@@ -15,6 +15,7 @@ labels ``(N,)`` in 0..9. Where MNIST / Fashion-MNIST come from, in order:
 (see ``EMBEDDED.md``); it needs no files and no network.
 """
 
+import contextlib
 import os
 from importlib import resources
 from pathlib import Path
@@ -83,12 +84,28 @@ def load_dataset(name, data_dir=None, *, cache_dir=None, offline=None, progress=
                 f"{name}: {_wanted(missing)} not found in the cache {where} and downloads are "
                 f"off ({why}); pass data_dir=FOLDER holding the four IDX files, copy them into "
                 f"{where}, or allow downloads")
-        download_dataset(name, where, names=missing, progress=progress)
+        _download_into(name, where, missing, progress)
         found, missing = find_idx_files(where)
         if missing:  # e.g. a concurrent process removed them; say so rather than KeyError
             raise DataError(f"{name}: {_wanted(missing)} missing from {where} after download")
     verify_cached(where, found)
     return _load_split_pair(found, name)
+
+
+def _download_into(name, where, names, progress):
+    """Download ``names`` of ``name`` into the cache folder ``where``. If that fails, the folders
+    made for it go again where they are still empty, and the error says how to do without."""
+    made = [p for p in (where, *where.parents) if not p.exists()]        # the deepest first
+    try:
+        download_dataset(name, where, names=names, progress=progress)
+    except DataError as err:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if "data_dir" in str(err):
+            raise
+        raise type(err)(f"{err}; to do without the download, fetch the four IDX files (raw or .gz) some other "
+                        f"way and pass their folder as data_dir=FOLDER") from None
 
 
 def load_embedded():
