@@ -5,7 +5,8 @@ nothing large. "Large" is held to one rule everywhere it is tested: at its peak,
 step allocates **less than one (B, L) array of the model's dtype**, the smallest matrix of a
 batch the step holds (10 KiB at batch 128, L = 20, float32). Any temporary with a batch
 dimension (an (N, D), (K·N, L) or (N, L) array) exceeds it; what may remain are a few vectors of
-D or K·N entries and Python's own objects.
+D or K·N entries (the importance-weighted bound's per-row sums: smaller than (B, L) while K < L)
+and Python's own objects.
 
 NumPy's ufunc machinery allocates an iteration buffer of ``numpy.getbufsize()`` elements per
 operand for a ufunc over strided views (the head's column slices, say) or with a cast, freed

@@ -98,12 +98,13 @@ def assert_step_allocates_nothing_large(m, opt, batch=128):
     assert peak < threshold(m, batch), f"five steps allocated {peak} bytes at their peak"
 
 
-@pytest.mark.parametrize("kind", ["relu", "full", "iwae-full"])
+@pytest.mark.parametrize("kind", ["relu", "full"])
 def test_numpy_buffers_do_not_grow_with_the_batch(kind):
-    """With NumPy's default ufunc buffers (8192 elements per operand) a step's peak is NumPy's
-    iteration buffers for strided views, min(bufsize, elements) per operand: they fill up with
-    the batch and then stop, so the peak at batch 4096 is the peak at batch 1024: nothing a step
-    allocates grows with the batch. (tests/_alloc.py holds these buffers small.)"""
+    """With NumPy's default ufunc buffers (8192 elements per operand) an ELBO step's peak is
+    NumPy's iteration buffers for strided views, min(bufsize, elements) per operand: they fill up
+    with the batch and then stop, so the peak at batch 4096 is the peak at batch 1024.
+    (tests/_alloc.py holds these buffers small; an importance-weighted step also makes a few
+    vectors of K·B entries, which the rule there allows.)"""
     peaks = []
     for batch in (1024, 4096):
         m = VAE(hidden=(400,), latent=20, seed=0, **MODEL_KINDS[kind])
