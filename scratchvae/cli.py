@@ -893,15 +893,13 @@ def _image_shape_of(run, a):
 
 def cmd_encode(a):
     from .codes import encode_images, write_codes
-    from .evaluate import _prepare
-    from .inputs import STATIC_TEST_STREAM, STATIC_TRAIN_STREAM
+    from .inputs import prepare_split
 
     with _Progress(True) as progress:
         run, train, test = _run_and_data(a, progress.download)
     data = test if a.split == "test" else train
     images, labels = data.images[:a.limit], None if data.labels is None else data.labels[:a.limit]
-    stream = STATIC_TEST_STREAM if a.split == "test" else STATIC_TRAIN_STREAM
-    x = _prepare(images, run.model, run.train_config, stream, a.split)   # binarised as in training
+    x = prepare_split(images, run.model, run.train_config.binarize, a.split)   # binarised as in training
     codes = encode_images(run.model, x, labels, sample=a.sample)
     out = Path(a.out or Path(a.run_dir) / f"codes-{a.split}.npz")
     write_codes(out, codes, {"run": str(Path(a.run_dir).resolve()), **run.position,

@@ -18,23 +18,44 @@ import numpy as np
 
 from .checkpoint import META_KEY, read_npz, save_checkpoint
 from .errors import InputError
-from .evaluate import EVAL_BATCH
+
+
+EVAL_BATCH = 1000
+"""Images (or codes) per encoder (decoder) call when a whole split goes through a model."""
+
+
+def encode_batched(model, x, batch=EVAL_BATCH):
+    """The posterior's parameters of the prepared images ``x`` (N, D), each a backend array
+    (None where the posterior has no second one), encoded ``batch`` images at a time: the one
+    batched encode of evaluation, the figures and the codes."""
+    parts = [model.encode(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
+    return tuple(None if p[0] is None else model.xp.concatenate(p, axis=0) for p in zip(*parts))
+
+
+def decode_batched(model, z, batch=EVAL_BATCH):
+    """Decoder means E[x|z] of host codes ``z`` (N, L) as one host array of the model's dtype,
+    decoded ``batch`` codes at a time: the one batched decode of the figures and the codes."""
+    z = np.ascontiguousarray(z, dtype=model.dtype)
+    return np.concatenate([model.backend.to_host(model.decode_mean(model.backend.asarray(z[i:i + batch])))
+                           for i in range(0, len(z), batch)])
 
 
 def encode_images(model, x, labels=None, sample=False, batch=EVAL_BATCH):
-    """{name: host array} of q(z|x) for the prepared images ``x`` (N, D) on the model's backend."""
-    names = model.posterior.param_names
-    parts = {name: [] for name in names + (("z",) if sample else ())}
-    if sample and not model.posterior.stochastic:
-        raise InputError("--sample draws z ~ q(z|x); a plain autoencoder ('ae') has no q(z|x), its code is mu")
-    for i in range(0, x.shape[0], batch):
-        params = model.encode(x[i:i + batch])
-        for name, value in zip(names, params):
-            parts[name].append(model.backend.to_host(value))
-        if sample:
-            eps = model.rng["eval"].normal(params[0].shape, model.dtype.name)
-            parts["z"].append(model.backend.to_host(model.posterior.sample(params, eps)))
-    codes = {name: np.concatenate(values) for name, values in parts.items()}
+    """{name: host array} of q(z|x) for the prepared images ``x`` (N, D) on the model's backend:
+    the posterior's parameters under its names, ``y`` the labels if given, and with ``sample``
+    one z ~ q(z|x) per image from the model's 'eval' stream (drawn ``batch`` images at a time)."""
+    params = encode_batched(model, x, batch)
+    codes = {name: model.backend.to_host(p) for name, p in zip(model.posterior.param_names, params)}
+    if sample:
+        z = []
+        for i in range(0, x.shape[0], batch):
+            rows = tuple(None if p is None else p[i:i + batch] for p in params)
+            eps = model.posterior.draw_noise(model.rng["eval"], rows[0].shape, model.dtype.name)
+            if eps is None:
+                raise InputError("--sample draws z ~ q(z|x); a plain autoencoder ('ae') has no q(z|x), "
+                                 "its code is mu")
+            z.append(model.backend.to_host(model.posterior.sample(rows, eps)))
+        codes["z"] = np.concatenate(z)
     if labels is not None:
         codes["y"] = np.asarray(labels)
     return codes
@@ -51,10 +72,7 @@ def decode_codes(model, codes, batch=EVAL_BATCH):
                          f"{z.dtype} {z.shape}")
     if not np.isfinite(z).all():
         raise InputError(f"codes {which} hold non-finite values (NaN or Inf)")
-    z = np.ascontiguousarray(z, dtype=model.dtype)
-    out = [model.backend.to_host(model.decode_mean(model.backend.asarray(z[i:i + batch])))
-           for i in range(0, len(z), batch)]
-    return np.concatenate(out), which
+    return decode_batched(model, z, batch), which
 
 
 def write_codes(path, codes, meta):

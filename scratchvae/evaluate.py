@@ -43,10 +43,10 @@ import numpy as np
 
 from .backend import backend_of
 from .errors import InputError
-from .inputs import STATIC_TEST_STREAM, STATIC_TRAIN_STREAM, binarize_static, prepare_images
+from .codes import EVAL_BATCH, encode_batched
+from .inputs import prepare_split
+from .ops.iwae import log_weight_rows, logsumexp
 from .runs import position_label
-
-EVAL_BATCH = 1000
 
 MEMORY_BUDGET = 256 * 2**20     # bytes per decode chunk (approximate)
 ACTIVE_THRESHOLD = 0.01
@@ -77,12 +77,6 @@ def rows_per_chunk(model, budget=MEMORY_BUDGET):
     return max(1, int(budget // per_row))
 
 
-def _require_q(model):
-    if not model.posterior.stochastic:
-        raise InputError("IWAE needs a VAE: the model's mode is 'ae', which has no q(z|x) to "
-                         "sample from (use a 'vae' or 'kl-only' model)")
-
-
 def _log_weight_chunks(model, x, k, batch):
     """Yield (start, stop, log w) over chunks of images; log w: (n, k) float64 backend array."""
     xp, L, dt = model.xp, model.latent, model.dtype
@@ -94,18 +88,17 @@ def _log_weight_chunks(model, x, k, batch):
     for i in range(0, N, n_img):
         xb = x[i:i + n_img]
         n = xb.shape[0]
-        params = tuple(p[:, None, :] for p in model.encode(xb))          # each (n, 1, L)
+        params = tuple(None if p is None else p[:, None] for p in model.encode(xb))   # each (n, 1, …)
+        log_det = q.log_det_rows(params, dtype=np.float64)   # (n, 1): log |det ∂z/∂ε| (a point: refused)
         logw = xp.empty((n, k), dtype=np.float64)
         for k0 in range(0, k, k_chunk):
             kc = min(k_chunk, k - k0)
             eps = stream.normal((n, kc, L), dt.name)
             z = q.sample(params, eps)                                      # (n, kc, L)
-            log_q = q.log_q_rows(eps, params, dtype=np.float64)            # (n, kc)
-            log_pz = q.log_prior_rows(z, dtype=np.float64)
             y = model.decode(z.reshape(n * kc, L)).reshape(n, kc, -1)
             nll = lik.nll_rows(y, xb[:, None, :], model.params, dtype=np.float64)
             del y
-            logw[:, k0:k0 + kc] = log_pz - log_q - nll
+            logw[:, k0:k0 + kc] = log_weight_rows(eps, z, log_det, nll, dtype=np.float64)
         yield i, i + n, logw
 
 
@@ -115,7 +108,6 @@ def log_importance_weights(model, x, k, batch=None):
     x: (N, D) in the model's dtype and backend. Holds all N·k weights: for large N use
     :func:`iwae_estimates`, which reduces chunk by chunk.
     """
-    _require_q(model)
     k = check_ks([k])[0]
     batch = rows_per_chunk(model) if batch is None else _positive("batch", batch)
     parts = [w for _, _, w in _log_weight_chunks(model, x, k, batch)]
@@ -130,9 +122,7 @@ def logmeanexp_groups(logw, K):
     xp = backend_of(logw).xp
     n, k = logw.shape
     g = k // K
-    a = logw[:, :g * K].reshape(n, g, K)
-    m = xp.max(a, axis=2, keepdims=True)
-    lse = m[..., 0] + xp.log(xp.sum(xp.exp(a - m), axis=2))
+    lse = logsumexp(logw[:, :g * K].reshape(n, g, K), axis=2)
     return xp.mean(lse, axis=1) - math.log(K)
 
 
@@ -143,7 +133,6 @@ def iwae_estimates(model, x, ks=DEFAULT_KS, batch=None, progress=None):
     (image, sample) rows decoded at once (default: :func:`rows_per_chunk`).
     ``progress(done, N)`` is called after each chunk of images.
     """
-    _require_q(model)
     ks = check_ks(ks)
     model._check_x(x)
     batch = rows_per_chunk(model) if batch is None else _positive("batch", batch)
@@ -185,10 +174,7 @@ def evaluate_elbo(model, x, batch=EVAL_BATCH):
     tot = xp.zeros(3, dtype=np.float64)
     for i in range(0, x.shape[0], batch):
         xb = x[i:i + batch]
-        eps = None
-        if model.posterior.stochastic:
-            eps = model.rng["eval"].normal(model.eps_shape(xb.shape[0]), model.dtype.name)
-        r = model.loss_and_grads(xb, eps=eps, need_grads=False)
+        r = model.loss_and_grads(xb, eps=model.noise(xb.shape[0], model.rng["eval"]), need_grads=False)
         tot[0] += r.loss
         tot[1] += r.recon
         tot[2] += r.kl
@@ -198,8 +184,7 @@ def evaluate_elbo(model, x, batch=EVAL_BATCH):
 
 def encode_mean(model, x, batch=EVAL_BATCH):
     """μ(x) (N, L) on the model's backend, encoded in batches (the AE's code is its μ)."""
-    parts = [model.encode(x[i:i + batch])[0] for i in range(0, x.shape[0], batch)]
-    return model.xp.concatenate(parts, axis=0)
+    return encode_batched(model, x, batch)[0]
 
 
 def active_units(model, x, threshold=ACTIVE_THRESHOLD, batch=EVAL_BATCH):
@@ -288,9 +273,8 @@ def _softmax_scores(Xtr, Y, Xte, l2, iters):
     V = W.copy()
     for t in range(iters):
         S = A @ V
-        S -= S.max(axis=1, keepdims=True)  # softmax is shift-invariant: no overflow
-        P = np.exp(S)
-        P /= P.sum(axis=1, keepdims=True)
+        P = np.empty_like(S)
+        logsumexp(S, axis=1, weights=P)    # P = softmax(S) row-wise: e^{S − max}/Σ, no overflow
         grad = A.T @ (P - Y) / n + l2 * penal * V
         W_next = V - grad / lip
         V = W_next + (t / (t + 3)) * (W_next - W)
@@ -329,16 +313,16 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
     images, labels = test.images, test.labels
     if limit is not None:
         images, labels = images[:limit], None if labels is None else labels[:limit]
-    xtest = _prepare(images, model, tc, STATIC_TEST_STREAM, "test")
-    xtrain = _prepare(train.images[:probe_limit], model, tc, STATIC_TRAIN_STREAM, "train")
+    xtest = prepare_split(images, model, tc.binarize, "test")
+    xtrain = prepare_split(train.images[:probe_limit], model, tc.binarize, "train")
 
     res = {**run.position, "checkpoint": run.checkpoint.name, "mode": model.mode, "likelihood": model.likelihood.name,
            "units": model.likelihood.units, "binarize": tc.binarize, "dataset": tc.dataset,
            "n_test": int(xtest.shape[0]), **model.config_extras(), "precision": model.precision.name}
     res["test_elbo"] = evaluate_elbo(model, xtest)
-    if not model.posterior.stochastic:
+    if model.posterior.no_q_why is not None:          # a point code: nothing to importance-sample
         res["log_px"] = None
-        res["log_px_note"] = "IWAE needs a VAE: an 'ae' model has no q(z|x)"
+        res["log_px_note"] = f"IWAE needs a VAE: {model.posterior.no_q_why}"
     else:
         est = iwae_estimates(model, xtest, ks, batch, progress)
         base = est[ks[0]]
@@ -356,15 +340,6 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
                                          encode_mean(model, xtest), labels) if labelled else None
     res["n_probe_train"] = int(xtrain.shape[0]) if labelled else 0
     return res
-
-
-def _prepare(images, model, tc, stream_id, what):
-    x = prepare_images(images, model, what)
-    if tc.binarize != "none":
-        # the same draw as fit's: a stream's value i depends only on i, so binarising the
-        # first n images gives the first n rows of fit's binarisation of the whole split
-        x = binarize_static(x, model, stream_id)
-    return x
 
 
 def format_report(res) -> str:

@@ -72,8 +72,8 @@ def gradcheck_model(model, x, eps=None, target=None, **kwargs) -> dict:
     """
     if model.dtype != np.float64:
         raise InputError(f"gradcheck_model needs a float64 model, got {model.dtype}")
-    if eps is None and model.posterior.stochastic:
-        eps = model.rng["noise"].normal(model.eps_shape(x.shape[0]), "float64")
+    if eps is None:                      # None too for a point code, which takes no noise
+        eps = model.noise(x.shape[0], model.rng["noise"])
     res = model.loss_and_grads(x, eps=eps, target=target)
     grads = {k: model.xp.array(v, copy=True) for k, v in res.grads.items()}
 

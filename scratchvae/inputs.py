@@ -72,6 +72,21 @@ def binarize_static(x, model, stream_id):
     return sample_bernoulli(x, u, out=u)
 
 
+STATIC_STREAMS = {"train": STATIC_TRAIN_STREAM, "test": STATIC_TEST_STREAM}
+
+
+def prepare_split(images, model, binarize, split):
+    """A split's images as training prepares them (:func:`prepare_images`), binarised once by
+    the split's own static stream when ``binarize`` is not 'none': training's test split, a
+    static run's training split, and every split evaluation, the codes and the figures score.
+    The same draw as training's: a stream's value i depends only on i, so binarising the first
+    n images gives the first n rows of the whole split's binarisation."""
+    if binarize not in BINARIZE:
+        raise InputError(f"binarize must be one of {', '.join(BINARIZE)}, got {binarize!r}")
+    x = prepare_images(images, model, split)
+    return x if binarize == "none" else binarize_static(x, model, STATIC_STREAMS[split])
+
+
 def binarize_dynamic(x, u, stream):
     """A fresh Bernoulli draw of every pixel of ``x``, in place; ``u`` a scratch of x's shape."""
     stream.draw_uniform_into(u)

@@ -52,12 +52,12 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 
 from .backend.random import Stream
 from .checkpoint import temp_path
+from .codes import decode_batched, encode_batched
 from .errors import InputError
 from .inputs import prepare_images
 from .runs import position_label
@@ -85,7 +85,6 @@ STREAM_IDS = {"latent": 200, "reconstructions": 201, "abstraction": 202, "sample
 MAX_SCATTER = 2000     # test points in a scatter
 MAX_CLASS_MEAN = 10000  # images encoded for the class means of the attribute vectors
 MAX_ELLIPSES = 200     # test images whose posteriors are drawn
-_BATCH = 1000
 _PAD, _GAP, _PAD_VALUE = 2, 8, 0.35  # pixels between tiles, extra between groups, their gray
 
 
@@ -149,14 +148,10 @@ def _save(plt, fig, path):
     return path
 
 
-MODE_NAMES = {"vae": "VAE", "ae": "AE", "kl-only": "KL-only"}
-
-
 def _describe(model):
-    extra = model.config_extras()
-    more = (", full-covariance q" if "posterior" in extra else "") + (
-        f", IWAE K = {model.iw_samples}" if "objective" in extra else "")
-    return f"{MODE_NAMES[model.mode]}, L = {model.latent}, {model.likelihood.name}{more}"
+    """The model in a figure's title, from what its parts call themselves."""
+    return (f"{model.objective.model_name}, L = {model.latent}, {model.likelihood.name}"
+            f"{model.posterior.title_note}{model.objective.title_note}")
 
 
 # -- arrays ------------------------------------------------------------------------------------
@@ -214,23 +209,15 @@ def _unit_images(model, images):
 
 
 def _encode(model, images):
-    """μ and logvar (None for 'ae') of ``images`` as host float64 arrays, in batches."""
-    mus, lvs = [], []
-    for i in range(0, len(images), _BATCH):
-        mu, lv = model.encode(prepare_images(images[i:i + _BATCH], model, "images"))
-        mus.append(model.backend.to_host(mu))
-        if lv is not None:
-            lvs.append(model.backend.to_host(lv))
-    mu = np.concatenate(mus).astype(np.float64)
-    return mu, (np.concatenate(lvs).astype(np.float64) if lvs else None)
+    """The posterior's two parameters of ``images`` (μ and logvar or S; None for 'ae') as host
+    float64 arrays (codes.encode_batched)."""
+    params = encode_batched(model, prepare_images(images, model, "images"))
+    return tuple(None if p is None else model.backend.to_host(p).astype(np.float64) for p in params)
 
 
 def _decode(model, z):
-    """Decoder means of host codes ``z`` (K, L) as host float64 (K, D), in batches."""
-    z = np.ascontiguousarray(z, dtype=model.dtype)
-    out = [model.backend.to_host(model.decode_mean(model.backend.asarray(z[i:i + _BATCH])))
-           for i in range(0, len(z), _BATCH)]
-    return np.concatenate(out).astype(np.float64)
+    """Decoder means of host codes ``z`` (K, L) as host float64 (K, D) (codes.decode_batched)."""
+    return decode_batched(model, z).astype(np.float64)
 
 
 def _offsets(count, size, gaps=()):
@@ -359,29 +346,18 @@ def manifold_figure(model, test, path, k=15):
     k = _positive("k", k)
     images, _ = _check_split(test)
     side = _tile(model, test)
-    mu, lv = _encode(model, images)
     L = model.latent
     m = k * k if L == 1 else k  # L = 1: one path of k² values, read row by row
-    probs = (np.arange(m) + 0.5) / m
-    if not model.posterior.stochastic:
-        score, centre = mu.var(axis=0), mu.mean(axis=0)
-        score_what, unit = "variance of μ", ""
-        values = lambda j: np.quantile(mu[:, j], probs)  # noqa: E731
-    else:
-        score = kl_per_unit(model, mu, lv)
-        centre = np.zeros(L)
-        score_what, unit = "mean KL", " nats"
-        phi = np.array([NormalDist().inv_cdf(float(p)) for p in probs])
-        values = lambda j: phi  # noqa: E731
-    units = list(range(L)) if L <= 2 else [int(j) for j in np.argsort(-score, kind="stable")[:2]]
+    g = model.posterior.grid(_encode(model, images), (np.arange(m) + 0.5) / m)
+    units = list(range(L)) if L <= 2 else [int(j) for j in np.argsort(-g.score, kind="stable")[:2]]
     u, v = units[0], units[-1]
-    xv = values(u)
-    z = np.tile(centre, (k * k, 1))
+    xv = g.values[u]
+    z = np.tile(g.centre, (k * k, 1))
     if L == 1:
         z[:, u] = xv
         yv = xv[::k]  # each row's first value
     else:
-        yv = values(v)[::-1]  # image rows run top to bottom: largest z_v on top
+        yv = g.values[v][::-1]  # image rows run top to bottom: largest z_v on top
         z[:, u] = np.tile(xv, k)
         z[:, v] = np.repeat(yv, k)
     mosaic, ry, cx = _mosaic(_decode(model, z), k, k, side)
@@ -395,14 +371,9 @@ def manifold_figure(model, test, path, k=15):
         else:
             ax.set_ylabel(f"z{v + 1}")
             ax.set_xlabel(f"z{u + 1}")
-        grid = "Φ⁻¹ of evenly spaced probabilities" if model.posterior.stochastic else "empirical quantiles of μ"
-        if L <= 2:
-            chosen = ""
-        else:
-            held = "0" if model.posterior.stochastic else "mean μ"
-            chosen = (f"\nunits {u + 1}, {v + 1}: highest {score_what} ({score[u]:.3g}, {score[v]:.3g}{unit});"
-                      f" the other {L - 2} at {held}")
-        ax.set_title(f"Decoded latent grid ({grid})\n{_describe(model)}{chosen}", fontsize=10)
+        chosen = "" if L <= 2 else (f"\nunits {u + 1}, {v + 1}: highest {g.score_what} ({g.score[u]:.3g}, "
+                                     f"{g.score[v]:.3g}{g.unit}); the other {L - 2} at {g.centre_what}")
+        ax.set_title(f"Decoded latent grid ({g.values_what})\n{_describe(model)}{chosen}", fontsize=10)
     return Path(path)
 
 
@@ -434,8 +405,8 @@ def abstraction_figure(model, test, path, inputs=4, samples=10, seed=0):
 
     Not defined for mode 'ae' (no q(z|x)): raises InputError.
     """
-    if not model.posterior.stochastic:
-        raise InputError("the abstraction figure samples z ~ q(z|x): a plain autoencoder ('ae') has none")
+    if model.posterior.no_q_why is not None:
+        raise InputError(f"the abstraction figure samples z ~ q(z|x): {model.posterior.no_q_why}")
     inputs, samples = _positive("inputs", inputs), _positive("samples", samples)
     images, _ = _check_split(test)
     side = _tile(model, test)
@@ -478,9 +449,8 @@ def sample_figure(model, n, seed, draw, path, image_shape=None):
     if draw:
         mean = model.likelihood.draw(mean, model.params, _stream(model, seed, "samples-draw"))
     what = "pixels drawn from p(x|z)" if draw else "decoder means"
-    note = "" if model.posterior.stochastic else " (an AE has no prior)"
-    return grid_figure(model.backend.to_host(mean), side, path,
-                       f"{n} decodes of z ~ N(0, I){note}: {what}\n{_describe(model)}, seed {seed}")
+    return grid_figure(model.backend.to_host(mean), side, path, f"{n} decodes of z ~ N(0, I)"
+                       f"{model.posterior.prior_note}: {what}\n{_describe(model)}, seed {seed}")
 
 
 def grid_figure(images, image_shape, path, title):
@@ -674,15 +644,15 @@ def _posterior_panel(ax, model, name, images, labels, colours):
 
     mu, second = _encode(model, images)
     c = [colours[int(k)] for k in labels]
-    if not model.posterior.stochastic:
-        ax.scatter(mu[:, 0], mu[:, 1], c=c, s=6, linewidths=0)
+    if not model.posterior.stochastic:   # the one branch on it outside posteriors.py: a point is
+        ax.scatter(mu[:, 0], mu[:, 1], c=c, s=6, linewidths=0)          # drawn as a point, q as ellipses
         spread, what = np.zeros(len(mu)), "its codes z = μ(x): points"
     else:
         w, h, a = ellipse_axes(model.posterior.covariance((mu, second)))
         ax.add_collection(EllipseCollection(w, h, a, units="xy", offsets=mu, offset_transform=ax.transData,
                                             facecolors=[(*k[:3], 0.08) for k in c], edgecolors=c, linewidths=0.6))
         ax.add_patch(Circle((0, 0), 1.0, fill=False, linestyle="--", color="0.3", linewidth=0.8))
-        spread, what = w / 2, f"q(z|x) as 1-σ ellipses ({model.posterior.name} covariance)"
+        spread, what = w / 2, f"{model.posterior.label} as 1-σ ellipses"
     lo = np.quantile(mu - spread[:, None], 0.01, axis=0)
     hi = np.quantile(mu + spread[:, None], 0.99, axis=0)
     centre, half = (lo + hi) / 2, 0.54 * (hi - lo).max()          # a square window: circles stay round
@@ -701,7 +671,7 @@ def posterior_figure(models, test, path, n=MAX_ELLIPSES, seed=0):
     circle dashed; an autoencoder's code as a point. ``models``: a VAE or a dict name -> VAE
     (one panel each, left to right)."""
     n = _positive("n", n)
-    models = models if isinstance(models, dict) else {MODE_NAMES[models.mode]: models}
+    models = models if isinstance(models, dict) else {models.objective.model_name: models}
     bad = [k for k, m in models.items() if m.latent != 2]
     if not models or bad:
         raise InputError(f"the posterior figure draws 2-D latents: {', '.join(bad) or 'no model'} "
@@ -740,8 +710,7 @@ def figure_plan(run, train, test, image_shape=None):
         (train is None or train.labels is not None)
     return {
         "latent": None, "manifold": images, "reconstructions": images,
-        "abstraction": images or (None if model.posterior.stochastic else
-                                  "a plain autoencoder ('ae') has no q(z|x) to draw codes from"),
+        "abstraction": images or model.posterior.no_q_why,
         "samples": images, "interpolation": images,
         "arithmetic": images or (None if labelled else "it needs labelled data of two classes or more"),
         "losses": None if run.history else "no epoch has finished yet",

@@ -16,6 +16,7 @@ posterior turns them into a sample z and KL(q ‖ p) with p = N(0, I), and back:
 ``param_names``                             their names (the arrays ``scratchvae encode`` writes)
 ``config_entries()``                        what a model's configuration records of it
 ``label``, ``title_note``, ``prior_note``   what it is called, and what figure titles add
+``no_q_why``                                None, or why there is no q(z|x) to sample (a point)
 ``grid(params, probs)``                     where a figure's grid of codes runs, unit by unit
 ``sample(params, eps)``                     z from the parameters and standard normals ε
 ``std(params)``                             the standard deviation of each unit of q
@@ -54,6 +55,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .backend import xp_of
+from .errors import InputError
 from .ops import fullcov
 from .ops.gaussian import (
     LOGVAR_LIMIT,
@@ -84,7 +86,7 @@ class _Gaussian:
     prior, and the pieces of the importance-weighted objective."""
 
     stochastic = True
-    prior_note = ""
+    prior_note, no_q_why = "", None
 
     def grid(self, params, probs):
         """The prior's quantiles Φ⁻¹(p) for every unit, the others held at the prior's mean 0,
@@ -287,6 +289,7 @@ class PointMass:
 
     name = "point"
     label, title_note, prior_note = "point code z = μ(x)", "", " (an AE has no prior)"
+    no_q_why = "a plain autoencoder ('ae') has no q(z|x) to draw codes from"
     param_names = ("mu",)
     stochastic = False
 
@@ -330,6 +333,11 @@ class PointMass:
 
     def split(self, head):
         return head, None
+
+    def log_det_rows(self, params, dtype=None):
+        """A point has no density: importance sampling (log p(x)) needs a q(z|x) to sample."""
+        raise InputError("IWAE needs a VAE: a plain autoencoder ('ae') has no q(z|x) to sample from "
+                         "(use a 'vae' or 'kl-only' model)")
 
     def sample(self, params, eps):
         return params[0]

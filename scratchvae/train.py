@@ -40,7 +40,7 @@ import numpy as np
 from . import faults
 from .errors import InputError, NonFiniteError, ScratchVAEError
 from .evaluate import evaluate_elbo
-from .inputs import STATIC_TEST_STREAM, STATIC_TRAIN_STREAM, binarize_static, parse_corrupt, prepare_images
+from .inputs import parse_corrupt, prepare_split
 from .model import VAE
 from .runs import (  # noqa: F401  (load_run, Run, TrainConfig, make_optimizer, write_config: public here too)
     CONFIG,
@@ -154,8 +154,8 @@ def _start_output_bias(model, xtrain):
 
 def _prepare_data(model, train, test, cfg, state):
     """The training and test images on the model's backend, statically binarised if asked."""
-    xtrain = prepare_images(train, model, "train")
-    xtest = prepare_images(test, model, "test") if test is not None else None
+    xtrain = prepare_split(train, model, "static" if cfg.binarize == "static" else "none", "train")
+    xtest = prepare_split(test, model, cfg.binarize, "test") if test is not None else None
     n, B = xtrain.shape[0], cfg.batch_size
     if B > n:
         raise InputError(f"batch_size ({B}) is larger than the training set ({n} images)")
@@ -163,10 +163,6 @@ def _prepare_data(model, train, test, cfg, state):
     if perm is not None and (len(perm) != n or not np.array_equal(np.sort(perm), np.arange(n))):
         raise InputError(f"the mid-epoch checkpoint's permutation does not fit a training set of "
                          f"{n} images (it has {len(perm)} entries): resume with the run's own data")
-    if cfg.binarize == "static":
-        xtrain = binarize_static(xtrain, model, STATIC_TRAIN_STREAM)
-    if cfg.binarize != "none" and xtest is not None:
-        xtest = binarize_static(xtest, model, STATIC_TEST_STREAM)
     return xtrain, xtest
 
 

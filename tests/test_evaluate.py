@@ -34,10 +34,9 @@ from scratchvae.evaluate import (
     iwae_log_px,
     linear_probe,
     log_importance_weights,
-    _prepare,
 )
 from scratchvae.ops.gaussian import log_normal_rows, log_standard_normal_rows
-from scratchvae.inputs import STATIC_TEST_STREAM, binarize_static, prepare_images
+from scratchvae.inputs import STATIC_TEST_STREAM, binarize_static, prepare_images, prepare_split
 from scratchvae.ops.likelihoods import bernoulli_nll_rows, gaussian_nll_rows
 from scratchvae.ops.reference import bernoulli_nll, gaussian_nll
 from scratchvae.runs import write_config
@@ -301,7 +300,7 @@ def test_evaluate_run_binarizes_like_fit_and_reports(small_run):
     # the test images are fit's static binarisation: the first rows of the whole split's draw
     model = run.model
     full = binarize_static(prepare_images(test.images, model), model, STATIC_TEST_STREAM)
-    part = _prepare(test.images[:60], model, run.train_config, STATIC_TEST_STREAM, "test")
+    part = prepare_split(test.images[:60], model, run.train_config.binarize, "test")
     np.testing.assert_array_equal(part, full[:60])
     assert set(np.unique(part)) == {0.0, 1.0}
     text = format_report(res)
