@@ -320,6 +320,7 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
            "units": model.likelihood.units, "binarize": tc.binarize, "dataset": tc.dataset,
            "n_test": int(xtest.shape[0]), **model.config_extras(), "precision": model.precision.name}
     res["test_elbo"] = evaluate_elbo(model, xtest)
+    res["loss_label"], res["loss_adds_up"] = model.objective.label, model.objective.adds_up
     if model.posterior.no_q_why is not None:          # a point code: nothing to importance-sample
         res["log_px"] = None
         res["log_px_note"] = f"IWAE needs a VAE: {model.posterior.no_q_why}"
@@ -348,13 +349,13 @@ def format_report(res) -> str:
     lines = [f"{position_label(res)} · {res.get('mode')} · {res.get('likelihood')}{extras} · "
              f"binarize {res.get('binarize')} · {res['n_test']} test images · products in "
              f"{res.get('precision', 'fp32')}"]
-    e = res["test_elbo"]
-    if res.get("objective") == "iwae":
-        lines.append(f"test −L_{res['iw_samples']:<8d}{e['loss']:10.3f} nats/image  (its objective; one z per "
-                     f"image: recon {e['recon']:.3f}, kl {e['kl']:.3f})")
-    else:
-        lines.append(f"test −ELBO      {e['loss']:10.3f} nats/image  (recon {e['recon']:.3f} + kl {e['kl']:.3f}; "
+    e, label = res["test_elbo"], res.get("loss_label", "−ELBO")
+    if res.get("loss_adds_up", True):
+        lines.append(f"test {label:<11}{e['loss']:10.3f} nats/image  (recon {e['recon']:.3f} + kl {e['kl']:.3f}; "
                      f"one z per image)")
+    else:
+        lines.append(f"test {label:<11}{e['loss']:10.3f} nats/image  (its objective; one z per "
+                     f"image: recon {e['recon']:.3f}, kl {e['kl']:.3f})")
     lp = res.get("log_px")
     if lp is None:
         lines.append(f"log p(x)        n/a ({res.get('log_px_note', 'no q(z|x)')})")

@@ -5,7 +5,8 @@ objective at the points where objectives differ: between the encoder's head and 
 output, and back.
 
 ====================================  ==========================================================
-``label``, ``model_name``             what reports call its loss ("−ELBO", "−L_5", …) and the model
+``label``, ``long_label``, ``model_name``  what reports call its loss ("−ELBO", "−L_5", …), at length,
+                                      and the model
 ``title_note``                        what figure titles add for it (", IWAE K = 5")
 ``columns``                           the names of the three recorded loss columns (batch sums)
 ``samples``, ``eps_shape(n, L)``      z per image, and the shape of one call's noise ε
@@ -95,6 +96,7 @@ class ELBO:
     one z per image, the KL in closed form (the posterior's block)."""
 
     name, model_name, label, title_note = "elbo", "VAE", "−ELBO", ""
+    long_label = "−ELBO (recon + KL)"
     columns = ("neg_elbo", "recon", "kl")
     per_sample_keys = ("recon", "kl", "objective", "neg_elbo")
     samples, uses_beta, fits_data, adds_up = 1, True, True, True
@@ -195,6 +197,7 @@ class ImportanceWeighted:
     def __init__(self, samples):
         self.samples = samples
         self.label, self.title_note = f"−L_{samples}", f", IWAE K = {samples}"
+        self.long_label = f"−L_{samples} (importance-weighted bound)"
 
     def eps_shape(self, n, L):
         return (self.samples, n, L)

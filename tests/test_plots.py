@@ -239,3 +239,15 @@ def test_posterior_figure_ellipses_and_panels(data, tmp_path):
     np.testing.assert_allclose([w[0], h[0], abs(a[0]) % 180], [4.0, 1.0, 90.0], rtol=1e-12)
     with pytest.raises(InputError, match="the posterior figure draws 2-D latents: big has latent"):
         plots.posterior_figure({"big": VAE(hidden=(8,), latent=3)}, small, tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("name, label", [("vae2", "−ELBO (recon + KL)"), ("full2iw", "−L_2 (importance-weighted bound)")])
+def test_the_loss_curves_are_labelled_by_the_runs_objective(runs, data, tmp_path, monkeypatch, name, label):
+    """plot_run names the first panel as the run's objective does (an importance-weighted run's
+    −L_K, not −ELBO), asking the objective rather than comparing its name."""
+    seen = []
+    real = plots.loss_figure
+    monkeypatch.setattr(plots, "loss_figure", lambda history, path, title="", loss=None:
+                        (seen.append(loss), real(history, path, title=title, loss=loss))[1])
+    plots.plot_run(runs[name], *data, out_dir=tmp_path)
+    assert seen == [label]
