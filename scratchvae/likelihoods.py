@@ -49,7 +49,7 @@ class Bernoulli:
 
     @property
     def sigma(self):
-        return _sigma_text(self.kind, self.value)
+        return sigma_text(self.kind, self.value)
 
     def param_shapes(self, D):
         return {}
@@ -113,7 +113,7 @@ class Gaussian:
 
     @property
     def sigma(self):
-        return _sigma_text(self.kind, self.value)
+        return sigma_text(self.kind, self.value)
 
     def param_shapes(self, D):
         if not self.learned:
@@ -189,7 +189,8 @@ def parse_sigma(sigma):
     return "fixed", value
 
 
-def _sigma_text(kind, value):
+def sigma_text(kind, value):
+    """The recorded spelling of a σ setting: 'fixed:V', 'shared' or 'per-pixel'."""
     return f"fixed:{value!r}" if kind == "fixed" else kind
 
 

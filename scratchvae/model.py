@@ -51,14 +51,14 @@ from .backend import get_backend
 from .backend.random import Streams
 from .errors import InputError
 from .likelihoods import make_likelihood
-from .objectives import IW_SAMPLES, MODES, OBJECTIVES, LossResult, make_objective  # noqa: F401  (public here)
-from .ops.activations import check_activation
-from .ops.precision import PRECISIONS, make_precision
-from .posteriors import POSTERIORS, PointMass
+from .config import DTYPES, ModelConfig
+from .objectives import LossResult, make_objective
+from .ops.precision import make_precision
+from .posteriors import make_posterior
 from .saving import load_model, save_model
 from .stacks import DenseStack
 
-DTYPES = ("float32", "float64")
+__all__ = ["VAE", "LossResult", "ModelConfig", "Workspace", "DTYPES", "MODEL_STREAMS"]
 MODEL_STREAMS = {"init": 0, "noise": 1, "eval": 4}
 """The model's random streams and their ids (the ids fix the numbers; see backend.random)."""
 _ALIGN = 16  # parameter views start on 64-byte boundaries (float32)
@@ -94,62 +94,31 @@ class Workspace:
 class VAE:
     """A variational autoencoder with hand-written forward and backward passes.
 
-    Parameters
-    ----------
-    input_dim : pixels per example D (784 for MNIST).
-    hidden : encoder hidden sizes, mirrored in the decoder; ``()`` gives a linear VAE.
-    latent : latent size L.
-    activation : 'relu', 'leaky_relu', 'tanh', 'sigmoid' or 'softplus'.
-    likelihood : 'bernoulli' (decoder outputs logits; x in [0, 1]) or 'gaussian'
-        (decoder outputs means); see :mod:`scratchvae.likelihoods`.
-    sigma : Gaussian only: a fixed σ (number or 'fixed:V', default 1), or 'shared' /
-        'per-pixel' for a learned log σ (soft floor at log σ = −6, see
-        :mod:`scratchvae.ops.likelihoods`).
-    mode : 'vae', 'ae' (plain autoencoder) or 'kl-only' (see :mod:`scratchvae.objectives`).
-    posterior : 'diagonal' (N(μ, diag σ²)) or 'full' (N(μ, SSᵀ), S lower triangular); not
-        for mode 'ae', whose code is a point.
-    offdiag_scale : posterior 'full' only: the fixed c of S_ij = c·o_ij, o the head's outputs
-        below the diagonal; default 1/√latent (docs/design-notes.md says why).
-    objective : 'elbo' (recon + β·KL) or 'iwae' (the importance-weighted bound of
-        ``iw_samples`` samples, K; default 5). 'iwae' needs mode 'vae' and β = 1: its weights
-        p(x|z)p(z)/q(z|x) hold the prior and the posterior inside one log-mean-exp, with no
-        separate KL term for β to weight.
-    beta : weight of the KL term in the objective.
-    dtype : 'float32' (training) or 'float64' (gradient checks).
-    seed : seeds the model's random streams ('init', 'noise', 'eval'; see :data:`MODEL_STREAMS`).
-    backend : 'numpy', 'cupy', 'auto' or a Backend.
-    precision : what the matrix products compute in: 'fp32' (default), 'tf32' or 'bf16'
-        (bfloat16 operands, FP32 accumulation); parameters, optimizer state, elementwise blocks
-        and loss sums stay float32. tf32 and bf16 need a float32 model on the cupy backend
-        (see :mod:`scratchvae.ops.precision`).
+    ``VAE(config)`` with a :class:`~scratchvae.config.ModelConfig`, or ``VAE(**settings)`` with
+    its fields as keywords (``VAE(config, **settings)``: the config with those changed); every
+    setting, its default and its rules are the config's (input_dim, hidden, latent, activation,
+    likelihood, sigma, mode, beta, dtype, seed, posterior, offdiag_scale, objective, iw_samples,
+    precision). ``backend``: 'numpy', 'cupy', 'auto' or a Backend: where the model runs, not
+    what it is. ``settings`` keeps the config; ``config()`` is its JSON.
     """
 
-    def __init__(self, input_dim=784, hidden=(400,), latent=20, activation="relu",
-                 likelihood="bernoulli", sigma=1.0, mode="vae", beta=1.0, dtype="float32",
-                 seed=0, backend="numpy", posterior="diagonal", objective="elbo", iw_samples=None,
-                 precision="fp32", offdiag_scale=None):
+    def __init__(self, config=None, *, backend="numpy", **settings):
+        self.settings = _settings(config, settings)
+        s = self.settings
+        if len(s.latents) > 1:
+            raise InputError(f"latent={s.latent}: several stochastic layers are not built yet (one latent size)")
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
-        self.input_dim = _positive_int("input_dim", input_dim)
-        hidden = (hidden,) if isinstance(hidden, int) else hidden
-        self.hidden = tuple(_positive_int("hidden", h) for h in hidden)
+        self.input_dim, self.hidden, self.latent, self.activation = s.input_dim, s.hidden, s.latent, s.activation
         self.dec_hidden = self.hidden[::-1]
-        self.latent = _positive_int("latent", latent)
-        self.activation = check_activation(activation)
-        self.likelihood = make_likelihood(likelihood, sigma)
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        self.mode = mode
-        self.beta = _beta(beta)
-        self.posterior = _posterior(mode, posterior, offdiag_scale, self.latent)
-        self.iw_samples = _iw_samples(objective, iw_samples, mode, self.beta)
-        self.objective = make_objective(mode, objective, self.beta, self.iw_samples)
-        if str(dtype) not in DTYPES:
-            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        self.dtype = np.dtype(str(dtype))
-        self.precision = _precision(precision, self.backend, self.dtype)
-        self.seed = seed
-        self.rng = Streams(seed, MODEL_STREAMS, xp=self.xp)
+        self.likelihood = make_likelihood(s.likelihood, s.sigma)
+        self.mode, self.beta, self.seed = s.mode, s.beta, s.seed
+        self.posterior = make_posterior(s)
+        self.iw_samples = s.iw_samples or 1
+        self.objective = make_objective(s.mode, s.objective, s.beta, s.iw_samples)
+        self.dtype = np.dtype(s.dtype)
+        self.precision = _precision(s.precision, self.backend)
+        self.rng = Streams(self.seed, MODEL_STREAMS, xp=self.xp)
         self.encoder = DenseStack("enc", (self.input_dim, *self.hidden, self.posterior.head_width(self.latent)),
                                   "head", self.activation, self.precision)
         self.decoder = DenseStack("dec", (self.latent, *self.dec_hidden, self.input_dim), "out", self.activation,
@@ -203,25 +172,14 @@ class VAE:
         self.likelihood.init_params(self.params)
 
     def config(self) -> dict:
-        """The constructor arguments as a JSON-able dict (enough to rebuild the model).
-
-        The arguments added after 0.1.0 (``posterior``, ``objective``, ``iw_samples``,
-        ``precision``) appear only when they differ from the defaults, so a model of 0.1.0's
-        kind has 0.1.0's config; a full posterior always records its ``offdiag_scale``.
-        """
-        return {"input_dim": self.input_dim, "hidden": list(self.hidden), "latent": self.latent,
-                "activation": self.activation, "likelihood": self.likelihood.name,
-                "sigma": self.likelihood.sigma, "mode": self.mode, "beta": self.beta,
-                "dtype": self.dtype.name, "seed": self.seed, **self.config_extras()}
+        """The model's settings as JSON (``settings.to_json()``: 0.1.0's always, the later ones
+        where not the default), enough to rebuild it: ``VAE(ModelConfig.from_json(d))``."""
+        return self.settings.to_json()
 
     def config_extras(self) -> dict:
-        """What the posterior and the objective record of themselves where they are not the
-        defaults (a full posterior's ``posterior`` and ``offdiag_scale``; the importance-weighted
-        objective's ``objective`` and ``iw_samples``), and a reduced ``precision``."""
-        c = {**self.posterior.config_entries(), **self.objective.config_entries()}
-        if self.precision.name != "fp32":
-            c["precision"] = self.precision.name
-        return c
+        """The settings added after 0.1.0 that this model records (where not the default)."""
+        return {k: v for k, v in self.config().items() if k in ("posterior", "offdiag_scale", "objective",
+                                                                   "iw_samples", "precision")}
 
     def host_params(self) -> dict:
         """A host NumPy copy of every parameter (checkpoint boundary: a sync on a GPU)."""
@@ -243,6 +201,12 @@ class VAE:
         """Write the model, its configuration and parameters (and its random streams' state), to
         one ``.npz`` at ``path``: no optimizer state, nothing pickled (see :mod:`scratchvae.saving`)."""
         return save_model(self, path)
+
+    @classmethod
+    def from_json(cls, settings, backend="numpy", where="the model's configuration", unknown=InputError):
+        """The model of recorded settings (a run's or a model file's ``config()``, read by
+        :meth:`ModelConfig.from_json <scratchvae.config.ModelConfig.from_json>`), new parameters."""
+        return cls(ModelConfig.from_json(settings, where, unknown), backend=backend)
 
     @classmethod
     def load(cls, path, backend=None):
@@ -430,76 +394,28 @@ class VAE:
                 f"{c['dtype']}, backend={self.backend.name})")
 
 
+def _settings(config, settings):
+    """The :class:`~scratchvae.config.ModelConfig` of ``VAE(config, **settings)``: ``config``
+    with ``settings`` changed, or the settings alone."""
+    if config is None:
+        return ModelConfig(**settings)
+    if not isinstance(config, ModelConfig):
+        raise InputError(f"config must be a ModelConfig (or give the settings as keywords: VAE(latent=20, ...)), "
+                         f"got {type(config).__name__}")
+    return config.replace(**settings) if settings else config
+
+
 def _positive_int(name, v):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise InputError(f"{name} must be a positive integer, got {v!r}")
     return int(v)
 
 
-def _posterior(mode, name, offdiag_scale, latent):
-    """The posterior object of a mode: the AE's point code, else the Gaussian ``name``."""
-    if name not in POSTERIORS:
-        raise InputError(f"posterior must be one of {', '.join(POSTERIORS)}, got {name!r}")
-    if mode == "ae" and name != "diagonal":
-        raise InputError(f"posterior={name!r} does not apply to mode {mode!r}: its code is a point, "
-                         f"with no posterior to shape")
-    if offdiag_scale is not None and name != "full":
-        raise InputError(f"offdiag_scale is the scale of a full posterior's off-diagonal; it does not "
-                         f"apply to posterior={name!r}, got offdiag_scale={offdiag_scale!r}")
-    if mode == "ae":
-        return PointMass()
-    if name == "full":
-        c = 1.0 / math.sqrt(latent) if offdiag_scale is None else _offdiag_scale(offdiag_scale)
-        return POSTERIORS[name](c)
-    return POSTERIORS[name]()
-
-
-def _precision(name, backend, dtype):
-    """The :class:`~scratchvae.ops.precision.Precision` called ``name``, after the checks: a
-    reduced precision needs a float32 model on a backend that computes it."""
+def _precision(name, backend):
+    """The :class:`~scratchvae.ops.precision.Precision` called ``name`` on ``backend``: a reduced
+    one needs a backend that computes it (the configuration has checked the rest)."""
     precision = make_precision(name)
-    if precision is None:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
-    if name != "fp32" and name not in backend.precisions:
+    if name not in backend.precisions:
         raise InputError(f"precision {name!r} needs the cupy backend (a CUDA GPU): the {backend.name} "
                          f"backend computes its matrix products in {' or '.join(backend.precisions)} only")
-    if name != "fp32" and dtype != np.float32:
-        raise InputError(f"precision {name!r} applies to float32 models (its products round float32 "
-                         f"operands), got dtype {dtype.name}")
     return precision
-
-
-def _iw_samples(objective, iw_samples, mode, beta):
-    """K after the checks: 1 for the ELBO; 'iwae' needs mode 'vae' and β = 1 (see :class:`VAE`)."""
-    if objective not in OBJECTIVES:
-        raise InputError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    if objective == "elbo":
-        if iw_samples not in (None, 1):
-            raise InputError(f"iw_samples is the K of objective='iwae'; the ELBO draws one sample, "
-                             f"got iw_samples={iw_samples!r}")
-        return 1
-    if mode != "vae":
-        why = ("an autoencoder has no q(z|x) to sample" if mode == "ae" else
-               "without the reconstruction the weights p(z)/q(z|x) bound log ∫p(z)dz = 0: nothing to learn")
-        raise InputError(f"objective 'iwae' needs mode 'vae', got {mode!r}: {why}")
-    if beta != 1:
-        raise InputError(f"objective 'iwae' needs beta = 1, got {beta!r}: its weights p(x|z)p(z)/q(z|x) "
-                         f"hold the prior and the posterior in one log-mean-exp, with no KL term to weight")
-    return _positive_int("iw_samples", IW_SAMPLES if iw_samples is None else iw_samples)
-
-
-def _offdiag_scale(c):
-    if isinstance(c, bool) or not isinstance(c, (int, float, np.integer, np.floating)) \
-            or not (math.isfinite(c) and c > 0):
-        raise InputError(f"offdiag_scale must be a finite number > 0, got {c!r}")
-    return float(c)
-
-
-def _beta(beta):
-    try:
-        beta = float(beta)
-    except (TypeError, ValueError):
-        raise InputError(f"beta must be a finite number >= 0, got {beta!r}") from None
-    if not (beta >= 0 and math.isfinite(beta)):
-        raise InputError(f"beta must be a finite number >= 0, got {beta!r}")
-    return beta

@@ -113,9 +113,6 @@ class ELBO:
         gradient between the forward and the backward (a learned σ's)."""
         return SimpleNamespace(head=head, dhead=dhead, extra=None)
 
-    def config_entries(self):
-        """Nothing: the ELBO is the default objective (the AE's and KL-only's are their mode's)."""
-        return {}
 
     def check_beta(self, beta):
         return beta
@@ -213,8 +210,6 @@ class ImportanceWeighted:
         return SimpleNamespace(head=e(rows, H), dhead=e(rows, H), target=e(rows, width), w=e(K, n),
                                nll=e(rows), logw=e(rows))
 
-    def config_entries(self):
-        return {"objective": self.name, "iw_samples": self.samples}
 
     def check_beta(self, beta):
         if isinstance(beta, (int, float)) and beta != 1:
@@ -275,13 +270,20 @@ IW_SAMPLES = 5
 """K of ``objective='iwae'`` when ``iw_samples`` is not given (Burda et al.'s smaller K)."""
 
 
-def make_objective(mode, objective, beta, iw_samples):
-    """The objective object of a model's ``mode`` and ``objective`` (names as the configuration
-    records them); the rules between them are the configuration's to check."""
+def objective_class(mode, objective):
+    """The objective class of a model's ``mode`` and ``objective`` (names as the configuration
+    records them): what the configuration asks of it (whether β applies) and what
+    :func:`make_objective` builds. The rules between the names are the configuration's."""
     if mode == "ae":
-        return Reconstruction(beta)
+        return Reconstruction
     if mode == "kl-only":
-        return KLOnly(beta)
-    if objective == "iwae":
-        return ImportanceWeighted(IW_SAMPLES if iw_samples is None else iw_samples)
-    return ELBO(beta)
+        return KLOnly
+    return ImportanceWeighted if objective == "iwae" else ELBO
+
+
+def make_objective(mode, objective, beta, iw_samples):
+    """The objective object of a model's settings (see :func:`objective_class`)."""
+    cls = objective_class(mode, objective)
+    if cls is ImportanceWeighted:
+        return cls(IW_SAMPLES if iw_samples is None else iw_samples)
+    return cls(beta)

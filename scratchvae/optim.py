@@ -200,3 +200,30 @@ def adam_update_from(p, g, m, v, coef, b1, b2, eps, scratch):
 
 OPTIMIZERS = {"adam": Adam, "sgd": SGD}
 """The optimizers by name (the ``optimizer`` of a training configuration)."""
+
+
+def make_optimizer(model, cfg):
+    """The optimizer a :class:`~scratchvae.config.TrainConfig` ``cfg`` names, over the model's
+    flat parameters."""
+    if cfg.optimizer == "sgd":
+        return SGD(model.theta, lr=cfg.lr, momentum=cfg.momentum)
+    return Adam(model.theta, lr=cfg.lr, **({} if cfg.adam_eps is None else {"eps": cfg.adam_eps}))
+
+
+# -- learning-rate schedules ----------------------------------------------------------------
+def iwae_stage(epoch):
+    """The stage i of 1-based ``epoch`` in Burda et al.'s schedule: stage i runs 3ⁱ epochs, so
+    stages 0…i end after (3^(i+1) − 1)/2 epochs (1, 4, 13, 40, 121, 364, 1093, 3280)."""
+    i = 0
+    while (3 ** (i + 1) - 1) // 2 < epoch:
+        i += 1
+    return i
+
+
+def iwae_lr(lr, steps_per_epoch):
+    """step -> lr · 10^(−i/7), i the stage of the step's epoch (Burda, Grosse & Salakhutdinov 2016)."""
+    return lambda step: lr * 10.0 ** (-iwae_stage(-(-step // steps_per_epoch)) / 7)
+
+
+LR_SCHEDULES = {"constant": None, "iwae": iwae_lr}
+"""Learning-rate schedules by name: a factory (lr, steps per epoch) -> (step -> lr), or None."""

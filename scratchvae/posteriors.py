@@ -4,6 +4,7 @@ The encoder's last layer (the *head*) outputs the posterior's parameters for eac
 posterior turns them into a sample z and KL(q ‖ p) with p = N(0, I), and back:
 
 ==========================================  ===========================================
+``from_settings(settings)``                  the posterior a ModelConfig asks for (class method)
 ``head_width(L)``                           columns of the head's output for latent size L
 ``init_head(W, b, L)``                      adjust the head's freshly drawn weights (in place)
 ``workspace(xp, dtype, n, L)``              the buffers one training step needs
@@ -14,7 +15,6 @@ posterior turns them into a sample z and KL(q ‖ p) with p = N(0, I), and back:
 ``backward(dz, q, head, beta, dhead)``      ∂(recon + β·KL)/∂head into dhead
 ``split(head)``                             the parameters of q for each row (``encode``)
 ``param_names``                             their names (the arrays ``scratchvae encode`` writes)
-``config_entries()``                        what a model's configuration records of it
 ``label``, ``title_note``, ``prior_note``   what it is called, and what figure titles add
 ``no_q_why``                                None, or why there is no q(z|x) to sample (a point)
 ``grid(params, probs)``                     where a figure's grid of codes runs, unit by unit
@@ -84,6 +84,11 @@ class Grid:
 class _Gaussian:
     """What both Gaussian families share: the noise, log q by the change of variables, the
     prior, and the pieces of the importance-weighted objective."""
+
+    @classmethod
+    def from_settings(cls, settings):
+        """The posterior a :class:`~scratchvae.config.ModelConfig` asks for (its own settings)."""
+        return cls()
 
     stochastic = True
     prior_note, no_q_why = "", None
@@ -161,9 +166,6 @@ class DiagonalGaussian(_Gaussian):
     def head_width(self, L):
         return 2 * L
 
-    def config_entries(self):
-        """Nothing: the diagonal posterior is the default."""
-        return {}
 
     def workspace(self, xp, dtype, n, L):
         e = lambda: xp.empty((n, L), dtype=dtype)  # noqa: E731
@@ -225,11 +227,13 @@ class FullGaussian(_Gaussian):
     def __init__(self, offdiag_scale):
         self.offdiag_scale = offdiag_scale
 
+    @classmethod
+    def from_settings(cls, settings):
+        return cls(settings.offdiag_scale)
+
     def head_width(self, L):
         return 2 * L + fullcov.tril_size(L)
 
-    def config_entries(self):
-        return {"posterior": self.name, "offdiag_scale": self.offdiag_scale}
 
     def init_head(self, W, b, L):
         """Start the strict lower triangle's columns at zero, so S starts diagonal: the model
@@ -301,12 +305,13 @@ class PointMass:
         return Grid(values=values, values_what="empirical quantiles of μ", centre=mu.mean(axis=0),
                     centre_what="mean μ", score=mu.var(axis=0), score_what="variance of μ", unit="")
 
+    @classmethod
+    def from_settings(cls, settings):
+        return cls()
+
     def head_width(self, L):
         return L
 
-    def config_entries(self):
-        """Nothing: a point code comes with ``mode='ae'``, which the configuration records."""
-        return {}
 
     def init_head(self, W, b, L):
         """The head keeps the default draw."""
@@ -342,3 +347,9 @@ class PointMass:
     def sample(self, params, eps):
         return params[0]
 
+
+def make_posterior(settings):
+    """The posterior of a model's :class:`~scratchvae.config.ModelConfig`: the AE's point code for
+    mode 'ae', else the Gaussian family ``settings.posterior`` names (the full one with the
+    configuration's ``offdiag_scale``)."""
+    return (PointMass if settings.mode == "ae" else POSTERIORS[settings.posterior]).from_settings(settings)

@@ -47,14 +47,13 @@ so they load and resume.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import os
 import platform
 import shutil
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +64,6 @@ except ImportError:            # no flock (Windows): there one writer per run is
     fcntl = None
 
 from . import faults
-from .backend.random import Streams
 from .checkpoint import (
     check_arrays,
     checkpoint_name,
@@ -81,11 +79,10 @@ from .checkpoint import (
     write_text,
 )
 from .errors import CheckpointError, InputError, NonFiniteError, ScratchVAEError
-from .inputs import BINARIZE, parse_corrupt
+from .config import ModelConfig, TrainConfig
 from .model import VAE
 from .optim import OPTIMIZERS
-from .saving import model_settings
-from .step import LR_SCHEDULES, TRAIN_STREAMS
+from .step import TrainState
 from .version import __version__
 
 CONFIG, METRICS, CHECKPOINTS = "config.json", "metrics.jsonl", "checkpoints"
@@ -95,112 +92,6 @@ REPLACES = "replaces"
 """config.json key of a run trained to replace another (``train --overwrite``): that one's name."""
 LOCK = ".lock"
 """The run folder's writer lock (see :class:`WriterLock`); there while a process writes the run."""
-
-
-OPTIONAL_FIELDS = ("test_fraction", "image_shape", "lr_schedule", "adam_eps", "output_bias")
-OUTPUT_BIAS = ("data-mean",)
-"""How the decoder's output bias may start: from the training data's mean (see train.fit)."""
-
-PRESETS = {
-    "iwae-paper": dict(dataset="mnist", hidden=(200, 200), latent=50, activation="tanh", binarize="dynamic",
-                       batch_size=20, optimizer="adam", lr=1e-3, adam_eps=1e-4, lr_schedule="iwae",
-                       output_bias="data-mean", epochs=3280),
-}
-"""Named settings of ``train --preset``, by model and TrainConfig argument name. ``iwae-paper``:
-the MNIST setup of Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (ICLR
-2016), section 5 and appendix: two tanh layers of 200 and a 50-d latent, dynamically binarised
-images, batches of 20, Adam (β₁ 0.9, β₂ 0.999, ε 1e-4) at 1e-3 · 10^(−i/7) in stage i of 3ⁱ
-epochs for i = 0…7 (3280 epochs), the output bias started at the logit of the pixel means.
-The objective (--objective, --iw-samples) and q(z|x) (--posterior) stay free: they are what
-the paper compares."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything about a run that is not the model's own configuration."""
-
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    binarize: str = "none"
-    kl_warmup: float = 0.0
-    corrupt: str = "none"
-    dataset: str = "embedded"
-    test_fraction: float = None     # own data without a test split: the part held out (seeded)
-    image_shape: list = None        # own flat data: the (H, W[, C]) its rows unflatten to
-    lr_schedule: str = None         # a name of step.LR_SCHEDULES (None: constant lr)
-    adam_eps: float = None          # Adam's ε (None: 1e-8)
-    output_bias: str = None         # 'data-mean': start the output bias at the data's mean (logit)
-
-    def validate(self):
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise InputError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InputError(f"lr must be a positive finite number, got {self.lr!r}")
-        if self.binarize not in BINARIZE:
-            raise InputError(f"binarize must be one of {', '.join(BINARIZE)}, got {self.binarize!r}")
-        if not (self.kl_warmup >= 0 and math.isfinite(self.kl_warmup)):
-            raise InputError(f"kl_warmup must be a number of epochs >= 0, got {self.kl_warmup!r}")
-        parse_corrupt(self.corrupt)
-        if self.test_fraction is not None and not 0 < self.test_fraction < 1:
-            raise InputError(f"test_fraction must be a number in (0, 1), got {self.test_fraction!r}")
-        self._validate_optional()
-        return self
-
-    def _validate_optional(self):
-        if self.lr_schedule not in (None, *LR_SCHEDULES):
-            raise InputError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.adam_eps is not None and not (self.adam_eps > 0 and math.isfinite(self.adam_eps)):
-            raise InputError(f"adam_eps must be a positive finite number, got {self.adam_eps!r}")
-        if self.optimizer != "adam" and (self.adam_eps is not None or self.lr_schedule not in (None, "constant")):
-            raise InputError(f"adam_eps and a learning-rate schedule need optimizer 'adam', got {self.optimizer!r}")
-        if self.output_bias not in (None, *OUTPUT_BIAS):
-            raise InputError(f"output_bias must be None or one of {', '.join(OUTPUT_BIAS)}, got {self.output_bias!r}")
-
-    def to_json(self):
-        """The fields as recorded in config.json and checkpoints; the optional fields only when
-        set, so a run of 0.1.0's kind records 0.1.0's fields."""
-        return {k: v for k, v in vars(self).items() if v is not None or k not in OPTIONAL_FIELDS}
-
-
-def make_optimizer(model, cfg: TrainConfig):
-    """The optimizer ``cfg`` names, over the model's flat parameters."""
-    if cfg.optimizer == "sgd":
-        return OPTIMIZERS["sgd"](model.theta, lr=cfg.lr, momentum=cfg.momentum)
-    if cfg.adam_eps is not None:
-        return OPTIMIZERS[cfg.optimizer](model.theta, lr=cfg.lr, eps=cfg.adam_eps)
-    return OPTIMIZERS[cfg.optimizer](model.theta, lr=cfg.lr)
-
-
-@dataclass
-class TrainState:
-    """Where a training run stands, beyond the model's parameters and the optimizer's state:
-    what a checkpoint must hold to continue exactly.
-
-    ``perm``/``acc``/``epoch_seconds`` describe an unfinished epoch (None between epochs);
-    ``streams`` are the training loop's random streams (:data:`~scratchvae.step.TRAIN_STREAMS`);
-    ``history`` the metrics rows of the finished epochs.
-    """
-
-    streams: Streams
-    epoch: int = 0           # completed epochs
-    step: int = 0            # completed optimizer steps
-    batch: int = 0           # completed batches within the current epoch
-    perm: object = None      # the current epoch's permutation (host int64)
-    acc: object = None       # host float64 [neg_elbo, recon, kl] sums so far this epoch
-    epoch_seconds: float = 0.0
-    history: list = field(default_factory=list)
-
-    @classmethod
-    def start(cls, model):
-        """The state before the first step of a run of ``model`` (streams seeded by its seed)."""
-        return cls(streams=Streams(model.seed, TRAIN_STREAMS, xp=model.xp))
 
 
 # -- config.json and metrics.jsonl -------------------------------------------------------------
@@ -247,7 +138,7 @@ def edit_config(run_dir, edit):
 
 
 def read_config(run_dir):
-    """RUN/config.json -> (document, model kwargs, TrainConfig); InputError for anything malformed."""
+    """RUN/config.json -> (document, ModelConfig, TrainConfig); InputError for anything malformed."""
     path = Path(run_dir) / CONFIG
     if not Path(run_dir).is_dir():
         raise InputError(f"{run_dir} is not a scratchvae run: there is no such folder")
@@ -260,13 +151,12 @@ def read_config(run_dir):
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict) \
             or not isinstance(config.get("train"), dict):
         raise InputError(f"{path} must hold a JSON object with 'model' and 'train' objects")
-    for part, known in (("model", set(inspect.signature(VAE).parameters) - {"backend"}),
-                        ("train", {f.name for f in fields(TrainConfig)})):
-        unknown = sorted(set(config[part]) - known)
-        if unknown:
-            raise InputError(f"{path}: unknown {part} settings {', '.join(unknown)}")
-    config["model"] = model_settings(config["model"])
-    return config, dict(config["model"]), TrainConfig(**config["train"])
+    try:
+        model, train = ModelConfig.from_json(config["model"], str(path)), TrainConfig.from_json(config["train"], str(path))
+    except InputError as err:
+        raise InputError(err if str(err).startswith(str(path)) else f"{path}: {err}") from None
+    config["model"] = model.to_json()       # as this version reads it (e.g. an old full posterior's c = 1)
+    return config, model, train
 
 
 def keep_of(config):
@@ -705,7 +595,7 @@ def load_run(run_dir, epoch=None, backend=None, checkpoint=None, finished=False)
     checkpoint (see :func:`run_history`). Temporary files of killed writers are removed.
     """
     run_dir = Path(run_dir)
-    config, model_kw, tc = read_config(run_dir)
+    config, model_cfg, tc = read_config(run_dir)
     for folder in (run_dir, run_dir / CHECKPOINTS):   # what killed writers left
         remove_stale_temps(folder)
     if checkpoint:
@@ -714,7 +604,7 @@ def load_run(run_dir, epoch=None, backend=None, checkpoint=None, finished=False)
         path = latest_checkpoint(run_dir / CHECKPOINTS, epoch=epoch, finished=finished)
     arrays, meta = load_checkpoint(path)
     _check_meta(path, meta, config, run_dir / CONFIG)
-    model = VAE(backend=_backend(config, backend), **model_kw)
+    model = VAE(model_cfg, backend=_backend(config, backend))
     check_arrays(path, arrays, expected_arrays(model, tc, meta, arrays))
     bad = [k for k in arrays if k.startswith("param/") and not np.isfinite(arrays[k]).all()]
     if bad:
@@ -758,13 +648,21 @@ def _check_meta(path, meta, config, cfg_path):
         return
 
     def comparable(c):   # epochs is the total asked for, which --resume --epochs changes
-        return {"model": model_settings(c.get("model", {})),
+        return {"model": _as_read(c.get("model", {})),
                 "train": {k: v for k, v in c.get("train", {}).items() if k != "epochs"}}
 
     lines = [line.replace(", model has ", f", {cfg_path.name} has ")
              for line in config_differences(comparable(saved), comparable(config))]
     if lines:
         raise CheckpointError(f"checkpoint {path} does not match {cfg_path}:\n  - " + "\n  - ".join(lines))
+
+
+def _as_read(model):
+    """Recorded model settings as this version reads them (as recorded where it cannot)."""
+    try:
+        return ModelConfig.from_json(model).to_json()
+    except (InputError, TypeError, AttributeError):
+        return model
 
 
 def _backend(config, backend):

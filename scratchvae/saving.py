@@ -37,15 +37,6 @@ def save_model(model, path):
     return save_checkpoint(Path(path), arrays, meta)
 
 
-def model_settings(model):
-    """Recorded model settings (a dict of ``VAE`` arguments) as this version reads them: a full
-    posterior saved before ``offdiag_scale`` existed has S_ij = o_ij, that is offdiag_scale 1
-    (today's default is 1/√L, so leaving it out would change what its parameters mean)."""
-    if isinstance(model, dict) and model.get("posterior") == "full" and "offdiag_scale" not in model:
-        return {**model, "offdiag_scale": 1.0}
-    return model
-
-
 def load_model(cls, path, backend=None):
     """A ``cls`` (VAE) built from a file of :func:`save_model` or a run's checkpoint."""
     path = Path(path)
@@ -62,11 +53,8 @@ def load_model(cls, path, backend=None):
     else:
         raise CheckpointError(f"{path} is neither a saved scratchvae model nor a run's checkpoint "
                               f"(its metadata has no model configuration)")
-    try:
-        model = cls(backend=backend or "numpy", **model_settings(config))
-    except TypeError as err:
-        raise CheckpointError(f"{path}: its model configuration is not one this scratchvae can build "
-                              f"({err})") from None
+    model = cls.from_json(config, backend=backend or "numpy", unknown=CheckpointError,
+                          where=f"{path}: its model configuration is not one this scratchvae can build")
     check_arrays(path, arrays, {f"param/{k}": (s, model.dtype.name) for k, s in model.shapes.items()})
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     bad = [k for k, v in params.items() if not np.isfinite(v).all()]

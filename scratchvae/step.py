@@ -44,10 +44,13 @@ buffer          shape, dtype       meaning
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from .backend import fused
 from .backend.graph import StepGraphs, gather_rows, load_row
+from .backend.random import Streams
 from .errors import InputError
 from .inputs import CORRUPTIONS, binarize_dynamic
 
@@ -89,24 +92,6 @@ class Schedule:
         return out
 
 
-def iwae_stage(epoch):
-    """The stage i of 1-based ``epoch`` in Burda et al.'s schedule: stage i runs 3ⁱ epochs, so
-    stages 0…i end after (3^(i+1) − 1)/2 epochs (1, 4, 13, 40, 121, 364, 1093, 3280)."""
-    i = 0
-    while (3 ** (i + 1) - 1) // 2 < epoch:
-        i += 1
-    return i
-
-
-def iwae_lr(lr, steps_per_epoch):
-    """step -> lr · 10^(−i/7), i the stage of the step's epoch (Burda, Grosse & Salakhutdinov 2016)."""
-    return lambda step: lr * 10.0 ** (-iwae_stage(-(-step // steps_per_epoch)) / 7)
-
-
-LR_SCHEDULES = {"constant": None, "iwae": iwae_lr}
-"""Learning-rate schedules by name: a factory (lr, steps per epoch) -> (step -> lr), or None."""
-
-
 @fused("record_losses", on="losses")
 def record_losses(first, second, recon, kl, losses, bi, flag):
     """losses[b] = (first + second, recon, kl) with b = bi[0]; then bi[0] = b + 1.
@@ -126,12 +111,29 @@ def record_losses(first, second, recon, kl, losses, bi, flag):
     bi[0] = b + 1
 
 
-def check_schedule(model, warmup_steps):
-    """Refuse a KL warm-up for a model whose objective has no KL weight (the importance-weighted
-    bound, a plain autoencoder's reconstruction)."""
-    objective = model.objective
-    if warmup_steps and not objective.uses_beta:
-        raise InputError(f"KL warm-up does not apply to {objective.what}: {objective.no_beta_why}")
+@dataclass
+class TrainState:
+    """Where a training run stands, beyond the model's parameters and the optimizer's state:
+    what a checkpoint must hold to continue exactly.
+
+    ``perm``/``acc``/``epoch_seconds`` describe an unfinished epoch (None between epochs);
+    ``streams`` are the training loop's random streams (:data:`TRAIN_STREAMS`); ``history`` the
+    metrics rows of the finished epochs.
+    """
+
+    streams: Streams
+    epoch: int = 0           # completed epochs
+    step: int = 0            # completed optimizer steps
+    batch: int = 0           # completed batches within the current epoch
+    perm: object = None      # the current epoch's permutation (host int64)
+    acc: object = None       # host float64 [neg_elbo, recon, kl] sums so far this epoch
+    epoch_seconds: float = 0.0
+    history: list = field(default_factory=list)
+
+    @classmethod
+    def start(cls, model):
+        """The state before the first step of a run of ``model`` (streams seeded by its seed)."""
+        return cls(streams=Streams(model.seed, TRAIN_STREAMS, xp=model.xp))
 
 
 class TrainStep:
@@ -151,7 +153,6 @@ class TrainStep:
             if not callable(getattr(opt, need, None)):
                 raise InputError(f"optimizer must provide coefficients(t) and step_from(grads, coef) "
                                  f"(as scratchvae's Adam and SGD do); {type(opt).__name__} has no {need}")
-        check_schedule(model, schedule.warmup_steps)
         xp = model.xp
         self.model, self.opt, self.data, self.schedule = model, opt, data, schedule
         self.n, self.B = data.shape[0], batch_size

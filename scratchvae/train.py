@@ -42,24 +42,28 @@ from .errors import InputError, NonFiniteError, ScratchVAEError
 from .evaluate import evaluate_elbo
 from .inputs import parse_corrupt, prepare_split
 from .model import VAE
-from .runs import (  # noqa: F401  (load_run, Run, TrainConfig, make_optimizer, write_config: public here too)
+from .config import TrainConfig
+from .optim import LR_SCHEDULES, make_optimizer
+from .runs import (
     CONFIG,
     DEFAULT_KEEP,
     Run,
     RunWriter,
-    TrainConfig,
-    TrainState,
     check_run_dir,
     config_document,
     edit_config,
     keep_of,
     load_run,
-    make_optimizer,
     provenance,
     repair_metrics,
     write_config,
 )
-from .step import LOSSES, LR_SCHEDULES, Schedule, TrainStep, make_graph_step  # noqa: F401  (make_graph_step: public here)
+from .step import Schedule, TrainState, TrainStep, make_graph_step
+
+__all__ = ["fit", "resume", "Interrupted", "TrainConfig", "load_run", "Run", "make_optimizer", "write_config",
+           "make_graph_step"]
+"""The training API; TrainConfig, load_run, Run, make_optimizer, write_config and make_graph_step live in
+scratchvae.config, .runs, .optim and .step and are public here too (the README imports them from here)."""
 
 NONFINITE_CHECK_EVERY = 50   # steps between checks of the loss for NaN/Inf (one host sync each)
 
@@ -117,9 +121,9 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
 def _prepare(model, train, test, *, config, run_dir, callback, report_every, should_stop, optimizer,
              graph, state, keep, keep_best, run_info):
     """Every check of :func:`fit` and its set-up, nothing written: the loop to run."""
-    cfg = (config or TrainConfig()).validate()
     if not isinstance(model, VAE):
         raise InputError(f"model must be a scratchvae.VAE, got {type(model).__name__}")
+    cfg = (config or TrainConfig()).check_model(model.settings)
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise InputError(f"keep must be a positive integer or None (every checkpoint), got {keep!r}")
     writer = None
@@ -288,7 +292,7 @@ def resume(run: Run, train, test=None, *, epochs=None, run_dir=None, keep=_RECOR
     """
     cfg = run.train_config
     if epochs is not None:
-        cfg = TrainConfig(**{**vars(cfg), "epochs": int(epochs)})
+        cfg = cfg.replace(epochs=int(epochs))
     opt = make_optimizer(run.model, cfg)
     opt.load_state(run.optimizer_state)
     rd = Path(run_dir) if run_dir is not None else run.checkpoint.parent.parent

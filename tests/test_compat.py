@@ -55,9 +55,10 @@ def embedded():
 
 def test_an_old_run_loads_with_its_position(run_dir, version):
     run = load_run(run_dir)
-    config, model_kw, tc = read_config(run_dir)
+    config, model_cfg, tc = read_config(run_dir)
     assert config["provenance"]["scratchvae"] == version
-    assert run.model.config() == model_kw and run.train_config == tc
+    assert run.model.settings == model_cfg and run.model.config() == model_cfg.to_json() == config["model"]
+    assert run.train_config == tc
     assert (run.meta["epoch"], run.meta["step"], run.meta["batch"]) == (1, 13, 3)
     assert (run.state.epoch, run.state.step, run.state.batch) == (1, 13, 3)
     assert run.state.perm.shape == (5000,) and run.state.acc.shape == (3,)

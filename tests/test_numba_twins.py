@@ -33,7 +33,8 @@ from scratchvae import backend  # noqa: E402
 from scratchvae.backend import DECLARED, NUMPY, _numba_kernels, _numba_philox, body_of, philox  # noqa: E402
 from scratchvae.backend.random import Stream  # noqa: E402
 from scratchvae.optim import adam_update, adam_update_from  # noqa: E402
-from scratchvae.runs import TrainConfig, load_run, provenance  # noqa: E402
+from scratchvae.config import TrainConfig  # noqa: E402
+from scratchvae.runs import load_run, provenance  # noqa: E402
 from scratchvae.train import fit, resume  # noqa: E402
 
 from _cuda_host import box_muller_edges  # noqa: E402

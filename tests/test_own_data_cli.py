@@ -80,7 +80,7 @@ def test_flat_data_need_an_image_shape_for_the_figures(tmp_path, capsys):
             assert code == 2 and "--image-shape H,W[,C]" in capsys.readouterr().err
         else:
             assert code == 0 and (tmp_path / "shaped.png").is_file()
-    assert load_run(tmp_path / "shaped").train_config.image_shape == [2, 3]
+    assert load_run(tmp_path / "shaped").train_config.image_shape == (2, 3)
 
 
 def test_an_image_folder_with_classes_trains_and_resumes_on_the_same_split(tmp_path):

@@ -28,7 +28,8 @@ from scratchvae.errors import CheckpointError, InputError
 from scratchvae.evaluate import evaluate_run, format_report
 from scratchvae.ops.bf16 import from_bf16, to_bf16
 from scratchvae.ops.dense import matmul
-from scratchvae.runs import TrainConfig, TrainState
+from scratchvae.config import TrainConfig
+from scratchvae.step import TrainState
 from scratchvae.step import Schedule, TrainStep
 
 from _cuda_host import HostCupy
@@ -193,7 +194,8 @@ def test_reduced_precisions_are_refused_where_they_cannot_run():
         VAE(precision="bf16")
     with pytest.raises(InputError, match="precision 'tf32' needs the cupy backend"):
         VAE(precision="tf32", backend="numpy")
-    with pytest.raises(InputError, match="precision 'tf32' applies to float32 models .* got dtype float64"):
+    with pytest.raises(InputError, match=r"precision tf32 applies to dtype float32 \(it rounds float32 products\), "
+                                         "got dtype float64"):
         VAE(precision="tf32", backend=EMU, dtype="float64")
     with pytest.raises(InputError, match="precision must be one of fp32, tf32, bf16, got 'fp16'"):
         VAE(precision="fp16")

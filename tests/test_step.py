@@ -29,7 +29,7 @@ def setup(model_kw=None, corrupt=("none", 0.0), binarize=False, warmup=0.0, opt=
     m = VAE(hidden=(H,), latent=L, seed=3, **(model_kw or {}))
     data = Stream(1, 0).uniform((6 * B + 10, 784), "float32")     # six full batches, a partial one
     o = Adam(m.theta) if opt == "adam" else SGD(m.theta, lr=1e-3, momentum=0.9)
-    from scratchvae.runs import TrainState
+    from scratchvae.step import TrainState
 
     state = TrainState.start(m)
     s = TrainStep(m, o, data, B, Schedule(o, m.beta, warmup), streams=state.streams, binarize=binarize,

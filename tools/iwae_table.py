@@ -25,7 +25,7 @@ from scratchvae.data import load_dataset
 from scratchvae.errors import ScratchVAEError
 from scratchvae.evaluate import evaluate_run
 from scratchvae.runs import load_run, read_history
-from scratchvae.step import iwae_stage
+from scratchvae.optim import iwae_stage
 
 K = 5000
 PUBLISHED = {"VAE": 86.76, "IWAE k=5": 85.54, "IWAE k=50": 84.78}
