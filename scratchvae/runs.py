@@ -58,11 +58,6 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    import fcntl
-except ImportError:            # no flock (Windows): there one writer per run is not enforced
-    fcntl = None
-
 from . import faults
 from .checkpoint import (
     check_arrays,
@@ -72,26 +67,25 @@ from .checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    read_meta,
     remove_stale_temps,
     save_checkpoint,
     temp_path,
     write_text,
 )
 from .errors import CheckpointError, InputError, NonFiniteError, ScratchVAEError
+from .folders import WriterLock, staged_dir, writing
+from .history import append_metrics, run_history
 from .config import ModelConfig, TrainConfig
 from .model import VAE
 from .optim import OPTIMIZERS
 from .step import TrainState
 from .version import __version__
 
-CONFIG, METRICS, CHECKPOINTS = "config.json", "metrics.jsonl", "checkpoints"
+CONFIG, CHECKPOINTS = "config.json", "checkpoints"
 DEFAULT_KEEP = 3
 """End-of-epoch checkpoints a run keeps by default (the newest ones; plus the best by test loss)."""
 REPLACES = "replaces"
 """config.json key of a run trained to replace another (``train --overwrite``): that one's name."""
-LOCK = ".lock"
-"""The run folder's writer lock (see :class:`WriterLock`); there while a process writes the run."""
 
 
 # -- config.json and metrics.jsonl -------------------------------------------------------------
@@ -165,83 +159,6 @@ def keep_of(config):
     return None if keep == "all" else keep
 
 
-def append_metrics(run_dir, row):
-    """Append one epoch's row to RUN/metrics.jsonl."""
-    path = Path(run_dir) / METRICS
-    try:
-        with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-    except OSError as err:
-        raise ScratchVAEError(f"could not append to {path}: {err.strerror or err} "
-                              f"(the checkpoint of epoch {row['epoch']} was written)") from None
-
-
-def _read_rows(path):
-    """The rows of a metrics file, and whether its last line was cut short (a killed append)."""
-    if not path.exists():
-        return [], False
-    lines = path.read_text().split("\n")
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            if i == len(lines):     # the last line, with no newline: an append cut short
-                return rows, True
-            raise InputError(f"{path}: line {i} is not JSON") from None
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-            raise InputError(f"{path}: line {i} is not a metrics row (a JSON object with an 'epoch')")
-        rows.append(row)
-    return rows, False
-
-
-def read_history(run_dir, upto_epoch=None):
-    """The rows of RUN/metrics.jsonl (those of epochs ≤ ``upto_epoch`` if given); a last line
-    cut short by a killed append is left out."""
-    rows = _read_rows(Path(run_dir) / METRICS)[0]
-    if upto_epoch is not None:
-        rows = [r for r in rows if r["epoch"] <= upto_epoch]
-    return rows
-
-
-def run_history(run_dir, path, meta):
-    """The metrics rows of epochs 1..``meta['epoch']`` of the run whose checkpoint ``path`` has
-    ``meta``: those of metrics.jsonl, and rows it lacks rebuilt from the checkpoints that carry
-    them (the row of an epoch whose process was killed before appending it)."""
-    epoch = meta["epoch"]
-    rows = {r["epoch"]: r for r in read_history(run_dir, upto_epoch=epoch)}
-    missing = set(range(1, epoch + 1)) - set(rows)
-    sources = [meta] if missing else []
-    if missing - {epoch}:
-        sources += [_meta_or_none(p) for p in list_checkpoints(Path(path).parent) if p != Path(path)]
-    for m in sources:
-        row = (m or {}).get("metrics")
-        if isinstance(row, dict) and row.get("epoch") in missing:
-            rows[row["epoch"]] = row
-            missing.discard(row["epoch"])
-    return [rows[e] for e in sorted(rows)]
-
-
-def _meta_or_none(path):
-    try:
-        return read_meta(path)
-    except CheckpointError:
-        return None
-
-
-def repair_metrics(run_dir, rows):
-    """Make RUN/metrics.jsonl hold exactly ``rows`` (rewritten atomically, only if it differs);
-    returns whether it was rewritten."""
-    path = Path(run_dir) / METRICS
-    have, torn = _read_rows(path)
-    if have == rows and not torn:
-        return False
-    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-    return True
-
-
 # -- checkpoints -----------------------------------------------------------------------------------
 def checkpoint_contents(model, opt, cfg, state, row=None):
     """(arrays, meta) of a checkpoint of this moment of training (the schema's write side).
@@ -280,31 +197,6 @@ def save_training_checkpoint(run_dir, model, opt, cfg, state, row=None):
     """Write the checkpoint of this moment into RUN/checkpoints (which must exist); returns its path."""
     arrays, meta = checkpoint_contents(model, opt, cfg, state, row)
     return save_checkpoint(Path(run_dir) / CHECKPOINTS / checkpoint_file(state), arrays, meta)
-
-
-@contextlib.contextmanager
-def staged_dir(target):
-    """A new folder ``.<name>.tmp-<pid>`` beside ``target`` to fill; renamed onto ``target``
-    (which must not exist, or be an empty folder) when the block completes, removed if the
-    block fails. What killed processes left staged in that folder, whatever its name, is
-    removed first."""
-    target = Path(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(target.parent)
-        tmp = temp_path(target)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    except OSError as err:
-        raise InputError(f"cannot create {target}: {err.strerror or err}") from None
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise ScratchVAEError(f"could not create {target}: {exc.strerror or exc}") from None
-        raise
 
 
 def check_run_dir(path, what="run_dir", continuing=False):
@@ -359,97 +251,6 @@ def prune_checkpoints(ckpt_dir, keep=DEFAULT_KEEP, best=None):
                 p.unlink()
                 removed.append(p)
     return removed
-
-
-# -- one writer per run ------------------------------------------------------------------------------
-_HELD = {}
-"""The writer locks this process holds: the real path of the run folder -> its WriterLock."""
-
-
-def _same_file(fd, path):
-    """Whether the open file ``fd`` is the one at ``path`` (not one unlinked or replaced since)."""
-    try:
-        here, there = os.fstat(fd), os.stat(path)
-    except OSError:
-        return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
-
-
-class WriterLock:
-    """One writer per run folder: an exclusive ``fcntl.flock`` on RUN/.lock, taken by every command
-    that writes the run and held until it ends (readers take none).
-
-    The file holds the holder's PID, so a second writer is refused naming it. The lock is the
-    operating system's, released when its process ends however it ends: the file a killed writer
-    leaves, and the PID in it (perhaps another process's by now), block no one. The holder removes
-    the file when it lets go; whoever opened it just before checks, once locked, that it is still
-    the file at RUN/.lock. A process taking a lock it holds already gets that one back (its
-    :meth:`release` then only undoes this :meth:`acquire`).
-    """
-
-    def __init__(self, folder):
-        self.folder, self.fd, self.depth = Path(folder), None, 0
-
-    def acquire(self):
-        """Take the lock (or count another use of the one this process holds); returns the holder."""
-        held = _HELD.get(os.path.realpath(self.folder))
-        if held is not None:
-            held.depth += 1
-            return held
-        if not self.folder.is_dir():
-            raise InputError(f"{self.folder} is not a scratchvae run: there is no such folder")
-        if fcntl is None:
-            return self
-        path = self.folder / LOCK
-        while self.fd is None:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as err:
-                raise InputError(f"cannot lock {self.folder} for writing: {err.strerror or err}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise InputError(f"{self.folder} is being written by another process (PID {holder}): wait for "
-                                 f"it to end or stop it (one process writes a run at a time)") from None
-            if _same_file(fd, path):
-                self.fd = fd
-            else:                           # its holder removed it as we opened it: take the new one
-                os.close(fd)
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
-        self.depth = 1
-        _HELD[os.path.realpath(self.folder)] = self
-        return self
-
-    def moved(self, folder):
-        """The locked folder was renamed to ``folder`` (its lock file with it)."""
-        _HELD.pop(os.path.realpath(self.folder), None)
-        self.folder = Path(folder)
-        _HELD[os.path.realpath(self.folder)] = self
-
-    def release(self):
-        """Undo one :meth:`acquire`; the last removes RUN/.lock and lets go of the lock."""
-        self.depth -= 1
-        if self.depth > 0 or self.fd is None:
-            return
-        _HELD.pop(os.path.realpath(self.folder), None)
-        if _same_file(self.fd, self.folder / LOCK):
-            with contextlib.suppress(OSError):
-                (self.folder / LOCK).unlink()
-        os.close(self.fd)
-        self.fd = None
-
-
-@contextlib.contextmanager
-def writing(folder):
-    """Hold ``folder``'s writer lock (:class:`WriterLock`) for the block; yields the holder."""
-    lock = WriterLock(folder).acquire()
-    try:
-        yield lock
-    finally:
-        lock.release()
 
 
 class RunWriter:

@@ -43,6 +43,7 @@ from .evaluate import evaluate_elbo
 from .inputs import parse_corrupt, prepare_split
 from .model import VAE
 from .config import TrainConfig
+from .history import repair_metrics
 from .optim import LR_SCHEDULES, make_optimizer
 from .runs import (
     CONFIG,
@@ -55,7 +56,6 @@ from .runs import (
     keep_of,
     load_run,
     provenance,
-    repair_metrics,
     write_config,
 )
 from .step import Schedule, TrainState, TrainStep, make_graph_step

@@ -18,7 +18,9 @@ import pytest
 from scratchvae import VAE
 from scratchvae.checkpoint import checkpoint_name, list_checkpoints, remove_stale_temps
 from scratchvae.errors import InputError, NonFiniteError
-from scratchvae.runs import LOCK, METRICS, best_epoch, load_run, prune_checkpoints, staged_dir, writing
+from scratchvae.folders import LOCK, staged_dir, writing
+from scratchvae.history import METRICS
+from scratchvae.runs import best_epoch, load_run, prune_checkpoints
 from scratchvae.train import TrainConfig, fit, resume
 
 D = 10
@@ -148,7 +150,7 @@ def test_lost_and_torn_metrics_rows_are_rebuilt_from_the_checkpoints(tmp_path):
 
 
 # ------------------------------------------------------------------------ one writer at a time
-HOLD = ("import sys, time; from scratchvae.runs import writing\n"
+HOLD = ("import sys, time; from scratchvae.folders import writing\n"
         "with writing(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)")
 
 

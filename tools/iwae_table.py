@@ -24,7 +24,8 @@ from pathlib import Path
 from scratchvae.data import load_dataset
 from scratchvae.errors import ScratchVAEError
 from scratchvae.evaluate import evaluate_run
-from scratchvae.runs import load_run, read_history
+from scratchvae.history import read_history
+from scratchvae.runs import load_run
 from scratchvae.optim import iwae_stage
 
 K = 5000

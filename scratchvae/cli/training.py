@@ -178,7 +178,8 @@ def _refuse_train_flags(a):
 def _train(a, folder, replacing, train, *args, **kwargs):
     """Run ``train`` (fit or resume) with ``args`` into ``folder``, render it, report an interrupt
     or a failure, and move a completed run that replaces another (``replacing``) into its place."""
-    from ..runs import finish_replacement, writing
+    from ..folders import writing
+    from ..runs import finish_replacement
     from ..train import Interrupted
 
     with writing(replacing) if replacing else contextlib.nullcontext(), Progress(a.quiet) as progress, \
@@ -216,7 +217,7 @@ def _interrupted(a, e, run_dir, replacing, progress, signum):
 
 
 def _train_resume(a):
-    from ..runs import writing
+    from ..folders import writing
 
     _refuse(a, [("overwrite", True, "--overwrite does not apply to --resume (a resumed run stays where it is)"),
                 ("no_graph", "backend" in a.given and a.backend == "numpy",

@@ -178,7 +178,7 @@ def cmd_decode(a):
 
 def cmd_plot(a):
     from ..plots import figure_plan, plot_run
-    from ..runs import writing
+    from ..folders import writing
 
     out = Path(a.out or Path(a.run_dir) / "figures")
     inside = out.resolve().is_relative_to(Path(a.run_dir).resolve())
@@ -199,7 +199,8 @@ def cmd_compare(a):
     from ..data.fingerprint import data_record
     from ..errors import InputError
     from ..plots import image_tile
-    from ..runs import check_run_dir, staged_dir
+    from ..folders import staged_dir
+    from ..runs import check_run_dir
 
     _refuse_data_dir(a, a.dataset)
     out = Path(a.out) if a.out else _timestamped("compare-")
