@@ -330,6 +330,13 @@ class ModelConfig(_Settings):
         if layers > 1 and (not self.hidden or isinstance(self.hidden[0], int) or len(self.hidden) != layers):
             raise SettingError(f"{{hidden}} holds one group of sizes per stochastic layer ({layers} in {{latent}}), "
                                f"got {_show_layers(self.hidden) or repr('')}", "hidden", "latent")
+        if layers > 1 and self.mode != "vae":
+            raise SettingError(f"{{latent}} of {layers} stochastic layers is a hierarchical VAE; {{mode}} {self.mode} "
+                               f"has one code (use one latent size, or {{mode}} vae)", "latent", "mode")
+        if layers > 1 and self.posterior != "diagonal":
+            raise SettingError(f"{{latent}} of {layers} stochastic layers chains diagonal Gaussians; {{posterior}} "
+                               f"{self.posterior} is built for one layer (use {{posterior}} diagonal)",
+                               "latent", "posterior")
 
     @property
     def latents(self):
@@ -451,9 +458,12 @@ PRESETS = {
                        batch_size=20, optimizer="adam", lr=1e-3, adam_eps=1e-4, lr_schedule="iwae",
                        output_bias="data-mean", epochs=3280),
 }
+PRESETS["iwae-paper-2"] = {**PRESETS["iwae-paper"], "hidden": ((200, 200), (100, 100)), "latent": (100, 50)}
 """Named settings of ``train --preset``, by field name. ``iwae-paper``: the MNIST setup of Burda,
 Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (ICLR 2016), section 5 and appendix: two
 tanh layers of 200 and a 50-d latent, dynamically binarised images, batches of 20, Adam (β₁ 0.9, β₂
 0.999, ε 1e-4) at 1e-3 · 10^(−i/7) in stage i of 3ⁱ epochs for i = 0…7 (3280 epochs), the output
 bias started at the logit of the pixel means. The objective (--objective, --iw-samples) and q(z|x)
-(--posterior) stay free: they are what the paper compares."""
+(--posterior) stay free: they are what the paper compares. ``iwae-paper-2``: the same with the paper's
+two stochastic layers: q(h₁|x) through 784-200-200-(2·100), q(h₂|h₁) through 100-100-100-(2·50),
+p(h₁|h₂) through 50-100-100-(2·100) and p(x|h₁) through 100-200-200-784, all tanh."""

@@ -50,6 +50,7 @@ import numpy as np
 from .backend import get_backend
 from .backend.random import Streams
 from .errors import InputError
+from .hierarchy import Chain, make_chain_objective
 from .likelihoods import make_likelihood
 from .config import DTYPES, ModelConfig
 from .objectives import LossResult, make_objective
@@ -105,19 +106,21 @@ class VAE:
     def __init__(self, config=None, *, backend="numpy", **settings):
         self.settings = _settings(config, settings)
         s = self.settings
-        if len(s.latents) > 1:
-            raise InputError(f"latent={s.latent}: several stochastic layers are not built yet (one latent size)")
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
-        self.input_dim, self.hidden, self.latent, self.activation = s.input_dim, s.hidden, s.latent, s.activation
+        layered = len(s.latents) > 1
+        self.input_dim, self.activation = s.input_dim, s.activation
+        self.hidden, self.latent = (s.hidden[0], s.latents[0]) if layered else (s.hidden, s.latent)
         self.dec_hidden = self.hidden[::-1]
         self.likelihood = make_likelihood(s.likelihood, s.sigma)
         self.mode, self.beta, self.seed = s.mode, s.beta, s.seed
         self.posterior = make_posterior(s)
         self.iw_samples = s.iw_samples or 1
-        self.objective = make_objective(s.mode, s.objective, s.beta, s.iw_samples)
         self.dtype = np.dtype(s.dtype)
         self.precision = _precision(s.precision, self.backend)
+        self.chain = Chain(self.posterior, s.latents, s.hidden, s.activation, self.precision) if layered else None
+        self.objective = (make_chain_objective(s, self.chain) if layered
+                          else make_objective(s.mode, s.objective, s.beta, s.iw_samples))
         self.rng = Streams(self.seed, MODEL_STREAMS, xp=self.xp)
         self.encoder = DenseStack("enc", (self.input_dim, *self.hidden, self.posterior.head_width(self.latent)),
                                   "head", self.activation, self.precision)
@@ -128,8 +131,10 @@ class VAE:
 
     # -- structure --------------------------------------------------------------------
     def _build_params(self):
-        self.shapes = {**self.encoder.param_shapes(), **self.decoder.param_shapes(),
-                       **self.likelihood.param_shapes(self.input_dim)}
+        self.shapes = {}
+        for stack in self.stacks():
+            self.shapes.update(stack.param_shapes())
+        self.shapes.update(self.likelihood.param_shapes(self.input_dim))
         self._offsets = {}
         off = 0
         for name, shape in self.shapes.items():
@@ -141,9 +146,14 @@ class VAE:
         self.params = self._views(self.theta)
         self.grads = self._views(self.grad)
         self.params_lo = self.params if self.theta_lo is None else self._views(self.theta_lo)
-        for stack in (self.encoder, self.decoder):
+        for stack in self.stacks():
             stack.bind(self.params, self.grads, self.params_lo)
         self._init_params()
+
+    def stacks(self):
+        """Every dense stack, in the flat buffer's order: the encoder, the chain's trunks (several
+        stochastic layers: :mod:`scratchvae.hierarchy`), the decoder."""
+        return [self.encoder, *(self.chain.stacks() if self.chain else ()), self.decoder]
 
     def _views(self, flat):
         out = {}
@@ -244,13 +254,14 @@ class VAE:
 
     def eps_shape(self, n):
         """The shape of the noise ε of one :meth:`loss_and_grads` call on n images: (n, L), or
-        (K, n, L) with ``objective='iwae'`` (a point code takes none; an ε given is ignored)."""
+        (K, n, L) with ``objective='iwae'`` (a point code takes none; an ε given is ignored).
+        Several stochastic layers: a tuple of one such shape per layer, bottom first."""
         return self.objective.eps_shape(n, self.latent)
 
     def noise(self, n, stream):
-        """One :meth:`loss_and_grads` call's ε for n images drawn from ``stream``, or None when
-        the model's code is a point and takes no noise."""
-        return self.posterior.draw_noise(stream, self.eps_shape(n), self.dtype.name)
+        """One :meth:`loss_and_grads` call's ε for n images drawn from ``stream`` (a tuple of one
+        array per layer with several stochastic layers), or None when the model's code is a point."""
+        return self.objective.noise(self.posterior, stream, n, self.latent, self.dtype.name)
 
     def _check_batch(self, x, eps, target):
         """x and target (N, D), eps :meth:`eps_shape` as :meth:`loss_and_grads` takes them;
@@ -258,10 +269,7 @@ class VAE:
         self._check_x(x)
         n = x.shape[0]
         if eps is not None:
-            self.backend.check("eps", eps)
-            if tuple(eps.shape) != self.eps_shape(n) or eps.dtype != self.dtype:
-                raise InputError(f"eps must be a {self.dtype.name} array of shape {self.eps_shape(n)}, "
-                                 f"got {eps.dtype} {tuple(eps.shape)}")
+            self._check_eps(eps, self.eps_shape(n))
         if target is None:
             return x
         if target is not x:
@@ -269,6 +277,24 @@ class VAE:
             if target.shape != x.shape:
                 raise InputError(f"target must have x's shape {tuple(x.shape)}, got {tuple(target.shape)}")
         return target
+
+    def _check_eps(self, eps, shape):
+        """eps of ``shape``: one array, or (several stochastic layers) a tuple of one per layer."""
+        if self.chain is None:
+            self.backend.check("eps", eps)
+            if tuple(eps.shape) != shape or eps.dtype != self.dtype:
+                raise InputError(f"eps must be a {self.dtype.name} array of shape {shape}, "
+                                 f"got {eps.dtype} {tuple(eps.shape)}")
+            return
+        if not isinstance(eps, (tuple, list)) or len(eps) != len(shape):
+            raise InputError(f"eps must be a tuple of {len(shape)} arrays (one per stochastic layer) of shapes "
+                             f"{shape}, got {type(eps).__name__}"
+                             + (f" of {len(eps)}" if isinstance(eps, (tuple, list)) else ""))
+        for i, (e, s) in enumerate(zip(eps, shape)):
+            self.backend.check(f"eps[{i}]", e)
+            if tuple(e.shape) != s or e.dtype != self.dtype:
+                raise InputError(f"eps[{i}] (layer {i + 1}'s) must be a {self.dtype.name} array of shape {s}, "
+                                 f"got {e.dtype} {tuple(e.shape)}")
 
     # -- the verbs ----------------------------------------------------------------------
     def _weights_for_products(self):
@@ -371,7 +397,7 @@ class VAE:
         posterior's sample and KL, its head bias folded in; the decoder; the objective's loss."""
         self._weights_for_products()
         head, ws.target = self.objective.rows(self.encoder.forward(x, ws.enc), target, ws)
-        self.posterior.fill_noise(ws.q, None if eps is None else eps.reshape(head.shape[0], -1), self.rng["noise"])
+        self.posterior.fill_noise(ws.q, self.objective.noise_rows(eps, head.shape[0], ws), self.rng["noise"])
         z, kl = self.posterior.forward(head, ws.q, self.encoder.last.b)
         return self.objective.loss(self, ws, self.decoder.forward(z, ws.dec), ws.target, kl, beta)
 

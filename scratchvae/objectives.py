@@ -108,6 +108,14 @@ class ELBO:
     def eps_shape(self, n, L):
         return (n, L)
 
+    def noise(self, posterior, stream, n, L, dtype):
+        """One call's ε for n images from ``stream`` (None where the posterior takes none)."""
+        return posterior.draw_noise(stream, self.eps_shape(n, L), dtype)
+
+    def noise_rows(self, eps, rows, ws):
+        """The first posterior's ε as rows (one per sample of z), or None (drawn by the block)."""
+        return None if eps is None else eps.reshape(rows, -1)
+
     def workspace(self, xp, dtype, head, dhead, width):
         """The encoder's head buffers as they are (one z per image), and the likelihood's own
         gradient between the forward and the backward (a learned σ's)."""
@@ -198,6 +206,8 @@ class ImportanceWeighted:
 
     def eps_shape(self, n, L):
         return (self.samples, n, L)
+
+    noise, noise_rows = ELBO.noise, ELBO.noise_rows
 
     def workspace(self, xp, dtype, head, dhead, width):
         """The head, its gradient and the target once per sample (the encoder's own head buffers

@@ -26,6 +26,7 @@ posterior turns them into a sample z and KL(q ‖ p) with p = N(0, I), and back:
 ``log_prior_rows(z, dtype)``                log p(z) per row, p = N(0, I)
 ``kl_terms(params)``                        KL of each latent unit, per row
 ``head_log_det_rows(head, L)``              log |det ∂z/∂ε| per row of a training head
+``sampled_backward(dz, q, head, w, dhead)``  ∂/∂head of its log q (and log p(z)) as sampled
 ``iw_backward(dz, q, head, weights, dhead)``  the importance-weighted gradient into dhead
 ==========================================  ===========================================
 
@@ -127,31 +128,45 @@ class _Gaussian:
         """log p(z) per row, p = N(0, I)."""
         return log_standard_normal_rows(z, dtype=dtype)
 
-    def head_log_det_rows(self, head, L):
+    def head_log_det_rows(self, head, L, out=None):
         """log |det ∂z/∂ε| per row of a head as the forward left it (bias added, clamped):
-        γ Σ_i s_i over its log-scale columns s = head[:, L:2L] (γ = ``log_scale_weight``)."""
-        log_det = xp_of(head).sum(head[:, L:2 * L], axis=1)
+        γ Σ_i s_i over its log-scale columns s = head[:, L:2L] (γ = ``log_scale_weight``), into
+        ``out`` (rows,) where given."""
+        log_det = xp_of(head).sum(head[:, L:2 * L], axis=1, out=out)
         log_det *= self.log_scale_weight
         return log_det
 
-    def iw_backward(self, dz, q, head, weights, dhead):
-        """∂/∂head of Σ_r w̃_r (−log p(z_r) + log q(z_r|x)) + (what ``dz`` carries) into dhead.
+    def sampled_backward(self, dz, q, head, weights, dhead, standard_prior=False):
+        """∂/∂head of Σ_r w_r (log q(z_r|·) [− log p(z_r)]) + (what ``dz`` carries) into dhead: the
+        sample's own log-density terms taken as sampled, not in closed form (the importance-weighted
+        bound's, and a hierarchical model's layers below the top).
 
-        ``dz`` (rows, L) arrives as w̃_r ∂(−log p(x|z_r))/∂z_r (the decoder's backward of the
-        weighted likelihood gradient) and is spent (see the module); ``weights`` (rows,) are w̃. Per row,
-        with −log p(z) + log q(z|x) = ½‖z‖² − ½‖ε‖² − γ Σ_i s_i (+ const), s the log-scale columns:
-        ∂/∂z = z (ε is fixed), which goes through the sample with the rest of dz (the fused
-        backward with β = 0), and ∂/∂s_i = −γ directly. Clamped log-scales get 0, as in training.
+        ``dz`` (rows, L) arrives as ∂/∂z of the rest (the decoder's or the layer above's backward)
+        and is spent (see the module); ``weights``: w̃ per row (rows,), or a β (a number or an array
+        of one value). Per row, log q(z|·) = −½‖ε‖² − γ Σ_i s_i (+ const) by the change of
+        variables, s the log-scale columns, and with ``standard_prior`` −log p(z) = ½‖z‖² (+ const):
+        ∂/∂z = z (ε is fixed) goes through the sample with the rest of dz (the fused backward with
+        β = 0), and ∂/∂s_i = −γ directly. Clamped log-scales get 0, as in training.
         """
         xp = xp_of(head)
         L = q.z.shape[1]
-        w = weights[:, None]
-        dz += xp.multiply(q.z, w, out=q.scratch)
+        w = weights if isinstance(weights, (int, float)) else weights.reshape(-1, 1)
+        if standard_prior:
+            dz += xp.multiply(q.z, w, out=q.scratch)
         self.backward(dz, q, head, 0.0, dhead)
         ds = dhead[:, L:2 * L]
-        ds -= xp.multiply(w, self.log_scale_weight, out=q.scratch[:, :1])
+        if isinstance(w, (int, float)):
+            ds -= self.log_scale_weight * w
+        else:
+            ds -= xp.multiply(w, self.log_scale_weight, out=q.scratch[:w.shape[0], :1])
         inside = xp.abs(head[:, L:2 * L], out=q.scratch)
         ds *= xp.less(inside, self.log_scale_limit, out=inside)      # 1 inside the clamp, else 0
+
+    def iw_backward(self, dz, q, head, weights, dhead):
+        """∂/∂head of Σ_r w̃_r (−log p(z_r) + log q(z_r|x)) + (what ``dz`` carries), the
+        importance-weighted bound's (``weights`` w̃ (rows,)): :meth:`sampled_backward` with the
+        standard normal prior, ∂/∂z = w̃ z."""
+        self.sampled_backward(dz, q, head, weights, dhead, standard_prior=True)
 
 
 class DiagonalGaussian(_Gaussian):

@@ -38,6 +38,14 @@ CASES = {
     "gaussian-shared-iwae-3": {"likelihood": "gaussian", "sigma": "shared", "objective": "iwae", "iw_samples": 3},
     "kl-only": {"mode": "kl-only", "beta": 2.0},
     "ae": {"mode": "ae"},
+    "two-layer-elbo": {"latent": (L, 2), "hidden": (HIDDEN, (5,))},
+    "two-layer-elbo-beta": {"latent": (L, 2), "hidden": (HIDDEN, (5, 3)), "beta": 0.4},
+    "two-layer-gaussian-per-pixel": {"latent": (L, 2), "hidden": (HIDDEN, (5,)), "likelihood": "gaussian",
+                                     "sigma": "per-pixel"},
+    "two-layer-iwae-1": {"latent": (L, 2), "hidden": (HIDDEN, (5,)), "objective": "iwae", "iw_samples": 1},
+    "two-layer-iwae-3": {"latent": (L, 2), "hidden": (HIDDEN, (5, 3)), "objective": "iwae", "iw_samples": 3},
+    "three-layer-iwae-2": {"latent": (L, 2, 2), "hidden": (HIDDEN, (5,), (4,)), "objective": "iwae",
+                           "iw_samples": 2, "likelihood": "gaussian", "sigma": "shared"},
 }
 
 
@@ -118,15 +126,68 @@ def reference_loss(F, P, x, eps, m):
     return -F["sum"](F["lse0"](logw) - math.log(eps.shape[0]))
 
 
+def _stack(F, P, prefix, h, depth, last="head"):
+    """The tanh trunk ``prefix`` of ``depth`` hidden layers and its last layer, on h (…, I)."""
+    for i in range(depth):
+        h = F["tanh"](h @ P[f"{prefix}.{i}.W"] + P[f"{prefix}.{i}.b"])
+    return h @ P[f"{prefix}.{last}.W"] + P[f"{prefix}.{last}.b"]
+
+
+def reference_chain_loss(F, P, x, eps, m):
+    """The objective of a model of several stochastic layers from the textbook formulas; eps one
+    (K, N, L_l) array per layer. Each density is written in h, not in ε: log N(h; μ, diag e^{lv})
+    = −½ Σ (log 2π + lv + (h − μ)² e^{−lv}); the ELBO takes the top layer's KL to N(0, I) in
+    closed form, the bound every term as sampled."""
+    def log_normal(h, mu, lv):
+        return -0.5 * F["sum"](math.log(2 * math.pi) + lv + (h - mu) ** 2 * F["exp"](-lv), axis=-1)
+
+    settings = m.settings
+    head = _stack(F, P, "enc", x, len(settings.hidden[0]))
+    qs, hs = [], []
+    for layer, (L_l, e) in enumerate(zip(settings.latents, eps)):
+        if layer:
+            head = _stack(F, P, f"enc{layer + 1}", hs[-1], len(settings.hidden[layer]))
+        mu, lv = head[..., :L_l], head[..., L_l:]
+        hs.append(mu + F["exp"](0.5 * lv) * e)
+        qs.append((mu, lv))
+    log_q = sum(log_normal(h, mu, lv) for h, (mu, lv) in zip(hs, qs))
+    log_p = log_normal(hs[-1], 0.0 * hs[-1], 0.0 * hs[-1])
+    for layer in range(1, len(hs)):
+        prior = _stack(F, P, f"prior{layer}", hs[layer], len(settings.hidden[layer]))
+        L_l = settings.latents[layer - 1]
+        log_p = log_p + log_normal(hs[layer - 1], prior[..., :L_l], prior[..., L_l:])
+    nll = reference_nll(F, P, _stack(F, P, "dec", hs[0], len(settings.hidden[0]), "out"), x, m)
+    if m.objective.name == "elbo":
+        mu, lv = qs[-1]
+        top = log_q - log_normal(hs[-1], *qs[-1]) - (log_p - log_normal(hs[-1], 0.0 * mu, 0.0 * mu))
+        return F["sum"](nll) + m.beta * (F["sum"](top) + 0.5 * F["sum"](F["exp"](lv) - 1 - lv + mu * mu))
+    logw = -nll + log_p - log_q
+    return -F["sum"](F["lse0"](logw) - math.log(eps[0].shape[0]))
+
+
+def reference(F, P, x, eps, m):
+    return (reference_loss if m.chain is None else reference_chain_loss)(F, P, x, eps, m)
+
+
 def ours(case):
-    m = VAE(input_dim=D, hidden=HIDDEN, latent=L, activation="tanh", dtype="float64", seed=7, **CASES[case])
+    m = VAE(**{"input_dim": D, "hidden": HIDDEN, "latent": L, "activation": "tanh", "dtype": "float64", "seed": 7,
+               **CASES[case]})
     r = np.random.default_rng(8)
     m.set_params({k: r.normal(size=s) * (1.5 / np.sqrt(s[0]) if len(s) == 2 else 0.3) for k, s in m.shapes.items()})
     x = r.uniform(size=(N, D))
-    eps = r.normal(size=m.eps_shape(N))
-    res = m.loss_and_grads(x, eps=eps)
-    return m, m.host_params(), x, eps.reshape(-1, N, L), float(res.objective), {
-        k: v.copy() for k, v in res.grads.items()}
+    if m.chain is None:
+        eps = r.normal(size=m.eps_shape(N))
+        res = m.loss_and_grads(x, eps=eps)
+        eps = eps.reshape(-1, N, L)
+    else:
+        eps = tuple(r.normal(size=s) for s in m.eps_shape(N))
+        res = m.loss_and_grads(x, eps=eps)
+        eps = tuple(e.reshape(-1, N, e.shape[-1]) for e in eps)
+    return m, m.host_params(), x, eps, float(res.objective), {k: v.copy() for k, v in res.grads.items()}
+
+
+def _const(F, eps):
+    return tuple(F["const"](e) for e in eps) if isinstance(eps, tuple) else F["const"](eps)
 
 
 def rel(a, b):
@@ -144,7 +205,7 @@ def test_matches_torch(case):
     F = torch_ops()
     m, P, x, eps, value, grads = ours(case)
     T = {k: F["tensor"](v) for k, v in P.items()}
-    loss = reference_loss(F, T, F["const"](x), F["const"](eps), m)
+    loss = reference(F, T, F["const"](x), _const(F, eps), m)
     loss.backward()
     unreached = np.zeros                 # torch leaves None where the loss does not reach (KL-only's decoder)
     check(value, grads, float(loss.detach()), {k: unreached(P[k].shape) if T[k].grad is None else T[k].grad.numpy()
@@ -158,5 +219,5 @@ def test_matches_jax(case):
 
     m, P, x, eps, value, grads = ours(case)
     T = {k: F["tensor"](v) for k, v in P.items()}
-    loss, g = jax.value_and_grad(lambda T: reference_loss(F, T, F["const"](x), F["const"](eps), m))(T)
+    loss, g = jax.value_and_grad(lambda T: reference(F, T, F["const"](x), _const(F, eps), m))(T)
     check(value, grads, float(loss), {k: np.asarray(g[k]) for k in P})

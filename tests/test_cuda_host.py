@@ -93,6 +93,32 @@ def test_reparam_kl_forward_and_backward(dtype, hk):
         assert out[0, L] == 0 and out[0, L + 1] == 0 and out[0, L + 2] == 0  # clamped: no gradient
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cond_prior_forward_and_backward(dtype, hk):
+    """A hierarchical model's conditional prior: the rows ½ Σ (r² + lv_p) (one thread per row,
+    two blocks of them) and the head as the forward leaves it (bias added, clamps) exactly; the
+    backward with a β, a schedule's float64 device β, and one weight per row (w̃), its clamped
+    entries 0, and its ∂/∂h added into what dh holds."""
+    r = np.random.default_rng(5)
+    N, L = 300, 7
+    head, h, dh0 = arrays(dtype, r.normal(size=(N, 2 * L)), r.normal(size=(N, L)), r.normal(size=(N, L)))
+    head[0, L:L + 3] = [40.0, -45.0, 30.0]
+    for bias in (r.normal(size=2 * L).astype(dtype) * 0.3, None):
+        h_h, h_d = head.copy(), head.copy()
+        want = ops.cond_prior_forward(h_h, h, np.empty(N, dtype), np.empty((N, L), dtype), np.empty((N, L), dtype),
+                                      bias=bias)
+        got = K(hk, ops.cond_prior_forward, h_d, h, np.full(N, np.nan, dtype), None, None, bias=bias)
+        assert got.dtype == np.dtype(dtype) and rel(got, want) <= TWIN[dtype]
+        np.testing.assert_array_equal(h_d, h_h)
+    for weights in (0.5, np.array([0.7]), r.uniform(size=N).astype(dtype)):
+        w_host = float(weights[0]) if isinstance(weights, np.ndarray) and weights.size == 1 else weights
+        dh_h, dh_d = dh0.copy(), dh0.copy()
+        want = ops.cond_prior_backward(h_h, h, w_host, np.empty((N, 2 * L), dtype), dh_h, np.empty((N, L), dtype))
+        out = K(hk, ops.cond_prior_backward, h_h, h, weights, np.full((N, 2 * L), np.nan, dtype), dh_d, None)
+        assert rel(out, want) <= TWIN[dtype] and rel(dh_d, dh_h) <= TWIN[dtype]
+        assert out[0, L] == 0 and out[0, L + 1] == 0 and out[0, L + 2] == 0
+
+
 @pytest.mark.parametrize("offdiag", [1.0, 0.375])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fullcov_reparam_kl_forward_and_backward(dtype, offdiag, hk):

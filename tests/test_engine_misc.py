@@ -65,15 +65,18 @@ MODEL_KINDS = {
     "iwae-bernoulli": {"objective": "iwae", "iw_samples": 5},
     "iwae-gaussian": {"objective": "iwae", "iw_samples": 5, "likelihood": "gaussian", "sigma": "per-pixel"},
     "iwae-full": {"objective": "iwae", "iw_samples": 5, "posterior": "full"},
+    "two-layer": {"latent": (20, 10), "hidden": ((400,), (100,))},
+    "two-layer-iwae": {"latent": (20, 10), "hidden": ((400,), (100,)), "objective": "iwae", "iw_samples": 5},
 }
-"""Every kind of model a step trains, at the 784-400-20 size."""
+"""Every kind of model a step trains, at the 784-400-20 size (two layers: 20 and 10 latents, the
+second's trunks of 100)."""
 
 
 @pytest.mark.parametrize("kind", list(MODEL_KINDS))
 def test_step_allocates_nothing_large(kind, fused_path):
     """Every activation, likelihood, mode, posterior and objective, with the Numba twins and with
     the NumPy bodies: a warmed-up Adam step allocates less than one (B, L) array (tests/_alloc.py)."""
-    m = VAE(hidden=(400,), latent=20, seed=0, **MODEL_KINDS[kind])
+    m = VAE(**{"hidden": (400,), "latent": 20, "seed": 0, **MODEL_KINDS[kind]})
     assert_step_allocates_nothing_large(m, Adam(m.theta, lr=1e-3))
 
 

@@ -394,3 +394,53 @@ def test_a_training_step_through_the_twins_matches_the_bodies(dtype, monkeypatch
         assert rel(a, b) <= SUM_REL
     for k, g in res["bodies"][2].items():
         assert np.linalg.norm(res["twins"][2][k] - g) <= 1e-5 * np.linalg.norm(g), k
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_conditional_prior_within_its_bounds(dtype, twins):
+    """A hierarchical model's conditional prior (ops/hierarchy.py): the head's bias and clamp bit
+    for bit; each row's ½ Σ (r² + lv_p) within SUM_REL (float64 sums of exp32's terms); the
+    backward (β, a schedule's β, one weight per row) within 1e-6 in norm, its clamped entries 0.
+    Float64 runs the bodies: the same bits."""
+    r = np.random.default_rng(12)
+    N, L = 11, 9
+    head, h = r.normal(size=(N, 2 * L)).astype(dtype), r.normal(size=(N, L)).astype(dtype)
+    head[0, L:L + 2] = [40.0, -35.0]
+    b = (r.normal(size=2 * L) * 0.3).astype(dtype)
+    outs = []
+    for run in (ops.cond_prior_forward.body, lambda *a, **k: twin(twins, ops.cond_prior_forward, *a, **k)):
+        hd = head.copy()
+        out = run(hd, h, np.empty(N, dtype), np.empty((N, L), dtype), np.empty((N, L), dtype), bias=b)
+        outs.append((out, hd))
+    (o_b, h_b), (o_t, h_t) = outs
+    same_bits(h_t, h_b)
+    assert np.max(np.abs(o_t.astype(np.float64) - o_b) / np.abs(o_b)) <= SUM_REL
+    for w in (0.7, np.array([0.3]), r.uniform(size=N).astype(dtype)):
+        res = []
+        for run in (ops.cond_prior_backward.body, lambda *a: twin(twins, ops.cond_prior_backward, *a)):
+            dh = np.ones((N, L), dtype)
+            res.append((run(h_b, h, w, np.empty((N, 2 * L), dtype), dh, np.empty((N, L), dtype)), dh))
+        (g_b, dh_b), (g_t, dh_t) = res
+        assert g_t[0, L] == 0 and g_t[0, L + 1] == 0
+        if dtype == "float64":
+            same_bits(g_t, g_b)
+            same_bits(dh_t, dh_b)
+            continue
+        for got, want in ((g_t, g_b), (dh_t, dh_b)):
+            assert np.linalg.norm(got - want) <= 1e-6 * np.linalg.norm(want)
+
+
+def test_a_two_layer_step_through_the_twins_matches_the_bodies(monkeypatch):
+    """As the one-layer step above, float32, a two-layer model's ELBO (the conditional prior's twins
+    in it). (The bound's weights w̃ = softmax(log w) turn a 1e-7 relative change of a log w of
+    several hundred nats into 1e-5 of the gradient: the blocks' own bounds above are the test.)"""
+    x = (np.random.default_rng(9).uniform(size=(16, 784)) < 0.3).astype(np.float32)
+    res = {}
+    for name, table in (("twins", _numba_kernels.Twins(body_of)), ("bodies", backend._NoTwins("off"))):
+        monkeypatch.setattr(NUMPY, "_twins", table)
+        m = VAE(hidden=((32,), (16,)), latent=(4, 3), seed=5)
+        r = m.loss_and_grads(x)
+        res[name] = (float(r.objective), {k: v.copy() for k, v in m.grads.items()})
+    assert rel(res["twins"][0], res["bodies"][0]) <= SUM_REL
+    for k, g in res["bodies"][1].items():
+        assert np.linalg.norm(res["twins"][1][k] - g) <= 1e-5 * np.linalg.norm(g), k

@@ -62,7 +62,7 @@ def test_every_activation_and_every_typed_kernel_is_in_the_cuda_source():
     typed = set(re.findall(r"__global__ void (\w+)_##SUF\(", src))
     assert typed == {"finish_sum", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll", "adam",
                      "adam_from", "gather_rows", "record_losses", "fullcov_reparam_kl_forward",
-                     "fullcov_reparam_kl_backward"}
+                     "fullcov_reparam_kl_backward", "cond_prior_forward", "cond_prior_backward"}
     for name in ("load_row", "to_bf16", "from_bf16"):
         assert re.search(rf'extern "C" __global__ void {name}\(', src), name
     assert src.startswith(f"#define SV_THREADS {_cupy_kernels.THREADS}\n")

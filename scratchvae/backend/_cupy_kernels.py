@@ -327,6 +327,48 @@ __device__ void record_losses(const T* first, const T* second, const T* recon, c
     }
 }
 
+/* ---- the conditional prior of a hierarchical model (ops/hierarchy.py) ---------------------------- */
+/* head (N, 2L) = [mu_p | lv_p]; b (2L) or null: head += b in place first; lv_p clamped in place to
+   +-lim; h (N, L). out[r] = 1/2 sum_j ((h - mu_p)^2 e^{-lv_p} + lv_p), one thread per row. */
+template <typename T>
+__device__ void cond_prior_fwd(T* head, const T* b, const T* h, T* out, i64 N, i64 L, T lim) {
+    GRID_STRIDE(r, N) {
+        double acc = 0.0;
+        for (i64 j = 0; j < L; ++j) {
+            T mu = head[r * 2 * L + j], lv = head[r * 2 * L + L + j];
+            if (b) { mu = mu + b[j]; lv = lv + b[L + j]; head[r * 2 * L + j] = mu; }
+            lv = np_clip(lv, -lim, lim);
+            head[r * 2 * L + L + j] = lv;
+            T u = m_exp(-lv), d = h[r * L + j] - mu;
+            T t = d * d; t = t * u; t = t + lv;
+            acc += (double)t;
+        }
+        out[r] = (T)(0.5 * acc);
+    }
+}
+
+/* With w = w_rows[r] (w_rows not null), else *w_p (a float64 device scalar, not null), else w_s;
+   d = h - mu_p, u = e^{-lv_p}:  dh += w d u;  dmu_p = -w d u;  dlv_p = w (1 - d^2 u) / 2, 0 where
+   |lv_p| >= lim. In the NumPy body's order of operations. */
+template <typename T>
+__device__ void cond_prior_bwd(const T* head, const T* h, const T* w_rows, const double* w_p, T w_s, T* dhead,
+                               T* dh, i64 n, i64 L, T lim) {
+    T w0 = w_p ? (T)w_p[0] : w_s;
+    GRID_STRIDE(i, n) {
+        i64 r = i / L, j = i - r * L;
+        T w = w_rows ? w_rows[r] : w0;
+        T mu = head[r * 2 * L + j], lv = head[r * 2 * L + L + j];
+        T u = m_exp(-lv), d = h[i] - mu;
+        T du = d * u, dlv = d * du;
+        dlv = T(1) - dlv; dlv = dlv * T(0.5); dlv = dlv * w;
+        du = du * w;
+        dh[i] = dh[i] + du;
+        dhead[r * 2 * L + j] = -du;
+        T inside = (lv < T(0) ? -lv : lv) < lim ? T(1) : T(0);
+        dhead[r * 2 * L + L + j] = dlv * inside;
+    }
+}
+
 #define TYPED_KERNELS(T, SUF) \
 extern "C" __global__ void finish_sum_##SUF(const double* partials, int nb, double scale, T* out) \
     { finish_sum<T>(partials, nb, scale, out); } \
@@ -356,7 +398,13 @@ extern "C" __global__ void fullcov_reparam_kl_forward_##SUF(T* h, const T* b, co
     { fullcov_fwd<T>(h, b, eps, z, S, n, L, lim, c, partials); } \
 extern "C" __global__ void fullcov_reparam_kl_backward_##SUF(const T* dz, const T* eps, const T* S, const T* h, \
         const double* beta_p, T beta_s, T* dh, i64 n, i64 L, T lim, T c) \
-    { fullcov_bwd<T>(dz, eps, S, h, beta_p, beta_s, dh, n, L, lim, c); }
+    { fullcov_bwd<T>(dz, eps, S, h, beta_p, beta_s, dh, n, L, lim, c); } \
+extern "C" __global__ void cond_prior_forward_##SUF(T* head, const T* b, const T* h, T* out, i64 N, i64 L, \
+        T lim) \
+    { cond_prior_fwd<T>(head, b, h, out, N, L, lim); } \
+extern "C" __global__ void cond_prior_backward_##SUF(const T* head, const T* h, const T* w_rows, \
+        const double* w_p, T w_s, T* dhead, T* dh, i64 n, i64 L, T lim) \
+    { cond_prior_bwd<T>(head, h, w_rows, w_p, w_s, dhead, dh, n, L, lim); }
 
 TYPED_KERNELS(float, f32)
 TYPED_KERNELS(double, f64)
@@ -413,7 +461,7 @@ class Kernels:
             "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
             "adam", "adam_from", "matmul", "sum_rows", "softplus", "bernoulli_nll_rows", "gather_rows",
             "load_row", "record_losses", "fullcov_reparam_kl_forward", "fullcov_reparam_kl_backward",
-            "to_bf16", "from_bf16")}
+            "cond_prior_forward", "cond_prior_backward", "to_bf16", "from_bf16")}
 
     def get(self, name):
         """The launcher of kernel ``name`` (a Python callable), or None if there is none."""
@@ -552,6 +600,28 @@ class Kernels:
         self._launch(f"fullcov_reparam_kl_backward_{suf}", n,
                      (np.uint64(0) if dz is None else dz, eps, scale, head, beta_p, beta_s, dhead,
                       np.int64(n), np.int64(L), t(limit), t(offdiag)))
+        return dhead
+
+    # -- a hierarchical model's conditional prior ----------------------------------------------------
+    def cond_prior_forward(self, head, h, out, scratch, work, bias, limit):
+        suf, t = self._suffix(head), head.dtype.type
+        N, L = h.shape
+        self._need_c("cond_prior_forward", head, h, out)
+        self.fn(f"cond_prior_forward_{suf}")((_blocks(N),), (THREADS,), (
+            head, self._vector_or_null(bias, 2 * L, head.dtype), h, out, np.int64(N), np.int64(L), t(limit)))
+        return out
+
+    def cond_prior_backward(self, head, h, weights, dhead, dh, scratch, limit):
+        suf, t = self._suffix(head), head.dtype.type
+        N, L = h.shape
+        self._need_c("cond_prior_backward", head, h, dhead, dh)
+        rows = np.uint64(0)
+        if isinstance(weights, self.cp.ndarray) and weights.dtype == head.dtype and weights.size == N:
+            rows, w_p, w_s = self._c(weights.reshape(-1)), np.uint64(0), t(0)
+        else:
+            w_p, w_s = self._beta(weights, t)
+        self._launch(f"cond_prior_backward_{suf}", N * L,
+                     (head, h, rows, w_p, w_s, dhead, dh, np.int64(N * L), np.int64(L), t(limit)))
         return dhead
 
     def _beta(self, beta, t):

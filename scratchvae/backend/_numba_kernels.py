@@ -166,6 +166,53 @@ def _reparam_kl_backward(dz, eps, std, ml, beta, dml, lim, mask):
 
 
 
+# -- a hierarchical model's conditional prior (ops/hierarchy.py) --------------------------------------
+@njit(**JIT)
+def _clip(v, lim):
+    """numpy.clip(v, −lim, lim): NaN stays NaN (no comparison holds)."""
+    return -lim if v < -lim else (lim if v > lim else v)
+
+
+@njit(**JIT)
+def _cond_prior_forward(head, b, h, out, work, lim):
+    """Twin of ``ops.hierarchy.cond_prior_forward`` (derivation there). head += b; lv_p clamped
+    to ±lim in place; work = ((h − μ_p)² u) + lv_p with u = e^{−lv_p} (the body's order);
+    out[r] = ½ Σ_j work[r, j], summed in float64 and rounded once."""
+    L = h.shape[1]
+    half = head.dtype.type(0.5)
+    for r in range(h.shape[0]):
+        hd, xr, wr = head[r], h[r], work[r]
+        for j in range(2 * L if b.size else 0):
+            hd[j] = hd[j] + b[j]
+        for j in range(L):
+            lv = _clip(hd[L + j], lim)
+            hd[L + j] = lv
+            d = xr[j] - hd[j]
+            wr[j] = ((d * d) * exp32(-lv)) + lv
+        out[r] = head.dtype.type(_sum64(wr)) * half
+
+
+@njit(**JIT)
+def _cond_prior_backward(head, h, w_rows, w0, dhead, dh, lim):
+    """Twin of ``ops.hierarchy.cond_prior_backward`` (derivation there), in the body's order:
+    w = w_rows[r] (else w0); du = d u; dlv_p = ((1 − d du) ½) w, × 0 where |lv_p| ≥ lim;
+    du ← du w; dh += du; dμ_p = −du."""
+    L = h.shape[1]
+    one, half, zero = head.dtype.type(1), head.dtype.type(0.5), head.dtype.type(0)
+    for r in range(h.shape[0]):
+        hd, xr, gr, dr = head[r], h[r], dhead[r], dh[r]
+        w = w_rows[r] if w_rows.size else w0
+        for j in range(L):
+            lv = hd[L + j]
+            d = xr[j] - hd[j]
+            du = d * exp32(-lv)
+            dlv = ((one - d * du) * half) * w
+            du = du * w
+            dr[j] = dr[j] + du
+            gr[j] = -du
+            gr[L + j] = dlv * (one if abs(lv) < lim else zero)
+
+
 # -- the Bernoulli block (ops/likelihoods.py: bernoulli_nll_forward_backward) -----------------------
 @njit(**JIT)
 def _bernoulli(y, b, x, dy, terms, cap):
@@ -282,7 +329,7 @@ class Twins:
         self._table = {name: getattr(self, name) for name in (
             "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
             "adam", "adam_from", "sum_rows", "softplus", "bernoulli_nll_rows", "philox_uniform",
-            "philox_normal")}
+            "philox_normal", "cond_prior_forward", "cond_prior_backward")}
 
     def get(self, name):
         return self._table.get(name)
@@ -342,6 +389,35 @@ class Twins:
         dz = np.empty((0, 0), ml.dtype) if dz is None else dz
         _reparam_kl_backward(dz, eps, std, ml, b_t, dml, t(limit), mask)
         return dml
+
+    # -- a hierarchical model's conditional prior ----------------------------------------------------
+    def cond_prior_forward(self, head, h, out, scratch, work, bias, limit):
+        ok = _fast(head, h, out, work) and head.dtype == np.float32 and h.ndim == 2 and h.size and (
+            type(limit) in (int, float) and head.shape == (h.shape[0], 2 * h.shape[1])) and (
+            out.shape == (h.shape[0],) and work.shape == h.shape)
+        b = _vector(bias, head.shape[1], head.dtype) if ok else None
+        if b is None:
+            return self.fallback("cond_prior_forward")(head, h, out, scratch, work, bias, limit)
+        _cond_prior_forward(head, b, h, out, work, head.dtype.type(limit))
+        return out
+
+    def cond_prior_backward(self, head, h, weights, dhead, dh, scratch, limit):
+        ok = _fast(head, h, dhead, dh) and head.dtype == np.float32 and h.ndim == 2 and h.size and (
+            type(limit) in (int, float) and head.shape == dhead.shape == (h.shape[0], 2 * h.shape[1])) and (
+            dh.shape == h.shape)
+        t = head.dtype.type
+        if isinstance(weights, np.ndarray) and weights.size == 1:
+            rows, w0 = np.empty(0, head.dtype), t(weights.reshape(-1)[0])   # as the body reads it
+        elif type(weights) in (int, float):
+            rows, w0 = np.empty(0, head.dtype), t(weights)
+        elif _fast(head, weights) and weights.shape == (h.shape[0],):
+            rows, w0 = weights, t(0)
+        else:
+            ok = False
+        if not ok:
+            return self.fallback("cond_prior_backward")(head, h, weights, dhead, dh, scratch, limit)
+        _cond_prior_backward(head, h, rows, w0, dhead, dh, t(limit))
+        return dhead
 
     # -- the Bernoulli block -------------------------------------------------------------------------
     def bernoulli_nll(self, logits, x, dlogits, scratch, overwrite_logits, bias):

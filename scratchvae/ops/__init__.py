@@ -10,6 +10,7 @@ module                 blocks
 :mod:`.gaussian`       reparameterize + KL(N(μ, σ²) ‖ N(0, I)) fused; row log-densities
 :mod:`.fullcov`        z = μ + Sε + KL(N(μ, SSᵀ) ‖ N(0, I)) fused; S, log det S, samples
 :mod:`.iwae`           the importance-weighted bound L_K and its normalised weights
+:mod:`.hierarchy`      a hierarchical model's conditional prior N(μ_p(h_up), diag e^{lv_p})
 :mod:`.likelihoods`    Bernoulli on logits, Gaussian (fixed / learned σ); their draws
 :mod:`.reference`      the unfused textbook forms, kept as test oracles
 =====================  =====================================================
@@ -50,6 +51,7 @@ from .gaussian import (
     reparam_kl_forward,
     reparameterize,
 )
+from .hierarchy import cond_prior_backward, cond_prior_forward
 from .iwae import iw_bound_and_weights
 from .likelihoods import (
     LOG_SIGMA_FLOOR,
@@ -77,6 +79,8 @@ __all__ = [
     "bernoulli_nll_forward_backward",
     "bernoulli_nll_rows",
     "bias_act_forward",
+    "cond_prior_backward",
+    "cond_prior_forward",
     "dense_backward",
     "from_bf16",
     "fullcov_kl_terms",
