@@ -110,6 +110,7 @@ class Gaussian:
     def __init__(self, kind="fixed", value=1.0):
         self.kind, self.value = kind, value
         self.learned = kind != "fixed"
+        self._vectors = (None,)
 
     @property
     def sigma(self):
@@ -128,29 +129,45 @@ class Gaussian:
         """Any finite pixel values have a density."""
 
     def log_sigma(self, params):
-        """log σ: a float (fixed σ) or an array (1,) / (D,) (learned, with its soft floor)."""
+        """log σ: a float (fixed σ) or an array (1,) / (D,) (learned, with its soft floor; a new one)."""
         if not self.learned:
             return math.log(self.value)
         return ops.soft_floor_log_sigma(params[LOGSIGMA])
 
+    def _step_log_sigma(self, params):
+        """(log σ, a spare vector of its shape) for a step's blocks: a learned σ's in two buffers
+        the likelihood keeps (one pair per parameter array), so a step allocates no vector of D;
+        valid until the next block of this likelihood."""
+        if not self.learned:
+            return math.log(self.value), None
+        s = params[LOGSIGMA]
+        key = (id(s), s.shape, s.dtype)
+        if self._vectors[0] != key:
+            self._vectors = (key, s.copy(), s.copy(), s.copy())
+        _, log_sigma, spare, scratch = self._vectors
+        return ops.soft_floor_log_sigma(s, out=log_sigma, scratch=scratch), spare
+
     def forward_backward(self, y, x, dy, scratch, bias, params):
         """(Σ −log p(x|y), ∂/∂log σ or None), dy = (y + bias − x)/σ²."""
         y += bias
-        return ops.gaussian_nll_forward_backward(y, x, self.log_sigma(params), dy, scratch,
-                                             per_pixel=self.kind == "per-pixel")
+        log_sigma, spare = self._step_log_sigma(params)
+        return ops.gaussian_nll_forward_backward(y, x, log_sigma, dy, scratch, per_pixel=self.kind == "per-pixel",
+                                                 vector=spare)
 
     def weighted_backward(self, y, x, weights, dy, scratch, params):
         """dy = w_r (y_r − x_r)/σ² row by row (y: means, bias added) and, for a learned σ,
         Σ_r w_r ∂(−log p(x_r|y_r))/∂log σ (for :meth:`backward_params`), else None."""
-        return ops.gaussian_nll_forward_backward(y, x, self.log_sigma(params), dy, scratch,
-                                                 per_pixel=self.kind == "per-pixel", row_weights=weights)[1]
+        log_sigma, spare = self._step_log_sigma(params)
+        return ops.gaussian_nll_forward_backward(y, x, log_sigma, dy, scratch, per_pixel=self.kind == "per-pixel",
+                                                 row_weights=weights, vector=spare)[1]
 
     def backward_params(self, dlog_sigma, params, grads):
         if self.learned:
-            grads[LOGSIGMA][...] = ops.soft_floor_log_sigma_backward(dlog_sigma, params[LOGSIGMA])
+            ops.soft_floor_log_sigma_backward(dlog_sigma, params[LOGSIGMA], out=grads[LOGSIGMA])
 
     def nll_rows(self, y, x, params, dtype=None, out=None, buffers=None):
-        return ops.gaussian_nll_rows(y, x, self.log_sigma(params), dtype=dtype, out=out, buffers=buffers)
+        log_sigma = self._step_log_sigma(params)[0] if buffers is not None else self.log_sigma(params)
+        return ops.gaussian_nll_rows(y, x, log_sigma, dtype=dtype, out=out, buffers=buffers)
 
     def output_for_mean(self, m):
         """The decoder output whose mean is ``m``: ``m`` itself."""

@@ -67,6 +67,8 @@ MODEL_KINDS = {
     "iwae-full": {"objective": "iwae", "iw_samples": 5, "posterior": "full"},
     "two-layer": {"latent": (20, 10), "hidden": ((400,), (100,))},
     "two-layer-iwae": {"latent": (20, 10), "hidden": ((400,), (100,)), "objective": "iwae", "iw_samples": 5},
+    "two-layer-iwae-gaussian": {"latent": (20, 10), "hidden": ((400,), (100,)), "objective": "iwae",
+                                "iw_samples": 5, "likelihood": "gaussian", "sigma": "per-pixel"},
 }
 """Every kind of model a step trains, at the 784-400-20 size (two layers: 20 and 10 latents, the
 second's trunks of 100)."""

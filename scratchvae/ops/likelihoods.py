@@ -102,23 +102,25 @@ def bernoulli_nll_forward_backward(logits, x, dlogits, scratch, overwrite_logits
 
 
 # -- Gaussian -----------------------------------------------------------------------
-def soft_floor_log_sigma(s, floor=LOG_SIGMA_FLOOR):
-    """log σ = f + softplus(s − f): the learned log σ with a soft floor f.  Returns log σ."""
-    log_sigma = xp_of(s).subtract(s, floor)
-    softplus(log_sigma, out=log_sigma)
+def soft_floor_log_sigma(s, floor=LOG_SIGMA_FLOOR, out=None, scratch=None):
+    """log σ = f + softplus(s − f): the learned log σ with a soft floor f.  Returns log σ (into
+    ``out``, with softplus's ``scratch``, where given: buffers of s's shape)."""
+    log_sigma = xp_of(s).subtract(s, floor, out=out)
+    softplus(log_sigma, out=log_sigma, scratch=scratch)
     log_sigma += floor
     return log_sigma
 
 
-def soft_floor_log_sigma_backward(dlog_sigma, s, floor=LOG_SIGMA_FLOOR):
-    """ds = dlog σ · sigmoid(s − f)   (d softplus(u)/du = σ(u))."""
-    ds = xp_of(s).subtract(s, floor)
+def soft_floor_log_sigma_backward(dlog_sigma, s, floor=LOG_SIGMA_FLOOR, out=None):
+    """ds = dlog σ · sigmoid(s − f)   (d softplus(u)/du = σ(u)); into ``out`` where given."""
+    ds = xp_of(s).subtract(s, floor, out=out)
     sigmoid(ds, out=ds)
     ds *= dlog_sigma
     return ds
 
 
-def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=False, row_weights=None):
+def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=False, row_weights=None,
+                                  vector=None):
     """Fused block for the Gaussian likelihood: loss, ∂/∂mean and ∂/∂log σ together.
 
     mean, x, dmean, scratch: (N, D). log_sigma: a Python float (fixed σ), or a backend
@@ -131,7 +133,8 @@ def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=
       ∂ℓ/∂log σ = 1 + ½ r² · (−2) e^{−2 log σ} = 1 − r²/σ²
     and a σ shared by several pixels (or rows) collects the sum of theirs.
     ``row_weights`` (N,): the same for Σ_n w_n ℓ_n, the rows weighted (the importance-weighted
-    objective's w̃): each row's terms scaled by w_n, N replaced by W = Σ_n w_n.
+    objective's w̃): each row's terms scaled by w_n, N replaced by W = Σ_n w_n. ``vector``: a
+    buffer of log_sigma's shape for 1/σ² and then dlog σ (a learned σ's; else a temporary).
     """
     xp = xp_of(mean)
     N, D = mean.shape
@@ -142,7 +145,7 @@ def gaussian_nll_forward_backward(mean, x, log_sigma, dmean, scratch, per_pixel=
         inv_var = math.exp(-2.0 * log_sigma)
         sum_log_sigma = n * D * log_sigma
     else:
-        inv_var = xp.multiply(log_sigma, -2.0)
+        inv_var = xp.multiply(log_sigma, -2.0, out=vector)
         xp.exp(inv_var, out=inv_var)
         sum_log_sigma = n * (xp.sum(log_sigma) if per_pixel else D * log_sigma[0])
     q = xp.multiply(dmean, dmean, out=scratch)
@@ -199,7 +202,8 @@ def gaussian_nll_rows(mean, x, log_sigma, dtype=None, out=None, buffers=None):
     ``log_sigma``: a float (fixed σ), or an array (1,) (shared) or (D,) (per pixel), as
     returned by ``VAE.log_sigma()``. ``dtype``: accumulator and result dtype (default mean's).
     The constant part  D·½ log 2π + Σ_d log σ_d  is the same for every row. ``out`` and
-    ``buffers`` as :func:`bernoulli_nll_rows` (the first buffer holds the squared residuals).
+    ``buffers`` as :func:`bernoulli_nll_rows` (the first buffer holds the squared residuals, a
+    row of the second 1/σ² of a learned σ).
     """
     xp = xp_of(mean)
     D = mean.shape[-1]
@@ -209,7 +213,8 @@ def gaussian_nll_rows(mean, x, log_sigma, dtype=None, out=None, buffers=None):
     else:
         ls = xp.broadcast_to(log_sigma, (D,))
         const = D * 0.5 * LOG_2PI + xp.sum(ls, dtype=dtype)
-        inv_var = xp.multiply(ls, -2.0)
+        spare = None if buffers is None else buffers[1].reshape(-1, D)[0]     # free until the terms
+        inv_var = xp.multiply(ls, -2.0, out=spare)
         xp.exp(inv_var, out=inv_var)
     r = xp.subtract(x, mean, out=None if buffers is None else buffers[0])
     r *= r
