@@ -173,6 +173,51 @@ class Chain:
         return logw
 
 
+    # -- the verbs: codes per layer, ancestral samples, per-layer terms ------------------------------
+    def encode_layers(self, model, x, stream=None):
+        """Each layer's q parameters for images x (n, D), bottom first: a list of (μ_l, lv_l)
+        (lv clamped as in training), and of the codes h_l passed up: μ_l (``stream`` None: the
+        means' path, h_l = μ_l feeding q(h_{l+1}|h_l)) or h_l ~ q(h_l|h_{l−1}) drawn from ``stream``."""
+        params, codes = [], []
+        for i, q in enumerate(self.posteriors()):
+            if i == 0:
+                params.append(model.encode(x))
+            else:
+                trunk = self.layers[i - 1].trunk
+                params.append(q.split(trunk.forward(codes[-1]) + trunk.last.b))
+            mu = params[-1][0]
+            codes.append(mu if stream is None else q.sample(params[-1], stream.normal(mu.shape, mu.dtype.name)))
+        return params, codes
+
+    def down(self, model, h, layer, stream=None):
+        """h_1 from codes ``h`` of ``layer`` (1-based; 1 returns h): each conditional prior's mean
+        p(h_{l−1}|h_l) on the way down, or (``stream``) a draw from it."""
+        for upper in self.layers[:layer - 1][::-1]:
+            prior = upper.prior.forward(h) + upper.prior.last.b
+            mu, lv = prior[:, :upper.below], model.xp.clip(prior[:, upper.below:], -LOGVAR_LIMIT, LOGVAR_LIMIT)
+            h = mu if stream is None else mu + model.xp.exp(0.5 * lv) * stream.normal(mu.shape, mu.dtype.name)
+        return h
+
+    def layer_terms(self, model, x, eps):
+        """Each layer's part of the ELBO's kl per image, bottom first, in float64: a_l = log q(h_l|·)
+        − log p(h_l|h_{l+1}) as sampled below the top, the top's KL in closed form (their sum is
+        what the ELBO reports as kl for the same ε, one (n, L_l) array per layer in ``eps``)."""
+        xp, f64 = model.xp, "float64"
+        params = model.encode(x)
+        h = self.first.sample(params, eps[0])
+        terms, below = [], (self.first, params, eps[0], h)
+        for layer, e in zip(self.layers, eps[1:]):
+            up_params = layer.posterior.split(layer.trunk.forward(h) + layer.trunk.last.b)
+            up = layer.posterior.sample(up_params, e)
+            prior = layer.prior.forward(up) + layer.prior.last.b
+            mu, lv = prior[:, :layer.below], xp.clip(prior[:, layer.below:], -LOGVAR_LIMIT, LOGVAR_LIMIT)
+            q, p_, e_, h_ = below
+            terms.append(q.log_q_rows(e_, p_, dtype=f64) - log_normal_rows(h_, mu, lv, dtype=f64))
+            below, h = (layer.posterior, up_params, e, up), up
+        terms.append(xp.sum(below[0].kl_terms(below[1]), axis=1, dtype=f64))
+        return terms
+
+
 class _ChainObjective:
     """What both chain objectives add to their one-layer form: noise per layer, the chain's
     buffers, and the chain run after layer 1's sample."""

@@ -342,15 +342,21 @@ class VAE:
     def sample(self, n, eps=None, draw=False):
         """Decode n codes z ~ N(0, I) (from the 'eval' stream unless ``eps`` is given).
 
-        Returns the decoder means (``draw=False``) or pixels drawn from p(x|z).
+        Several stochastic layers: ancestral sampling, h_S ~ N(0, I) (``eps``, (n, L_S), or drawn),
+        then each h_l drawn from p(h_l | h_{l+1}) (the 'eval' stream) down to h_1, decoded.
+        Returns the decoder means (``draw=False``) or pixels drawn from p(x|h_1).
         """
         n = _positive_int("n", n)
+        top = self.chain.latents[-1] if self.chain else self.latent
         if eps is not None:
-            self._check_x(eps, "eps", width=self.latent)
+            self._check_x(eps, "eps", width=top)
             if eps.shape[0] != n:
-                raise InputError(f"eps must have shape ({n}, {self.latent}) for n={n}, got {tuple(eps.shape)}")
+                raise InputError(f"eps must have shape ({n}, {top}) for n={n}, got {tuple(eps.shape)}")
             self._check_finite("eps", eps)
-        z = eps if eps is not None else self.rng["eval"].normal((n, self.latent), self.dtype.name)
+        z = eps if eps is not None else self.rng["eval"].normal((n, top), self.dtype.name)
+        if self.chain:
+            self._weights_for_products()
+            z = self.chain.down(self, z, len(self.chain.latents), self.rng["eval"])
         mean = self.decode_mean(z)
         return self.likelihood.draw(mean, self.params, self.rng["eval"]) if draw else mean
 

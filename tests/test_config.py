@@ -140,3 +140,22 @@ def test_the_preset_is_the_papers_settings():
         optimizer="adam", lr=1e-3, adam_eps=1e-4, lr_schedule="iwae", output_bias="data-mean", epochs=3280)
     names = {f.name for cls in (ModelConfig, TrainConfig) for f in fields(cls)}
     assert set(PRESETS["iwae-paper"]) <= names
+
+
+def test_the_two_layer_preset_is_the_papers_two_layer_model():
+    """iwae-paper-2: iwae-paper's schedule, optimizer and data handling, and the paper's two
+    stochastic layers: q(h₁|x) 784-200-200-(2·100), q(h₂|h₁) 100-100-100-(2·50), p(h₁|h₂)
+    50-100-100-(2·100), p(x|h₁) 100-200-200-784, tanh."""
+    from scratchvae import VAE
+
+    preset = PRESETS["iwae-paper-2"]
+    assert {k: v for k, v in preset.items() if k not in ("hidden", "latent")} == {
+        k: v for k, v in PRESETS["iwae-paper"].items() if k not in ("hidden", "latent")}
+    model_fields = {f.name for f in fields(ModelConfig)}
+    m = VAE(**{k: v for k, v in preset.items() if k in model_fields})
+    sizes = {prefix: [m.shapes[n][0] for n in m.shapes if n.startswith(prefix + ".") and n.endswith(".W")]
+             + [m.shapes[[n for n in m.shapes if n.startswith(prefix + ".") and n.endswith(".W")][-1]][1]]
+             for prefix in ("enc", "enc2", "prior1", "dec")}
+    assert sizes == {"enc": [784, 200, 200, 200], "enc2": [100, 100, 100, 100], "prior1": [50, 100, 100, 200],
+                     "dec": [100, 200, 200, 784]}
+    assert m.activation == "tanh" and m.chain.latents == (100, 50)

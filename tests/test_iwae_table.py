@@ -45,6 +45,10 @@ def test_model_names(tool):
     assert tool.model_name({"model": {**full, "offdiag_scale": 1.0}}) == "VAE, full covariance, c = 1"
     assert tool.model_name({"model": {**full, "offdiag_scale": 0.1}}) == "VAE, full covariance, c = 0.1"
     assert tool.model_name({"model": {"objective": "iwae", "iw_samples": 50}}) == "IWAE k=50"
+    two = {"latent": [100, 50], "hidden": [[200, 200], [100, 100]]}
+    assert tool.model_name({"model": two}) == "VAE, two layers"
+    assert tool.model_name({"model": {**two, "objective": "iwae", "iw_samples": 5}}) == "IWAE k=5, two layers"
+    assert tool.PUBLISHED["VAE, two layers"] == 85.33 and tool.PUBLISHED["IWAE k=50, two layers"] == 82.90
 
 
 def test_a_run_is_evaluated_once_and_tabled(tool, run, tmp_path, monkeypatch):
