@@ -339,8 +339,8 @@ def test_a_failed_plot_leaves_no_partial_figure(flat_run, tmp_path, monkeypatch,
             raise OSError(28, "No space left on device")
         return real(self, fname, **kw)
     monkeypatch.setattr(Figure, "savefig", full_disk)
-    monkeypatch.setattr(plots, "MAX_SCATTER", 5)          # every figure differs from the first plot's
-    monkeypatch.setattr(plots, "STREAM_IDS", {**plots.STREAM_IDS, "samples": 299})
+    monkeypatch.setattr(plots.latent, "MAX_SCATTER", 5)   # every figure differs from the first plot's
+    monkeypatch.setitem(plots.STREAM_IDS, "samples", 299)
     capsys.readouterr()
     for verb, name in (("plot", "interpolation"), ("sample", "samples")):
         failing[:] = [name]

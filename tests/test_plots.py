@@ -247,7 +247,7 @@ def test_the_loss_curves_are_labelled_by_the_runs_objective(runs, data, tmp_path
     −L_K, not −ELBO), asking the objective rather than comparing its name."""
     seen = []
     real = plots.loss_figure
-    monkeypatch.setattr(plots, "loss_figure", lambda history, path, title="", loss=None:
+    monkeypatch.setattr(plots.run, "loss_figure", lambda history, path, title="", loss=None:
                         (seen.append(loss), real(history, path, title=title, loss=loss))[1])
     plots.plot_run(runs[name], *data, out_dir=tmp_path)
     assert seen == [label]
