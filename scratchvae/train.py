@@ -8,7 +8,9 @@ run directory's format belongs to :mod:`scratchvae.runs`. The library never prin
 ``"batch"``      when an epoch starts (``batch`` 0, or where a resumed epoch stands), every
                  ``report_every`` steps and after its last batch: ``epoch``, ``epochs`` (the
                  total), ``batch``, ``batches``, ``step``
-``"epoch"``      after each epoch: the metrics row written to ``metrics.jsonl``, and ``epochs``
+``"epoch"``      after each epoch: the metrics row written to ``metrics.jsonl``, ``epochs``
+                 and ``objective`` (the model's, which says what the loss is: its ``label``,
+                 whether it is recon + kl, ``adds_up``, and whether it has a KL, ``records_kl``)
 ``"checkpoint"`` after each checkpoint: ``path``, ``epoch``, ``step``
 ``"graph"``      if a CUDA-graph capture failed: ``enabled`` False and the ``reason``
 
@@ -247,7 +249,7 @@ class _Loop:
         if self.writer is not None:
             self.writer.end_epoch(row, s.history)
         if self.callback:
-            self.callback("epoch", {**row, "epochs": self.cfg.epochs})
+            self.callback("epoch", {**row, "epochs": self.cfg.epochs, "objective": self.model.objective})
 
     def save(self, row=None):
         """The checkpoint of this moment (mid-epoch if a batch is done), or None without a run dir."""

@@ -201,8 +201,8 @@ def test_progress_without_a_terminal_is_one_labelled_line_per_epoch():
     lines = out.getvalue().splitlines()
     assert err.getvalue() == "" and len(lines) == 2
     for i, line in enumerate(lines, 1):
-        assert re.fullmatch(rf"epoch {i}/2  train -ELBO{number} = recon{number} \+ KL{number}"
-                            rf"  test -ELBO{number} = recon{number} \+ KL{number} +\d+\.\d s", line), line
+        assert re.fullmatch(rf"epoch {i}/2  train −ELBO{number} = recon{number} \+ KL{number}"
+                            rf"  test −ELBO{number} = recon{number} \+ KL{number} +\d+\.\d s", line), line
 
 
 def test_a_message_clears_the_bar_and_an_error_leaves_none(tmp_path):

@@ -7,6 +7,7 @@ every code path that draws them runs. ``MPLBACKEND=Agg`` comes from conftest.py.
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,7 +80,7 @@ def test_plot_run_writes_every_figure(runs, data, tmp_path, name):
     kinds += ["posteriors"] if run.model.latent == 2 else []
     assert [p.name for p in paths] == [plots.FILES[k] for k in kinds]
     for p, kind in zip(paths, kinds):
-        check_png(p, kind)
+        check_png(p, kind, len(plots.loss_panels(run.model.objective)) if kind == "losses" else 1)
     assert plt.get_fignums() == [], "a figure was left open"
     after = run.model.rng.state()
     assert all(np.array_equal(before[k], after[k]) for k in before), "plotting advanced the model's streams"
@@ -241,13 +242,35 @@ def test_posterior_figure_ellipses_and_panels(data, tmp_path):
         plots.posterior_figure({"big": VAE(hidden=(8,), latent=3)}, small, tmp_path / "x.png")
 
 
-@pytest.mark.parametrize("name, label", [("vae2", "−ELBO (recon + KL)"), ("full2iw", "−L_2 (importance-weighted bound)")])
-def test_the_loss_curves_are_labelled_by_the_runs_objective(runs, data, tmp_path, monkeypatch, name, label):
-    """plot_run names the first panel as the run's objective does (an importance-weighted run's
-    −L_K, not −ELBO), asking the objective rather than comparing its name."""
-    seen = []
-    real = plots.loss_figure
-    monkeypatch.setattr(plots.run, "loss_figure", lambda history, path, title="", loss=None:
-                        (seen.append(loss), real(history, path, title=title, loss=loss))[1])
-    plots.plot_run(runs[name], *data, out_dir=tmp_path)
-    assert seen == [label]
+@pytest.fixture
+def drawn(monkeypatch):
+    """{file name: the texts of the figure saved there}: its suptitle, each axes' title, tick and
+    axis labels, and each legend's title and entries (figure legends too)."""
+    texts, real = {}, plots.frame._save
+
+    def save(plt, fig, path):
+        legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)]
+        texts[Path(path).name] = {
+            "suptitle": fig._suptitle.get_text() if fig._suptitle is not None else "",
+            "titles": [ax.get_title() for ax in fig.axes],
+            "xlabels": [ax.get_xlabel() for ax in fig.axes], "ylabels": [ax.get_ylabel() for ax in fig.axes],
+            "yticks": [[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes],
+            "xticks": [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes],
+            "legends": [(lg.get_title().get_text(), [t.get_text() for t in lg.get_texts()]) for lg in legends]}
+        return real(plt, fig, path)
+    monkeypatch.setattr(plots.frame, "_save", save)
+    return texts
+
+
+@pytest.mark.parametrize("name, titles", [
+    ("vae2", ["−ELBO (recon + KL)", "reconstruction −log p(x|z)", "KL(q(z|x) ‖ p(z))"]),
+    ("full2iw", ["−L_2 (importance-weighted bound)", "reconstruction −log p(x|z), one z", "KL(q(z|x) ‖ p(z)), one z"]),
+    ("ae2", ["reconstruction −log p(x|z), z = μ(x)"]),
+])
+def test_the_loss_curves_are_the_runs_objectives(runs, data, tmp_path, drawn, name, titles):
+    """plot_run names the panels as the run's objective does (an importance-weighted run's −L_K,
+    beside one z's terms), and an autoencoder's figure is its reconstruction alone, one panel
+    wide: no KL panel of zeros."""
+    (path,) = [p for p in plots.plot_run(runs[name], *data, out_dir=tmp_path) if p.name == "losses.png"]
+    assert drawn["losses.png"]["titles"] == titles
+    check_png(path, "losses", columns=len(titles))

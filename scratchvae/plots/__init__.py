@@ -15,7 +15,8 @@ gives the same bytes.
 
 Sizes. Each figure kind has a fixed size ``FIGSIZE[kind]`` (inches) and is saved at
 ``DPI`` without a tight bounding box, so the PNG is exactly ``figsize · DPI`` pixels
-(the comparison figure is ``FIGSIZE["comparison"]`` per model column); PDF and SVG have
+(the comparison figure is ``FIGSIZE["comparison"]`` per model column, the posteriors per
+panel, the losses per panel: three, or one for a plain autoencoder); PDF and SVG have
 the same size in points.
 
 Randomness. Every random choice (which test digits, ε for z ~ q(z|x), prior samples,
@@ -33,7 +34,8 @@ The figures (``plot_run`` writes 1–8 into a folder)::
     5 samples.png          decodes of z ~ N(0, I) (means, or pixels drawn from p(x|z))
     6 interpolation.png    linear and spherical (slerp) paths between two test μ's
     7 arithmetic.png       μ(x) + (mean μ | class b − mean μ | class a) for digits x of class a
-    8 losses.png           train/test −ELBO, reconstruction and KL per epoch (if any epoch is done)
+    8 losses.png           train/test loss (as the objective names it), reconstruction and KL per
+                           epoch (if any epoch is done); an AE's reconstruction alone
     9 posteriors.png       L = 2 only: each test image's q(z|x) as its 1-σ ellipse (an AE: its code, a point)
 
 Mode 'ae' (a plain autoencoder) has no q(z|x) to sample and no KL: the abstraction figure
@@ -57,11 +59,11 @@ from .decoded import (abstraction_figure, arithmetic_figure, grid_figure, interp
 from .frame import (DPI, FIGSIZE, FILES, FORMATS, MAX_CLASS_MEAN, MAX_ELLIPSES, MAX_SCATTER, STREAM_IDS, _tile,  # noqa: F401
                     figure_format, image_tile, tile_shape)
 from .latent import comparison_figure, ellipse_axes, latent_figure, posterior_figure
-from .losses import loss_figure
+from .losses import loss_figure, loss_panels
 from .run import figure_plan, plot_run
 
 __all__ = ["DPI", "FIGSIZE", "FILES", "FORMATS", "MAX_CLASS_MEAN", "MAX_ELLIPSES", "MAX_SCATTER", "STREAM_IDS",
            "abstraction_figure", "arithmetic_figure", "comparison_figure", "ellipse_axes", "figure_format",
            "figure_plan", "grid_figure", "image_tile", "interpolation_figure", "kl_per_unit", "latent_figure",
-           "loss_figure", "manifold_figure", "plot_run", "posterior_figure", "reconstruction_figure",
+           "loss_figure", "loss_panels", "manifold_figure", "plot_run", "posterior_figure", "reconstruction_figure",
            "sample_figure", "slerp", "tile_shape"]

@@ -26,7 +26,7 @@ FIGSIZE = {
     "samples": (7.0, 7.5),
     "interpolation": (10.0, 3.0),
     "arithmetic": (8.0, 6.4),
-    "losses": (13.0, 4.0),
+    "losses": (4.4, 4.0),  # per panel
     "comparison": (4.5, 9.0),  # per model column
     "posteriors": (4.6, 5.0),  # per model panel
 }

@@ -93,7 +93,7 @@ def plot_run(run, train, test, out_dir, n=64, seed=0, draw=False, fmt="png", ima
         "samples": lambda p: sample_figure(model, n, seed, draw, p, image_shape=_tile(model, test)),
         "interpolation": lambda p: interpolation_figure(model, test, p, seed=seed),
         "arithmetic": lambda p: arithmetic_figure(model, test, p, train=train, seed=seed),
-        "losses": lambda p: loss_figure(run.history, p, title=title, loss=model.objective.long_label),
+        "losses": lambda p: loss_figure(run.history, p, title=title, objective=model.objective),
         "posteriors": lambda p: posterior_figure(model, test, p, seed=seed),
     }
     out = Path(out_dir)
