@@ -271,9 +271,19 @@ class _Loop:
             step = s.step - (stop - start) + int(bad[0]) + 1
             kept = ("" if self.writer is None else "the checkpoints already written predate it and are intact. "
                     if self.saved else "nothing was written. ")
+            hint = self.nonfinite_hint()
             raise NonFiniteError(
                 f"the loss became non-finite at step {step} (epoch {s.epoch + 1}, batch {start + int(bad[0]) + 1}); "
-                f"{kept}Try a smaller --lr, --kl-warmup, or float64")
+                f"{kept}{hint if kept else hint[0].lower() + hint[1:]}")
+
+    def nonfinite_hint(self):
+        """What to try after a non-finite loss; for an optimizer whose step scales with the gradient
+        (SGD), that the gradients are batch sums, and the learning rate of a mean's step."""
+        if not getattr(self.opt, "scales_with_gradient", False):
+            return "Try a smaller --lr, --kl-warmup, or float64"
+        B, lr = self.cfg.batch_size, self.opt.lr
+        return (f"The gradients are sums over a batch's {B} images, so {type(self.opt).__name__}'s step is {B} times "
+                f"a mean's: try --lr {lr / B:.2g} (--lr {lr:g} / {B}), or a smaller one, --kl-warmup, or float64")
 
 
 _RECORDED = object()

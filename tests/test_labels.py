@@ -10,6 +10,7 @@ import pytest
 
 from scratchvae import VAE, TrainConfig, cli, fit
 from scratchvae.cli import main
+from scratchvae.errors import InputError
 from scratchvae.evaluate import format_report
 
 NUMBER = r" +-?\d+\.\d{3}"
@@ -98,3 +99,66 @@ def test_evaluate_of_the_bound_names_its_samples():
     (loss,) = [line for line in text.splitlines() if line.startswith("test")]
     assert "test −L_5" in loss and "its bound, 5 z per image; one z's recon 90.000, kl 10.000" in loss
     assert "=" not in loss and " + " not in loss
+
+
+# -- help and messages ---------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--epoch", "3"], "--epoch 3"),
+    (["evaluate", "RUN", "--lim", "3"], "--lim 3"),
+    (["plot", "RUN", "--form", "pdf"], "--form pdf"),
+    (["compare", "--epoch", "2"], "--epoch 2"),
+])
+def test_no_flag_is_read_from_an_abbreviation(argv, flag, capsys):
+    """argparse's prefix matching is off for every verb: ``train --epoch 3`` is refused, not read
+    as --epochs."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"scratchvae: error: unrecognized arguments: {flag}"), line
+
+
+def test_every_parser_refuses_abbreviations():
+    parser = cli.build_parser()
+    (verbs,) = [a for a in parser._actions if a.choices and "train" in a.choices]
+    assert not parser.allow_abbrev and not any(p.allow_abbrev for p in verbs.choices.values())
+
+
+def test_help_states_sigmas_spellings_and_the_numba_switch(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert re.search(r"SCRATCHVAE_NUMBA +0: run the NumPy bodies", capsys.readouterr().out)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--sigma V|fixed:V|shared|per-pixel" in text and "written fixed:V or as the number V alone" in text
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "--overwrite replace the comparison in --out" in " ".join(capsys.readouterr().out.split())
+
+
+def test_sgd_diverging_is_told_that_gradients_are_batch_sums():
+    from scratchvae.data import load_dataset
+    from scratchvae.errors import NonFiniteError
+
+    train, _ = load_dataset("embedded")
+    with pytest.raises(NonFiniteError, match=r"the gradients are sums over a batch's 128 images, so SGD's step is 128 "
+                                             r"times a mean's: try --lr 0\.00039 \(--lr 0\.05 / 128\)"):
+        fit(VAE(seed=0), train.images[:1280], config=TrainConfig(epochs=1, optimizer="sgd", lr=0.05))
+
+
+def test_decodes_dtype_hint_names_z():
+    with pytest.raises(InputError, match=r"z must have dtype float32 .* got float64; convert with z.astype\('float32'\)$"):
+        VAE(input_dim=6, hidden=(3,), latent=2).decode(np.zeros((1, 2)))
+
+
+def test_pytest_reports_no_skip_reasons_by_default():
+    """``pytest -q`` ends with a summary line, not a line per skipped test (the cupy tests skip
+    on a machine without a GPU)."""
+    from configparser import ConfigParser
+    from pathlib import Path
+
+    cfg = ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    opts = cfg["tool:pytest"]["addopts"].split()
+    assert all(not o.startswith("-r") or not set(o[2:]) & set("sa") for o in opts), opts
