@@ -71,7 +71,7 @@ def compare_models(train, test, *, epochs, batch_size, hidden, lr, seed, backend
         codes = encode_mean(model, xte)
         acc = linear_probe(encode_mean(model, xtr), train.labels[:probe_limit], codes, test.labels)
         results[name] = {"codes": model.backend.to_host(codes), "image_shape": test.image_shape,
-                         "labels": np.asarray(test.labels),
+                         "labels": np.asarray(test.labels), "classes": test.classes,
                          "decodes": model.backend.to_host(model.decode_mean(z)),
                          "probe_accuracy": acc}
     from .plots import comparison_figure, posterior_figure

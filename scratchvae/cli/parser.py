@@ -323,7 +323,8 @@ def _add_encode(sub):
     e = _verb(sub, "encode", "write the codes of a run's images: q(z|x)'s parameters per image, their labels, "
               "and with --sample one z ~ q(z|x)",
               " The .npz holds mu and logvar (diagonal posterior), mu and scale_tril (full), or mu alone (ae); "
-              "y when the data have labels; z with --sample.")
+              "y when the data have labels, and classes where the data name them (classes[y]: an image folder's "
+              "class sub-folder); z with --sample.")
     e.add_argument("run_dir", metavar="RUN", help="a run folder (as written by train)")
     e.add_argument("--split", default="test", choices=("test", "train"), help="which of the run's images")
     e.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images of the split")

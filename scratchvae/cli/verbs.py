@@ -147,7 +147,7 @@ def cmd_encode(a):
     data = test if a.split == "test" else train
     images, labels = data.images[:a.limit], None if data.labels is None else data.labels[:a.limit]
     x = prepare_split(images, run.model, run.train_config.binarize, a.split)   # binarised as in training
-    codes = encode_images(run.model, x, labels, sample=a.sample)
+    codes = encode_images(run.model, x, labels, sample=a.sample, classes=data.classes)
     out = Path(a.out or Path(a.run_dir) / f"codes-{a.split}.npz")
     write_codes(out, codes, {"run": str(Path(a.run_dir).resolve()), **run.position,
                              "split": a.split, "posterior": run.model.posterior.name, "sampled": a.sample})

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .frame import (MAX_CLASS_MEAN, _check_split, _decode, _describe, _drawing, _encode, _grid_shape, _mosaic,
-                    _positive, _show, _stream, _tile, _unit_images)
+from .frame import (DPI, FIGSIZE, MAX_CLASS_MEAN, _check_split, _decode, _describe, _drawing, _encode, _grid_shape,
+                    _mosaic, _positive, _show, _stream, _tile, _unit_images, class_names)
 
 
 # -- 2 manifold ----------------------------------------------------------------------------------
@@ -51,11 +51,11 @@ def manifold_figure(model, test, path, k=15):
         _show(ax, mosaic, xticks=None if L == 1 else (cx[::every], [f"{t:.2f}" for t in xv[::every]]),
               yticks=(ry[::every], [f"{t:.2f}" for t in yv[::every]]))
         if L == 1:
-            ax.set_ylabel("z1 at the start of each row (rising left to right, row by row)")
-        else:
-            ax.set_ylabel(f"z{v + 1}")
-            ax.set_xlabel(f"z{u + 1}")
-        chosen = "" if L <= 2 else (f"\nunits {u + 1}, {v + 1}: highest {g.score_what} ({g.score[u]:.3g}, "
+            ax.set_ylabel("z[0] at the start of each row (rising left to right, row by row)")
+        else:                           # units numbered as the codes' columns are: z[7] is mu[:, 7]
+            ax.set_ylabel(f"z[{v}]")
+            ax.set_xlabel(f"z[{u}]")
+        chosen = "" if L <= 2 else (f"\nz[{u}], z[{v}]: highest {g.score_what} ({g.score[u]:.3g}, "
                                      f"{g.score[v]:.3g}{g.unit}); the other {L - 2} at {g.centre_what}")
         ax.set_title(f"Decoded latent grid ({g.values_what})\n{_describe(model)}{chosen}", fontsize=10)
     return Path(path)
@@ -148,6 +148,11 @@ def grid_figure(images, image_shape, path, title):
     return Path(path)
 
 
+_FRAME_WIDTH, _FRAME_HEIGHT = 0.75, 0.85
+"""Inches of the interpolation figure beside its images (the row names, margins) and above and
+below them (the title, the tick labels, the axis label, margins)."""
+
+
 # -- 6 interpolation ----------------------------------------------------------------------------------
 def slerp(a, b, t):
     """Spherical interpolation a -> b at fractions t (K,): rows sin((1−t)ω)/sin ω·a + sin(tω)/sin ω·b.
@@ -165,8 +170,10 @@ def slerp(a, b, t):
 
 
 def interpolation_figure(model, test, path, steps=10, seed=0):
-    """Two test digits of different labels (chosen by ``seed``); decodes along the linear and
-    the spherical path between their μ's, the inputs at both ends."""
+    """Two test images of different labels (chosen by ``seed``); decodes along the linear and
+    the spherical path between their μ's, the inputs at both ends. The figure is
+    ``FIGSIZE["interpolation"]`` wide and as tall as its two rows of images need (at most that
+    size's height): no blank band above or below them."""
     steps = _positive("steps", steps)
     images, labels = _check_split(test)
     side = _tile(model, test)
@@ -184,11 +191,14 @@ def interpolation_figure(model, test, path, steps=10, seed=0):
     tiles = np.concatenate([row(dec[0]), row(dec[1])])
     mosaic, ry, cx = _mosaic(tiles, 2, steps + 2, side, col_gaps=(0, steps))
     xl = [f"x{a}"] + [f"{v:.2g}" for v in t] + [f"x{b}"]
-    with _drawing("interpolation", path=path) as (plt, fig):
+    width, most = FIGSIZE["interpolation"]
+    height = min(most, _FRAME_HEIGHT + (width - _FRAME_WIDTH) * mosaic.shape[0] / mosaic.shape[1])
+    with _drawing("interpolation", path=path, height=round(height * DPI) / DPI) as (plt, fig):
         ax = fig.add_subplot()
         _show(ax, mosaic, xticks=(cx, xl), yticks=(ry, ["linear", "slerp"]))
         ax.set_xlabel("t (fraction of the way from μ(x_a) to μ(x_b))")
-        named = (lambda i: f"test #{i}") if labels is None else (lambda i: f"test #{i} (label {labels[i]})")
+        names = class_names(test)
+        named = (lambda i: f"test #{i}") if labels is None else (lambda i: f"test #{i} (label {names[int(labels[i])]})")
         ax.set_title(f"Interpolation in μ-space: {named(a)} → {named(b)} — {_describe(model)}", fontsize=10)
     return Path(path)
 
@@ -196,10 +206,11 @@ def interpolation_figure(model, test, path, steps=10, seed=0):
 # -- 7 attribute-vector arithmetic ---------------------------------------------------------------------
 def arithmetic_figure(model, test, path, train=None, pairs=3, per_row=8, seed=0):
     """Class-mean vectors: for ``pairs`` class pairs (a, b) chosen by ``seed``, ``per_row`` test
-    digits of class a decoded at z = μ(x) (upper row) and at z = μ(x) + m_b − m_a (lower row),
+    images of class a decoded at z = μ(x) (upper row) and at z = μ(x) + m_b − m_a (lower row),
     m_c the mean μ of class c over ``train`` (up to ``MAX_CLASS_MEAN`` images) or, if None, the test set.
 
-    Needs at least two classes (InputError otherwise).
+    Needs at least two classes (InputError otherwise). Classes are named as the data name them
+    (an image folder's sub-folders), else by their label.
     """
     pairs, per_row = _positive("pairs", pairs), _positive("per_row", per_row)
     images, labels = _check_split(test)
@@ -221,7 +232,7 @@ def arithmetic_figure(model, test, path, train=None, pairs=3, per_row=8, seed=0)
     means = {int(c): ref_mu[ref_labels == c].mean(axis=0) for c in classes}
     order = [int(classes[i]) for i in stream.permutation(len(classes))]
     chosen = [(order[2 * i % len(order)], order[(2 * i + 1) % len(order)]) for i in range(pairs)]
-    tiles, ylabels = [], []
+    tiles, ylabels, names = [], [], class_names(test)
     D = images.shape[1]
     for ca, cb in chosen:
         pool = np.flatnonzero(labels == ca)
@@ -230,12 +241,13 @@ def arithmetic_figure(model, test, path, train=None, pairs=3, per_row=8, seed=0)
         base, moved = _decode(model, mu), _decode(model, mu + (means[cb] - means[ca]))
         blank = np.full((per_row - len(take), D), np.nan)
         tiles += [base, blank, moved, blank]
-        ylabels += [f"{ca}: z = μ", f"{ca}→{cb}: μ + m{cb} − m{ca}"]
+        a, b = names[ca], names[cb]
+        ylabels += [f"{a}: z = μ", f"{a}→{b}: μ + m[{b}] − m[{a}]"]
     mosaic, ry, _ = _mosaic(np.concatenate(tiles), 2 * pairs, per_row, side,
                             row_gaps=tuple(range(1, 2 * pairs - 1, 2)))
     with _drawing("arithmetic", path=path) as (plt, fig):
         ax = fig.add_subplot()
         _show(ax, mosaic, yticks=(ry, ylabels))
-        ax.set_title(f"Attribute vectors: test digits of class a moved by m_b − m_a\n"
-                     f"(m_c = mean μ of class c over {ref_name}) — {_describe(model)}", fontsize=10)
+        ax.set_title(f"Attribute vectors: test images of class a moved by m[b] − m[a]\n"
+                     f"(m[c] = mean μ of class c over {ref_name}) — {_describe(model)}", fontsize=10)
     return Path(path)

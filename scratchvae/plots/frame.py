@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -57,17 +58,18 @@ def _pyplot():
     return plt
 
 
-def _figure(kind, width_factor=1):
+def _figure(kind, width_factor=1, height=None):
     plt = _pyplot()
     w, h = FIGSIZE[kind]
-    return plt, plt.figure(figsize=(w * width_factor, h), dpi=DPI, layout="constrained")
+    return plt, plt.figure(figsize=(w * width_factor, h if height is None else height), dpi=DPI, layout="constrained")
 
 
 @contextlib.contextmanager
-def _drawing(kind, width_factor=1, *, path):
-    """A figure of ``kind`` to draw on: saved to ``path`` and closed on leaving the block,
-    closed without saving if drawing raised."""
-    plt, fig = _figure(kind, width_factor)
+def _drawing(kind, width_factor=1, *, path, height=None):
+    """A figure of ``kind`` to draw on (``height`` inches where it fits its content, else the
+    kind's): saved to ``path`` and closed on leaving the block, closed without saving if
+    drawing raised."""
+    plt, fig = _figure(kind, width_factor, height)
     try:
         yield plt, fig
     except BaseException:
@@ -144,6 +146,50 @@ def _positive(name, v):
 
 def _stream(model, seed, kind):
     return Stream(seed, STREAM_IDS[kind], xp=model.xp)
+
+
+def _wrap(text, width, fontsize):
+    """``text`` broken into lines that fit ``width`` inches at ``fontsize`` points (DejaVu Sans
+    averages about 0.55 em a character), its own line breaks kept."""
+    chars = max(20, int(width * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
+
+
+def class_names(split, labels=None):
+    """{label: name} of the labels of ``split`` (a Dataset; ``labels``: those to name, default its
+    own): the data's names where they have them (``classes``: an image folder's sub-folder names,
+    label k the k-th in string order), else the label itself as text. {} for unlabelled data."""
+    labels = getattr(split, "labels", None) if labels is None else labels
+    if labels is None:
+        return {}
+    names = getattr(split, "classes", None)
+    return {int(c): str(names[int(c)]) if names is not None and int(c) < len(names) else str(int(c))
+            for c in np.unique(np.asarray(labels))}
+
+
+def _class_colours(classes):
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "turbo"]
+    n = max(len(classes) - 1, 1)
+    return {c: cmap(i if len(classes) <= 10 else i / n) for i, c in enumerate(classes)}
+
+
+def _class_handles(colours, names):
+    """A legend entry per class: its colour, its name."""
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], marker="o", linestyle="", color=colour, label=names.get(c, str(c)))
+            for c, colour in colours.items()]
+
+
+def _figure_legend(fig, handles, width, fontsize=8):
+    """The classes' legend under the figure, in as many columns as fit ``width`` inches (an entry
+    is its marker, 2.8 em, its name and 2 em between columns), so none is cut off."""
+    longest = max((len(h.get_label()) for h in handles), default=1)
+    fits = int((width * 72 - 2 * fontsize) // ((4.8 + 0.6 * longest) * fontsize))
+    fig.legend(handles=handles, title="label", loc="outside lower center", ncol=max(1, min(len(handles), fits)),
+               fontsize=fontsize, frameon=False)
 
 
 def _check_split(split, what="test"):

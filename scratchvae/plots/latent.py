@@ -9,17 +9,18 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .frame import (MAX_ELLIPSES, MAX_SCATTER, _check_split, _describe, _drawing, _encode, _mosaic, _positive,
-                    _show, _stream)
+from .frame import (FIGSIZE, MAX_ELLIPSES, MAX_SCATTER, _check_split, _class_colours, _class_handles, _describe,
+                    _drawing, _encode, _figure_legend, _mosaic, _positive, _show, _stream, _wrap, class_names)
 
 
 def _project(codes):
-    """Codes (N, L) -> (N, 2) points and axis labels: as is (L = 2), PCA (L > 2), μ vs label (L = 1)."""
+    """Codes (N, L) -> (N, 2) points and axis labels: as is (L = 2), PCA (L > 2), μ vs label (L = 1).
+    Units are numbered as the codes' columns are, from 0: z[0] is ``mu[:, 0]``."""
     L = codes.shape[1]
     if L == 2:
-        return codes, "z₁ (μ)", "z₂ (μ)"
+        return codes, "z[0] (μ)", "z[1] (μ)"
     if L == 1:
-        return codes, "z (μ)", None
+        return codes, "z[0] (μ)", None
     centred = codes - codes.mean(axis=0)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
     share = s ** 2 / max(float((s ** 2).sum()), np.finfo(float).tiny)
@@ -27,34 +28,25 @@ def _project(codes):
     return xy, f"PC 1 of μ ({share[0]:.0%} of variance)", f"PC 2 of μ ({share[1]:.0%} of variance)"
 
 
-def _class_colours(classes):
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "turbo"]
-    n = max(len(classes) - 1, 1)
-    return {c: cmap(i if len(classes) <= 10 else i / n) for i, c in enumerate(classes)}
-
-
-def _scatter(ax, codes, labels, legend="axes"):
-    """Scatter codes coloured by label (one call, points in the given order); returns handles."""
-    from matplotlib.lines import Line2D
-
+def _scatter(ax, codes, labels, legend="axes", names=None):
+    """Scatter codes coloured by label (one call, points in the given order); returns the legend's
+    handles, each class under its name (``names``: {label: name}, default the label)."""
     xy, xlabel, ylabel = _project(codes)
     if labels is None:                   # unlabelled data: one colour, no legend
         labels = np.zeros(len(xy), dtype=np.int64)
         legend = None
-    classes = sorted(int(c) for c in np.unique(labels))
+    classes, names = sorted(int(c) for c in np.unique(labels)), names or {}
     colours = _class_colours(classes)
     if xy.shape[1] == 1:  # L = 1: μ against the label, spread by a fixed low-discrepancy jitter
         jitter = (np.arange(len(xy)) * 0.6180339887) % 1.0 - 0.5
         xy = np.column_stack([xy[:, 0], labels.astype(np.float64) + 0.6 * jitter])
         ylabel = "label"
-        ax.set_yticks(classes)
+        ax.set_yticks(classes, labels=[names.get(c, str(c)) for c in classes])
     ax.scatter(xy[:, 0], xy[:, 1], c=[colours[int(c)] for c in labels], s=5, alpha=0.7,
                linewidths=0, rasterized=True)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    handles = [Line2D([], [], marker="o", linestyle="", color=colours[c], label=str(c)) for c in classes]
+    handles = _class_handles(colours, names)
     if legend == "axes":
         ax.legend(handles=handles, title="label", loc="center left", bbox_to_anchor=(1.01, 0.5),
                   fontsize=8, frameon=False)
@@ -69,7 +61,7 @@ def latent_figure(model, test, path, seed=0):
     mu, _ = _encode(model, images[idx])
     with _drawing("latent", path=path) as (plt, fig):
         ax = fig.add_subplot()
-        _scatter(ax, mu, None if labels is None else labels[idx])
+        _scatter(ax, mu, None if labels is None else labels[idx], names=class_names(test))
         how = "" if model.latent <= 2 else f", PCA of {model.latent}-D μ"
         ax.set_title(f"Latent means of {len(idx)} test images{how}\n{_describe(model)}", fontsize=10)
     return Path(path)
@@ -81,7 +73,8 @@ def comparison_figure(results, path):
     the decodes of the same prior samples.
 
     results: dict name -> {"codes": (n, L) (L = 2 shown as is; else PCA), "labels": (n,),
-    "decodes": (m, D) in [0, 1] with m a square number, "probe_accuracy": float}. At most
+    "decodes": (m, D) in [0, 1] with m a square number, "probe_accuracy": float, and optionally
+    "classes": the name of each label (the legend's; default the label)}. At most
     ``MAX_SCATTER`` evenly spaced codes are drawn per model.
     """
     if not isinstance(results, dict) or not results:
@@ -107,16 +100,15 @@ def comparison_figure(results, path):
         checked[name] = (codes[keep], labels[keep], decodes, rows, side, float(r["probe_accuracy"]))
     with _drawing("comparison", len(checked), path=path) as (plt, fig):
         axes = fig.subplots(2, len(checked), squeeze=False, height_ratios=(1, 1))
-        handles = None
+        handles, names = None, {i: str(c) for i, c in enumerate(next(iter(results.values())).get("classes") or ())}
         for j, (name, (codes, labels, decodes, rows, side, acc)) in enumerate(checked.items()):
-            handles = _scatter(axes[0, j], codes, labels, legend=None)
+            handles = _scatter(axes[0, j], codes, labels, legend=None, names=names)
             acc_text = f"{acc:.1%}" if math.isfinite(acc) else "n/a"
             axes[0, j].set_title(f"{name}: latent codes ({len(codes)} points)\nlinear-probe accuracy {acc_text}",
                                  fontsize=10)
             _show(axes[1, j], _mosaic(decodes, rows, rows, side)[0])
             axes[1, j].set_title(f"{name}: decodes of the same {rows * rows} z ~ N(0, I)", fontsize=10)
-        fig.legend(handles=handles, title="label", loc="outside lower center", ncol=len(handles),
-                   fontsize=8, frameon=False)
+        _figure_legend(fig, handles, fig.get_figwidth())
     return Path(path)
 
 
@@ -152,8 +144,8 @@ def _posterior_panel(ax, model, name, images, labels, colours):
     ax.set_xlim(centre[0] - half, centre[0] + half)
     ax.set_ylim(centre[1] - half, centre[1] + half)
     ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel("z₁")
-    ax.set_ylabel("z₂")
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
     ax.set_title(f"{name}\n{what}", fontsize=9)
 
 
@@ -162,7 +154,8 @@ def posterior_figure(models, test, path, n=MAX_ELLIPSES, seed=0):
     panel) through each model with a 2-D latent. A VAE's q(z|x) is drawn as its 1-σ ellipse,
     coloured by label (diagonal posterior: axis-aligned; full: rotated), with the prior's 1-σ
     circle dashed; an autoencoder's code as a point. ``models``: a VAE or a dict name -> VAE
-    (one panel each, left to right)."""
+    (one panel each, left to right). The legend names the classes as the data do; unlabelled
+    data have one colour and no legend."""
     n = _positive("n", n)
     models = models if isinstance(models, dict) else {models.objective.model_name: models}
     bad = [k for k, m in models.items() if m.latent != 2]
@@ -170,6 +163,7 @@ def posterior_figure(models, test, path, n=MAX_ELLIPSES, seed=0):
         raise InputError(f"the posterior figure draws 2-D latents: {', '.join(bad) or 'no model'} "
                          f"{'has' if len(bad) == 1 else 'have'} latent ≠ 2")
     images, labels = _check_split(test)
+    names = class_names(test)
     labels = np.zeros(len(images), dtype=np.int64) if labels is None else labels   # unlabelled: one colour
     first = next(iter(models.values()))
     idx = _stream(first, seed, "posteriors").permutation(len(images))[:n]
@@ -178,10 +172,9 @@ def posterior_figure(models, test, path, n=MAX_ELLIPSES, seed=0):
         axes = fig.subplots(1, len(models), squeeze=False)[0]
         for ax, (name, model) in zip(axes, models.items()):
             _posterior_panel(ax, model, name, images[idx], labels[idx], colours)
-        from matplotlib.lines import Line2D
-
-        fig.legend(handles=[Line2D([], [], marker="o", linestyle="", color=v, label=str(k))
-                            for k, v in colours.items()], title="label", loc="outside lower center", ncol=len(colours), fontsize=8, frameon=False)
-        fig.suptitle(f"Posteriors of {len(idx)} test images: a distribution instead of a point "
-                     f"(dashed: the prior's 1-σ circle)", fontsize=11)
+        if names:
+            _figure_legend(fig, _class_handles(colours, names), fig.get_figwidth())
+        fig.suptitle(_wrap(f"Posteriors of {len(idx)} test images: a distribution instead of a point "
+                           f"(dashed: the prior's 1-σ circle)", FIGSIZE["posteriors"][0] * len(models), 11),
+                     fontsize=11)
     return Path(path)
