@@ -162,6 +162,7 @@ def _preactivations(model, n):
         return None
 
     def pre():
-        out = [(c.inputs[j] @ layer.W + layer.b).reshape(-1) for s, c in stacks for j, layer in enumerate(s.layers[:-1])]
+        out = [(c.inputs[j] @ layer.W + layer.b).reshape(-1)
+               for s, c in stacks for j, layer in enumerate(s.layers[:-1])]
         return model.backend.to_host(model.xp.concatenate(out))
     return pre

@@ -598,7 +598,8 @@ BAD_INVOCATIONS = {
                                "nothing was written. The gradients are sums over a batch's 100 images, so SGD's "
                                "step is 100 times a mean's: try --lr 10 (--lr 1000 / 100), or a smaller one, "
                                "--kl-warmup, or float64; the run in"),
-    "compare --out not empty": (lambda t, r: ["compare", "--out", str(r)], "exists, is not empty and holds no comparison"),
+    "compare --out not empty": (lambda t, r: ["compare", "--out", str(r)],
+                                "exists, is not empty and holds no comparison"),
     # damaged files: one line, nothing written
     **{f"{verb} {name}": (lambda t, r, a=argv, d=damage(make): a(r, str(d(t))), words)
        for verb, make, argv in (("train --dataset", _own_npz, lambda r, f: ["train", *TINY, "--dataset", f]),

@@ -155,7 +155,8 @@ def test_one_rule_for_alpha_in_folders_and_npz_files(tmp_path, channels, mode):
     pixels[4, 1, 0, -1] = 254
     write_image(tmp_path / "imgs" / "4.png", pixels[4], mode)
     np.savez(tmp_path / "a.npz", x_train=pixels)
-    with pytest.raises(DataError, match=r"4.png has an alpha channel with 1 transparent pixels \(the first at \(1, 0\)\)"):
+    with pytest.raises(DataError, match=r"4.png has an alpha channel with 1 transparent pixels "
+                                        r"\(the first at \(1, 0\)\)"):
         load_image_folder(tmp_path / "imgs")
     with pytest.raises(DataError, match=r"x_train has an alpha channel with 1 transparent pixels \(the first at "
                                         r"\(4, 1, 0\)\): .*flatten"):

@@ -148,7 +148,8 @@ def test_sgd_diverging_is_told_that_gradients_are_batch_sums():
 
 
 def test_decodes_dtype_hint_names_z():
-    with pytest.raises(InputError, match=r"z must have dtype float32 .* got float64; convert with z.astype\('float32'\)$"):
+    with pytest.raises(InputError, match=r"z must have dtype float32 .* got float64; "
+                                         r"convert with z.astype\('float32'\)$"):
         VAE(input_dim=6, hidden=(3,), latent=2).decode(np.zeros((1, 2)))
 
 

@@ -266,8 +266,8 @@ def drawn(monkeypatch):
                  if t is not None and t.get_visible() and t.get_text()]
         W, H = fig.canvas.get_width_height()
         texts[Path(path).name] = {
-            "cut": [t.get_text() for t in shown
-                    if (lambda b: b.x0 < -0.5 or b.y0 < -0.5 or b.x1 > W + 0.5 or b.y1 > H + 0.5)(t.get_window_extent())],
+            "cut": [t.get_text() for t, b in ((t, t.get_window_extent()) for t in shown)
+                    if b.x0 < -0.5 or b.y0 < -0.5 or b.x1 > W + 0.5 or b.y1 > H + 0.5],
             "suptitle": fig._suptitle.get_text() if fig._suptitle is not None else "",
             "titles": [ax.get_title() for ax in fig.axes],
             "xlabels": [ax.get_xlabel() for ax in fig.axes], "ylabels": [ax.get_ylabel() for ax in fig.axes],
