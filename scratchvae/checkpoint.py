@@ -60,7 +60,7 @@ _READ_ERRORS = (
 
 # ---------------------------------------------------------------------------- save
 
-def _check_arrays(arrays):
+def _check_arrays(arrays, kinds=_NUMERIC_KINDS):
     if not isinstance(arrays, dict):
         raise CheckpointError(f"arrays must be a dict of name -> numpy array, got {type(arrays).__name__}")
     for name, arr in arrays.items():
@@ -76,9 +76,10 @@ def _check_arrays(arrays):
                 f"arrays[{name!r}] must be a numpy array, got {kind}; "
                 "convert device arrays to host first (e.g. cupy.asnumpy)"
             )
-        if arr.dtype.kind not in _NUMERIC_KINDS:
+        if arr.dtype.kind not in kinds:
             raise CheckpointError(
-                f"arrays[{name!r}] must have a numeric dtype (bool/int/uint/float/complex), "
+                f"arrays[{name!r}] must have a numeric dtype (bool/int/uint/float/complex"
+                f"{'' if kinds == _NUMERIC_KINDS else '/unicode'}), "
                 f"got {arr.dtype}"
             )
 
@@ -175,15 +176,16 @@ def write_text(path, text):
     return path
 
 
-def save_checkpoint(path, arrays, meta):
+def save_checkpoint(path, arrays, meta, text=False):
     """Atomically write ``arrays`` (name -> numpy array) and JSON ``meta`` to ``path``.
 
     Returns the final ``Path``. Raises CheckpointError for a non-numpy or non-numeric
-    array, a reserved name, unserializable meta, or any OS error while writing (the
+    array (``text``: unicode string arrays too, such as the class names of codes; never
+    objects), a reserved name, unserializable meta, or any OS error while writing (the
     temporary file is removed and any earlier file at ``path`` is untouched).
     """
     path = Path(path)
-    _check_arrays(arrays)
+    _check_arrays(arrays, _NUMERIC_KINDS + ("U" if text else ""))
     meta_text = _meta_json(meta)
     tmp = temp_path(path)
     try:

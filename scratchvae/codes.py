@@ -3,7 +3,8 @@
 :func:`encode_images` gives, for every image, the parameters of q(z|x) under the names the
 posterior uses (``mu`` and ``logvar`` for the diagonal Gaussian, ``mu`` and ``scale_tril``
 for the full-covariance one, ``mu`` alone for a plain autoencoder's point), the labels as
-``y`` when there are any, and with ``sample`` one ``z`` ~ q(z|x) per image from the model's
+``y`` when there are any (and ``classes``, the name of each label, where the data name them:
+``classes[y]`` is an image folder's sub-folder), and with ``sample`` one ``z`` ~ q(z|x) per image from the model's
 'eval' stream. :func:`decode_codes` turns edited codes back into images: it decodes ``z``
 when the codes hold one, else ``mu``, and says which (the attribute arithmetic of the figures,
 done by hand: encode, move the codes, decode). ``write_codes`` / ``read_codes`` keep codes
@@ -40,10 +41,11 @@ def decode_batched(model, z, batch=EVAL_BATCH):
                            for i in range(0, len(z), batch)])
 
 
-def encode_images(model, x, labels=None, sample=False, batch=EVAL_BATCH):
+def encode_images(model, x, labels=None, sample=False, batch=EVAL_BATCH, classes=None):
     """{name: host array} of q(z|x) for the prepared images ``x`` (N, D) on the model's backend:
-    the posterior's parameters under its names, ``y`` the labels if given, and with ``sample``
-    one z ~ q(z|x) per image from the model's 'eval' stream (drawn ``batch`` images at a time)."""
+    the posterior's parameters under its names, ``y`` the labels if given (with ``classes``, the
+    name of each label value, as a string array ``classes``), and with ``sample`` one z ~ q(z|x)
+    per image from the model's 'eval' stream (drawn ``batch`` images at a time)."""
     params = encode_batched(model, x, batch)
     codes = {name: model.backend.to_host(p) for name, p in zip(model.posterior.param_names, params)}
     if sample:
@@ -58,6 +60,8 @@ def encode_images(model, x, labels=None, sample=False, batch=EVAL_BATCH):
         codes["z"] = np.concatenate(z)
     if labels is not None:
         codes["y"] = np.asarray(labels)
+        if classes is not None:
+            codes["classes"] = np.asarray([str(c) for c in classes])
     return codes
 
 
@@ -77,7 +81,7 @@ def decode_codes(model, codes, batch=EVAL_BATCH):
 
 def write_codes(path, codes, meta):
     """Write ``codes`` ({name: array}) and JSON ``meta`` to the .npz ``path`` (atomically)."""
-    return save_checkpoint(Path(path), {k: np.ascontiguousarray(v) for k, v in codes.items()}, meta)
+    return save_checkpoint(Path(path), {k: np.ascontiguousarray(v) for k, v in codes.items()}, meta, text=True)
 
 
 def read_codes(path):

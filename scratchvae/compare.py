@@ -6,7 +6,8 @@ and scores them with :mod:`scratchvae.evaluate`); the figure is drawn by
 
     DIR/AE/, DIR/KL-only/, DIR/VAE/   each model's run: config.json, metrics.jsonl (with the
                                       test loss), checkpoints/ holding its final checkpoint
-    DIR/compare.json                  the settings, the probe accuracies, what the caller adds
+    DIR/compare.json                  the settings, the probe accuracies, the figures (compare.png
+                                      and compare-posteriors.png), what the caller adds
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def compare_models(train, test, *, epochs, batch_size, hidden, lr, seed, backend
         codes = encode_mean(model, xte)
         acc = linear_probe(encode_mean(model, xtr), train.labels[:probe_limit], codes, test.labels)
         results[name] = {"codes": model.backend.to_host(codes), "image_shape": test.image_shape,
-                         "labels": np.asarray(test.labels),
+                         "labels": np.asarray(test.labels), "classes": test.classes,
                          "decodes": model.backend.to_host(model.decode_mean(z)),
                          "probe_accuracy": acc}
     from .plots import comparison_figure, posterior_figure
@@ -83,13 +84,14 @@ def compare_models(train, test, *, epochs, batch_size, hidden, lr, seed, backend
     if run_dir is not None:
         settings = {"epochs": epochs, "batch_size": batch_size, "hidden": list(hidden), "lr": lr, "seed": seed,
                     "backend": model.backend.name, "probe_limit": probe_limit}
-        _write_summary(Path(run_dir), Path(out), settings, res["probe_accuracy"], run_info)
+        _write_summary(Path(run_dir), (Path(out), posteriors), settings, res["probe_accuracy"], run_info)
     return res
 
 
-def _write_summary(run_dir, figure, settings, accuracy, run_info):
-    """DIR/compare.json: the settings, the probe accuracies, the runs and the figure (relative to DIR)."""
+def _write_summary(run_dir, figures, settings, accuracy, run_info):
+    """DIR/compare.json: the settings, the probe accuracies, the runs and the figures (relative to
+    DIR): ``figure`` the comparison, ``figures`` it and the posteriors'."""
+    names = [str(f.relative_to(run_dir) if f.is_relative_to(run_dir) else f) for f in figures]
     doc = {"settings": settings, "probe_accuracy": accuracy, "runs": [name for name, _ in COMPARE_MODELS],
-           "figure": str(figure.relative_to(run_dir) if figure.is_relative_to(run_dir) else figure),
-           **(run_info or {})}
+           "figure": names[0], "figures": names, **(run_info or {})}
     write_text(run_dir / "compare.json", json.dumps(doc, indent=2) + "\n")

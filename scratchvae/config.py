@@ -287,8 +287,9 @@ class ModelConfig(_Settings):
     activation: str = setting("relu", "hidden-layer activation", _choice(ACTIVATIONS), "model")
     likelihood: str = setting("bernoulli", "p(x|z): Bernoulli on logits, or Gaussian (see --sigma)",
                               _choice(tuple(LIKELIHOODS)), "model")
-    sigma: str = setting("fixed:1.0", "--likelihood gaussian only: σ fixed at V (a number V or fixed:V), or "
-                         "learned (shared, per-pixel)", SIGMA, "model", applies=_sigma_applies)
+    sigma: str = setting("fixed:1.0", "--likelihood gaussian only: σ fixed at V > 0, written fixed:V or as the "
+                         "number V alone (2, fixed:0.5); or learned: shared (one σ) or per-pixel (one σ per pixel)",
+                         SIGMA, "model", metavar="V|fixed:V|shared|per-pixel", applies=_sigma_applies)
     mode: str = setting("vae", "vae; ae: a plain autoencoder (no KL); kl-only: the KL term alone", _choice(MODES),
                         "model")
     beta: float = setting(1.0, "weight of the KL term (β-VAE)", NONNEG, "model", applies=_kl_weight(

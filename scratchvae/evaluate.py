@@ -321,6 +321,7 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
            "n_test": int(xtest.shape[0]), **model.config_extras(), "precision": model.precision.name}
     res["test_elbo"] = evaluate_elbo(model, xtest)
     res["loss_label"], res["loss_adds_up"] = model.objective.label, model.objective.adds_up
+    res["loss_has_kl"], res["sampled"] = model.objective.records_kl, model.posterior.stochastic
     if model.posterior.no_q_why is not None:          # a point code: nothing to importance-sample
         res["log_px"] = None
         res["log_px_note"] = f"IWAE needs a VAE: {model.posterior.no_q_why}"
@@ -349,13 +350,7 @@ def format_report(res) -> str:
     lines = [f"{position_label(res)} · {res.get('mode')} · {res.get('likelihood')}{extras} · "
              f"binarize {res.get('binarize')} · {res['n_test']} test images · products in "
              f"{res.get('precision', 'fp32')}"]
-    e, label = res["test_elbo"], res.get("loss_label", "−ELBO")
-    if res.get("loss_adds_up", True):
-        lines.append(f"test {label:<11}{e['loss']:10.3f} nats/image  (recon {e['recon']:.3f} + kl {e['kl']:.3f}; "
-                     f"one z per image)")
-    else:
-        lines.append(f"test {label:<11}{e['loss']:10.3f} nats/image  (its objective; one z per "
-                     f"image: recon {e['recon']:.3f}, kl {e['kl']:.3f})")
+    lines += _loss_lines(res)
     lp = res.get("log_px")
     if lp is None:
         lines.append(f"log p(x)        n/a ({res.get('log_px_note', 'no q(z|x)')})")
@@ -370,14 +365,31 @@ def format_report(res) -> str:
                          f"{r['gain_se']:7.3f}")
         if res.get("units", "nats") != "nats":
             lines.append(f"  ({res['likelihood']} likelihood: {res['units']})")
-    au = res["active_units"]
-    lines.append(f"active units    {au['count']:>4d} / {au['of']}  (Var_x E_q[z_u] > {au['threshold']:g})")
+    au, code = res["active_units"], "E_q[z_u]" if res.get("sampled", True) else "z_u"
+    lines.append(f"active units    {au['count']:>4d} / {au['of']}  (Var_x {code} > {au['threshold']:g})")
     if res["probe_accuracy"] is None:
         lines.append("linear probe         n/a  (the data have no labels)")
     else:
         lines.append(f"linear probe    {res['probe_accuracy']:10.3f}  (μ codes: {res.get('n_probe_train')} "
                      f"train -> {res['n_test']} test images, softmax classifier)")
     return "\n".join(lines)
+
+
+def _loss_lines(res):
+    """The test loss as the run's objective labels it: the ELBO's recon + kl, a bound beside one
+    z's recon and kl, a plain autoencoder's reconstruction alone; and, where z is drawn, that
+    these draws are not the ones of training's last line."""
+    e, label = res["test_elbo"], res.get("loss_label", "−ELBO")
+    head = f"test {label:<11}{e['loss']:10.3f} nats/image"
+    if not res.get("loss_has_kl", True):
+        return [f"{head}  (−log p(x|z) at z = μ(x), as in training's test line)"]
+    if res.get("loss_adds_up", True):
+        line = f"{head}  (recon {e['recon']:.3f} + kl {e['kl']:.3f}; one z per image)"
+    else:
+        line = (f"{head}  (its bound, {res.get('iw_samples', 'K')} z per image; one z's recon {e['recon']:.3f}, "
+                f"kl {e['kl']:.3f})")
+    return [line, "                (fresh z from the model's eval stream: training's last test line drew others, so "
+                  "the two differ by sampling noise)"]
 
 
 # -- AE vs KL-only vs VAE ----------------------------------------------------------------------

@@ -117,11 +117,13 @@ def writing(folder):
 
 
 @contextlib.contextmanager
-def staged_dir(target):
+def staged_dir(target, replace=False):
     """A new folder ``.<name>.tmp-<pid>`` beside ``target`` to fill; renamed onto ``target``
     (which must not exist, or be an empty folder) when the block completes, removed if the
     block fails. What killed processes left staged in that folder, whatever its name, is
-    removed first."""
+    removed first. With ``replace``, a folder already at ``target`` is moved aside (to
+    ``.<name>.old.tmp-<pid>``) once the block completes, the new one renamed in its place and
+    the old one removed; if the block fails, it is untouched."""
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +135,13 @@ def staged_dir(target):
         raise InputError(f"cannot create {target}: {err.strerror or err}") from None
     try:
         yield tmp
-        os.replace(tmp, target)
+        if replace and target.exists():
+            trash = temp_path(target.with_name(f"{target.name}.old"))
+            os.replace(target, trash)
+            os.replace(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):

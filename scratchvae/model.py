@@ -234,8 +234,9 @@ class VAE:
         if x.shape[0] < 1:
             raise InputError(f"{what} must hold at least one row, got shape {tuple(x.shape)}")
         if x.dtype != self.dtype:
-            hint = (f"integer images: use x.astype('{self.dtype.name}') / 255 (fit does this for you)"
-                    if x.dtype.kind in "ui" else f"convert with x.astype('{self.dtype.name}')")
+            hint = (f"integer images: use {what}.astype('{self.dtype.name}') / 255 (fit does this for you)"
+                    if x.dtype.kind in "ui" and width == self.input_dim else
+                    f"convert with {what}.astype('{self.dtype.name}')")
             raise InputError(f"{what} must have dtype {self.dtype.name} (the model's), got {x.dtype}; {hint}")
 
     def _check_finite(self, what, a):
@@ -419,11 +420,15 @@ class VAE:
         self.encoder.backward(self.objective.head_grad(self.posterior, ws, dz, beta), ws.enc)
 
     def __repr__(self):
+        """The settings that shape this model: the activation where there are hidden layers, σ
+        where the likelihood has one, β where the objective weighs a KL term."""
         c = self.config()
         extra = "".join(f", {k}={c[k]}" for k in ("posterior", "objective", "iw_samples", "precision") if k in c)
+        sigma = f" σ={c['sigma']}" if self.likelihood.has_sigma else ""
+        beta = f", β={c['beta']}" if self.objective.uses_beta else ""
         return (f"VAE(D={c['input_dim']}, hidden={tuple(c['hidden'])}, L={c['latent']}, "
-                f"{c['activation']}, {c['likelihood']}, mode={c['mode']}, β={c['beta']}{extra}, "
-                f"{c['dtype']}, backend={self.backend.name})")
+                f"{c['activation'] if self.hidden else 'linear'}, {c['likelihood']}{sigma}, mode={c['mode']}{beta}"
+                f"{extra}, {c['dtype']}, backend={self.backend.name})")
 
 
 def _settings(config, settings):

@@ -12,6 +12,7 @@ output, and back.
 ``samples``, ``eps_shape(n, L)``      z per image, and the shape of one call's noise ε
 ``uses_beta``, ``what``, ``no_beta_why``  whether β and a KL warm-up apply (and, naming it, why not)
 ``adds_up``                           whether its loss is recon + kl (the ELBO's equation)
+``records_kl``                        whether its kl column holds a KL (a point code has none)
 ``workspace(xp, dtype, head, dhead, D)``  its buffers at one batch shape (``head``/``dhead``: the
                                       rows the posterior samples from and their gradient)
 ``rows(head, target, ws)``            the head and the target once per sample of z
@@ -100,6 +101,7 @@ class ELBO:
     columns = ("neg_elbo", "recon", "kl")
     per_sample_keys = ("recon", "kl", "objective", "neg_elbo")
     samples, uses_beta, fits_data, adds_up = 1, True, True, True
+    records_kl = True
     what, no_beta_why = "the ELBO", None
 
     def __init__(self, beta=1.0):
@@ -163,7 +165,8 @@ class Reconstruction(ELBO):
     point posterior (no noise, no KL), and no β to weigh anything."""
 
     model_name, label = "AE", "reconstruction"
-    uses_beta = False
+    long_label = "reconstruction −log p(x|z), z = μ(x)"
+    uses_beta, records_kl = False, False
     what, no_beta_why = "mode 'ae'", "a plain autoencoder has no KL term to weigh"
 
 
@@ -195,7 +198,7 @@ class ImportanceWeighted:
     name, model_name = "iwae", "VAE"
     columns = ("neg_iw_bound", "recon", "kl")
     per_sample_keys = ("recon", "kl", "objective", "neg_elbo", "neg_iw_bound")
-    uses_beta, fits_data, adds_up = False, True, False
+    uses_beta, fits_data, adds_up, records_kl = False, True, False, True
     what, no_beta_why = "objective 'iwae'", ("its bound has no separate KL term to weigh (the prior and the posterior sit "
                    "inside one log-mean-exp)")
 

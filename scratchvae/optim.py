@@ -92,6 +92,8 @@ class SGD(_Optimizer):
     """SGD with momentum μ, PyTorch's rule:  v ← μ v + g;  p ← p − lr · v  (v₀ = 0)."""
 
     _state_keys = ("velocity",)
+    scales_with_gradient = True
+    """Its step is lr times the gradient: with gradients that are batch sums, B times a mean's."""
 
     def __init__(self, params, lr=1e-2, momentum=0.0):
         super().__init__(params, lr)
@@ -130,6 +132,8 @@ class Adam(_Optimizer):
     """
 
     _state_keys = ("m", "v")
+    scales_with_gradient = False
+    """m / √v: a gradient scaled by c gives the same step (up to ε), batch sum or mean alike."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         super().__init__(params, lr)

@@ -8,7 +8,9 @@ run directory's format belongs to :mod:`scratchvae.runs`. The library never prin
 ``"batch"``      when an epoch starts (``batch`` 0, or where a resumed epoch stands), every
                  ``report_every`` steps and after its last batch: ``epoch``, ``epochs`` (the
                  total), ``batch``, ``batches``, ``step``
-``"epoch"``      after each epoch: the metrics row written to ``metrics.jsonl``, and ``epochs``
+``"epoch"``      after each epoch: the metrics row written to ``metrics.jsonl``, ``epochs``
+                 and ``objective`` (the model's, which says what the loss is: its ``label``,
+                 whether it is recon + kl, ``adds_up``, and whether it has a KL, ``records_kl``)
 ``"checkpoint"`` after each checkpoint: ``path``, ``epoch``, ``step``
 ``"graph"``      if a CUDA-graph capture failed: ``enabled`` False and the ``reason``
 
@@ -247,7 +249,7 @@ class _Loop:
         if self.writer is not None:
             self.writer.end_epoch(row, s.history)
         if self.callback:
-            self.callback("epoch", {**row, "epochs": self.cfg.epochs})
+            self.callback("epoch", {**row, "epochs": self.cfg.epochs, "objective": self.model.objective})
 
     def save(self, row=None):
         """The checkpoint of this moment (mid-epoch if a batch is done), or None without a run dir."""
@@ -269,9 +271,19 @@ class _Loop:
             step = s.step - (stop - start) + int(bad[0]) + 1
             kept = ("" if self.writer is None else "the checkpoints already written predate it and are intact. "
                     if self.saved else "nothing was written. ")
+            hint = self.nonfinite_hint()
             raise NonFiniteError(
                 f"the loss became non-finite at step {step} (epoch {s.epoch + 1}, batch {start + int(bad[0]) + 1}); "
-                f"{kept}Try a smaller --lr, --kl-warmup, or float64")
+                f"{kept}{hint if kept else hint[0].lower() + hint[1:]}")
+
+    def nonfinite_hint(self):
+        """What to try after a non-finite loss; for an optimizer whose step scales with the gradient
+        (SGD), that the gradients are batch sums, and the learning rate of a mean's step."""
+        if not getattr(self.opt, "scales_with_gradient", False):
+            return "Try a smaller --lr, --kl-warmup, or float64"
+        B, lr = self.cfg.batch_size, self.opt.lr
+        return (f"The gradients are sums over a batch's {B} images, so {type(self.opt).__name__}'s step is {B} times "
+                f"a mean's: try --lr {lr / B:.2g} (--lr {lr:g} / {B}), or a smaller one, --kl-warmup, or float64")
 
 
 _RECORDED = object()

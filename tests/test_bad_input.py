@@ -595,8 +595,11 @@ BAD_INVOCATIONS = {
                                                     "--out", str(r)], "--batch-size 6000 is larger"),
     "--overwrite, diverging": (lambda t, r: ["train", *TINY, "--overwrite", "--optimizer", "sgd", "--lr", "1000",
                                              "--out", str(r)],
-                               "nothing was written. Try a smaller --lr, --kl-warmup, or float64; the run in"),
-    "compare --out not empty": (lambda t, r: ["compare", "--out", str(r)], "exists and is not empty"),
+                               "nothing was written. The gradients are sums over a batch's 100 images, so SGD's "
+                               "step is 100 times a mean's: try --lr 10 (--lr 1000 / 100), or a smaller one, "
+                               "--kl-warmup, or float64; the run in"),
+    "compare --out not empty": (lambda t, r: ["compare", "--out", str(r)],
+                                "exists, is not empty and holds no comparison"),
     # damaged files: one line, nothing written
     **{f"{verb} {name}": (lambda t, r, a=argv, d=damage(make): a(r, str(d(t))), words)
        for verb, make, argv in (("train --dataset", _own_npz, lambda r, f: ["train", *TINY, "--dataset", f]),

@@ -22,6 +22,7 @@ import pytest
 from scratchvae import VAE, TrainConfig, __version__, cli, fit, load_run
 from scratchvae.checkpoint import latest_checkpoint, load_checkpoint
 from scratchvae.cli import build_parser, main
+from scratchvae.errors import InputError
 
 TINY = ["--hidden", "32", "--latent", "2", "--quiet"]
 ROW_KEYS = {"epoch", "train_loss", "test_loss", "test_recon", "test_kl", "seconds", "eval_seconds"}
@@ -201,8 +202,8 @@ def test_progress_without_a_terminal_is_one_labelled_line_per_epoch():
     lines = out.getvalue().splitlines()
     assert err.getvalue() == "" and len(lines) == 2
     for i, line in enumerate(lines, 1):
-        assert re.fullmatch(rf"epoch {i}/2  train -ELBO{number} = recon{number} \+ KL{number}"
-                            rf"  test -ELBO{number} = recon{number} \+ KL{number} +\d+\.\d s", line), line
+        assert re.fullmatch(rf"epoch {i}/2  train −ELBO{number} = recon{number} \+ KL{number}"
+                            rf"  test −ELBO{number} = recon{number} \+ KL{number} +\d+\.\d s", line), line
 
 
 def test_a_message_clears_the_bar_and_an_error_leaves_none(tmp_path):
@@ -370,3 +371,26 @@ def test_compare_writes_a_run_like_folder(tmp_path, monkeypatch, capsys):
         assert [p.name for p in (out / name / "checkpoints").iterdir()] == ["epoch-0002.npz"]
         assert [r["epoch"] for r in rows(out / name)] == [1, 2] and all("test_loss" in r for r in rows(out / name))
         assert load_run(out / name).model.mode == {"AE": "ae", "KL-only": "kl-only", "VAE": "vae"}[name]
+
+
+def test_compare_overwrite_replaces_a_comparison_once_the_new_one_completes(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    flags = ["compare", "--hidden", "8", "--batch-size", "100", "--quiet", "--out", str(out)]
+    assert main([*flags, "--epochs", "1"]) == 0
+    assert json.loads((out / "compare.json").read_text())["figures"] == ["compare.png", "compare-posteriors.png"]
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    capsys.readouterr()
+    assert main([*flags, "--epochs", "2"]) == 2
+    assert "already holds a comparison: pass --overwrite to replace it" in capsys.readouterr().err
+    import scratchvae.compare
+
+    def failing(*a, **k):
+        raise InputError("the figure failed")
+    monkeypatch.setattr(scratchvae.compare, "compare_models", failing)      # a failed replacement: the old stays
+    assert main([*flags, "--epochs", "2", "--overwrite"]) == 2
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before and len(list(tmp_path.iterdir())) == 1
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert main([*flags, "--epochs", "2", "--overwrite"]) == 0
+    assert json.loads((out / "compare.json").read_text())["command"].endswith("--epochs 2 --overwrite")
+    assert [r["epoch"] for r in rows(out / "VAE")] == [1, 2] and sorted(p.name for p in tmp_path.iterdir()) == ["cmp"]

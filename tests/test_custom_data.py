@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from scratchvae.data import Dataset, load_dataset, split_test
-from scratchvae.data.custom import SPLIT_STREAM
+from scratchvae.data.custom import SPLIT_STREAM, load_image_folder
 from scratchvae.backend.random import Stream
 from scratchvae.errors import DataError
 
@@ -57,7 +57,10 @@ def test_grayscale_images_with_one_channel_keep_a_two_d_shape(tmp_path):
     ({"x_train": np.zeros((0, 4), np.uint8)}, "with N ≥ 1, got \\(0, 4\\)"),
     ({"x_train": np.zeros((3, 4), np.uint8), "y_train": np.zeros(2, np.int64)}, "y_train must be an integer array of shape \\(3,\\)"),
     ({"x_train": np.zeros((3, 2, 2), np.uint8), "x_test": np.zeros((2, 3, 3), np.uint8)}, "x_test must have x_train's image shape"),
-    ({"x_train": np.zeros((3, 2, 2, 2), np.uint8)}, "must have C = 1 \\(grayscale\\) or 3 \\(RGB\\)"),
+    ({"x_train": np.zeros((3, 2, 2, 5), np.uint8)}, "must have C = 1 \\(grayscale\\) or 3 \\(RGB\\), or 2 or 4 with "
+                                                    "an opaque alpha"),
+    ({"x_train": np.zeros((3, 2, 2, 2), np.uint8)}, "alpha channel with 12 transparent pixels \\(the first at "
+                                                    "\\(0, 0, 0\\)\\): .*flatten the images onto a background"),
     ({"x_train": np.zeros((3, 4), np.uint8), "y_test": np.zeros(3, np.int64)}, "holds y_test but no x_test"),
 ])
 def test_bad_npz_files_are_refused_naming_the_array(arrays, message, tmp_path):
@@ -127,10 +130,37 @@ def test_class_sub_folders_give_labels_and_class_names(tmp_path):
 def test_an_unlabelled_folder_of_rgb_jpegs_and_pngs(tmp_path):
     for i in range(5):
         write_image(tmp_path / "imgs" / f"{i}.jpg", np.full((3, 2, 3), 40 * i, np.uint8), "RGB")
-    write_image(tmp_path / "imgs" / "x.png", np.zeros((3, 2, 4), np.uint8), "RGBA")   # alpha dropped
+    write_image(tmp_path / "imgs" / "x.png", np.full((3, 2, 4), 255, np.uint8), "RGBA")   # opaque: alpha dropped
     (tmp_path / "imgs" / "README.txt").write_text("not an image")
     train, test = load_dataset(str(tmp_path / "imgs"))
     assert train.labels is None and train.image_shape == (3, 2, 3) and len(train) + len(test) == 6
+
+
+@pytest.mark.parametrize("channels, mode", [(4, "RGBA"), (2, "LA")])
+def test_one_rule_for_alpha_in_folders_and_npz_files(tmp_path, channels, mode):
+    """An alpha channel opaque everywhere is dropped, in an image folder and an .npz alike (the
+    same pixels either way); one transparent pixel is refused in both, naming it."""
+    r = np.random.default_rng(2)
+    pixels = r.integers(0, 256, (6, 3, 2, channels), dtype=np.uint8)
+    pixels[..., -1] = 255
+    for i, a in enumerate(pixels):
+        write_image(tmp_path / "imgs" / f"{i}.png", a, mode)
+    np.savez(tmp_path / "a.npz", x_train=pixels, x_test=pixels[:2])
+    np.savez(tmp_path / "f.npz", x_train=pixels / np.float32(255), x_test=pixels[:2] / np.float32(255))
+    folder = load_image_folder(tmp_path / "imgs")
+    npz, _ = load_dataset(str(tmp_path / "a.npz"))
+    floats, _ = load_dataset(str(tmp_path / "f.npz"))
+    assert np.array_equal(folder.images, npz.images) and np.array_equal(npz.images, pixels[..., :-1].reshape(6, -1))
+    assert folder.image_shape == npz.image_shape == floats.image_shape == ((3, 2, 3) if channels == 4 else (3, 2))
+    pixels[4, 1, 0, -1] = 254
+    write_image(tmp_path / "imgs" / "4.png", pixels[4], mode)
+    np.savez(tmp_path / "a.npz", x_train=pixels)
+    with pytest.raises(DataError, match=r"4.png has an alpha channel with 1 transparent pixels "
+                                        r"\(the first at \(1, 0\)\)"):
+        load_image_folder(tmp_path / "imgs")
+    with pytest.raises(DataError, match=r"x_train has an alpha channel with 1 transparent pixels \(the first at "
+                                        r"\(4, 1, 0\)\): .*flatten"):
+        load_dataset(str(tmp_path / "a.npz"))
 
 
 @pytest.mark.parametrize("layout, message", [

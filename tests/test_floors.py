@@ -81,8 +81,8 @@ def edges_and_problems():
             top = target.split(".")[0]
             if top in DEVICE_LIBS and not name.startswith("scratchvae.backend"):
                 problems.append(f"{name} imports {target} (only scratchvae/backend may)")
-            if top == "matplotlib" and name != "scratchvae.plots":
-                problems.append(f"{name} imports {target} (only scratchvae.plots may)")
+            if top == "matplotlib" and name != "scratchvae.plots" and not name.startswith("scratchvae.plots."):
+                problems.append(f"{name} imports {target} (only the package scratchvae.plots may)")
             if top != "scratchvae":
                 continue
             target = owner(target, known)
@@ -146,7 +146,7 @@ def test_no_import_cycles():
 @pytest.mark.parametrize("bad", [
     ("scratchvae.backend.graph", "from ..ops.gaussian import LOGVAR_LIMIT\n", "imports scratchvae.ops"),
     ("scratchvae.model", "import cupy\n", "only scratchvae/backend may"),
-    ("scratchvae.evaluate", "def f():\n    import matplotlib.pyplot\n", "only scratchvae.plots may"),
+    ("scratchvae.evaluate", "def f():\n    import matplotlib.pyplot\n", "only the package scratchvae.plots may"),
 ])
 def test_the_walk_catches_a_violation(bad, monkeypatch):
     """An upward import, cupy in the model and a lazy matplotlib import are each caught."""

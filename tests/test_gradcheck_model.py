@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from scratchvae import VAE, gradcheck_model
+from scratchvae.backend import get_backend
 from scratchvae.gradcheck import DEFAULT_H
+
+NUMPY = get_backend("numpy")
 
 TOL = 1e-7
 N, D, L = 5, 7, 3
@@ -126,3 +129,21 @@ def test_float32_close_to_float64(backend):
     for k in m64.params:
         a, b = backend.to_host(r32.grads[k]), backend.to_host(r64.grads[k])
         assert np.linalg.norm(a - b) <= 1e-4 * max(np.linalg.norm(b), 1e-6), k
+
+
+def test_a_step_across_a_relu_kink_is_left_out_and_counted():
+    """A hidden pre-activation planted 0.3 h from 0: the difference step of the weights that move
+    it crosses the kink, and its quotient is no derivative (its error is the jump in slope).
+    gradcheck_model counts those coordinates apart and checks the rest to 1e-7."""
+    m, x, eps = make(NUMPY, activation="relu", seed=3)
+    xh = NUMPY.to_host(x)
+    a = xh @ m.params["enc.0.W"] + m.params["enc.0.b"]
+    m.params["enc.0.b"][2] -= a[1, 2] - 0.3 * DEFAULT_H                 # row 1, unit 2: a = 0.3 h
+    plain = gradcheck_model(m, x, eps=eps, kinks=False)
+    assert plain["enc.0.W"] > 1e-3 and plain.kinks == {k: 0 for k in m.params}
+    err = gradcheck_model(m, x, eps=eps)
+    crossed = np.abs(xh[1]) * DEFAULT_H > 0.3 * DEFAULT_H       # the W[d, 2] whose step moves a by h·|x_1d|
+    assert err.kinks["enc.0.W"] >= int(crossed.sum()) and err.kinks["enc.0.b"] == 1
+    assert err.checked["enc.0.W"] == m.params["enc.0.W"].size - err.kinks["enc.0.W"]
+    assert max(err.values()) <= TOL and err.ok(), err
+

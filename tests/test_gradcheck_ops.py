@@ -216,7 +216,9 @@ def test_gradcheck_subsamples_large_arrays():
         return np.sum(a ** 2)
 
     err = gradcheck(f, {"a": a}, {"a": 2 * a}, max_coords=50)
-    assert err["a"] <= TOL and len(calls) == 100
+    assert err["a"] <= TOL and len(calls) == 1 + 100          # f(p) once (for the floor), then two per coordinate
+    assert err.checked == {"a": 50} and err.kinks == {"a": 0}
+    assert err.floor["a"] == pytest.approx(np.finfo(float).eps * np.sum(a ** 2) / (1e-6 * 2.0), rel=0.02)
 
 
 def test_logvar_clamp_keeps_everything_finite_and_gradients_exact_inside(backend):

@@ -11,6 +11,7 @@ from PIL import Image
 from scratchvae import VAE
 from scratchvae.cli import main
 from scratchvae.codes import read_codes
+from scratchvae.data import load_dataset
 from scratchvae.runs import load_run
 
 SMALL = ["--hidden", "8", "--latent", "2", "--epochs", "1", "--batch-size", "16", "--quiet"]
@@ -101,6 +102,29 @@ def test_an_image_folder_with_classes_trains_and_resumes_on_the_same_split(tmp_p
     straight = tmp_path / "straight"
     assert main([*args[:-1], str(straight), "--epochs", "2"]) == 0
     np.testing.assert_array_equal(load_run(run).model.theta, load_run(straight).model.theta)
+
+
+def test_class_folders_are_ordered_as_strings_and_their_names_travel_with_the_codes(tmp_path, capsys):
+    """Folders 2, 9 and 10 are labels 1, 2 and 0 (string order); encode writes their names as
+    ``classes``, so ``classes[y]`` is each image's folder, for every split."""
+    r = np.random.default_rng(3)
+    for cls in ("2", "9", "10"):
+        for i in range(8):
+            path = tmp_path / "imgs" / cls / f"{cls}-{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((4, 4), int(cls) * 20, np.uint8) + r.integers(0, 3, (4, 4), dtype=np.uint8),
+                            mode="L").save(path)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(tmp_path / "imgs"), "--hidden", "8", "--latent", "2", "--batch-size",
+                 "8", "--epochs", "1", "--quiet", "--out", str(run)]) == 0
+    splits = dict(zip(("train", "test"), load_dataset(str(tmp_path / "imgs"), seed=0)))     # the run's split
+    for split, data in splits.items():
+        assert main(["encode", str(run), "--split", split, "--out", str(tmp_path / f"{split}.npz")]) == 0
+        codes = np.load(tmp_path / f"{split}.npz")
+        assert list(codes["classes"]) == ["10", "2", "9"] and len(codes["y"]) == len(data)
+        folders = [str(round(float(x.mean()) / 20)) for x in data.images]       # each image's folder: its gray
+        assert list(codes["classes"][codes["y"]]) == folders
+    assert main(["decode", str(run), str(tmp_path / "test.npz"), "--out", str(tmp_path / "d.npz")]) == 0
 
 
 @pytest.mark.parametrize("args, message", [
@@ -339,8 +363,8 @@ def test_a_failed_plot_leaves_no_partial_figure(flat_run, tmp_path, monkeypatch,
             raise OSError(28, "No space left on device")
         return real(self, fname, **kw)
     monkeypatch.setattr(Figure, "savefig", full_disk)
-    monkeypatch.setattr(plots, "MAX_SCATTER", 5)          # every figure differs from the first plot's
-    monkeypatch.setattr(plots, "STREAM_IDS", {**plots.STREAM_IDS, "samples": 299})
+    monkeypatch.setattr(plots.latent, "MAX_SCATTER", 5)   # every figure differs from the first plot's
+    monkeypatch.setitem(plots.STREAM_IDS, "samples", 299)
     capsys.readouterr()
     for verb, name in (("plot", "interpolation"), ("sample", "samples")):
         failing[:] = [name]

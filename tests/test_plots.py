@@ -5,8 +5,10 @@ every code path that draws them runs. ``MPLBACKEND=Agg`` comes from conftest.py.
 """
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,8 +63,11 @@ def expected_shape(kind, columns=1):
 
 
 def check_png(path, kind, columns=1):
+    """The PNG has its kind's size (the interpolation: its width, and at most its height: it is as
+    tall as its images need) and is not blank."""
     img = mpimg.imread(path)
-    assert img.shape[:2] == expected_shape(kind, columns), (path, img.shape)
+    (h, w), want = img.shape[:2], expected_shape(kind, columns)
+    assert (h <= want[0] and w == want[1]) if kind == "interpolation" else (h, w) == want, (path, img.shape)
     assert img[..., :3].std() > 0.05, f"{path} looks blank"
     return img
 
@@ -79,7 +84,7 @@ def test_plot_run_writes_every_figure(runs, data, tmp_path, name):
     kinds += ["posteriors"] if run.model.latent == 2 else []
     assert [p.name for p in paths] == [plots.FILES[k] for k in kinds]
     for p, kind in zip(paths, kinds):
-        check_png(p, kind)
+        check_png(p, kind, len(plots.loss_panels(run.model.objective)) if kind == "losses" else 1)
     assert plt.get_fignums() == [], "a figure was left open"
     after = run.model.rng.state()
     assert all(np.array_equal(before[k], after[k]) for k in before), "plotting advanced the model's streams"
@@ -151,12 +156,17 @@ def synthetic_results(n=300, m=100, seed=0):
     return out
 
 
-def test_comparison_figure(tmp_path):
+def test_comparison_figure(tmp_path, drawn):
     import matplotlib.pyplot as plt
 
     res = synthetic_results()
     path = plots.comparison_figure(res, tmp_path / "sub" / "compare.png")
     check_png(path, "comparison", columns=3)
+    assert drawn["compare.png"]["legends"] == [("label", [str(c) for c in range(10)])]
+    names = {k: dict(r, classes=[f"folder-{c}" for c in range(10)]) for k, r in res.items()}
+    plots.comparison_figure(names, tmp_path / "named.png")
+    assert drawn["named.png"]["legends"] == [("label", [f"folder-{c}" for c in range(10)])]
+    assert drawn["named.png"]["cut"] == [] and drawn["named.png"]["xlabels"][0] == "z[0] (μ)"
     two = {k: res[k] for k in ("AE", "VAE")}
     check_png(plots.comparison_figure(two, tmp_path / "two.png"), "comparison", columns=2)
     higher = dict(res, VAE=dict(res["VAE"], codes=np.random.default_rng(1).normal(size=(300, 6))))
@@ -241,13 +251,107 @@ def test_posterior_figure_ellipses_and_panels(data, tmp_path):
         plots.posterior_figure({"big": VAE(hidden=(8,), latent=3)}, small, tmp_path / "x.png")
 
 
-@pytest.mark.parametrize("name, label", [("vae2", "−ELBO (recon + KL)"), ("full2iw", "−L_2 (importance-weighted bound)")])
-def test_the_loss_curves_are_labelled_by_the_runs_objective(runs, data, tmp_path, monkeypatch, name, label):
-    """plot_run names the first panel as the run's objective does (an importance-weighted run's
-    −L_K, not −ELBO), asking the objective rather than comparing its name."""
-    seen = []
-    real = plots.loss_figure
-    monkeypatch.setattr(plots, "loss_figure", lambda history, path, title="", loss=None:
-                        (seen.append(loss), real(history, path, title=title, loss=loss))[1])
-    plots.plot_run(runs[name], *data, out_dir=tmp_path)
-    assert seen == [label]
+@pytest.fixture
+def drawn(monkeypatch):
+    """{file name: the texts of the figure saved there}: its suptitle, each axes' title, tick and
+    axis labels, each legend's title and entries (figure legends too), and under "cut" those of
+    the titles, axis labels and legends that reach past the figure's edges once laid out."""
+    texts, real = {}, plots.frame._save
+
+    def save(plt, fig, path):
+        legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)]
+        fig.canvas.draw()
+        shown = [t for t in [fig._suptitle, *(a for ax in fig.axes for a in (ax.title, ax.xaxis.label, ax.yaxis.label)),
+                             *(t for lg in legends for t in (lg.get_title(), *lg.get_texts()))]
+                 if t is not None and t.get_visible() and t.get_text()]
+        W, H = fig.canvas.get_width_height()
+        texts[Path(path).name] = {
+            "cut": [t.get_text() for t, b in ((t, t.get_window_extent()) for t in shown)
+                    if b.x0 < -0.5 or b.y0 < -0.5 or b.x1 > W + 0.5 or b.y1 > H + 0.5],
+            "suptitle": fig._suptitle.get_text() if fig._suptitle is not None else "",
+            "titles": [ax.get_title() for ax in fig.axes],
+            "xlabels": [ax.get_xlabel() for ax in fig.axes], "ylabels": [ax.get_ylabel() for ax in fig.axes],
+            "yticks": [[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes],
+            "xticks": [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes],
+            "legends": [(lg.get_title().get_text(), [t.get_text() for t in lg.get_texts()]) for lg in legends]}
+        return real(plt, fig, path)
+    monkeypatch.setattr(plots.frame, "_save", save)
+    return texts
+
+
+@pytest.mark.parametrize("name, titles", [
+    ("vae2", ["−ELBO (recon + KL)", "reconstruction −log p(x|z)", "KL(q(z|x) ‖ p(z))"]),
+    ("full2iw", ["−L_2 (importance-weighted bound)", "reconstruction −log p(x|z), one z", "KL(q(z|x) ‖ p(z)), one z"]),
+    ("ae2", ["reconstruction −log p(x|z), z = μ(x)"]),
+])
+def test_the_loss_curves_are_the_runs_objectives(runs, data, tmp_path, drawn, name, titles):
+    """plot_run names the panels as the run's objective does (an importance-weighted run's −L_K,
+    beside one z's terms), and an autoencoder's figure is its reconstruction alone, one panel
+    wide: no KL panel of zeros."""
+    (path,) = [p for p in plots.plot_run(runs[name], *data, out_dir=tmp_path) if p.name == "losses.png"]
+    assert drawn["losses.png"]["titles"] == titles
+    check_png(path, "losses", columns=len(titles))
+
+
+@pytest.fixture(scope="module")
+def named(data):
+    """Test images in three classes named as image folders name them: folders 2, 9, 10 sort as
+    strings to 10, 2, 9, labels 0, 1, 2 (here the digits 1, 2 and 9)."""
+    _, test = data
+    keep = np.isin(test.labels, (1, 2, 9))
+    labels = np.searchsorted([1, 2, 9], test.labels[keep])
+    return Dataset(test.images[keep][:240], np.array([1, 2, 0])[labels][:240].astype(np.int64), "digits",
+                   classes=("10", "2", "9"))
+
+
+def test_figures_name_classes_as_the_data_do(runs, named, tmp_path, drawn):
+    """Legends, the arithmetic's rows and the interpolation's title carry the folder names (not the
+    labels 0, 1, 2); every title, label and legend entry lies inside its figure."""
+    plots.plot_run(runs["vae2"], named, named, out_dir=tmp_path)
+    assert drawn["latent.png"]["legends"] == [("label", ["10", "2", "9"])]
+    assert drawn["posteriors.png"]["legends"] == [("label", ["10", "2", "9"])]
+    rows = drawn["arithmetic.png"]["yticks"][0]
+    assert all(re.fullmatch(r"(10|2|9): z = μ|(10|2|9)→(10|2|9): μ \+ m\[\2|\3\] − m\[\1\]|.*", r) for r in rows)
+    assert {r.split(":")[0].split("→")[0] for r in rows} <= {"10", "2", "9"} and len(rows) == 6
+    assert "test images of class a" in drawn["arithmetic.png"]["titles"][0]
+    assert re.search(r"\(label (10|2|9)\) → test #\d+ \(label (10|2|9)\)", drawn["interpolation.png"]["titles"][0])
+    for name, texts in drawn.items():
+        assert texts["cut"] == [], (name, texts["cut"])
+
+
+def test_the_posterior_figure_fits_its_title_and_every_class(runs, data, tmp_path, drawn):
+    """One panel is 460 px wide: its title wraps, and the ten classes' legend takes two rows rather
+    than running past both edges; unlabelled data get one colour and no legend."""
+    _, test = data
+    check_png(plots.posterior_figure(runs["vae2"].model, test, tmp_path / "one.png"), "posteriors")
+    one = drawn["one.png"]
+    assert one["cut"] == [] and "\n" in one["suptitle"]
+    assert one["legends"] == [("label", [str(c) for c in range(10)])]
+    unlabelled = Dataset(test.images[:100], None, "unlabelled")
+    plots.posterior_figure(runs["vae2"].model, unlabelled, tmp_path / "u.png")
+    assert drawn["u.png"]["legends"] == [] and drawn["u.png"]["cut"] == []
+
+
+def test_units_are_numbered_as_the_codes_columns(runs, data, tmp_path, drawn):
+    """z[j] on a figure is column j of the codes (mu[:, j]), from 0."""
+    _, test = data
+    plots.manifold_figure(runs["vae2"].model, test, tmp_path / "m2.png", k=5)
+    assert drawn["m2.png"]["xlabels"] == ["z[0]"] and drawn["m2.png"]["ylabels"] == ["z[1]"]
+    model = runs["vae5"].model
+    plots.manifold_figure(model, test, tmp_path / "m5.png", k=5)
+    mu, logvar = model.encode(model.backend.asarray(test.images[:1000].astype(np.float32) / 255))
+    u, v = np.argsort(-plots.kl_per_unit(model, mu, logvar), kind="stable")[:2]
+    assert drawn["m5.png"]["xlabels"] == [f"z[{u}]"] and drawn["m5.png"]["ylabels"] == [f"z[{v}]"]
+    assert f"z[{u}], z[{v}]: highest mean KL" in drawn["m5.png"]["titles"][0]
+    plots.latent_figure(runs["vae2"].model, test, tmp_path / "l.png")
+    plots.posterior_figure(runs["vae2"].model, test, tmp_path / "p.png")
+    assert drawn["l.png"]["xlabels"] == ["z[0] (μ)"] and drawn["p.png"]["ylabels"] == ["z[1]"]
+
+
+def test_interpolation_has_no_blank_band(runs, named, tmp_path):
+    """The figure is as tall as its two rows of images need: no more than a few white rows above
+    the title and below the axis label."""
+    img = mpimg.imread(plots.interpolation_figure(runs["vae2"].model, named, tmp_path / "i.png"))
+    assert img.shape[1] == expected_shape("interpolation")[1] and img.shape[0] < expected_shape("interpolation")[0]
+    ink = np.flatnonzero((img[..., :3] < 0.9).any(axis=(1, 2)))
+    assert ink[0] <= 25 and img.shape[0] - 1 - ink[-1] <= 25, (ink[0], img.shape[0] - 1 - ink[-1])   # was 50 above

@@ -29,7 +29,9 @@ DESCRIPTION = "scratchvae: a variational autoencoder written from scratch on Num
 ENVIRONMENT = """environment variables:
   SCRATCHVAE_OFFLINE    set to 1 to never download (the embedded data needs no download)
   SCRATCHVAE_CACHE_DIR  where downloaded datasets are kept
-                        (default: $XDG_CACHE_HOME/scratchvae, else ~/.cache/scratchvae)"""
+                        (default: $XDG_CACHE_HOME/scratchvae, else ~/.cache/scratchvae)
+  SCRATCHVAE_NUMBA      0: run the NumPy bodies of the fused blocks, not their Numba twins
+                        (the 'fast' extra); config.json records which ran (fast_path)"""
 
 
 def _checked(cast, ok, expected):
@@ -133,10 +135,13 @@ class _TopFormatter(argparse.RawDescriptionHelpFormatter, _Formatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors as one line, like every other user error (usage: --help)."""
+    """argparse with usage errors as one line, like every other user error (usage: --help), and
+    no abbreviated flags: ``--epoch 3`` is refused where only ``--epochs`` exists, rather than
+    read as it (every verb's parser is one of these)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _Formatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.register("action", None, _Given)
         self.register("action", "store", _Given)
@@ -318,7 +323,8 @@ def _add_encode(sub):
     e = _verb(sub, "encode", "write the codes of a run's images: q(z|x)'s parameters per image, their labels, "
               "and with --sample one z ~ q(z|x)",
               " The .npz holds mu and logvar (diagonal posterior), mu and scale_tril (full), or mu alone (ae); "
-              "y when the data have labels; z with --sample.")
+              "y when the data have labels, and classes where the data name them (classes[y]: an image folder's "
+              "class sub-folder); z with --sample.")
     e.add_argument("run_dir", metavar="RUN", help="a run folder (as written by train)")
     e.add_argument("--split", default="test", choices=("test", "train"), help="which of the run's images")
     e.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images of the split")
@@ -350,7 +356,7 @@ def _add_compare(sub, d):
 
     c = _verb(sub, "compare", "train an AE, a KL-only model and a VAE with a 2-D latent and draw them side by side",
               " Writes a folder holding each model's run (final checkpoint, metrics with test loss), "
-              "compare.json and compare.png.")
+              "compare.json, compare.png and compare-posteriors.png.")
     _setting(c, TrainConfig, "dataset", help=f"the data, as for train: {', '.join(DATASETS)}, or a labelled .npz or "
              "image folder")
     c.add_argument("--data-dir", metavar="DIR", help="mnist / fashion-mnist: read the IDX files from DIR")
@@ -362,6 +368,8 @@ def _add_compare(sub, d):
     _setting(c, ModelConfig, "seed", help="seeds the three models and the shared prior draws")
     c.add_argument("--backend", default="numpy", choices=BACKENDS, help="array backend")
     c.add_argument("--out", metavar="DIR", help="the folder to create (default: runs/compare-<timestamp>)")
+    c.add_argument("--overwrite", action="store_true", help="replace the comparison in --out: the new one is made "
+                   "beside it and takes its place only once it completes")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -77,16 +77,32 @@ class Progress:
 
 
 def format_epoch(row):
-    """One epoch's line: its −ELBO (= reconstruction + KL, per image) on train and test, and time."""
+    """One epoch's line: the loss per image on train and test as the model's objective labels it
+    (``row["objective"]``, as fit's "epoch" event gives it; without one, the ELBO's), and time.
+
+    The ELBO (and KL-only) writes its equation, ``−ELBO = recon + KL``; a loss that is not their
+    sum (the importance-weighted −L_K) stands alone, beside one z's recon and KL (no equation:
+    they are not its parts); a loss without a KL term (a plain autoencoder's reconstruction) has no KL.
+    """
     total = row.get("epochs")
     at = f"{row['epoch']:>{len(str(total))}}/{total}" if total else f"{row['epoch']:>3}"
-    s = (f"epoch {at}  train -ELBO {row['train_loss']:9.3f} = recon {row['train_recon']:9.3f}"
-         f" + KL {row['train_kl']:7.3f}")
+    s = f"epoch {at}  " + _split_loss(row, "train", row.get("objective"))
     if "test_loss" in row:
-        s += (f"  test -ELBO {row['test_loss']:9.3f} = recon {row['test_recon']:9.3f}"
-              f" + KL {row['test_kl']:7.3f}")
+        s += "  " + _split_loss(row, "test", row.get("objective"))
     s += f"  {row['seconds']:6.1f} s"
     return f"{row['model']:8s} {s}" if "model" in row else s
+
+
+def _split_loss(row, split, objective):
+    """``train −ELBO 1.000 = recon 0.900 + KL 0.100`` (or its objective's way of saying it)."""
+    label = "−ELBO" if objective is None else objective.label
+    loss, recon, kl = (row[f"{split}_{key}"] for key in ("loss", "recon", "kl"))
+    text = f"{split} {label} {loss:9.3f}"
+    if objective is not None and not objective.records_kl:
+        return text
+    if objective is None or objective.adds_up:
+        return f"{text} = recon {recon:9.3f} + KL {kl:7.3f}"
+    return f"{text} (one z's recon {recon:9.3f}, KL {kl:7.3f})"
 
 
 _Progress = Progress   # the name tests and older callers use

@@ -147,7 +147,7 @@ def cmd_encode(a):
     data = test if a.split == "test" else train
     images, labels = data.images[:a.limit], None if data.labels is None else data.labels[:a.limit]
     x = prepare_split(images, run.model, run.train_config.binarize, a.split)   # binarised as in training
-    codes = encode_images(run.model, x, labels, sample=a.sample)
+    codes = encode_images(run.model, x, labels, sample=a.sample, classes=data.classes)
     out = Path(a.out or Path(a.run_dir) / f"codes-{a.split}.npz")
     write_codes(out, codes, {"run": str(Path(a.run_dir).resolve()), **run.position,
                              "split": a.split, "posterior": run.model.posterior.name, "sampled": a.sample})
@@ -204,14 +204,19 @@ def cmd_compare(a):
 
     _refuse_data_dir(a, a.dataset)
     out = Path(a.out) if a.out else _timestamped("compare-")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"--out {out} exists and is not empty; choose another folder")
-    check_run_dir(out, what="--out")
-    with Progress(a.quiet) as progress:
+    replacing = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    if replacing and not (out / "compare.json").is_file():
+        raise InputError(f"--out {out} exists, is not empty and holds no comparison; choose another folder"
+                         + (" (--overwrite replaces comparisons only)" if a.overwrite else ""))
+    if replacing and not a.overwrite:
+        raise InputError(f"--out {out} already holds a comparison: pass --overwrite to replace it, or choose "
+                         f"another folder")
+    check_run_dir(out.with_name(f".{out.name}.new") if replacing else out, what="--out")   # replacing: its folder
+    with Progress(a.quiet) as progress, _held_runs(out if replacing else None):
         train, test = _load_data(a.dataset, a.data_dir, progress.download, seed=a.seed, image_shape=a.image_shape)
         _check_batch_size(a.batch_size, train)
         image_tile(train.images.shape[1], train.image_shape)      # the figures draw images: a shape, before training
-        with staged_dir(out) as folder:
+        with staged_dir(out, replace=replacing) as folder:
             res = compare_models(train, test, epochs=a.epochs, batch_size=a.batch_size, hidden=a.hidden, lr=a.lr,
                                  seed=a.seed, backend=a.backend, out=folder / "compare.png", run_dir=folder,
                                  callback=progress, run_info={"command": _command(a), "data": data_record(train, test)})
@@ -220,3 +225,17 @@ def cmd_compare(a):
     print(out / "compare.png")
     print(out / Path(res["posterior_figure"]).name)
     return 0
+
+
+@contextlib.contextmanager
+def _held_runs(folder):
+    """The writer locks of the runs in a comparison ``folder`` that is to be replaced (None:
+    nothing held), held while the new one is made: no other process writes them meanwhile."""
+    from ..compare import COMPARE_MODELS
+    from ..folders import writing
+
+    with contextlib.ExitStack() as held:
+        for name, _ in COMPARE_MODELS if folder is not None else ():
+            if (folder / name).is_dir():
+                held.enter_context(writing(folder / name))
+        yield

@@ -9,7 +9,13 @@ pairs:
   get one only from ``image_shape``). No pickled objects are read.
 * **a folder of PNG/JPEG images** of one size, grayscale or RGB (read with Pillow), either all
   in the folder itself (unlabelled) or in one sub-folder per class (labels 0, 1, ... in the
-  sorted order of the sub-folder names, which become ``classes``).
+  sorted order of the sub-folder names as strings, which become ``classes``: folders ``2``,
+  ``9``, ``10`` are labels 1, 2, 0).
+
+**Transparency, one rule for both** (:func:`drop_opaque_alpha`): an alpha channel (an .npz's
+C = 2 or 4, an image with transparency data) is dropped where every pixel is opaque (255, or 1.0
+for floats), since it says nothing then; where any pixel is transparent the data are refused:
+the models see no alpha, so flatten such images onto a background first.
 
 Data without a test split get one: ``test_fraction`` (default 0.1) of the training images,
 chosen by a permutation of a Philox stream of ``seed`` (stream :data:`SPLIT_STREAM`), so the
@@ -109,16 +115,33 @@ def _pixels(a, what, image_shape):
     if a.ndim not in (2, 3, 4) or len(a) == 0 or 0 in a.shape:
         raise DataError(f"{what} must have shape (N, D), (N, H, W) or (N, H, W, C) with N ≥ 1, "
                         f"got {a.shape}")
-    if a.ndim == 4 and a.shape[3] not in (1, 3):
-        raise DataError(f"{what}: images (N, H, W, C) must have C = 1 (grayscale) or 3 (RGB), got {a.shape}")
+    if a.ndim == 4 and a.shape[3] not in (1, 2, 3, 4):
+        raise DataError(f"{what}: images (N, H, W, C) must have C = 1 (grayscale) or 3 (RGB), or 2 or 4 with an "
+                        f"opaque alpha channel, got {a.shape}")
     if a.dtype.kind == "f":
         _check_unit_floats(a, what)
+    if a.ndim == 4 and a.shape[3] in (2, 4):
+        a = drop_opaque_alpha(a, what)
     if a.ndim > 2 and image_shape is not None:
         raise DataError(f"{what} are images of shape {a.shape[1:]}; image_shape (--image-shape) is for flat arrays")
     shape = a.shape[1:] if a.ndim > 2 else (check_image_shape(image_shape, a.shape[1]) if image_shape else None)
     if shape is not None and len(shape) == 3 and shape[2] == 1:
         shape = shape[:2]
     return np.ascontiguousarray(a.reshape(len(a), -1)), shape
+
+
+def drop_opaque_alpha(a, what):
+    """Images (…, C) with C = 2 or 4 (grayscale or RGB, then alpha) without their alpha channel,
+    once every pixel is opaque (255 for uint8, 1.0 for floats); DataError naming the first
+    transparent pixel otherwise (the module's one rule for transparency)."""
+    alpha = a[..., -1]
+    clear = alpha != (255 if a.dtype == np.uint8 else 1.0)
+    if clear.any():
+        first = tuple(int(i) for i in np.argwhere(clear)[0])
+        raise DataError(f"{what} has an alpha channel with {int(clear.sum())} transparent pixels (the first at "
+                        f"{first}): the models see no transparency, so flatten the images onto a background "
+                        f"first (an alpha channel that is opaque everywhere is dropped)")
+    return a[..., :-1]
 
 
 def _check_unit_floats(a, what):
@@ -187,15 +210,22 @@ def _image_files(path):
 
 
 def _read_image(f):
-    """One image as uint8 (H, W) grayscale or (H, W, 3) RGB (alpha dropped, palettes resolved)."""
+    """One image as uint8 (H, W) grayscale or (H, W, 3) RGB (palettes resolved; an alpha channel
+    as :func:`drop_opaque_alpha` says)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(f) as im:
-            im = im.convert("L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
-            return np.asarray(im, dtype=np.uint8)
+            gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+            alpha = im.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in im.info   # Pillow 8's test
+            a = np.asarray(im.convert(("LA" if gray else "RGBA") if alpha else ("L" if gray else "RGB")),
+                           dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise DataError(f"{f} is not a readable PNG/JPEG image ({err})") from None
+    if alpha:
+        a = drop_opaque_alpha(a, str(f))
+        return a[..., 0] if gray else a
+    return a
 
 
 def _shape_text(shape):

@@ -28,6 +28,8 @@ from ..errors import InputError
 
 LEAKY_SLOPE = 0.01
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
+KINKED = ("relu", "leaky_relu")
+"""The activations with a kink (at 0), where a finite difference across it is no derivative."""
 
 
 def sigmoid(z, out=None):
