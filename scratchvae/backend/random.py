@@ -158,6 +158,17 @@ class Stream:
         keys = (w[0::2].astype(numpy.uint64) << numpy.uint64(32)) | w[1::2]
         return numpy.argsort(keys, kind="stable").astype(numpy.int64, copy=False)
 
+    def skip(self, draws):
+        """Move on by ``draws`` draws without making them (as if each had been made): a rank
+        skips the draws of the others' share of a split evaluation. On CuPy a sync (its state)."""
+        draws = _check_int("draws", draws, 2**63)
+        if self._cupy:
+            k0, k1, d_lo, d_hi = (int(w) for w in self.state())
+            d = ((d_lo | d_hi << 32) + draws) & _MASK64
+            self.set_state(numpy.array([k0, k1, d & _MASK32, d >> 32], dtype=numpy.uint32))
+        else:
+            self._d = (self._d + draws) & _MASK64
+
     # -- state -------------------------------------------------------------------------------
     def state(self):
         """``[k0, k1, d_lo, d_hi]`` as a NumPy uint32 array of shape (4,).
