@@ -38,6 +38,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from .errors import InputError, ScratchVAEError
 
 LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
@@ -121,6 +123,7 @@ class MPIComm(Solo):
         self.size, self.rank = self.comm.Get_size(), self.comm.Get_rank()
         self.local_size = self.comm.Split_type(mpi.COMM_TYPE_SHARED).Get_size()
         self._exit = self.comm.Dup()            # the leaving barrier, apart from the run's collectives
+        self._flag = np.zeros(1, dtype=np.int8)
         self.threads = limit_threads(self.local_size)
 
     def sum_(self, buf):
@@ -129,7 +132,10 @@ class MPIComm(Solo):
         return buf
 
     def any(self, flag):
-        return bool(self.comm.allreduce(bool(flag), op=self.MPI.LOR))
+        """Whether any rank's flag is set: one all-reduce of one byte (every step, for a stop)."""
+        self._flag[0] = bool(flag)
+        self.comm.Allreduce(self.MPI.IN_PLACE, self._flag, op=self.MPI.MAX)
+        return bool(self._flag[0])
 
     @contextlib.contextmanager
     def together(self):

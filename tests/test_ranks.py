@@ -107,6 +107,9 @@ def test_a_two_rank_run_equals_one_process_and_evaluates_as_one(tmp_path):
     shared = mpiexec(2, "-env", "OPENBLAS_NUM_THREADS", "1", *scratchvae(*ev))
     assert alone.returncode == shared.returncode == 0, shared.stderr[-3000:]
     assert json.loads(shared.stdout) == json.loads(alone.stdout)
+    r = mpiexec(2, *scratchvae("sample", str(two), "--n", "4", "--out", str(tmp_path / "s.png")))
+    assert r.returncode == 0 and r.stderr.count("sample does not use ranks: rank 0 runs it alone") == 1
+    assert r.stdout.strip() == str(tmp_path / "s.png") and (tmp_path / "s.png").exists()
 
 
 def test_a_killed_rank_ends_the_job_and_the_run_resumes_on_one_process(tmp_path, small, whole):
