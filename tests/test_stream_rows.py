@@ -80,7 +80,8 @@ def test_the_cuda_kernels_fill_any_range_of_a_draw_as_numpy(grid):
         whole = host_draw(s, 200)
         for first, n in ((0, 200), (1, 6), (3, 1), (5, 150), (2, 0), (199, 1)):
             out = np.zeros(n, whole.dtype)
-            kernel((grid,), (32,), (np.uint32(s.key[0]), np.uint32(s.key[1]),
-                                    np.array([d & 0xFFFFFFFF, d >> 32], np.uint32), out, np.uint64(n), np.uint64(first)))
-            np.testing.assert_array_equal(out.view(f"u{out.itemsize}"),
-                                          whole[first:first + n].view(f"u{out.itemsize}"), err_msg=f"{name} {first}+{n}")
+            dev_d = np.array([d & 0xFFFFFFFF, d >> 32], np.uint32)
+            kernel((grid,), (32,), (np.uint32(s.key[0]), np.uint32(s.key[1]), dev_d, out, np.uint64(n),
+                                    np.uint64(first)))
+            bits = f"u{out.itemsize}"
+            np.testing.assert_array_equal(out.view(bits), whole[first:first + n].view(bits), err_msg=f"{name} {first}+{n}")

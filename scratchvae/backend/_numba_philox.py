@@ -1,8 +1,9 @@
 """Numba twins of the NumPy draws of :class:`~.random.Stream`: the same bits, one pass.
 
 ``uniform32`` and ``pairs`` (float64 uniforms, or normals) fill a flat float32 / float64 array
-with the values ``first``, ``first + 1``, … of draw ``d`` of the stream keyed ``(k0, k1)``, exactly as the NumPy path of ``Stream.draw_uniform_into`` /
-``draw_normal_into`` does (``random.py``'s counter layout, ``philox.py``'s transforms) and as
+with the values ``first``, ``first + 1``, … of draw ``d`` of the stream keyed ``(k0, k1)``
+(a rank's rows start anywhere: ``Stream.rows``), exactly as the NumPy path of
+``Stream.draw_uniform_into`` / ``draw_normal_into`` does (``random.py``'s counter layout, ``philox.py``'s transforms) and as
 the CUDA kernels ``philox_uniform_*`` / ``philox_normal_*`` do: block j's four words from
 Philox4x32-10 of counter (j_lo, j_hi, d_lo, d_hi), then ``uniform24`` of each word, or
 ``uniform53`` of each word pair, or Box–Muller of the two ``uniform53`` values.
