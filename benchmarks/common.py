@@ -27,6 +27,8 @@ ADAM_EPS = 1e-8
 N_BATCHES = 16
 #: numpy's BLAS and PyTorch run on this many threads (XLA keeps its default).
 THREADS = 2
+#: The variables that set them, in every child (a peer on ranks: its own count per rank).
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: Relative error (norm-wise, per array) the same-work check allows in float64.
 CHECK_TOL = 1e-10
 #: scratchvae's parameter names, shapes (fan_in, fan_out) and the torch/JAX mapping.
@@ -50,7 +52,7 @@ def child_env(device: str) -> dict:
     """The environment every peer process starts with: 2 BLAS/OpenMP threads, CuPy's own matmul
     in FP32 (each peer sets its precision itself, from the spec's ``precision``)."""
     env = dict(os.environ)
-    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for k in THREAD_VARS:
         env[k] = str(THREADS)
     env.pop("CUPY_TF32", None)
     if device == "cpu":

@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from . import report
-from .common import (CHECK_TOL, N_BATCHES, PARAM_SHAPES, REPO, THREADS, bench_pins, child_env,
+from .common import (CHECK_TOL, N_BATCHES, PARAM_SHAPES, REPO, THREAD_VARS, THREADS, bench_pins, child_env,
                      cpu_model, load_train_images, make_batches, numpy_blas_build, openblas_runtime,
                      rel_err, write_json)
-from .peers import PEERS, peers_for
+from .peers import PEERS, RANKED, base_peer, peers_for, ranked
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -76,6 +76,10 @@ def parse_args(argv=None):
                         "accumulation); the same-work check stays float64")
     p.add_argument("--tf32", action="store_const", const="tf32", dest="precision",
                    help="the same as --precision tf32")
+    p.add_argument("--ranks", default=None,
+                   help=f"comma-separated configurations of {RANKED}: R (R MPI ranks of {THREADS} // R BLAS threads "
+                        f"each) or RxT (R ranks of T threads); 1 is the plain peer (default on cpu: 1,2 where "
+                        f"mpi4py and mpiexec, the 'dist' extra, are installed, else 1)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per child process")
     p.add_argument("--smoke", action="store_true", help="scratchvae-numpy only, tiny counts, seconds")
     a = p.parse_args(argv)
@@ -99,7 +103,35 @@ def parse_args(argv=None):
             p.error(f"--peers: {', '.join(bad)} not a {a.device} peer; choose from {', '.join(available)}")
     else:
         a.peer_list = available
+    a.peer_list = _with_ranks(p, a)
     return a
+
+
+def _with_ranks(p, a):
+    """The peer list with :data:`RANKED` on the ``--ranks`` configurations beside it."""
+    if a.device != "cpu" or RANKED not in a.peer_list:
+        return a.peer_list
+    spec = a.ranks or ("1,2" if _mpiexec() else "1")
+    names = []
+    for item in spec.split(","):
+        r, _, t = item.strip().partition("x")
+        if not r.isdigit() or int(r) < 1 or (t and (not t.isdigit() or int(t) < 1)):
+            p.error(f"--ranks: expected R or RxT with positive integers, got {item!r}")
+        r, t = int(r), int(t) if t else max(1, THREADS // int(r))
+        names.append(RANKED if (r, t) == (1, THREADS) else ranked(r, t))
+    if any(base_peer(n)[1] > 1 for n in names) and not _mpiexec():
+        p.error("--ranks: more than one rank needs mpiexec and mpi4py (pip install -e '.[dist]')")
+    i = a.peer_list.index(RANKED)
+    return a.peer_list[:i] + names + [q for q in a.peer_list[i + 1:] if q not in names]
+
+
+def _mpiexec():
+    """The mpiexec beside this Python (the mpich wheel's) or on PATH, where mpi4py imports; else None."""
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return None
+    return shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
 def log(msg):
@@ -114,12 +146,16 @@ class Children:
 
     def __call__(self, spec):
         self.n += 1
-        spec = dict(spec, result=str(self.tmp / f"result-{self.n}.json"))
+        _, ranks, threads = base_peer(spec["peer"])
+        spec = dict(spec, result=str(self.tmp / f"result-{self.n}.json"), ranks=ranks)
         path = self.tmp / f"spec-{self.n}.json"
         path.write_text(json.dumps(spec))
         cmd = [sys.executable, "-m", "benchmarks.worker", str(path)]
+        env = self.env if threads is None else {**self.env, **{k: str(threads) for k in THREAD_VARS}}
+        if ranks > 1:
+            cmd = [_mpiexec(), "-n", str(ranks), *cmd]
         try:
-            proc = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True,
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                                   timeout=self.timeout)
         except subprocess.TimeoutExpired:
             return {"status": "failed", "reason": f"timed out after {self.timeout:g} s"}
@@ -142,7 +178,7 @@ def same_work(a, children, tmp, x_check):
     np.savez(inputs, x=x_check.astype(np.float64), eps=eps,
              **{f"param/{k}": v for k, v in params.items()})
     results, out = {}, {}
-    order = ["scratchvae-numpy"] + [p for p in a.peer_list if p != "scratchvae-numpy"]
+    order = ["scratchvae-numpy"] + [p for p in a.peer_list if p != "scratchvae-numpy" and base_peer(p)[0] == p]
     for peer in order:
         grads_out = Path(tmp) / f"check-{peer}.npz"
         res = children({"task": "check", "peer": peer, "device": "cpu" if peer == "scratchvae-numpy"
@@ -209,7 +245,7 @@ def _main(a, tmp, started):
     check, params64 = same_work(a, children, tmp, x_check)
     params32 = tmp / "params-float32.npz"
     np.savez(params32, **{k: v.astype(np.float32) for k, v in params64.items()})
-    active = [p for p in a.peer_list if check["peers"].get(p, {}).get("status") == "ok"]
+    active = [p for p in a.peer_list if check["peers"].get(base_peer(p)[0], {}).get("status") == "ok"]
 
     steps = {B: a.steps or default_steps(a.device, B) for B in a.sizes}
     runs = []

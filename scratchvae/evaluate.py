@@ -27,6 +27,11 @@ All randomness comes from the model's 'eval' stream, so evaluating never disturb
 streams, and a run evaluated twice from the same checkpoint gives the same numbers (for the
 same ``batch``, which fixes how the draws are cut).
 
+On ranks (``comm``, :mod:`scratchvae.comm`) the test −ELBO's batches and the importance
+sampling's chunks of images are shared out, whole, each rank drawing exactly what one process
+draws for them (it skips, or draws and drops, the others' draws), so each batch's sums and
+each image's estimate are the one-process ones, bit for bit, and so are the results.
+
 Active units (Burda et al. 2016, §5.2): unit u is active when
 A_u = Cov_x(E_{q(z|x)}[z_u]) = Var_x(μ_u(x)) exceeds a threshold (0.01).
 
@@ -42,6 +47,7 @@ import math
 import numpy as np
 
 from .backend import backend_of
+from .comm import SOLO
 from .errors import InputError
 from .codes import EVAL_BATCH, encode_batched
 from .inputs import prepare_split
@@ -77,15 +83,27 @@ def rows_per_chunk(model, budget=MEMORY_BUDGET):
     return max(1, int(budget // per_row))
 
 
-def _log_weight_chunks(model, x, k, batch):
-    """Yield (start, stop, log w) over chunks of images; log w: (n, k) float64 backend array."""
+def _chunking(x, k, batch, comm):
+    """The importance sampling's chunks: (images per chunk, samples per k-chunk, draws per chunk
+    of images, this rank's images [a, b) in whole chunks, and its chunks [lo, hi) of how many)."""
+    N, k_chunk = x.shape[0], min(k, batch)
+    n_img = max(1, min(N, batch // k_chunk))
+    count = -(-N // n_img)
+    lo, hi = comm.rows(count)
+    return n_img, k_chunk, -(-k // k_chunk), (min(N, lo * n_img), min(N, hi * n_img)), (lo, hi, count)
+
+
+def _log_weight_chunks(model, x, k, batch, comm=SOLO):
+    """Yield (start, stop, log w) over chunks of images; log w: (n, k) float64 backend array.
+
+    On ranks, this rank's share of the chunks: the stream skips the draws of the others', and
+    ends where it ends after all of them."""
     xp, L, dt = model.xp, model.latent, model.dtype
     q, lik = model.posterior, model.likelihood
-    N = x.shape[0]
-    k_chunk = min(k, batch)
-    n_img = max(1, min(N, batch // k_chunk))
+    n_img, k_chunk, draws, (a, b), (lo, hi, count) = _chunking(x, k, batch, comm)
     stream = model.rng["eval"]
-    for i in range(0, N, n_img):
+    stream.skip(lo * draws)
+    for i in range(a, b, n_img):
         xb = x[i:i + n_img]
         n = xb.shape[0]
         params = tuple(None if p is None else p[:, None] for p in model.encode(xb))   # each (n, 1, …)
@@ -100,6 +118,7 @@ def _log_weight_chunks(model, x, k, batch):
             del y
             logw[:, k0:k0 + kc] = log_weight_rows(eps, z, log_det, nll, dtype=np.float64)
         yield i, i + n, logw
+    stream.skip((count - hi) * draws)
 
 
 def log_importance_weights(model, x, k, batch=None):
@@ -126,24 +145,26 @@ def logmeanexp_groups(logw, K):
     return xp.mean(lse, axis=1) - math.log(K)
 
 
-def iwae_estimates(model, x, ks=DEFAULT_KS, batch=None, progress=None):
+def iwae_estimates(model, x, ks=DEFAULT_KS, batch=None, progress=None, comm=SOLO):
     """Per-image importance-weighted estimates {K: (N,) host float64 array of L_K(x)}.
 
     Draws max(ks) samples per image once (see the module docstring); ``batch`` caps the
     (image, sample) rows decoded at once (default: :func:`rows_per_chunk`).
-    ``progress(done, N)`` is called after each chunk of images.
+    ``progress(done, n)`` is called after each chunk of images (on ranks: this rank's share).
+    ``comm``: ranks to share the chunks of images among; every rank returns every estimate.
     """
     ks = check_ks(ks)
     model._check_x(x)
     batch = rows_per_chunk(model) if batch is None else _positive("batch", batch)
     xp, N = model.xp, x.shape[0]
-    est = {K: xp.empty(N, dtype=np.float64) for K in ks}
-    for i, j, logw in _log_weight_chunks(model, x, ks[-1], batch):
+    est = {K: xp.zeros(N, dtype=np.float64) for K in ks}
+    a, b = _chunking(x, ks[-1], batch, comm)[3]
+    for i, j, logw in _log_weight_chunks(model, x, ks[-1], batch, comm):
         for K in ks:
             est[K][i:j] = logmeanexp_groups(logw, K)
         if progress is not None:
-            progress(j, N)
-    return {K: model.backend.to_host(v) for K, v in est.items()}
+            progress(j - a, b - a)
+    return {K: comm.sum_(model.backend.to_host(v)) for K, v in est.items()}   # others' images: 0 here
 
 
 def iwae_log_px(model, x, ks=DEFAULT_KS, batch=None):
@@ -163,22 +184,28 @@ def _mean_se(v):
 
 
 # -- codes, active units, linear probe ---------------------------------------------------------
-def evaluate_elbo(model, x, batch=EVAL_BATCH):
+def evaluate_elbo(model, x, batch=EVAL_BATCH, comm=SOLO):
     """Test −ELBO per sample with z sampled (from the 'eval' stream), and its parts.
 
     Returns a dict of floats: loss (= recon + kl; with ``objective='iwae'`` the model's own
     loss, −L_K of its K samples, beside the first sample's recon and the closed-form kl), recon,
-    kl; one host sync at the end.
+    kl; one host sync at the end. ``comm``: ranks to share the batches among (each draws every
+    batch's noise, and drops the others'); the sums are added in batch order, as one process does.
     """
     xp = model.xp
-    tot = xp.zeros(3, dtype=np.float64)
-    for i in range(0, x.shape[0], batch):
+    starts = range(0, x.shape[0], batch)
+    lo, hi = comm.rows(len(starts))
+    sums = xp.zeros((len(starts), 3), dtype=np.float64)
+    for b, i in enumerate(starts):
         xb = x[i:i + batch]
-        r = model.loss_and_grads(xb, eps=model.noise(xb.shape[0], model.rng["eval"]), need_grads=False)
-        tot[0] += r.loss
-        tot[1] += r.recon
-        tot[2] += r.kl
-    t = model.backend.to_host(tot) / x.shape[0]
+        eps = model.noise(xb.shape[0], model.rng["eval"])
+        if lo <= b < hi:
+            r = model.loss_and_grads(xb, eps=eps, need_grads=False)
+            sums[b, 0], sums[b, 1], sums[b, 2] = r.loss, r.recon, r.kl
+    tot = np.zeros(3)
+    for row in comm.sum_(model.backend.to_host(sums)):     # others' batches: 0 here
+        tot += row
+    t = tot / x.shape[0]
     return {"loss": float(t[0]), "recon": float(t[1]), "kl": float(t[2])}
 
 
@@ -284,7 +311,7 @@ def _softmax_scores(Xtr, Y, Xte, l2, iters):
 
 # -- a whole run ---------------------------------------------------------------------------
 def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_TRAIN_LIMIT,
-                 batch=None, progress=None) -> dict:
+                 batch=None, progress=None, comm=SOLO) -> dict:
     """Evaluate a loaded run (:func:`scratchvae.train.load_run`) on ``test``.
 
     train, test: :class:`scratchvae.data.Dataset`. ``limit``: use the first ``limit`` test
@@ -319,14 +346,14 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
     res = {**run.position, "checkpoint": run.checkpoint.name, "mode": model.mode, "likelihood": model.likelihood.name,
            "units": model.likelihood.units, "binarize": tc.binarize, "dataset": tc.dataset,
            "n_test": int(xtest.shape[0]), **model.config_extras(), "precision": model.precision.name}
-    res["test_elbo"] = evaluate_elbo(model, xtest)
+    res["test_elbo"] = evaluate_elbo(model, xtest, comm=comm)
     res["loss_label"], res["loss_adds_up"] = model.objective.label, model.objective.adds_up
     res["loss_has_kl"], res["sampled"] = model.objective.records_kl, model.posterior.stochastic
     if model.posterior.no_q_why is not None:          # a point code: nothing to importance-sample
         res["log_px"] = None
         res["log_px_note"] = f"IWAE needs a VAE: {model.posterior.no_q_why}"
     else:
-        est = iwae_estimates(model, xtest, ks, batch, progress)
+        est = iwae_estimates(model, xtest, ks, batch, progress, comm)
         base = est[ks[0]]
         res["log_px"] = {}
         for K in ks:

@@ -251,7 +251,7 @@ class ChainELBO(_ChainObjective, ELBO):
         _ChainObjective.__init__(self, chain)
 
     def loss(self, model, ws, y, target, kl, beta):
-        self.chain.forward(ws, ws.obj.noise, model.rng["noise"])
+        self.chain.forward(ws, ws.obj.noise, ws.noise)
         recon, ws.obj.extra = model.likelihood.forward_backward(y, target, ws.dy, ws.scratch,
                                                                 model.params[OUTPUT_BIAS], model.params)
         terms = self.chain.lower_terms(ws, ws.obj.terms)
@@ -272,7 +272,7 @@ class ChainIW(_ChainObjective, ImportanceWeighted):
         _ChainObjective.__init__(self, chain)
 
     def loss(self, model, ws, y, target, kl, beta):
-        self.chain.forward(ws, ws.obj.noise, model.rng["noise"])
+        self.chain.forward(ws, ws.obj.noise, ws.noise)
         K, P, own = self.samples, model.params, ws.obj
         n = target.shape[0] // K
         y += P[OUTPUT_BIAS]

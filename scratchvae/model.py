@@ -374,13 +374,15 @@ class VAE:
             ws = self._workspaces[n] = Workspace(self, n)
         return ws
 
-    def loss_and_grads(self, x, eps=None, target=None, need_grads=True, beta=None):
+    def loss_and_grads(self, x, eps=None, target=None, need_grads=True, beta=None, noise=None):
         """Loss parts of a batch and ∂objective/∂param for every parameter.
 
         x: (N, D) the encoder's input; ``target`` (default x) the reconstruction target
         (a denoising run passes the corrupted x and the clean target). ``eps``: (N, L)
         injected noise, (K, N, L) with ``objective='iwae'`` (:meth:`eps_shape`); drawn from
-        the 'noise' stream when None (ignored in 'ae' mode).
+        ``noise`` when None (default: the model's 'noise' stream; a training step on a rank
+        passes its rows of it, :meth:`Stream.rows <scratchvae.backend.random.Stream.rows>`),
+        ignored in 'ae' mode.
         ``beta``: the KL weight of this call (default the model's ``beta``): a number, or a
         float64 backend array of one value (a training schedule's, read on the device);
         'iwae' has none (a number must be 1; an array is not read).
@@ -393,18 +395,19 @@ class VAE:
         target = self._check_batch(x, eps, target)
         beta = self.objective.check_beta(self.beta if beta is None else beta)
         ws = self.workspace(x.shape[0])
-        result = self._forward(x, eps, target, beta, ws)
+        result = self._forward(x, eps, target, beta, ws, self.rng["noise"] if noise is None else noise)
         if need_grads:
             self._backward(ws, beta)
             result.grads = self.grads
         return result
 
-    def _forward(self, x, eps, target, beta, ws):
+    def _forward(self, x, eps, target, beta, ws, noise):
         """The encoder; the head and the target once per sample of z (the objective's rows); the
         posterior's sample and KL, its head bias folded in; the decoder; the objective's loss."""
         self._weights_for_products()
         head, ws.target = self.objective.rows(self.encoder.forward(x, ws.enc), target, ws)
-        self.posterior.fill_noise(ws.q, self.objective.noise_rows(eps, head.shape[0], ws), self.rng["noise"])
+        ws.noise = noise
+        self.posterior.fill_noise(ws.q, self.objective.noise_rows(eps, head.shape[0], ws), noise)
         z, kl = self.posterior.forward(head, ws.q, self.encoder.last.b)
         return self.objective.loss(self, ws, self.decoder.forward(z, ws.dec), ws.target, kl, beta)
 

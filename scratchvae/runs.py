@@ -72,6 +72,7 @@ from .checkpoint import (
     temp_path,
     write_text,
 )
+from .comm import SOLO
 from .errors import CheckpointError, InputError, NonFiniteError, ScratchVAEError
 from .folders import WriterLock, staged_dir, writing
 from .history import append_metrics, run_history
@@ -89,21 +90,22 @@ REPLACES = "replaces"
 
 
 # -- config.json and metrics.jsonl -------------------------------------------------------------
-def provenance(model) -> dict:
-    """Versions, machine and backend, recorded with a run."""
+def provenance(model, comm=SOLO) -> dict:
+    """Versions, machine and backend, recorded with a run; the ranks it ran on (``comm``:
+    :meth:`Solo.describe <scratchvae.comm.Solo.describe>`: ranks, per machine, BLAS threads)."""
     return {
         "scratchvae": __version__, "python": sys.version.split()[0], "numpy": np.__version__,
         "platform": platform.platform(), "cpu_count": os.cpu_count(),
         "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                    "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
                         if k in os.environ},
-        **model.backend.describe(),
+        **model.backend.describe(), **comm.describe(),
     }
 
 
-def config_document(model, cfg: TrainConfig, extra=None) -> dict:
+def config_document(model, cfg: TrainConfig, extra=None, comm=SOLO) -> dict:
     """What config.json holds for a run of ``model`` trained with ``cfg`` (+ ``extra`` entries)."""
-    doc = {"model": model.config(), "train": cfg.to_json(), "provenance": provenance(model)}
+    doc = {"model": model.config(), "train": cfg.to_json(), "provenance": provenance(model, comm)}
     if extra:
         doc.update(extra)
     return doc

@@ -39,6 +39,7 @@ buffer          shape, dtype       meaning
 ``cur``         (3,) float64       ``table[bi]``, copied by a kernel at the start of each step
 ``losses``      (S, 3) float64     per batch: the objective's loss (−ELBO, −L_K, …), recon, KL sums
 ``flag``        (1,) int64         the first batch whose −ELBO was not finite, else −1
+``row``         (3,) float64       on ranks: this step's loss, recon and KL sums, summed over ranks
 ==============  =================  ===============================================================
 """
 
@@ -51,6 +52,7 @@ import numpy as np
 from .backend import fused
 from .backend.graph import StepGraphs, gather_rows, load_row
 from .backend.random import Streams
+from .comm import SOLO
 from .errors import InputError
 from .inputs import CORRUPTIONS, binarize_dynamic
 
@@ -136,6 +138,19 @@ class TrainState:
         return cls(streams=Streams(model.seed, TRAIN_STREAMS, xp=model.xp))
 
 
+@dataclass
+class Part:
+    """A rank's rows [lo, lo + m) of a batch of ``nb``: what it gathers (``perm``, a view from
+    lo) and the streams' rows it draws from; ``empty``: it has none (it runs row 0 and adds 0)."""
+
+    lo: int
+    m: int
+    empty: bool
+    perm: object
+    binarize: object
+    noise: object
+
+
 class TrainStep:
     """The training step over ``data`` (N, D) (on the model's backend and dtype), see the module.
 
@@ -145,10 +160,11 @@ class TrainStep:
     (default: one epoch's). ``supplied``: ``data`` *is* the batch (a caller copies each
     batch into it, see :func:`make_graph_step`), nothing is gathered. ``capture``: replay as
     CUDA graphs where the backend can (CuPy); ``notify(event, info)`` hears if a capture fails.
+    ``comm``: the ranks (:mod:`scratchvae.comm`; default one process).
     """
 
     def __init__(self, model, opt, data, batch_size, schedule, *, streams=None, binarize=False,
-                 corrupt=("none", 0.0), rows=None, supplied=False, capture=True, notify=None):
+                 corrupt=("none", 0.0), rows=None, supplied=False, capture=True, notify=None, comm=SOLO):
         for need in ("coefficients", "step_from"):
             if not callable(getattr(opt, need, None)):
                 raise InputError(f"optimizer must provide coefficients(t) and step_from(grads, coef) "
@@ -166,7 +182,9 @@ class TrainStep:
         self.losses = xp.zeros((self.rows, 3), dtype=np.float64)
         self.graphs = StepGraphs(model.backend, capture)
         self.notify = notify
-        self._buffers = {}
+        self.comm = comm
+        self.row = xp.zeros(3, dtype=np.float64)
+        self._buffers, self._parts = {}, {}
 
     def begin(self, first, step, perm=None):
         """Before batch ``first`` of a new round of ``rows`` batches: upload the permutation and
@@ -198,29 +216,60 @@ class TrainStep:
         f = int(self.model.backend.to_host(self.flag)[0])
         return None if f < 0 else f
 
-    def _batch_buffers(self, nb):
-        bufs = self._buffers.get(nb)
+    def _batch_buffers(self, part):
+        bufs = self._buffers.get(part.m)
         if bufs is None:
-            xp, shape = self.model.xp, (nb, self.model.input_dim)
-            bufs = self._buffers[nb] = (self.data if self.supplied else xp.empty(shape, self.model.dtype),
-                                        xp.empty(shape, self.model.dtype))
+            xp, shape = self.model.xp, (part.m, self.model.input_dim)
+            own = self.data[part.lo:part.lo + part.m] if self.supplied else xp.empty(shape, self.model.dtype)
+            bufs = self._buffers[part.m] = (own, xp.empty(shape, self.model.dtype))
         return bufs
+
+    def _part(self, nb):
+        """This rank's :class:`Part` of a batch of nb rows (one process: all of it)."""
+        part = self._parts.get(nb)
+        if part is None:
+            lo, hi = self.comm.rows(nb)
+            empty = hi == lo
+            lo, hi = (0, 1) if empty else (lo, hi)
+            streams = [self.model.rng["noise"], self.streams["binarize"] if self.binarize else None]
+            if self.comm.size > 1:
+                streams = [s and s.rows(lo, hi, nb) for s in streams]
+            part = self._parts[nb] = Part(lo, hi - lo, empty, self.perm[lo:], streams[1], streams[0])
+        return part
 
     def _body(self, nb):
         """The step, on device state only (capturable; see the module docstring)."""
-        model = self.model
-        xb, x_in = self._batch_buffers(nb)
+        model, part = self.model, self._part(nb)
+        xb, x_in = self._batch_buffers(part)
         if not self.supplied:
-            gather_rows(self.data, self.perm, self.bi, self.B, xb)
+            gather_rows(self.data, part.perm, self.bi, self.B, xb)
         if self.binarize:
-            binarize_dynamic(xb, x_in, self.streams["binarize"])
+            binarize_dynamic(xb, x_in, part.binarize)
         kind, value = self.corrupt
-        x_in = CORRUPTIONS[kind](xb, value, x_in, model.rng["noise"]) if kind in CORRUPTIONS else xb
+        x_in = CORRUPTIONS[kind](xb, value, x_in, part.noise) if kind in CORRUPTIONS else xb
         load_row(self.table, self.bi, self.cur)
-        res = model.loss_and_grads(x_in, target=xb, beta=self.cur[BETA:BETA + 1])
+        res = model.loss_and_grads(x_in, target=xb, beta=self.cur[BETA:BETA + 1], noise=part.noise)
+        terms = (*model.objective.record_terms(res), res.recon, res.kl)
+        if self.comm.size > 1:
+            terms = self._sum_ranks(terms, part.empty)
         self.opt.step_from(model.grad, self.cur)
-        record_losses(*model.objective.record_terms(res), res.recon, res.kl, self.losses, self.bi, self.flag)
+        record_losses(*terms, self.losses, self.bi, self.flag)
         return res
+
+    def _sum_ranks(self, terms, empty):
+        """The gradient and the loss row (first + second, recon, kl) summed over the ranks, in
+        place (a rank with no rows adds zeros); the record block's terms from the summed row."""
+        first, second, recon, kl = terms
+        row, grad = self.row, self.model.grad
+        if empty:
+            grad[...] = 0
+            row[...] = 0
+        else:
+            row[0] = first if second is None else first + second
+            row[1], row[2] = recon, kl
+        self.comm.sum_(grad)
+        self.comm.sum_(row)
+        return row[0], None, row[1], row[2]
 
 
 class BatchStep:

@@ -33,6 +33,7 @@ uninterrupted one exactly on the same backend and thread settings.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from . import faults
+from .comm import SOLO
 from .errors import InputError, NonFiniteError, ScratchVAEError
 from .evaluate import evaluate_elbo
 from .inputs import parse_corrupt, prepare_split
@@ -81,7 +83,7 @@ class Interrupted(ScratchVAEError):
 @np.errstate(over="ignore", invalid="ignore", divide="ignore")   # the loop checks the loss itself
 def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=None, callback=None,
         report_every=20, should_stop=None, optimizer=None, graph=None, state: TrainState | None = None,
-        keep=DEFAULT_KEEP, keep_best=True, run_info=None, on_ready=None):
+        keep=DEFAULT_KEEP, keep_best=True, run_info=None, on_ready=None, comm=SOLO):
     """Train ``model`` on ``train`` (images (N, D); uint8 or floats) and return the history.
 
     config : a :class:`TrainConfig` (``epochs`` is the **total**, also when continuing).
@@ -109,19 +111,30 @@ def fit(model, train, test=None, *, config: TrainConfig | None = None, run_dir=N
     Every ``NONFINITE_CHECK_EVERY`` steps (one host sync) and at the end of each epoch the
     losses since the last check are tested: a NaN/Inf raises :class:`NonFiniteError` naming
     the step. A checkpoint is never written from non-finite parameters.
+    comm : the ranks (:mod:`scratchvae.comm`; default one process). Every rank calls ``fit``
+        with the same arguments; each takes its rows of every batch, and all step as one
+        process would (up to the order of the gradient's sum). Rank 0 writes ``run_dir`` and
+        holds its lock (``on_ready`` runs there); a check that fails on any rank fails on
+        all, before anything is written; a stop asked of any rank stops all at the same step;
+        after each epoch the ranks' parameters, optimizer state and streams are compared (a
+        digest each) and :class:`~scratchvae.comm.RanksDifferError` stops them if they differ.
     Returns the list of per-epoch metric rows (all epochs, including earlier ones of ``state``).
     """
-    loop = _prepare(model, train, test, config=config, run_dir=run_dir, callback=callback,
-                    report_every=report_every, should_stop=should_stop, optimizer=optimizer, graph=graph,
-                    state=state, keep=keep, keep_best=keep_best, run_info=run_info)
-    with loop.writer if loop.writer is not None else contextlib.nullcontext():   # the run's writer lock
-        if on_ready is not None:
+    with contextlib.ExitStack() as held:
+        with comm.together():                     # a check failed on any rank fails on every rank
+            loop = _prepare(model, train, test, config=config, run_dir=run_dir if comm.writer else None,
+                            callback=callback, report_every=report_every, should_stop=should_stop,
+                            optimizer=optimizer, graph=graph, state=state, keep=keep, keep_best=keep_best,
+                            run_info=run_info, comm=comm)
+            if loop.writer is not None:
+                held.enter_context(loop.writer)    # the run's writer lock
+        if on_ready is not None and comm.writer:
             on_ready()
         return loop.run()
 
 
 def _prepare(model, train, test, *, config, run_dir, callback, report_every, should_stop, optimizer,
-             graph, state, keep, keep_best, run_info):
+             graph, state, keep, keep_best, run_info, comm):
     """Every check of :func:`fit` and its set-up, nothing written: the loop to run."""
     if not isinstance(model, VAE):
         raise InputError(f"model must be a scratchvae.VAE, got {type(model).__name__}")
@@ -131,11 +144,14 @@ def _prepare(model, train, test, *, config, run_dir, callback, report_every, sho
     writer = None
     if run_dir is not None:
         check_run_dir(run_dir, continuing=state is not None)
-        doc = config_document(model, cfg, {"keep": "all" if keep is None else keep, **(run_info or {})})
+        doc = config_document(model, cfg, {"keep": "all" if keep is None else keep, **(run_info or {})}, comm)
         writer = RunWriter(run_dir, doc, keep, keep_best)
     resumed = state is not None
     state = state if resumed else TrainState.start(model)
     xtrain, xtest = _prepare_data(model, train, test, cfg, state)
+    if comm.size > 1 and model.backend.name != "numpy":
+        raise InputError(f"training on {comm.size} ranks runs on the numpy backend only (ranks on GPUs need "
+                         f"NCCL, not built yet): use --backend numpy, or one rank")
     if cfg.output_bias == "data-mean" and not resumed:
         _start_output_bias(model, xtrain)
     opt = optimizer or make_optimizer(model, cfg)
@@ -145,9 +161,9 @@ def _prepare(model, train, test, *, config, run_dir, callback, report_every, sho
                         lr_at=None if schedule is None else schedule(cfg.lr, batches))
     step = TrainStep(model, opt, xtrain, cfg.batch_size, schedule,
                      streams=state.streams, binarize=cfg.binarize == "dynamic",
-                     corrupt=parse_corrupt(cfg.corrupt), capture=graph is not False, notify=callback)
+                     corrupt=parse_corrupt(cfg.corrupt), capture=graph is not False, notify=callback, comm=comm)
     return _Loop(model, opt, cfg, state, step, writer, callback, report_every, should_stop, xtest=xtest,
-                 saved=resumed)
+                 saved=resumed, comm=comm)
 
 
 def _start_output_bias(model, xtrain):
@@ -176,8 +192,8 @@ class _Loop:
     """One epoch at a time: the batches, the checks, the callbacks and the checkpoints."""
 
     def __init__(self, model, opt, cfg, state, step, writer, callback, report_every, should_stop, *, xtest,
-                 saved):
-        self.model, self.opt, self.cfg, self.state, self.step = model, opt, cfg, state, step
+                 saved, comm):
+        self.model, self.opt, self.cfg, self.state, self.step, self.comm = model, opt, cfg, state, step, comm
         self.writer, self.callback, self.report_every, self.should_stop = (
             writer, callback, report_every, should_stop)
         self.xtest, self.saved = xtest, saved   # the prepared test images; whether a checkpoint exists
@@ -214,7 +230,7 @@ class _Loop:
                 checked = b + 1
             if self.callback and (s.step % self.report_every == 0 or b + 1 == step.rows):
                 self.report()
-            if self.should_stop is not None and self.should_stop() and b + 1 < step.rows:
+            if self.should_stop is not None and b + 1 < step.rows and self.comm.any(self.should_stop()):
                 self.interrupt(losses, first, checked, t0)
         self.check_finite(losses, checked, step.rows)
         s.acc = s.acc + self.model.backend.to_host(losses[first:].sum(axis=0))
@@ -239,11 +255,13 @@ class _Loop:
                "beta": self.step.schedule.beta_at(s.step)}
         te = time.perf_counter()
         if self.xtest is not None:
-            ev = evaluate_elbo(self.model, self.xtest)
+            ev = evaluate_elbo(self.model, self.xtest, comm=self.comm)
             row.update(test_loss=ev["loss"], test_recon=ev["recon"], test_kl=ev["kl"])
         row["eval_seconds"] = time.perf_counter() - te
         row["seconds"] = s.epoch_seconds + row["eval_seconds"]
         s.epoch, s.perm, s.acc, s.batch = s.epoch + 1, None, None, 0
+        if self.comm.size > 1:
+            self.comm.same(_digest(self.model, self.opt, s), "parameters, optimizer state or random streams")
         self.save(row)
         s.history.append(row)
         if self.writer is not None:
@@ -286,10 +304,19 @@ class _Loop:
                 f"a mean's: try --lr {lr / B:.2g} (--lr {lr:g} / {B}), or a smaller one, --kl-warmup, or float64")
 
 
+def _digest(model, opt, state):
+    """A digest of what every rank must hold alike: θ, the optimizer's state, every stream's."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in (model.theta, *opt.state().values(), *model.rng.state().values(), *state.streams.state().values()):
+        h.update(np.ascontiguousarray(model.backend.to_host(a)).tobytes())
+    return h.hexdigest()
+
+
 _RECORDED = object()
 
 
-def resume(run: Run, train, test=None, *, epochs=None, run_dir=None, keep=_RECORDED, record=None, **kwargs):
+def resume(run: Run, train, test=None, *, epochs=None, run_dir=None, keep=_RECORDED, record=None, comm=SOLO,
+           **kwargs):
     """Continue a loaded :class:`~scratchvae.runs.Run` to ``epochs`` total epochs (default: its
     config's), in ``run_dir`` (default: the run's own folder). Other keywords go to :func:`fit`.
 
@@ -300,7 +327,8 @@ def resume(run: Run, train, test=None, *, epochs=None, run_dir=None, keep=_RECOR
     "keep", "provenance"} plus ``record``'s entries. "provenance" is where this sitting ran, as
     the run's own: versions, machine, threads, the backend and whether the Numba twins ran (a
     run may be resumed on another machine, or with the twins switched off where it started
-    with them).
+    with them), and on how many ranks (``comm``, as :func:`fit` takes it: a run made on N ranks
+    continues on M, or in one process, as an M-rank run would from there).
     """
     cfg = run.train_config
     if epochs is not None:
@@ -317,10 +345,10 @@ def resume(run: Run, train, test=None, *, epochs=None, run_dir=None, keep=_RECOR
         source = run.checkpoint.relative_to(rd) if run.checkpoint.is_relative_to(rd) else run.checkpoint
         note = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "from": source.as_posix(),
                 "epochs": cfg.epochs, "keep": "all" if keep is None else keep,
-                "provenance": provenance(run.model), **(record or {})}
+                "provenance": provenance(run.model, comm), **(record or {})}
         edit_config(rd, lambda doc: _note_resume(doc, note))
     return fit(run.model, train, test, config=cfg, run_dir=rd, optimizer=opt, state=run.state, keep=keep,
-               on_ready=ready, **kwargs)
+               on_ready=ready, comm=comm, **kwargs)
 
 
 def _note_resume(doc, note):

@@ -257,7 +257,7 @@ def test_philox_kernels_give_numpys_bits_on_any_grid(grid, hk):
             want = host_draw(s, n)
             dev_d = np.array([d & 0xFFFFFFFF, d >> 32], np.uint32)
             out = np.empty(n, want.dtype)
-            kernel((grid,), (64,), (np.uint32(s.key[0]), np.uint32(s.key[1]), dev_d, out, np.uint64(n)))
+            kernel((grid,), (64,), (np.uint32(s.key[0]), np.uint32(s.key[1]), dev_d, out, np.uint64(n), np.uint64(0)))
             np.testing.assert_array_equal(out.view(f"u{out.itemsize}"), want.view(f"u{want.itemsize}"),
                                           err_msg=f"{name} n={n}")
             advance((1,), (1,), (dev_d,))

@@ -2,8 +2,9 @@
 
 Walks every import statement of every module of ``scratchvae`` with ``ast`` (those inside
 functions too, so a lazy import counts) and fails on: an import of a higher floor, a cycle,
-a module the table does not place, matplotlib outside the plotting code, and CuPy or Numba
-outside ``scratchvae/backend``.
+a module the table does not place, matplotlib outside the plotting code, CuPy or Numba
+outside ``scratchvae/backend``, and mpi4py (or threadpoolctl, which sets the ranks' BLAS
+threads) outside ``scratchvae.comm``.
 """
 
 import ast
@@ -15,6 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "scratchvae"
 DEVICE_LIBS = ("cupy", "cupyx", "numba", "llvmlite")
+RANK_LIBS = ("mpi4py", "threadpoolctl")
 
 
 def floor_table():
@@ -81,6 +83,8 @@ def edges_and_problems():
             top = target.split(".")[0]
             if top in DEVICE_LIBS and not name.startswith("scratchvae.backend"):
                 problems.append(f"{name} imports {target} (only scratchvae/backend may)")
+            if top in RANK_LIBS and name != "scratchvae.comm":
+                problems.append(f"{name} imports {target} (only scratchvae.comm may)")
             if top == "matplotlib" and name != "scratchvae.plots" and not name.startswith("scratchvae.plots."):
                 problems.append(f"{name} imports {target} (only the package scratchvae.plots may)")
             if top != "scratchvae":
@@ -147,9 +151,11 @@ def test_no_import_cycles():
     ("scratchvae.backend.graph", "from ..ops.gaussian import LOGVAR_LIMIT\n", "imports scratchvae.ops"),
     ("scratchvae.model", "import cupy\n", "only scratchvae/backend may"),
     ("scratchvae.evaluate", "def f():\n    import matplotlib.pyplot\n", "only the package scratchvae.plots may"),
+    ("scratchvae.train", "def f():\n    from mpi4py import MPI\n", "only scratchvae.comm may"),
 ])
 def test_the_walk_catches_a_violation(bad, monkeypatch):
-    """An upward import, cupy in the model and a lazy matplotlib import are each caught."""
+    """An upward import, cupy in the model, a lazy matplotlib import and mpi4py in the training loop
+    are each caught."""
     name, line, message = bad
     path = modules()[name]
     real = Path.read_text

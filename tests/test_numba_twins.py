@@ -44,7 +44,7 @@ from test_softplus import every  # noqa: E402
 DTYPES = ("float32", "float64")
 STD_ULPS, Z_ULPS, SIG_ULPS = 2.5, 4, 5      # measured worst on 5 million inputs: 2, 3, 4
 SUM_REL = 1e-6
-DRAWS = {"philox_uniform": ("k0", "k1", "d", "out"), "philox_normal": ("k0", "k1", "d", "out")}
+DRAWS = {"philox_uniform": ("k0", "k1", "d", "out", "first"), "philox_normal": ("k0", "k1", "d", "out", "first")}
 
 
 @pytest.fixture(scope="module")

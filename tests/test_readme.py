@@ -48,3 +48,14 @@ def test_ci_runs_the_readme_test_command():
     assert "bench" not in ci and "gpu" not in ci
     assert "reference" in install, "CI installs the reference extra, so the autograd references run"
     assert "SCRATCHVAE_REQUIRE_REFERENCE=1" in ci, "CI fails, not skips, the autograd references without JAX"
+    assert "dist" in install, "CI installs the dist extra, so the tests on MPI ranks run"
+
+
+def test_the_section_on_ranks_gives_the_commands_the_project_runs():
+    """'More than one core': the install, the launch and the resume as the tests run them."""
+    text = README.read_text()
+    section = text[text.index("## More than one core"):]
+    section = section[:section.index("\n## ", 5)]
+    for words in ("pip install -e '.[dist]'", "mpiexec -n 2 scratchvae train", "--resume",
+                  "mpiexec -n 2 scratchvae evaluate", "--hostfile"):
+        assert words in section, words

@@ -12,6 +12,24 @@ PEERS = {
 }
 
 
+RANKED = "scratchvae-numba"
+"""The peer that also runs on several MPI ranks (``--ranks``): scratchvae's best CPU configuration."""
+
+
+def ranked(ranks, threads):
+    """The name of :data:`RANKED` on ``ranks`` ranks of ``threads`` BLAS threads each: 'scratchvae-numba-2x1'."""
+    return f"{RANKED}-{ranks}x{threads}"
+
+
+def base_peer(name):
+    """(the peer a name runs, ranks, BLAS threads per rank or None for the harness's own)."""
+    base, _, shape = name.rpartition("-")
+    if base == RANKED and "x" in shape:
+        ranks, threads = shape.split("x")
+        return base, int(ranks), int(threads)
+    return name, 1, None
+
+
 def peers_for(device):
     """The peers of a ``cpu`` or ``gpu`` run, in the order they are interleaved."""
     return [name for name, (_, dev) in PEERS.items() if dev in (device, "any")]

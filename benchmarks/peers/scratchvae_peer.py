@@ -220,6 +220,49 @@ class _CupyTimer:
         return self.cp.cuda.get_elapsed_time(self.e0, e1), wall
 
 
+def time_ranked(spec):
+    """``scratchvae-numba`` on MPI ranks (run by ``mpiexec -n R``): each rank its rows of every
+    batch (its rows of ε: ``Stream.rows``), ``loss_and_grads``, the gradient and the loss summed
+    over the ranks in place (:mod:`scratchvae.comm`, as ``fit`` does), ``Adam.step``. Rank 0 times
+    the loop (every step synchronises the ranks) and reports; the other ranks return None."""
+    from scratchvae.comm import world
+
+    comm, B = world(), spec["batch"]
+    _fast_path(True)
+    z = np.load(spec["params"])
+    model = _model("float32", "numpy", {k: z[k] for k in PARAM_SHAPES})
+    opt = _adam(model)
+    lo, hi = comm.rows(B)
+    xs = [np.ascontiguousarray(xb[lo:hi], dtype=np.float32) for xb in np.load(spec["batches"])]
+    noise, row = model.rng["noise"].rows(lo, hi, B), np.zeros(1)
+    W, S = spec["warmup"], spec["steps"]
+    losses = np.full(W + S, np.nan)
+
+    def step(i):
+        r = model.loss_and_grads(xs[i % len(xs)], noise=noise)
+        comm.sum_(model.grad)
+        row[0] = r.objective
+        losses[i] = comm.sum_(row)[0]
+        opt.step(model.grad)
+    for i in range(W):
+        step(i)
+    comm.sum_(np.zeros(1))                       # every rank at the start line
+    timer = _WallTimer()
+    timer.start()
+    for i in range(W, W + S):
+        step(i)
+    ms, wall = timer.stop()
+    if comm.rank:
+        return None
+    return {"status": "ok", "peer": spec["peer"], "batch": B, "device": "cpu", "ms_per_step": ms / S,
+            "wall_ms_per_step": wall / S, "timer": timer.name, "steps": S, "warmup": W, "dtype": "float32",
+            "loss_forced": "each rank's loss summed over the ranks (an all-reduce) and stored per step",
+            "precision_setting": "VAE(precision='fp32')", "ranks": comm.describe(),
+            "peak_rss_bytes": peak_rss_bytes(), "threads": thread_env(), "versions": _versions("numpy"),
+            "blas": openblas_runtime(), "peak_mem_bytes": peak_rss_bytes(), "peak_mem_kind": "ru_maxrss of rank 0",
+            **steps_summary(losses[W:] / B)}
+
+
 def time_peer(spec):
     peer, B = spec["peer"], spec["batch"]
     backend = _backend(peer)
@@ -421,4 +464,14 @@ def _words(precision):
     return to_bf16
 
 
-TASKS = {"check": check, "time": time_peer}
+def time_any(spec):
+    """A timing task: on MPI ranks (``spec['ranks']`` > 1) or in one process (a ranked peer's name,
+    'scratchvae-numba-1x1', runs as its base peer: the harness sets its threads)."""
+    from . import base_peer
+
+    if spec.get("ranks", 1) > 1:
+        return time_ranked(spec)
+    return time_peer({**spec, "peer": base_peer(spec["peer"])[0]})
+
+
+TASKS = {"check": check, "time": time_any}

@@ -478,15 +478,15 @@ class Twins:
         return out
 
     # -- the draws (random.Stream on NumPy) -------------------------------------------------------------
-    def philox_uniform(self, k0, k1, d, out):
-        """Fill ``out`` (flat, C-contiguous float32 / float64) with uniforms of draw ``d``."""
+    def philox_uniform(self, k0, k1, d, out, first):
+        """Fill ``out`` (flat, C-contiguous float32 / float64) with uniforms first, … of draw ``d``."""
         u = np.uint64
         if out.dtype == np.float32:
-            self._philox.uniform32(u(k0), u(k1), u(d & 0xFFFFFFFF), u(d >> 32), out)
+            self._philox.uniform32(u(k0), u(k1), u(d & 0xFFFFFFFF), u(d >> 32), out, np.int64(first))
         else:
-            self._philox.pairs(u(k0), u(k1), u(d & 0xFFFFFFFF), u(d >> 32), out, False)
+            self._philox.pairs(u(k0), u(k1), u(d & 0xFFFFFFFF), u(d >> 32), out, False, np.int64(first))
 
-    def philox_normal(self, k0, k1, d, out):
-        """Fill ``out`` (flat, C-contiguous float32 / float64) with normals of draw ``d``."""
+    def philox_normal(self, k0, k1, d, out, first):
+        """Fill ``out`` (flat, C-contiguous float32 / float64) with normals first, … of draw ``d``."""
         u = np.uint64
-        self._philox.pairs(u(k0), u(k1), u(d & 0xFFFFFFFF), u(d >> 32), out, True)
+        self._philox.pairs(u(k0), u(k1), u(d & 0xFFFFFFFF), u(d >> 32), out, True, np.int64(first))

@@ -1,8 +1,9 @@
 """Numba twins of the NumPy draws of :class:`~.random.Stream`: the same bits, one pass.
 
 ``uniform32`` and ``pairs`` (float64 uniforms, or normals) fill a flat float32 / float64 array
-with draw ``d`` of the stream keyed ``(k0, k1)``, exactly as the NumPy path of ``Stream.draw_uniform_into`` /
-``draw_normal_into`` does (``random.py``'s counter layout, ``philox.py``'s transforms) and as
+with the values ``first``, ``first + 1``, … of draw ``d`` of the stream keyed ``(k0, k1)``
+(a rank's rows start anywhere: ``Stream.rows``), exactly as the NumPy path of
+``Stream.draw_uniform_into`` / ``draw_normal_into`` does (``random.py``'s counter layout, ``philox.py``'s transforms) and as
 the CUDA kernels ``philox_uniform_*`` / ``philox_normal_*`` do: block j's four words from
 Philox4x32-10 of counter (j_lo, j_hi, d_lo, d_hi), then ``uniform24`` of each word, or
 ``uniform53`` of each word pair, or Box–Muller of the two ``uniform53`` values.
@@ -96,13 +97,19 @@ def _pair(j, d_lo, d_hi, k0, k1, normal):
 
 
 @njit(**JIT)
-def pairs(k0, k1, d_lo, d_hi, out, normal):
-    """out[2j], out[2j + 1] = block j's two values; an odd n keeps the last block's first."""
+def pairs(k0, k1, d_lo, d_hi, out, normal, first):
+    """out[i] = value first + i of the draw: value 2j + t is block j's t-th; a start inside a
+    pair (first odd) takes that block's second value, an odd end the last block's first."""
     n = out.size
-    for j in range(n // 2):                      # whole blocks, indices from 0: LLVM vectorises
-        out[2 * j], out[2 * j + 1] = _pair(j, d_lo, d_hi, k0, k1, normal)
-    if n % 2:
-        out[n - 1] = _pair(n // 2, d_lo, d_hi, k0, k1, normal)[0]
+    s = min(first % 2, n)                        # a first value from inside a pair
+    if s:
+        out[0] = _pair(first // 2, d_lo, d_hi, k0, k1, normal)[1]
+    b = (first + s) // 2
+    m = n - s
+    for j in range(m // 2):                      # whole blocks, indices from 0: LLVM vectorises
+        out[s + 2 * j], out[s + 2 * j + 1] = _pair(b + j, d_lo, d_hi, k0, k1, normal)
+    if m % 2:
+        out[n - 1] = _pair(b + m // 2, d_lo, d_hi, k0, k1, normal)[0]
 
 
 @njit(**INLINE)
@@ -112,13 +119,22 @@ def _uniform24(w):
 
 
 @njit(**JIT)
-def uniform32(k0, k1, d_lo, d_hi, out):
-    """out[4j + t] = uniform24(word t of block j); the last block may be cut."""
+def uniform32(k0, k1, d_lo, d_hi, out, first):
+    """out[i] = uniform24(word t of block j) for value first + i = 4j + t; the first and the
+    last block may be cut."""
     n = out.size
-    for j in range(n // 4):
-        w = _block(U64(j), d_lo, d_hi, k0, k1)
+    r = first % 4
+    s = min(4 - r, n) if r else 0                # values from inside the first block
+    if s:
+        w = _block(U64(first // 4), d_lo, d_hi, k0, k1)
+        for t in range(s):
+            out[t] = _uniform24(w[r + t])
+    b = (first + s) // 4
+    m = n - s
+    for j in range(m // 4):
+        w = _block(U64(b + j), d_lo, d_hi, k0, k1)
         for t in range(4):
-            out[4 * j + t] = _uniform24(w[t])
-    w = _block(U64(n // 4), d_lo, d_hi, k0, k1)
-    for t in range(n % 4):
-        out[n - n % 4 + t] = _uniform24(w[t])
+            out[s + 4 * j + t] = _uniform24(w[t])
+    w = _block(U64(b + m // 4), d_lo, d_hi, k0, k1)
+    for t in range(m % 4):
+        out[n - m % 4 + t] = _uniform24(w[t])

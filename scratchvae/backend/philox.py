@@ -262,7 +262,8 @@ def box_muller(u1, u2, out=None, work=None):
 # --------------------------------------------------------------------------------------------
 # CUDA: the same generator and transforms. Every kernel takes the stream's key by value and
 # reads the 64-bit draw counter d = (d_lo, d_hi) from device memory; block j of the draw uses
-# counter (j_lo, j_hi, d_lo, d_hi) whatever the launch geometry (grid-stride loop).
+# counter (j_lo, j_hi, d_lo, d_hi) whatever the launch geometry (grid-stride loop). A launch fills
+# values first .. first + n - 1 of the draw (a rank's rows: random.Stream.rows).
 # philox_advance increments d on the device, so a replayed CUDA graph advances the stream.
 # --------------------------------------------------------------------------------------------
 def _c_horner(var, z, coeffs):
@@ -362,21 +363,23 @@ PHILOX_CUDA_SRC = PHILOX_DEVICE_SRC + r"""
     for (u64 j = (u64)blockIdx.x * blockDim.x + threadIdx.x; j < (B); \
          j += (u64)gridDim.x * blockDim.x)
 
-/* Fill out[0 .. n) from the draw's blocks: F turns block j's four words into F::K values
-   (four uniforms or words, or a pair of float64 values), which go to out[K j .. K j + K) (the
-   last block may be cut), each converted to T (double to float: to nearest even, as NumPy's
-   astype). */
+/* Fill out[0 .. n) with values first .. first + n - 1 of the draw: F turns block j's four words
+   into F::K values (four uniforms or words, or a pair of float64 values), values K j .. K j + K - 1
+   of the draw; the first and the last block may be cut (a row that starts inside a block). Each
+   value is converted to T (double to float: to nearest even, as NumPy's astype). */
 template <typename T, typename F>
-__device__ __forceinline__ void philox_fill(u32 k0, u32 k1, const u32 *d, T *out, u64 n, F f) {
+__device__ __forceinline__ void philox_fill(u32 k0, u32 k1, const u32 *d, T *out, u64 n, u64 first, F f) {
     const u32 d_lo = d[0], d_hi = d[1];
-    const u64 B = (n + F::K - 1) / F::K;
+    const u64 b0 = first / F::K;
+    const u64 B = (first + n + F::K - 1) / F::K - b0;
     GRID_STRIDE_BLOCKS(B) {
         u32 w[4];
         typename F::V v[F::K];
-        philox_block(j, k0, k1, d_lo, d_hi, w);
+        philox_block(b0 + j, k0, k1, d_lo, d_hi, w);
         f(w, v);
-        const u64 i = F::K * j;
-        for (int t = 0; t < F::K; ++t) if (i + t < n) out[i + t] = (T)v[t];
+        const u64 i = F::K * (b0 + j);
+        for (int t = 0; t < F::K; ++t)
+            if (i + t >= first && i + t < first + n) out[i + t - first] = (T)v[t];
     }
 }
 
@@ -404,24 +407,24 @@ struct normal_words {
     __device__ void operator()(const u32 *w, double *v) const { box_muller(w, &v[0], &v[1]); }
 };
 
-extern "C" __global__ void philox_uint32(u32 k0, u32 k1, const u32 *d, u32 *out, u64 n) {
-    philox_fill(k0, k1, d, out, n, raw_words());
+extern "C" __global__ void philox_uint32(u32 k0, u32 k1, const u32 *d, u32 *out, u64 n, u64 first) {
+    philox_fill(k0, k1, d, out, n, first, raw_words());
 }
 
-extern "C" __global__ void philox_uniform_f32(u32 k0, u32 k1, const u32 *d, float *out, u64 n) {
-    philox_fill(k0, k1, d, out, n, uniform24_words());
+extern "C" __global__ void philox_uniform_f32(u32 k0, u32 k1, const u32 *d, float *out, u64 n, u64 first) {
+    philox_fill(k0, k1, d, out, n, first, uniform24_words());
 }
 
-extern "C" __global__ void philox_uniform_f64(u32 k0, u32 k1, const u32 *d, double *out, u64 n) {
-    philox_fill(k0, k1, d, out, n, uniform53_pair());
+extern "C" __global__ void philox_uniform_f64(u32 k0, u32 k1, const u32 *d, double *out, u64 n, u64 first) {
+    philox_fill(k0, k1, d, out, n, first, uniform53_pair());
 }
 
-extern "C" __global__ void philox_normal_f32(u32 k0, u32 k1, const u32 *d, float *out, u64 n) {
-    philox_fill(k0, k1, d, out, n, normal_words());
+extern "C" __global__ void philox_normal_f32(u32 k0, u32 k1, const u32 *d, float *out, u64 n, u64 first) {
+    philox_fill(k0, k1, d, out, n, first, normal_words());
 }
 
-extern "C" __global__ void philox_normal_f64(u32 k0, u32 k1, const u32 *d, double *out, u64 n) {
-    philox_fill(k0, k1, d, out, n, normal_words());
+extern "C" __global__ void philox_normal_f64(u32 k0, u32 k1, const u32 *d, double *out, u64 n, u64 first) {
+    philox_fill(k0, k1, d, out, n, first, normal_words());
 }
 
 /* Plain Philox4x32-10 of n_blocks arbitrary counters (n_blocks x 4) under keys (n_blocks x 2):

@@ -25,6 +25,16 @@ Counter layout (fixed; changing it changes every stream)
   is gridded, and the same seed gives the same stream on every backend (see ``philox.py`` for
   the transforms, and for why normals too are bit-identical).
 
+A draw's **rows**: ``stream.rows(start, stop, total)`` is a view of the stream whose draws fill
+only rows [start, stop) of what the whole draw would be. An ``out`` of shape (G·m, …, w), m =
+stop − start, w its last axis, receives for each of its G blocks of m rows the rows [start,
+stop) of the corresponding block of ``total`` rows of the draw (G·total, …, w): value for value
+the numbers the whole draw puts there, whatever the alignment (a row may start inside a block:
+a Box–Muller pair's sine, a float32 uniform's third word). It is still one draw (d += 1). So a
+rank holding rows [start, stop) of a batch draws its rows' binarisation, corruption noise and
+ε, and the importance-weighted bound's (K, B, L) ε as K row ranges, exactly as one process
+drawing the whole batch does.
+
 Arrays fill in C order. The CuPy stream keeps ``d`` on the device as ``uint32[2] = (d_lo, d_hi)``;
 each draw is one generating kernel that reads ``d`` from device memory and one one-thread kernel
 that increments it, so a captured-and-replayed CUDA graph advances the stream with no host
@@ -93,8 +103,9 @@ class Stream:
         if self._cupy:
             out = self.xp.empty(n, dtype=self.xp.uint32)
             self._launch("philox_uint32", out, n, 4)
+            cuda_kernel("philox_advance")((1,), (1,), (self._d,))
             return out
-        return _words(*self._host_blocks(-(-n // 4))).reshape(-1)[:n]
+        return _words(*self._host_blocks(-(-n // 4), self._advance())).reshape(-1)[:n]
 
     def uniform(self, shape, dtype, out=None):
         """Uniforms strictly inside (0, 1), an ``xp`` array of ``shape`` and ``dtype``.
@@ -108,51 +119,29 @@ class Stream:
         """Standard normals (Box-Muller in float64, then rounded to ``dtype``); see ``uniform``."""
         return self.draw_normal_into(self._out_for(shape, dtype, out))
 
-    def draw_uniform_into(self, out):
+    def draw_uniform_into(self, out, rows=None):
         """Fill ``out`` (float32/float64, C-contiguous, on this stream's backend) with uniforms.
 
-        On CuPy: two kernel launches, no allocation, no host sync; safe in stream capture.
+        ``rows``: (start, stop, total), only those rows of the draw (see :meth:`rows`).
+        On CuPy: kernel launches, no allocation, no host sync; safe in stream capture.
         """
-        self._check_out(out)
-        n = out.size
-        if self._cupy:
-            f32 = out.dtype == _FLOATS[0]
-            self._launch("philox_uniform_f32" if f32 else "philox_uniform_f64", out, n,
-                         4 if f32 else 2)
-            return out
-        flat = out.reshape(-1)  # a view: out is C-contiguous
-        if self._twin("philox_uniform", flat):
-            return out
-        if out.dtype == _FLOATS[0]:
-            x, y = self._host_blocks(-(-n // 4))
-            for t, words in enumerate((x[0], y[0], x[1], y[1])):  # word t of each block
-                m = len(range(t, n, 4))
-                uniform24(words[:m], out=flat[t::4], work=words[:m])   # the words are spent
-        else:
-            x, y = self._host_blocks(-(-n // 2))
-            u = uniform53(x, y, out=self._ws_or_none("u", x), work=y)  # rows: (w0, w1), (w2, w3)
-            flat[0::2] = u[0]
-            flat[1::2] = u[1, :n // 2]
-        return out
+        f32 = self._check_out(out).dtype == _FLOATS[0]
+        return self._draw(out, rows, "philox_uniform_f32" if f32 else "philox_uniform_f64", 4 if f32 else 2,
+                          "philox_uniform", self._host_uniform)
 
-    def draw_normal_into(self, out):
+    def draw_normal_into(self, out, rows=None):
         """Fill ``out`` (float32/float64, C-contiguous, on this stream's backend) with normals.
 
-        On CuPy: two kernel launches, no allocation, no host sync; safe in stream capture.
+        ``rows``: (start, stop, total), only those rows of the draw (see :meth:`rows`).
+        On CuPy: kernel launches, no allocation, no host sync; safe in stream capture.
         """
-        self._check_out(out)
-        n = out.size
-        if self._cupy:
-            name = "philox_normal_f32" if out.dtype == _FLOATS[0] else "philox_normal_f64"
-            self._launch(name, out, n, 2)
-            return out
-        if self._twin("philox_normal", out.reshape(-1)):
-            return out
-        x, y = self._host_blocks(-(-n // 2))
-        u = uniform53(x, y, out=self._ws_or_none("u", x), work=y)
-        box_muller(u[0], u[1], out=out.reshape(-1),  # float64 products, rounded once to dtype
-                   work=self._ws_or_none("f", x))
-        return out
+        f32 = self._check_out(out).dtype == _FLOATS[0]
+        return self._draw(out, rows, "philox_normal_f32" if f32 else "philox_normal_f64", 2,
+                          "philox_normal", self._host_normal)
+
+    def rows(self, start, stop, total):
+        """A view of this stream whose draws give rows [start, stop) of ``total`` (module docstring)."""
+        return StreamRows(self, start, stop, total)
 
     def permutation(self, n):
         """A random permutation of ``range(n)``: a NumPy int64 array, always on the host.
@@ -168,6 +157,17 @@ class Stream:
             w = w.get()
         keys = (w[0::2].astype(numpy.uint64) << numpy.uint64(32)) | w[1::2]
         return numpy.argsort(keys, kind="stable").astype(numpy.int64, copy=False)
+
+    def skip(self, draws):
+        """Move on by ``draws`` draws without making them (as if each had been made): a rank
+        skips the draws of the others' share of a split evaluation. On CuPy a sync (its state)."""
+        draws = _check_int("draws", draws, 2**63)
+        if self._cupy:
+            k0, k1, d_lo, d_hi = (int(w) for w in self.state())
+            d = ((d_lo | d_hi << 32) + draws) & _MASK64
+            self.set_state(numpy.array([k0, k1, d & _MASK32, d >> 32], dtype=numpy.uint32))
+        else:
+            self._d = (self._d + draws) & _MASK64
 
     # -- state -------------------------------------------------------------------------------
     def state(self):
@@ -201,36 +201,71 @@ class Stream:
             self._d = d_lo | (d_hi << 32)
 
     # -- internals ---------------------------------------------------------------------------
-    def _host_blocks(self, n_blocks):
-        """NumPy: Philox blocks 0..n_blocks-1 of draw d, then d += 1.
+    def _host_blocks(self, n_blocks, d, first=0):
+        """NumPy: Philox blocks first .. first + n_blocks − 1 of draw d.
 
         Returns uint64 arrays ``x = (w0, w2)`` and ``y = (w1, w3)``, each (2, n_blocks):
-        column j holds block j's words (see ``philox.philox_rows``). They live in the
+        column j holds block (first + j)'s words (see ``philox.philox_rows``). They live in the
         stream's workspace: valid until the next draw.
         """
         ws = self._workspace(n_blocks)
         x, y = ws["x"], ws["y"]
-        x[0] = ws["j_lo"]                  # c0 = j & 0xFFFFFFFF
-        y[0] = ws["j_hi"]                  # c1 = j >> 32
-        d = self._advance()
+        if first:                          # c0, c1 = the block's index, split: no new array
+            numpy.add(ws["j_lo"], numpy.uint64(first), out=x[0])
+            numpy.right_shift(x[0], numpy.uint64(32), out=y[0])
+            x[0] &= numpy.uint64(_MASK32)
+        else:
+            x[0] = ws["j_lo"]              # c0 = j & 0xFFFFFFFF
+            y[0] = ws["j_hi"]              # c1 = j >> 32
         x[1] = d & _MASK32                 # c2 = d_lo
         y[1] = d >> 32                     # c3 = d_hi
         return philox_rows(x, y, self._round_keys, work=ws["p"])
+
+    def _draw(self, out, rows, kernel, per_block, twin, host):
+        """One draw into ``out``: each of its segments (:func:`_segments`) gets its values of the
+        draw's counter d, by the CUDA ``kernel``, the Numba ``twin`` or the NumPy fill ``host``
+        (``per_block`` values come from each Philox block); then d += 1."""
+        segments = _segments(out, rows)
+        if self._cupy:
+            for first, flat in segments:
+                self._launch(kernel, flat, flat.size, per_block, first)
+            cuda_kernel("philox_advance")((1,), (1,), (self._d,))
+            return out
+        d = self._advance()
+        twin = self._backend.twins().get(twin)
+        for first, flat in segments:
+            if twin is not None:
+                twin(self.key[0], self.key[1], d, flat, first)
+            else:
+                _from_value(host, flat, d, first, per_block)
+        return out
+
+    def _host_uniform(self, flat, d, block):
+        """NumPy: flat = the uniforms of draw d from block ``block`` on (float32: four a block)."""
+        n = flat.size
+        if flat.dtype == _FLOATS[0]:
+            x, y = self._host_blocks(-(-n // 4), d, block)
+            for t, words in enumerate((x[0], y[0], x[1], y[1])):  # word t of each block
+                m = len(range(t, n, 4))
+                uniform24(words[:m], out=flat[t::4], work=words[:m])   # the words are spent
+        else:
+            x, y = self._host_blocks(-(-n // 2), d, block)
+            u = uniform53(x, y, out=self._ws_or_none("u", x), work=y)  # rows: (w0, w1), (w2, w3)
+            flat[0::2] = u[0]
+            flat[1::2] = u[1, :n // 2]
+
+    def _host_normal(self, flat, d, block):
+        """NumPy: flat = the normals of draw d from block ``block`` on (two a block)."""
+        x, y = self._host_blocks(-(-flat.size // 2), d, block)
+        u = uniform53(x, y, out=self._ws_or_none("u", x), work=y)
+        box_muller(u[0], u[1], out=flat,  # float64 products, rounded once to dtype
+                   work=self._ws_or_none("f", x))
 
     def _advance(self):
         """NumPy: this draw's counter d; the stream moves on to d + 1 (mod 2**64)."""
         d = self._d
         self._d = (d + 1) & _MASK64
         return d
-
-    def _twin(self, name, flat):
-        """NumPy: fill ``flat`` by the backend's Numba twin ``name`` (the same bits as the NumPy
-        path, in one pass) and advance d; False if there is no twin (Numba absent or off)."""
-        twin = self._backend.twins().get(name)
-        if twin is None:
-            return False
-        twin(self.key[0], self.key[1], self._advance(), flat)
-        return True
 
     def _ws_or_none(self, name, x):
         """The workspace array ``name`` if ``x`` came from a kept workspace, else None."""
@@ -258,15 +293,15 @@ class Stream:
                 self._ws[n_blocks] = ws
         return ws
 
-    def _launch(self, name, out, n, per_block):
-        """CuPy: the generating kernel over ceil(n / per_block) blocks, then d += 1 on device."""
+    def _launch(self, name, out, n, per_block, first=0):
+        """CuPy: the generating kernel over the blocks that hold values first .. first + n − 1
+        of the draw (d is read on the device; the caller advances it)."""
         if n:
-            n_blocks = -(-n // per_block)
+            n_blocks = (first + n + per_block - 1) // per_block - first // per_block
             grid = min(-(-n_blocks // _THREADS), _MAX_GRID)
             cuda_kernel(name)((grid,), (_THREADS,),
                               (numpy.uint32(self.key[0]), numpy.uint32(self.key[1]),
-                               self._d, out, numpy.uint64(n)))
-        cuda_kernel("philox_advance")((1,), (1,), (self._d,))
+                               self._d, out, numpy.uint64(n), numpy.uint64(first)))
 
     def _out_for(self, shape, dtype, out):
         shape = _check_shape(shape)
@@ -280,6 +315,7 @@ class Stream:
         return out
 
     def _check_out(self, out):
+        """``out`` itself, once it is a writeable C-contiguous float array of this backend."""
         if not self._backend.owns(out):
             raise BackendError(f"out must be a {self.xp.__name__} array for this "
                                f"{self.xp.__name__} stream, got {type(out).__module__}."
@@ -288,6 +324,70 @@ class Stream:
             raise InputError(f"out must have dtype float32 or float64, got {out.dtype}")
         if not (out.flags.c_contiguous and getattr(out.flags, "writeable", True)):  # cupy: no flag
             raise InputError("out must be a writeable C-contiguous array, got one that is not")
+        return out
+
+
+class StreamRows:
+    """Rows [start, stop) of every draw of ``total`` rows from ``stream`` (see the module
+    docstring): what a rank holding those rows of a batch draws. It has the draws a training
+    step makes (``draw_*_into``, ``uniform``, ``normal``); each is one draw of the stream."""
+
+    def __init__(self, stream, start, stop, total):
+        total = _check_int("total", total, 2**62)
+        stop = _check_int("stop", stop, total + 1)
+        start = _check_int("start", start, stop + 1)
+        self.stream, self.part = stream, (start, stop, total)
+
+    def __repr__(self):
+        return f"{self.stream!r}.rows{self.part}"
+
+    def draw_uniform_into(self, out):
+        return self.stream.draw_uniform_into(out, self.part)
+
+    def draw_normal_into(self, out):
+        return self.stream.draw_normal_into(out, self.part)
+
+    def uniform(self, shape, dtype, out=None):
+        return self.draw_uniform_into(self.stream._out_for(shape, dtype, out))
+
+    def normal(self, shape, dtype, out=None):
+        return self.draw_normal_into(self.stream._out_for(shape, dtype, out))
+
+
+def _segments(out, rows):
+    """[(first, flat)]: the draw's value index of each contiguous piece of ``out`` and the piece
+    (a flat view). rows None: all of ``out`` from value 0; else (start, stop, total), see
+    :meth:`Stream.rows`: G pieces of m·w values, the g-th starting at value (g·total + start)·w."""
+    flat = out.reshape(-1)                   # a view: out is C-contiguous
+    if rows is None:
+        return [(0, flat)]
+    start, stop, total = rows
+    m = stop - start
+    if out.size == 0:
+        return []
+    w = out.shape[-1] if out.ndim else 1
+    if m == 0 or out.size % (m * w):
+        raise InputError(f"out must hold whole blocks of {m} rows of {w} values (rows {start}..{stop} of "
+                         f"{total}), got shape {tuple(out.shape)}")
+    if m == total:                           # every row: the blocks are contiguous in the draw too
+        return [(0, flat)]
+    piece = m * w
+    return [(g * total * w + start * w, flat[g * piece:(g + 1) * piece]) for g in range(out.size // piece)]
+
+
+def _from_value(fill, flat, d, first, per_block):
+    """NumPy: flat = values first .. of draw d, with ``fill(flat, d, block)``, which fills from
+    the start of a Philox block of ``per_block`` values. A start inside a block (a Box–Muller
+    pair's sine, a uniform's later word) takes the rest of that block from a small scratch."""
+    r = first % per_block
+    if r:
+        head = min(per_block - r, flat.size)
+        one = numpy.empty(per_block, dtype=flat.dtype)
+        fill(one, d, first // per_block)
+        flat[:head] = one[r:r + head]
+        flat, first = flat[head:], first + head
+    if flat.size:
+        fill(flat, d, first // per_block)
 
 
 class Streams:

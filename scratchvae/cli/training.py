@@ -117,20 +117,22 @@ def _train_new(a):
     from ..plots import tile_shape
     from ..runs import REPLACES
 
-    model_cfg, train_cfg = _refuse_train_flags(a)
-    out = Path(a.out) if a.out else _timestamped()
-    into = _train_target(out, a.overwrite)
-    with Progress(a.quiet) as progress:
-        train, test = _load_data(a.dataset, a.data_dir, progress.download, test_fraction=a.test_fraction,
-                                 seed=a.seed, image_shape=a.image_shape)
-    _check_batch_size(a.batch_size, train)
-    model = VAE(model_cfg.replace(input_dim=train.images.shape[1]), backend=a.backend)
+    with a.comm.together():                  # a check that fails on any rank fails on every rank
+        model_cfg, train_cfg = _refuse_train_flags(a)
+        out = Path(a.out) if a.out else _timestamped()
+        into = _train_target(out, a.overwrite) if a.comm.writer else out     # rank 0 writes the run
+        with Progress(a.quiet) as progress:
+            train, test = _load_data(a.dataset, a.data_dir, progress.download, test_fraction=a.test_fraction,
+                                     seed=a.seed, image_shape=a.image_shape)
+        _check_batch_size(a.batch_size, train)
+        model = VAE(model_cfg.replace(input_dim=train.images.shape[1]), backend=a.backend)
     cfg = train_cfg.replace(dataset=_dataset_name(a.dataset), test_fraction=test.held_out)
     info = {"data_dir": str(Path(a.data_dir).resolve()) if a.data_dir else None, "command": _command(a),
             "data": data_record(train, test)}
     if into != out:
         info[REPLACES] = out.name
-    print(f"training {model} on {a.dataset} ({train.images.shape[0]} train, {test.images.shape[0]} test) -> "
+    ranks = f" on {a.comm.size} ranks" if a.comm.size > 1 else ""
+    print(f"training {model}{ranks} on {a.dataset} ({train.images.shape[0]} train, {test.images.shape[0]} test) -> "
           + (f"{into}, to replace {out} once complete" if into != out else f"{out}"), flush=True)
     from ..train import fit
 
@@ -177,15 +179,20 @@ def _refuse_train_flags(a):
 
 def _train(a, folder, replacing, train, *args, **kwargs):
     """Run ``train`` (fit or resume) with ``args`` into ``folder``, render it, report an interrupt
-    or a failure, and move a completed run that replaces another (``replacing``) into its place."""
+    or a failure, and move a completed run that replaces another (``replacing``) into its place
+    (on ranks: rank 0 holds the locks and moves the run)."""
     from ..folders import writing
     from ..runs import finish_replacement
     from ..train import Interrupted
 
-    with writing(replacing) if replacing else contextlib.nullcontext(), Progress(a.quiet) as progress, \
-            _StopFlag() as stop:          # the run to replace has one writer too: this command
+    writes = replacing is not None and a.comm.writer
+    with contextlib.ExitStack() as held, Progress(a.quiet) as progress, _StopFlag() as stop:
+        with a.comm.together():       # the run to replace has one writer too: this command
+            if writes:
+                held.enter_context(writing(replacing))
         try:
-            train(*args, callback=progress, should_stop=stop, graph=False if a.no_graph else None, **kwargs)
+            train(*args, callback=progress, should_stop=stop, graph=False if a.no_graph else None, comm=a.comm,
+                  **kwargs)
         except Interrupted as e:
             return _interrupted(a, e, folder, replacing, progress, stop.signum)
         except ScratchVAEError as e:
@@ -194,7 +201,7 @@ def _train(a, folder, replacing, train, *args, **kwargs):
             partial = (f"the partial new run is in {folder} (continue it with: {_resume_command(a, folder)})"
                        if folder.exists() else "no new run was written")
             raise type(e)(f"{e}; the run in {replacing} is untouched, {partial}") from None
-        moved = finish_replacement(folder)
+        moved = finish_replacement(folder) if a.comm.writer else None
     if moved is not None:
         print(f"the new run replaced the old one in {moved}")
     return 0
@@ -222,14 +229,21 @@ def _train_resume(a):
     _refuse(a, [("overwrite", True, "--overwrite does not apply to --resume (a resumed run stays where it is)"),
                 ("no_graph", "backend" in a.given and a.backend == "numpy",
                  "--no-graph applies to --backend cupy or auto; numpy runs each step eagerly anyway")])
-    with writing(a.resume):        # before it is read: what is read is what is continued
-        return _resume_held(a)
+    with contextlib.ExitStack() as held:
+        with a.comm.together():
+            if a.comm.writer:
+                held.enter_context(writing(a.resume))     # before it is read: what is read is what is continued
+            plan = _resume_plan(a)
+        if not isinstance(plan, tuple):
+            return plan
+        return _resume_held(a, *plan)
 
 
-def _resume_held(a):
+def _resume_plan(a):
+    """The run to continue, its data and the epochs to reach; or the status of a run with nothing
+    left to do (a complete run that replaces another is moved into place)."""
     from ..errors import InputError
     from ..runs import REPLACES, finish_replacement, load_run
-    from ..train import resume
 
     run = load_run(a.resume, backend=a.backend if "backend" in a.given else None)
     _refuse_differences(a, run)
@@ -240,14 +254,24 @@ def _resume_held(a):
                          + (f" and is inside epoch {done + 1}" if batch else "") + f", got --epochs {epochs}")
     if epochs <= done:               # finished: whether --epochs names its own total or not, nothing to do
         if run.config.get(REPLACES):     # complete, but killed before it replaced the old run
-            print(f"the new run replaced the old one in {finish_replacement(a.resume)}")
+            if a.comm.writer:
+                print(f"the new run replaced the old one in {finish_replacement(a.resume)}")
             return 0
         raise InputError(f"the run in {a.resume} has finished its {done} epochs; "
                          f"pass --epochs N (N > {done}) to train it further")
     with Progress(a.quiet) as progress:
         train, test = _run_data(run, a, progress.download)
-    print(f"resuming {a.resume} at epoch {done}" + (f", batch {batch}" if batch else "") + f" -> {epochs} epochs",
-          flush=True)
+    return run, train, test, epochs
+
+
+def _resume_held(a, run, train, test, epochs):
+    from ..runs import REPLACES
+    from ..train import resume
+
+    done, batch = run.meta["epoch"], run.meta.get("batch", 0)
+    ranks = f" on {a.comm.size} ranks" if a.comm.size > 1 else ""
+    print(f"resuming {a.resume} at epoch {done}" + (f", batch {batch}" if batch else "") + f" -> {epochs} epochs"
+          + ranks, flush=True)
     replaces = run.config.get(REPLACES)
     return _train(a, Path(a.resume), Path(a.resume).parent / replaces if replaces else None, resume,
                   run, train.images, test.images, epochs=epochs,

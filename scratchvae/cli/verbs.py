@@ -108,13 +108,30 @@ def _run_and_data(a, progress=None):
 
 
 def cmd_evaluate(a):
+    """The report; on ranks the test −ELBO's batches and the importance sampling's images are
+    shared out (the same numbers as one process), and rank 0 prints."""
     from ..evaluate import evaluate_run, format_report
 
     with Progress(a.quiet) as progress:
-        run, train, test = _run_and_data(a, progress.download)
-        res = evaluate_run(run, train, test, ks=a.ks, limit=a.limit, progress=progress.images)
+        with a.comm.together():
+            run, train, test = _run_and_data(a, progress.download)
+        res = evaluate_run(run, train, test, ks=a.ks, limit=a.limit, progress=progress.images, comm=a.comm)
     print(json.dumps(res, indent=2) if a.json else format_report(res))
     return 0
+
+
+def on_rank_zero(verb, command):
+    """``command`` for a verb that does not use ranks: under a launcher of several, rank 0 runs
+    it alone and says so; the other ranks wait for it."""
+    def run(a):
+        if a.comm.size == 1:
+            return command(a)
+        if not a.comm.writer:
+            return 0
+        print(f"scratchvae: note: {verb} does not use ranks: rank 0 runs it alone ({a.comm.size - 1} "
+              f"other rank(s) wait)", file=sys.stderr)
+        return command(a)
+    return run
 
 
 def cmd_sample(a):
