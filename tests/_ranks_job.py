@@ -22,6 +22,9 @@ CASES = {   # name: (model settings, train settings); 37 rows of batch 8: the la
     "elbo": ({}, dict(batch_size=8, binarize="dynamic", corrupt="gaussian:0.1", kl_warmup=1.0)),
     "iwae-full": (dict(objective="iwae", iw_samples=3, posterior="full"), dict(batch_size=8, corrupt="mask:0.2")),
     "ae-batch-1": (dict(mode="ae"), dict(batch_size=1)),                 # every step, a rank has no rows
+    "two-layer-elbo": (dict(hidden=((10,), (6,)), latent=(3, 2)), dict(batch_size=8, binarize="dynamic")),
+    "two-layer-iwae": (dict(hidden=((10,), (6,)), latent=(3, 2), objective="iwae", iw_samples=3),
+                       dict(batch_size=8)),                              # each layer's ε as K row ranges
 }
 FAULTS = {  # name: what one rank does to itself at step 3 (the others train on)
     "nan-on-the-last-rank": lambda m: m.params["dec.out.b"].__setitem__(0, np.nan),
@@ -31,7 +34,7 @@ FAULTS = {  # name: what one rank does to itself at step 3 (the others train on)
 
 def run(name, comm):
     model_kw, train_kw = CASES.get(name, ({}, dict(batch_size=8)))
-    m = VAE(**SMALL, **model_kw)
+    m = VAE(**{**SMALL, **model_kw})
     fault = FAULTS.get(name)
 
     def poison(event, info):

@@ -67,7 +67,8 @@ def test_rows_are_shared_contiguously_the_first_ranks_one_more():
 
 def test_two_ranks_step_as_one_process_for_every_kind_and_stop_together_on_a_fault(tmp_path):
     """ELBO with dynamic binarisation, corruption and warm-up; the bound with K = 3 samples and the
-    full posterior (ε as K row ranges); an autoencoder with batches of one (a rank with no rows);
+    full posterior (ε as K row ranges); two stochastic layers, ELBO and bound (every layer's ε
+    a rank's rows); an autoencoder with batches of one (a rank with no rows);
     uneven last batches. A NaN on one rank stops both with the usual message, and θ changed on one
     rank alone stops both at the epoch's check."""
     r = mpiexec(2, sys.executable, str(REPO / "tests" / "_ranks_job.py"), str(tmp_path))
