@@ -56,6 +56,7 @@ from .runs import position_label
 
 MEMORY_BUDGET = 256 * 2**20     # bytes per decode chunk (approximate)
 ACTIVE_THRESHOLD = 0.01
+LAYER_MEAN_SAMPLES = 100           # chains per image for E_q[h_l|x] above the first layer
 PROBE_TRAIN_LIMIT = 10_000
 DEFAULT_KS = (1, 10, 100, 1000)
 
@@ -79,7 +80,11 @@ def rows_per_chunk(model, budget=MEMORY_BUDGET):
     A row holds its decoder activations (Σ H), the output and two likelihood temporaries
     (≈ 3 D plus slack) and a few latent-sized arrays, in the model's dtype.
     """
-    per_row = model.dtype.itemsize * (4 * model.input_dim + 2 * sum(model.hidden) + 6 * model.latent)
+    widths = 2 * sum(model.hidden) + 6 * model.latent
+    if model.chain is not None:           # each layer above: both trunks' activations, its h and temporaries
+        widths += sum(2 * sum(s.sizes[1:]) + 6 * layer.latent for layer in model.chain.layers
+                      for s in (layer.trunk, layer.prior))
+    per_row = model.dtype.itemsize * (4 * model.input_dim + widths)
     return max(1, int(budget // per_row))
 
 
@@ -97,10 +102,13 @@ def _log_weight_chunks(model, x, k, batch, comm=SOLO):
     """Yield (start, stop, log w) over chunks of images; log w: (n, k) float64 backend array.
 
     On ranks, this rank's share of the chunks: the stream skips the draws of the others', and
-    ends where it ends after all of them."""
+    ends where it ends after all of them. Several stochastic layers: each chunk of samples draws
+    one ε per layer, bottom first, and :meth:`Chain.log_weights <scratchvae.hierarchy.Chain.log_weights>`
+    gives its log w."""
     xp, L, dt = model.xp, model.latent, model.dtype
-    q, lik = model.posterior, model.likelihood
+    q, lik, chain = model.posterior, model.likelihood, model.chain
     n_img, k_chunk, draws, (a, b), (lo, hi, count) = _chunking(x, k, batch, comm)
+    draws *= 1 if chain is None else len(chain.latents)
     stream = model.rng["eval"]
     stream.skip(lo * draws)
     for i in range(a, b, n_img):
@@ -111,6 +119,10 @@ def _log_weight_chunks(model, x, k, batch, comm=SOLO):
         logw = xp.empty((n, k), dtype=np.float64)
         for k0 in range(0, k, k_chunk):
             kc = min(k_chunk, k - k0)
+            if chain is not None:
+                eps = [stream.normal((n, kc, L_l), dt.name) for L_l in chain.latents]
+                logw[:, k0:k0 + kc] = chain.log_weights(model, xb, eps)
+                continue
             eps = stream.normal((n, kc, L), dt.name)
             z = q.sample(params, eps)                                      # (n, kc, L)
             y = model.decode(z.reshape(n * kc, L)).reshape(n, kc, -1)
@@ -189,24 +201,44 @@ def evaluate_elbo(model, x, batch=EVAL_BATCH, comm=SOLO):
 
     Returns a dict of floats: loss (= recon + kl; with ``objective='iwae'`` the model's own
     loss, −L_K of its K samples, beside the first sample's recon and the closed-form kl), recon,
-    kl; one host sync at the end. ``comm``: ranks to share the batches among (each draws every
-    batch's noise, and drops the others'); the sums are added in batch order, as one process does.
+    kl; with several stochastic layers also ``kl_layers``, each layer's part of kl, bottom first
+    (:meth:`Chain.layer_terms <scratchvae.hierarchy.Chain.layer_terms>` for the same ε; under the
+    bound the K samples' mean, as its kl). One host sync at the end. ``comm``: ranks to share the
+    batches among (each draws every batch's noise, and drops the others'); the sums are added in
+    batch order, as one process does.
     """
-    xp = model.xp
+    xp, chain = model.xp, model.chain
     starts = range(0, x.shape[0], batch)
     lo, hi = comm.rows(len(starts))
-    sums = xp.zeros((len(starts), 3), dtype=np.float64)
+    width = 3 + (0 if chain is None else len(chain.latents))
+    sums = xp.zeros((len(starts), width), dtype=np.float64)
     for b, i in enumerate(starts):
         xb = x[i:i + batch]
         eps = model.noise(xb.shape[0], model.rng["eval"])
         if lo <= b < hi:
             r = model.loss_and_grads(xb, eps=eps, need_grads=False)
             sums[b, 0], sums[b, 1], sums[b, 2] = r.loss, r.recon, r.kl
-    tot = np.zeros(3)
+            if chain is not None:
+                for j, term in enumerate(_layer_kl_sums(model, xb, eps)):
+                    sums[b, 3 + j] = term
+    tot = np.zeros(width)
     for row in comm.sum_(model.backend.to_host(sums)):     # others' batches: 0 here
         tot += row
     t = tot / x.shape[0]
-    return {"loss": float(t[0]), "recon": float(t[1]), "kl": float(t[2])}
+    out = {"loss": float(t[0]), "recon": float(t[1]), "kl": float(t[2])}
+    if chain is not None:
+        out["kl_layers"] = [float(v) for v in t[3:]]
+    return out
+
+
+def _layer_kl_sums(model, xb, eps):
+    """Each layer's kl term summed over the images xb for the ε of one loss call (a (K, n, L_l)
+    array per layer under the bound: the K samples' mean)."""
+    xp, n = model.xp, xb.shape[0]
+    K = eps[0].shape[0] if eps[0].ndim == 3 else 1
+    rows = xb if K == 1 else xp.concatenate([xb] * K, axis=0)         # row k·n + i is image i
+    terms = model.chain.layer_terms(model, rows, [e.reshape(K * n, -1) for e in eps])
+    return [xp.sum(t) / K for t in terms]
 
 
 def encode_mean(model, x, batch=EVAL_BATCH):
@@ -216,12 +248,28 @@ def encode_mean(model, x, batch=EVAL_BATCH):
 
 def active_units(model, x, threshold=ACTIVE_THRESHOLD, batch=EVAL_BATCH):
     """(count, variances): A_u = Var_x(μ_u(x)) per latent unit (host float64 (L,)), and
-    how many exceed ``threshold``. x: (N, D), N ≥ 2, in the model's dtype and backend."""
+    how many exceed ``threshold``. x: (N, D), N ≥ 2, in the model's dtype and backend.
+    With several stochastic layers, layer 1's (see :func:`active_units_per_layer`)."""
     if x.shape[0] < 2:
         raise InputError(f"active_units needs at least 2 images, got {x.shape[0]}")
     mu = encode_mean(model, x, batch).astype(np.float64)
     var = model.backend.to_host(model.xp.var(mu, axis=0))
     return int(np.count_nonzero(var > threshold)), var
+
+
+def active_units_per_layer(model, x, samples=LAYER_MEAN_SAMPLES, threshold=ACTIVE_THRESHOLD, batch=100):
+    """[(count, variances)] per stochastic layer, bottom first, as the IWAE paper counts them:
+    A_u = Var_x(E_q[h_u | x]) of each unit; E_q[h_1|x] = μ_1(x), and above it E_q[h_l|x] is the mean
+    of μ_l(h_{l−1}) over ``samples`` chains h_1 … h_{l−1} drawn from q (the 'eval' stream)."""
+    if x.shape[0] < 2:
+        raise InputError(f"active_units needs at least 2 images, got {x.shape[0]}")
+    samples = _positive("samples", samples)
+    means = model.chain.posterior_means(model, x, samples, model.rng["eval"], batch)
+    out = []
+    for mu in means:
+        var = model.backend.to_host(model.xp.var(mu, axis=0))
+        out.append((int(np.count_nonzero(var > threshold)), var))
+    return out
 
 
 def _host(a, what):
@@ -348,6 +396,8 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
            "n_test": int(xtest.shape[0]), **model.config_extras(), "precision": model.precision.name}
     res["test_elbo"] = evaluate_elbo(model, xtest, comm=comm)
     res["loss_label"], res["loss_adds_up"] = model.objective.label, model.objective.adds_up
+    if not model.objective.adds_up and model.objective.records_kl:
+        res["loss_parts"] = model.objective.parts
     res["loss_has_kl"], res["sampled"] = model.objective.records_kl, model.posterior.stochastic
     if model.posterior.no_q_why is not None:          # a point code: nothing to importance-sample
         res["log_px"] = None
@@ -361,14 +411,26 @@ def evaluate_run(run, train, test, ks=DEFAULT_KS, limit=None, probe_limit=PROBE_
             gain, gain_se = _mean_se(est[K] - base)
             res["log_px"][K] = {"mean": mean, "se": se, "gain": gain,
                                 "gain_se": 0.0 if K == ks[0] else gain_se}
-    count, var = active_units(model, xtest) if xtest.shape[0] > 1 else (0, np.zeros(model.latent))
-    res["active_units"] = {"count": count, "of": model.latent, "threshold": ACTIVE_THRESHOLD,
-                           "variances": [float(v) for v in var]}
+    res["active_units"] = _active_report(model, xtest)
     labelled = labels is not None and train.labels is not None
     res["probe_accuracy"] = linear_probe(encode_mean(model, xtrain), train.labels[:probe_limit],
                                          encode_mean(model, xtest), labels) if labelled else None
     res["n_probe_train"] = int(xtrain.shape[0]) if labelled else 0
     return res
+
+
+def _active_report(model, x):
+    """evaluate_run's ``active_units``: count, of, threshold, variances (layer 1's); with several
+    stochastic layers ``layers`` (one such dict per layer) and ``samples`` (the chains per image)."""
+    def entry(count, var):
+        return {"count": count, "of": int(var.size), "threshold": ACTIVE_THRESHOLD,
+                "variances": [float(v) for v in var]}
+    if x.shape[0] < 2:
+        return entry(0, np.zeros(model.latent))
+    if model.chain is None:
+        return entry(*active_units(model, x))
+    layers = [entry(*r) for r in active_units_per_layer(model, x)]
+    return {**layers[0], "layers": layers, "samples": LAYER_MEAN_SAMPLES}
 
 
 def format_report(res) -> str:
@@ -393,7 +455,13 @@ def format_report(res) -> str:
         if res.get("units", "nats") != "nats":
             lines.append(f"  ({res['likelihood']} likelihood: {res['units']})")
     au, code = res["active_units"], "E_q[z_u]" if res.get("sampled", True) else "z_u"
-    lines.append(f"active units    {au['count']:>4d} / {au['of']}  (Var_x {code} > {au['threshold']:g})")
+    if "layers" in au:
+        for l, a in enumerate(au["layers"], 1):
+            below = "h1" if l == 2 else f"h1 … h{l - 1}"
+            how = "" if l == 1 else f"; E_q over {au['samples']} draws of {below} ~ q"
+            lines.append(f"active units h{l} {a['count']:>4d} / {a['of']}  (Var_x E_q[h{l}_u] > {a['threshold']:g}{how})")
+    else:
+        lines.append(f"active units    {au['count']:>4d} / {au['of']}  (Var_x {code} > {au['threshold']:g})")
     if res["probe_accuracy"] is None:
         lines.append("linear probe         n/a  (the data have no labels)")
     else:
@@ -413,8 +481,11 @@ def _loss_lines(res):
     if res.get("loss_adds_up", True):
         line = f"{head}  (recon {e['recon']:.3f} + kl {e['kl']:.3f}; one z per image)"
     else:
-        line = (f"{head}  (its bound, {res.get('iw_samples', 'K')} z per image; one z's recon {e['recon']:.3f}, "
+        parts = res.get("loss_parts", "one z's")
+        line = (f"{head}  (its bound, {res.get('iw_samples', 'K')} z per image; {parts} recon {e['recon']:.3f}, "
                 f"kl {e['kl']:.3f})")
+    if "kl_layers" in e:
+        line += "\n                kl by layer: " + " + ".join(f"h{l} {v:.3f}" for l, v in enumerate(e["kl_layers"], 1))
     return [line, "                (fresh z from the model's eval stream: training's last test line drew others, so "
                   "the two differ by sampling noise)"]
 

@@ -198,6 +198,25 @@ class Chain:
             h = mu if stream is None else mu + model.xp.exp(0.5 * lv) * stream.normal(mu.shape, mu.dtype.name)
         return h
 
+    def posterior_means(self, model, x, samples, stream, batch=100):
+        """E_q[h_l | x] of each layer for images x (N, D), bottom first, as float64 backend arrays
+        (N, L_l): μ_1(x) for the first; above it E_{q(h_1 … h_{l−1}|x)}[μ_l(h_{l−1})], the mean of μ_l
+        over ``samples`` chains drawn from q (``stream``), ``batch`` images at a time (the encoder
+        runs once per image, each layer above once per chain)."""
+        xp, f64, out = model.xp, "float64", [[] for _ in self.latents]
+        for i in range(0, x.shape[0], batch):
+            params = model.encode(x[i:i + batch])
+            n = params[0].shape[0]
+            out[0].append(params[0].astype(f64))
+            h = self.first.sample(tuple(p[:, None] for p in params),
+                                  stream.normal((n, samples, self.latents[0]), params[0].dtype.name))
+            h = h.reshape(n * samples, -1)
+            for acc, layer in zip(out[1:], self.layers):
+                up = layer.posterior.split(layer.trunk.forward(h) + layer.trunk.last.b)
+                acc.append(xp.mean(up[0].reshape(n, samples, -1), axis=1, dtype=f64))
+                h = layer.posterior.sample(up, stream.normal(up[0].shape, up[0].dtype.name))
+        return [xp.concatenate(parts, axis=0) for parts in out]
+
     def layer_terms(self, model, x, eps):
         """Each layer's part of the ELBO's kl per image, bottom first, in float64: a_l = log q(h_l|·)
         − log p(h_l|h_{l+1}) as sampled below the top, the top's KL in closed form (their sum is
@@ -266,6 +285,8 @@ class ChainELBO(_ChainObjective, ELBO):
 
 class ChainIW(_ChainObjective, ImportanceWeighted):
     """−Σ_n L_K(x_n) of the whole chain's log-weights, see the module."""
+
+    parts = "the samples' mean"
 
     def __init__(self, samples, chain):
         ImportanceWeighted.__init__(self, samples)

@@ -12,6 +12,7 @@ output, and back.
 ``samples``, ``eps_shape(n, L)``      z per image, and the shape of one call's noise ε
 ``uses_beta``, ``what``, ``no_beta_why``  whether β and a KL warm-up apply (and, naming it, why not)
 ``adds_up``                           whether its loss is recon + kl (the ELBO's equation)
+``parts``                             where it does not: whose recon and kl it reports beside it
 ``records_kl``                        whether its kl column holds a KL (a point code has none)
 ``workspace(xp, dtype, head, dhead, D)``  its buffers at one batch shape (``head``/``dhead``: the
                                       rows the posterior samples from and their gradient)
@@ -199,6 +200,7 @@ class ImportanceWeighted:
     columns = ("neg_iw_bound", "recon", "kl")
     per_sample_keys = ("recon", "kl", "objective", "neg_elbo", "neg_iw_bound")
     uses_beta, fits_data, adds_up, records_kl = False, True, False, True
+    parts = "one z's"
     what, no_beta_why = "objective 'iwae'", ("its bound has no separate KL term to weigh (the prior and the posterior sit "
                    "inside one log-mean-exp)")
 

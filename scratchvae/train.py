@@ -16,7 +16,8 @@ run directory's format belongs to :mod:`scratchvae.runs`. The library never prin
 
 A metrics row: ``epoch``, ``step``, ``train_loss`` / ``train_recon`` / ``train_kl`` (per
 image, over the epoch's steps), ``beta`` (β at the epoch's last step), with test data
-``test_loss`` / ``test_recon`` / ``test_kl``, and ``eval_seconds`` (the test −ELBO's) and
+``test_loss`` / ``test_recon`` / ``test_kl`` (with several stochastic layers ``test_kl_layers``,
+each layer's part of ``test_kl``, bottom first), and ``eval_seconds`` (the test −ELBO's) and
 ``seconds`` (the epoch's training and evaluation, up to its checkpoint).
 
 Nothing is written before every check has passed (the data, the configuration, the batch size
@@ -257,6 +258,8 @@ class _Loop:
         if self.xtest is not None:
             ev = evaluate_elbo(self.model, self.xtest, comm=self.comm)
             row.update(test_loss=ev["loss"], test_recon=ev["recon"], test_kl=ev["kl"])
+            if "kl_layers" in ev:
+                row["test_kl_layers"] = ev["kl_layers"]
         row["eval_seconds"] = time.perf_counter() - te
         row["seconds"] = s.epoch_seconds + row["eval_seconds"]
         s.epoch, s.perm, s.acc, s.batch = s.epoch + 1, None, None, 0

@@ -59,8 +59,13 @@ def evaluate(run_dir, epoch, limit, data_dir):
     train, test = load_dataset(run.train_config.dataset, data_dir=data_dir)
     res = evaluate_run(run, train, test, ks=(K,), limit=limit)
     est = res["log_px"][K]
-    return {"epoch": res["epoch"], "n_test": res["n_test"], "nll": -est["mean"], "se": est["se"],
-            "test_elbo": res["test_elbo"]["loss"], "active_units": res["active_units"]["count"]}
+    au = res["active_units"]
+    out = {"epoch": res["epoch"], "n_test": res["n_test"], "nll": -est["mean"], "se": est["se"],
+           "test_elbo": res["test_elbo"]["loss"], "active_units": au["count"]}
+    if "layers" in au:                     # several stochastic layers: each one's count and KL part
+        out.update(active_units=[a["count"] for a in au["layers"]], active_samples=au["samples"],
+                   test_kl_layers=res["test_elbo"]["kl_layers"])
+    return out
 
 
 def split_epoch(arg):

@@ -83,6 +83,7 @@ def format_epoch(row):
     The ELBO (and KL-only) writes its equation, ``−ELBO = recon + KL``; a loss that is not their
     sum (the importance-weighted −L_K) stands alone, beside one z's recon and KL (no equation:
     they are not its parts); a loss without a KL term (a plain autoencoder's reconstruction) has no KL.
+    With several stochastic layers the test KL is followed by each layer's part of it (h1 + h2 …).
     """
     total = row.get("epochs")
     at = f"{row['epoch']:>{len(str(total))}}/{total}" if total else f"{row['epoch']:>3}"
@@ -100,9 +101,11 @@ def _split_loss(row, split, objective):
     text = f"{split} {label} {loss:9.3f}"
     if objective is not None and not objective.records_kl:
         return text
+    layers = row.get(f"{split}_kl_layers")
+    by_layer = "" if not layers else " (" + " + ".join(f"h{l} {v:.3f}" for l, v in enumerate(layers, 1)) + ")"
     if objective is None or objective.adds_up:
-        return f"{text} = recon {recon:9.3f} + KL {kl:7.3f}"
-    return f"{text} (one z's recon {recon:9.3f}, KL {kl:7.3f})"
+        return f"{text} = recon {recon:9.3f} + KL {kl:7.3f}{by_layer}"
+    return f"{text} ({objective.parts} recon {recon:9.3f}, KL {kl:7.3f}{by_layer})"
 
 
 _Progress = Progress   # the name tests and older callers use
