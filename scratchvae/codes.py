@@ -46,6 +46,18 @@ def encode_images(model, x, labels=None, sample=False, batch=EVAL_BATCH, classes
     the posterior's parameters under its names, ``y`` the labels if given (with ``classes``, the
     name of each label value, as a string array ``classes``), and with ``sample`` one z ~ q(z|x)
     per image from the model's 'eval' stream (drawn ``batch`` images at a time)."""
+    if model.chain is not None:
+        codes = _encode_layers(model, x, sample, batch)
+    else:
+        codes = _encode_one(model, x, sample, batch)
+    if labels is not None:
+        codes["y"] = np.asarray(labels)
+        if classes is not None:
+            codes["classes"] = np.asarray([str(c) for c in classes])
+    return codes
+
+
+def _encode_one(model, x, sample, batch):
     params = encode_batched(model, x, batch)
     codes = {name: model.backend.to_host(p) for name, p in zip(model.posterior.param_names, params)}
     if sample:
@@ -58,24 +70,53 @@ def encode_images(model, x, labels=None, sample=False, batch=EVAL_BATCH, classes
                                  "its code is mu")
             z.append(model.backend.to_host(model.posterior.sample(rows, eps)))
         codes["z"] = np.concatenate(z)
-    if labels is not None:
-        codes["y"] = np.asarray(labels)
-        if classes is not None:
-            codes["classes"] = np.asarray([str(c) for c in classes])
     return codes
 
 
-def decode_codes(model, codes, batch=EVAL_BATCH):
-    """(decoder means (N, D) host float, which) of ``codes``: ``z`` if present, else ``mu``."""
-    which = "z" if "z" in codes else "mu" if "mu" in codes else None
+def _encode_layers(model, x, sample, batch):
+    """Each stochastic layer's codes, named by layer (mu1, logvar1, mu2, …): up the means' path
+    (q(h_l | μ_{l−1})), or with ``sample`` up one drawn chain, h_l ~ q(h_l | h_{l−1}) (z1, z2, …)."""
+    chain, parts = model.chain, {}
+    for i in range(0, x.shape[0], batch):
+        params, codes = chain.encode_layers(model, x[i:i + batch], model.rng["eval"] if sample else None)
+        for l, (p, h) in enumerate(zip(params, codes), 1):
+            named = [(f"{name}{l}", a) for name, a in zip(model.posterior.param_names, p)]
+            for name, a in named + ([(f"z{l}", h)] if sample else []):
+                parts.setdefault(name, []).append(model.backend.to_host(a))
+    return {name: np.concatenate(a) for name, a in parts.items()}
+
+
+def decode_codes(model, codes, batch=EVAL_BATCH, layer=None):
+    """(decoder means (N, D) host float, which) of ``codes``: ``z`` if present, else ``mu``.
+
+    Several stochastic layers: the codes of ``layer`` (default 1), ``z<layer>`` if present, else
+    ``mu<layer>``; above the first they reach h_1 through each conditional prior's mean,
+    E[h_{l−1} | h_l], and ``which`` says so."""
+    chain = model.chain
+    if chain is None and layer not in (None, 1):
+        raise InputError(f"layer must be 1: the model has one stochastic layer, got {layer!r}")
+    if chain is not None:
+        top = len(chain.latents)
+        if layer is None:
+            layer = 1
+        elif isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 1 <= layer <= top:
+            raise InputError(f"layer must be a stochastic layer, 1 to {top}, got {layer!r}")
+    suffix = "" if chain is None else str(layer)
+    width = model.latent if chain is None else chain.latents[layer - 1]
+    which = next((n + suffix for n in ("z", "mu") if n + suffix in codes), None)
     if which is None:
-        raise InputError(f"codes must hold an array z or mu (N, {model.latent}), got {', '.join(sorted(codes)) or 'none'}")
+        raise InputError(f"codes must hold an array z{suffix} or mu{suffix} (N, {width}), got "
+                         f"{', '.join(sorted(codes)) or 'none'}")
     z = np.asarray(codes[which])
-    if z.ndim != 2 or z.shape[1] != model.latent or len(z) == 0 or z.dtype.kind != "f":
-        raise InputError(f"codes {which} must be a float array of shape (N, {model.latent}) with N ≥ 1, got "
+    if z.ndim != 2 or z.shape[1] != width or len(z) == 0 or z.dtype.kind != "f":
+        raise InputError(f"codes {which} must be a float array of shape (N, {width}) with N ≥ 1, got "
                          f"{z.dtype} {z.shape}")
     if not np.isfinite(z).all():
         raise InputError(f"codes {which} hold non-finite values (NaN or Inf)")
+    if chain is not None and layer > 1:
+        z = np.concatenate([model.backend.to_host(model.down(model.backend.asarray(
+            np.ascontiguousarray(z[i:i + batch], dtype=model.dtype)), layer)) for i in range(0, len(z), batch)])
+        which += " (down to h1 through the conditional priors' means)"
     return decode_batched(model, z, batch), which
 
 

@@ -27,6 +27,13 @@ COMPARE_MODELS = (("AE", "ae"), ("KL-only", "kl-only"), ("VAE", "vae"))
 COMPARE_GRID = 10               # the comparison decodes a COMPARE_GRID² set of prior draws
 
 
+def _check_one_layer(hidden):
+    if any(isinstance(h, (tuple, list)) for h in hidden):
+        raise InputError("hidden: the comparison's models have one stochastic layer (a 2-D latent, and an AE and "
+                         "a KL-only model have no chain of layers): expected one group of sizes like (400,) or "
+                         f"(512, 256), got {tuple(tuple(h) if isinstance(h, (tuple, list)) else h for h in hidden)}")
+
+
 def compare_models(train, test, *, epochs, batch_size, hidden, lr, seed, backend, out,
                    callback=None, probe_limit=PROBE_TRAIN_LIMIT, run_dir=None, run_info=None) -> dict:
     """Train a plain AE, a KL-only model and a VAE (latent 2, Bernoulli, ReLU) on the same
@@ -47,6 +54,7 @@ def compare_models(train, test, *, epochs, batch_size, hidden, lr, seed, backend
     Returns {"probe_accuracy": {name: float}, "figure": str(out), "posterior_figure": str,
     "history": {name: rows}}.
     """
+    _check_one_layer(hidden)
     if train.labels is None or test.labels is None:
         raise InputError("the comparison colours codes by label and scores a linear probe: it needs "
                          "labelled data, got unlabelled images")

@@ -282,8 +282,10 @@ class ModelConfig(_Settings):
 
     input_dim: int = setting(784, "pixels per example D (the data's width)", POSITIVE_INT, "model", flag=False)
     hidden: tuple = setting((400,), "encoder layer sizes, mirrored by the decoder: 400 or 512,256; '' is a "
-                            "linear VAE", HIDDEN, "model", metavar="SIZES")
-    latent: object = setting(20, "latent size", LATENT, "model", metavar="L")
+                            "linear VAE; with several stochastic layers one group per layer, separated by / "
+                            "(200,200/100,100)", HIDDEN, "model", metavar="SIZES")
+    latent: object = setting(20, "latent size, or one per stochastic layer, bottom first (100,50)", LATENT, "model",
+                             metavar="L")
     activation: str = setting("relu", "hidden-layer activation", _choice(ACTIVATIONS), "model")
     likelihood: str = setting("bernoulli", "p(x|z): Bernoulli on logits, or Gaussian (see --sigma)",
                               _choice(tuple(LIKELIHOODS)), "model")

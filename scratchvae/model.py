@@ -356,10 +356,23 @@ class VAE:
             self._check_finite("eps", eps)
         z = eps if eps is not None else self.rng["eval"].normal((n, top), self.dtype.name)
         if self.chain:
-            self._weights_for_products()
-            z = self.chain.down(self, z, len(self.chain.latents), self.rng["eval"])
+            z = self.down(z, len(self.chain.latents), self.rng["eval"])
         mean = self.decode_mean(z)
         return self.likelihood.draw(mean, self.params, self.rng["eval"]) if draw else mean
+
+    def down(self, h, layer, stream=None):
+        """h_1 (N, L_1) from codes ``h`` (N, L_layer) of stochastic ``layer`` (1-based; 1 returns h):
+        through each conditional prior p(h_{l−1} | h_l), its mean, or a draw from it where a random
+        ``stream`` is given. For a model with several stochastic layers."""
+        if self.chain is None:
+            raise InputError("down needs several stochastic layers; this model has one")
+        top = len(self.chain.latents)
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 1 <= layer <= top:
+            raise InputError(f"layer must be a stochastic layer, 1 to {top}, got {layer!r}")
+        self._check_x(h, "h", width=self.chain.latents[layer - 1])
+        self._check_finite("h", h)
+        self._weights_for_products()
+        return self.chain.down(self, h, layer, stream)
 
     def reconstruct(self, x, sample_z=False):
         """Decoder means of x's code: z = μ (default) or one z ~ q(z|x) (a point code: μ)."""
@@ -429,7 +442,10 @@ class VAE:
         extra = "".join(f", {k}={c[k]}" for k in ("posterior", "objective", "iw_samples", "precision") if k in c)
         sigma = f" σ={c['sigma']}" if self.likelihood.has_sigma else ""
         beta = f", β={c['beta']}" if self.objective.uses_beta else ""
-        return (f"VAE(D={c['input_dim']}, hidden={tuple(c['hidden'])}, L={c['latent']}, "
+        hidden, latent = tuple(c["hidden"]), c["latent"]
+        if self.chain is not None:          # one group per stochastic layer, bottom first
+            hidden, latent = "/".join(str(tuple(h)) for h in hidden), tuple(latent)
+        return (f"VAE(D={c['input_dim']}, hidden={hidden}, L={latent}, "
                 f"{c['activation'] if self.hidden else 'linear'}, {c['likelihood']}{sigma}, mode={c['mode']}{beta}"
                 f"{extra}, {c['dtype']}, backend={self.backend.name})")
 

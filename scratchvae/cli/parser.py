@@ -324,7 +324,9 @@ def _add_encode(sub):
               "and with --sample one z ~ q(z|x)",
               " The .npz holds mu and logvar (diagonal posterior), mu and scale_tril (full), or mu alone (ae); "
               "y when the data have labels, and classes where the data name them (classes[y]: an image folder's "
-              "class sub-folder); z with --sample.")
+              "class sub-folder); z with --sample. With several stochastic layers each layer's, named by layer "
+              "(mu1, logvar1, mu2, ...): up the means' path (q(h2|mu1)), or with --sample up one drawn chain "
+              "(z1 ~ q(h1|x), z2 ~ q(h2|z1)).")
     e.add_argument("run_dir", metavar="RUN", help="a run folder (as written by train)")
     e.add_argument("--split", default="test", choices=("test", "train"), help="which of the run's images")
     e.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images of the split")
@@ -342,6 +344,9 @@ def _add_decode(sub):
               " Edit the codes written by encode (attribute arithmetic, interpolation, ...) and decode them.")
     d.add_argument("run_dir", metavar="RUN", help="a run folder (as written by train)")
     d.add_argument("codes", metavar="CODES.npz", help="an .npz with z or mu of shape (N, latent), as encode writes")
+    d.add_argument("--layer", type=_positive_int, metavar="L", help="with several stochastic layers: decode layer "
+                   "L's codes (zL, else muL), above the first through each conditional prior's mean down to h1 "
+                   "(default: 1)")
     d.add_argument("--out", type=_image_output, metavar="FILE", help="a figure (.png, .pdf, .svg, .jpg) of the "
                    "decoder means, or an .npz holding them as x (default: RUN/decoded.png)")
     _add_image_shape_flag(d)

@@ -167,7 +167,9 @@ def cmd_encode(a):
     codes = encode_images(run.model, x, labels, sample=a.sample, classes=data.classes)
     out = Path(a.out or Path(a.run_dir) / f"codes-{a.split}.npz")
     write_codes(out, codes, {"run": str(Path(a.run_dir).resolve()), **run.position,
-                             "split": a.split, "posterior": run.model.posterior.name, "sampled": a.sample})
+                             "split": a.split, "posterior": run.model.posterior.name, "sampled": a.sample,
+                             **({} if run.model.chain is None else {"layers": len(run.model.chain.latents),
+                                                                    "passed_up": "draws" if a.sample else "means"})})
     shapes = ", ".join(f"{k} {v.shape}" for k, v in codes.items())
     print(f"{out}: {shapes}")
     return 0
@@ -182,7 +184,12 @@ def cmd_decode(a):
     _refuse(a, [("image_shape", not figure, f"--image-shape draws a figure; --out {out} holds the pixels")])
     run = _reader_run(a)
     shape = _tile(run.model, image_shape=_image_shape_of(run, a)) if figure else None
-    pixels, which = decode_codes(run.model, read_codes(a.codes))
+    layers = 1 if run.model.chain is None else len(run.model.chain.latents)
+    if a.layer is not None and a.layer > layers:
+        from ..errors import InputError
+
+        raise InputError(f"--layer: expected a stochastic layer of the run's model, 1 to {layers}, got {a.layer}")
+    pixels, which = decode_codes(run.model, read_codes(a.codes), layer=a.layer)
     if figure:
         grid_figure(pixels, shape, out, f"decoder means of {len(pixels)} codes ({which}) — {Path(a.codes).name}")
     else:
@@ -220,6 +227,10 @@ def cmd_compare(a):
     from ..runs import check_run_dir
 
     _refuse_data_dir(a, a.dataset)
+    if any(isinstance(h, (tuple, list)) for h in a.hidden):
+        raise InputError("--hidden: the comparison's models have one stochastic layer (a 2-D latent; an AE and a "
+                         "KL-only model have no chain of layers): expected one group of sizes like 400 or 512,256, "
+                         f"got {'/'.join(','.join(map(str, h)) for h in a.hidden)}")
     out = Path(a.out) if a.out else _timestamped("compare-")
     replacing = out.exists() and (not out.is_dir() or any(out.iterdir()))
     if replacing and not (out / "compare.json").is_file():

@@ -120,7 +120,8 @@ def abstraction_figure(model, test, path, inputs=4, samples=10, seed=0):
 
 # -- 5 samples ---------------------------------------------------------------------------------------
 def sample_figure(model, n, seed, draw, path, image_shape=None):
-    """Decodes of ``n`` codes z ~ N(0, I) from stream ``seed``.
+    """Decodes of ``n`` codes z ~ N(0, I) from stream ``seed`` (several stochastic layers:
+    ancestral, h_S ~ N(0, I) and each lower layer drawn from its conditional prior, down to h_1).
 
     ``draw=False``: decoder means (what ``model.sample(n, eps=z)`` returns); ``draw=True``:
     pixels drawn from p(x|z) (Bernoulli: u < mean; Gaussian: mean + σ·ε, clipped to [0, 1]
@@ -128,13 +129,20 @@ def sample_figure(model, n, seed, draw, path, image_shape=None):
     """
     n = _positive("n", n)
     side = _tile(model, image_shape=image_shape)
-    z = _stream(model, seed, "samples").normal((n, model.latent), model.dtype.name)
+    top = model.latent if model.chain is None else model.chain.latents[-1]
+    z = _stream(model, seed, "samples").normal((n, top), model.dtype.name)
+    codes = f"z ~ N(0, I){model.posterior.prior_note}"
+    if model.chain is not None:                 # ancestral: h_S ~ N(0, I), then each h_l ~ p(h_l | h_{l+1})
+        S = len(model.chain.latents)
+        z = model.down(z, S, _stream(model, seed, "samples-down"))
+        codes = f"h{S} ~ N(0, I), " + ", ".join(f"h{l} ~ p(h{l}|h{l + 1})" for l in range(S - 1, 0, -1))
     mean = model.decode_mean(z)
     if draw:
         mean = model.likelihood.draw(mean, model.params, _stream(model, seed, "samples-draw"))
-    what = "pixels drawn from p(x|z)" if draw else "decoder means"
-    return grid_figure(model.backend.to_host(mean), side, path, f"{n} decodes of z ~ N(0, I)"
-                       f"{model.posterior.prior_note}: {what}\n{_describe(model)}, seed {seed}")
+    what = "pixels drawn from p(x|h1)" if draw and model.chain is not None else (
+        "pixels drawn from p(x|z)" if draw else "decoder means")
+    return grid_figure(model.backend.to_host(mean), side, path, f"{n} decodes of {codes}: {what}\n"
+                       f"{_describe(model)}, seed {seed}")
 
 
 def grid_figure(images, image_shape, path, title):

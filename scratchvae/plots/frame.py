@@ -37,7 +37,8 @@ FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".jpg": "jpg", ".jpeg": 
 _UNDATED = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
             "svg": {"Creator": None, "Date": None}, "jpg": None}
 STREAM_IDS = {"latent": 200, "reconstructions": 201, "abstraction": 202, "samples": 203,
-              "samples-draw": 204, "interpolation": 205, "arithmetic": 206, "posteriors": 207}
+              "samples-draw": 204, "interpolation": 205, "arithmetic": 206, "posteriors": 207,
+              "samples-down": 208}
 MAX_SCATTER = 2000     # test points in a scatter
 MAX_CLASS_MEAN = 10000  # images encoded for the class means of the attribute vectors
 MAX_ELLIPSES = 200     # test images whose posteriors are drawn
@@ -107,7 +108,8 @@ def _save(plt, fig, path):
 
 def _describe(model):
     """The model in a figure's title, from what its parts call themselves."""
-    return (f"{model.objective.model_name}, L = {model.latent}, {model.likelihood.name}"
+    latent = model.latent if model.chain is None else " + ".join(f"{L} (h{l})" for l, L in enumerate(model.chain.latents, 1))
+    return (f"{model.objective.model_name}, L = {latent}, {model.likelihood.name}"
             f"{model.posterior.title_note}{model.objective.title_note}")
 
 

@@ -63,6 +63,7 @@ def latent_figure(model, test, path, seed=0):
         ax = fig.add_subplot()
         _scatter(ax, mu, None if labels is None else labels[idx], names=class_names(test))
         how = "" if model.latent <= 2 else f", PCA of {model.latent}-D μ"
+        how += "" if model.chain is None else " (layer h1's)"
         ax.set_title(f"Latent means of {len(idx)} test images{how}\n{_describe(model)}", fontsize=10)
     return Path(path)
 

@@ -35,7 +35,9 @@ def figure_plan(run, train, test, image_shape=None):
     labelled = test.labels is not None and len(np.unique(np.asarray(test.labels))) >= 2 and \
         (train is None or train.labels is not None)
     return {
-        "latent": None, "manifold": images, "reconstructions": images,
+        "latent": None, "reconstructions": images,
+        "manifold": images or (None if model.chain is None else
+                               "it walks z through N(0, I)'s quantiles, and h1's prior is p(h1|h2), not N(0, I)"),
         "abstraction": images or model.posterior.no_q_why,
         "samples": images, "interpolation": images,
         "arithmetic": images or (None if labelled else "it needs labelled data of two classes or more"),
