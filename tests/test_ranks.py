@@ -159,3 +159,28 @@ def test_bad_input_is_refused_on_every_rank_before_anything_is_written(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
     r = mpiexec(2, *scratchvae("train", "--lr", "-1", "--out", str(tmp_path / "new"), *SMALL))
     assert r.returncode == 2 and r.stderr.count("error:") == 1 and not (tmp_path / "new").exists()
+
+
+def test_two_layers_evaluate_on_ranks_as_one_process(tmp_path, small):
+    """Several stochastic layers: each layer's ε per chunk, skipped by the other rank as a whole
+    (S draws per chunk), so the shared evaluation is one process's, every figure of it."""
+    run = tmp_path / "two-layers"
+    args = [a for a in small]
+    args[args.index("--hidden") + 1], args[args.index("--latent") + 1] = "32/16", "4,2"
+    assert subprocess.run(scratchvae("train", "--epochs", "1", "--out", str(run), *args), env=ENV).returncode == 0
+    ev = ["evaluate", str(run), "--json", "--ks", "1,10", "--limit", "150"]
+    alone = subprocess.run(scratchvae(*ev), env={**ENV, "OPENBLAS_NUM_THREADS": "1"}, capture_output=True, text=True)
+    shared = mpiexec(2, "-env", "OPENBLAS_NUM_THREADS", "1", *scratchvae(*ev))
+    assert alone.returncode == shared.returncode == 0, shared.stderr[-3000:]
+    res = json.loads(alone.stdout)
+    assert len(res["active_units"]["layers"]) == 2 and len(res["test_elbo"]["kl_layers"]) == 2
+    assert json.loads(shared.stdout) == res
+    # chunks of 3 images × 4 samples, shared out: the other rank's chunks skipped, S draws each
+    job = ("import sys, numpy as np; from scratchvae.comm import world; from scratchvae.runs import load_run; "
+           "from scratchvae.evaluate import iwae_estimates; m = load_run(sys.argv[1]).model; "
+           "x = np.random.default_rng(0).random((17, 784)).round().astype(np.float32); "
+           "c = world(); e = iwae_estimates(m, x, (1, 8), batch=12, comm=c); "
+           "print(repr([e[1].tolist(), e[8].tolist(), m.rng['eval'].state().tolist()])) if c.rank == 0 else None")
+    outs = [mpiexec(n, sys.executable, "-c", job, str(run)) for n in (1, 2)]
+    assert all(o.returncode == 0 for o in outs), outs[1].stderr[-3000:]
+    assert outs[1].stdout.strip() == outs[0].stdout.strip()
