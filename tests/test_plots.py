@@ -355,3 +355,19 @@ def test_interpolation_has_no_blank_band(runs, named, tmp_path):
     assert img.shape[1] == expected_shape("interpolation")[1] and img.shape[0] < expected_shape("interpolation")[0]
     ink = np.flatnonzero((img[..., :3] < 0.9).any(axis=(1, 2)))
     assert ink[0] <= 25 and img.shape[0] - 1 - ink[-1] <= 25, (ink[0], img.shape[0] - 1 - ink[-1])   # was 50 above
+
+
+def test_the_posterior_panel_holds_the_prior_circle_its_title_names(data, tmp_path, monkeypatch):
+    """Codes far from the origin (the head's bias moved by 8): the window still holds the dashed
+    circle of N(0, I), which the title names."""
+    import matplotlib.pyplot as plt
+
+    _, test = data
+    m = VAE(hidden=(16,), latent=2, seed=1)
+    m.params["enc.head.b"][:2] = 8.0
+    seen = []
+    monkeypatch.setattr("scratchvae.plots.frame._save", lambda plt, fig, path: seen.extend(
+        (ax.get_xlim(), ax.get_ylim()) for ax in fig.axes if ax.patches))
+    plots.posterior_figure(m, Dataset(test.images[:60], test.labels[:60], "t"), tmp_path / "p.png", n=40)
+    (x0, x1), (y0, y1) = seen[0]
+    assert x0 <= -1 and x1 >= 7 and y0 <= -1 and y1 >= 7

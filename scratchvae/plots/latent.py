@@ -141,6 +141,8 @@ def _posterior_panel(ax, model, name, images, labels, colours):
         spread, what = w / 2, f"{model.posterior.label} as 1-σ ellipses"
     lo = np.quantile(mu - spread[:, None], 0.01, axis=0)
     hi = np.quantile(mu + spread[:, None], 0.99, axis=0)
+    if model.posterior.stochastic:       # the window holds the prior's circle the title names
+        lo, hi = np.minimum(lo, -1.05), np.maximum(hi, 1.05)
     centre, half = (lo + hi) / 2, 0.54 * (hi - lo).max()          # a square window: circles stay round
     ax.set_xlim(centre[0] - half, centre[0] + half)
     ax.set_ylim(centre[1] - half, centre[1] + half)
