@@ -467,11 +467,20 @@ def _positive_int(name, v):
     return int(v)
 
 
+def precision_refusal(name, backend):
+    """Why precision ``name`` cannot run on ``backend`` (None where it can): a reduced one needs a
+    backend that computes it. The one statement of the rule (the model and the command line)."""
+    if name in backend.precisions:
+        return None
+    return (f"needs the cupy backend (a CUDA GPU): the {backend.name} backend computes its matrix products in "
+            f"{' or '.join(backend.precisions)} only")
+
+
 def _precision(name, backend):
-    """The :class:`~scratchvae.ops.precision.Precision` called ``name`` on ``backend``: a reduced
-    one needs a backend that computes it (the configuration has checked the rest)."""
+    """The :class:`~scratchvae.ops.precision.Precision` called ``name`` on ``backend`` (the
+    configuration has checked the rest)."""
     precision = make_precision(name)
-    if name not in backend.precisions:
-        raise InputError(f"precision {name!r} needs the cupy backend (a CUDA GPU): the {backend.name} "
-                         f"backend computes its matrix products in {' or '.join(backend.precisions)} only")
+    why = precision_refusal(name, backend)
+    if why is not None:
+        raise InputError(f"precision {name!r} {why}")
     return precision

@@ -230,7 +230,7 @@ class FullGaussian(_Gaussian):
     Adam turns into a random walk of about the learning rate per step, and 1/√L lets a row of
     up to L − 1 such entries move about as fast as one diagonal entry. ``offdiag_scale=1`` is
     the plain S_ij = o_ij, what runs saved before the scale existed hold
-    (:func:`scratchvae.saving.model_settings`). The measurements: docs/design-notes.md.
+    (:meth:`scratchvae.config.ModelConfig.from_json`). The measurements: docs/design-notes.md.
     """
 
     name = "full"

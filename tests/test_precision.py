@@ -267,7 +267,7 @@ def test_evaluation_runs_in_the_models_precision_and_says_so(bf16_run, monkeypat
 # -- the command line -----------------------------------------------------------------------------------
 def test_the_cli_refuses_a_reduced_precision_it_cannot_run_by_name(tmp_path, capsys):
     assert main(["train", "--precision", "bf16", "--out", str(tmp_path / "a"), "--quiet"]) == 2
-    assert "--precision bf16 needs a CUDA GPU (--backend cupy)" in capsys.readouterr().err
+    assert "--precision bf16 needs the cupy backend (a CUDA GPU)" in capsys.readouterr().err
     assert main(["train", "--precision", "tf32", "--dtype", "float64", "--out", str(tmp_path / "b")]) == 2
     assert "--precision tf32 applies to --dtype float32" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import math
 from dataclasses import fields
 
 from .. import __version__
@@ -73,22 +72,6 @@ def _figure_ok(s):
         return _check_figure(s) is not None
     except ScratchVAEError:
         return False
-
-_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-
-_nonneg_float = _checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
-
-_positive_float = _checked(float, lambda v: 0 < v < math.inf, "a finite number > 0")
-
-_fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-
-_open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
-
-_image_shape = _checked(lambda s: tuple(int(p) for p in s.split(",")),
-                        lambda v: len(v) in (2, 3) and min(v) > 0 and (len(v) == 2 or v[2] in (1, 3)),
-                        "H,W or H,W,C with positive sizes and C 1 or 3")
-
-_seed = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")
 
 _positive_count = _checked(int, lambda v: v >= 1, "a positive number of checkpoints or 'all'")
 
@@ -210,6 +193,17 @@ def _from_text(kind):
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
     return parse
+
+
+def _kind(name):
+    """The argparse type of the configuration's kind ``name`` (the verbs' flags that are no setting
+    but take the same values: a seed, an image shape, a count)."""
+    from .. import config
+
+    return _from_text(getattr(config, name))
+
+
+_positive_int, _image_shape, _seed = _kind("POSITIVE_INT"), _kind("IMAGE_SHAPE"), _kind("SEED")
 
 
 def _add_train(sub):

@@ -165,10 +165,15 @@ def _refuse_train_flags(a):
             configs = configs, TrainConfig(**train).check_model(configs)
         except SettingError as err:           # a rule between settings the flags gave: in the flags' names
             together = [(err.names[0], True, err.render(_flag_name))]
+    numpy_why = None          # the model's rule, asked before any data are read (cupy's is the model's own)
+    if _backend_name(a.backend) == "numpy":
+        from ..backend import get_backend
+        from ..model import precision_refusal
+
+        numpy_why = precision_refusal(a.precision, get_backend("numpy"))
     _refuse(a, refused + together + [
-        ("precision", a.precision != "fp32" and _backend_name(a.backend) == "numpy",
-         f"--precision {a.precision} needs a CUDA GPU (--backend cupy): the numpy backend computes every "
-         f"matrix product in fp32" + (" (--backend auto found no usable GPU)" if a.backend == "auto" else "")),
+        ("precision", numpy_why is not None, f"--precision {a.precision} {numpy_why}"
+         + (" (--backend auto found no usable GPU)" if a.backend == "auto" else "")),
         ("no_graph", a.backend == "numpy", "--no-graph applies to --backend cupy or auto; numpy runs each step "
                                            "eagerly anyway")])
     _refuse_data_dir(a, a.dataset)

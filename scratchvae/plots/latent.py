@@ -132,17 +132,15 @@ def _posterior_panel(ax, model, name, images, labels, colours):
     c = [colours[int(k)] for k in labels]
     if not model.posterior.stochastic:   # the one branch on it outside posteriors.py: a point is
         ax.scatter(mu[:, 0], mu[:, 1], c=c, s=6, linewidths=0)          # drawn as a point, q as ellipses
-        spread, what = np.zeros(len(mu)), "its codes z = μ(x): points"
+        spread, what, reach = np.zeros(len(mu)), "its codes z = μ(x): points", -np.inf   # no prior to hold
     else:
         w, h, a = ellipse_axes(model.posterior.covariance((mu, second)))
         ax.add_collection(EllipseCollection(w, h, a, units="xy", offsets=mu, offset_transform=ax.transData,
                                             facecolors=[(*k[:3], 0.08) for k in c], edgecolors=c, linewidths=0.6))
         ax.add_patch(Circle((0, 0), 1.0, fill=False, linestyle="--", color="0.3", linewidth=0.8))
-        spread, what = w / 2, f"{model.posterior.label} as 1-σ ellipses"
-    lo = np.quantile(mu - spread[:, None], 0.01, axis=0)
-    hi = np.quantile(mu + spread[:, None], 0.99, axis=0)
-    if model.posterior.stochastic:       # the window holds the prior's circle the title names
-        lo, hi = np.minimum(lo, -1.05), np.maximum(hi, 1.05)
+        spread, what, reach = w / 2, f"{model.posterior.label} as 1-σ ellipses", 1.05   # and the prior's circle
+    lo = np.minimum(np.quantile(mu - spread[:, None], 0.01, axis=0), -reach)
+    hi = np.maximum(np.quantile(mu + spread[:, None], 0.99, axis=0), reach)
     centre, half = (lo + hi) / 2, 0.54 * (hi - lo).max()          # a square window: circles stay round
     ax.set_xlim(centre[0] - half, centre[0] + half)
     ax.set_ylim(centre[1] - half, centre[1] + half)
