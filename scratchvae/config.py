@@ -270,6 +270,12 @@ def _kl_weight(name, verb, iwae_why):
     return rule
 
 
+LATER_SETTINGS = ("posterior", "offdiag_scale", "objective", "iw_samples", "precision")
+"""The model settings added after 0.1.0: a run or a model file records each only where it is not
+the default (so 0.1.0's runs keep the same config.json), and reports name those it records. A
+setting added after a release joins them."""
+
+
 @dataclass(frozen=True)
 class ModelConfig(_Settings):
     _part = "model"
@@ -348,12 +354,11 @@ class ModelConfig(_Settings):
 
     def to_json(self) -> dict:
         """The JSON a run and a model file record: 0.1.0's settings always, the later ones
-        (posterior, offdiag_scale, objective, iw_samples, precision) only where not the default."""
-        later = {"posterior", "offdiag_scale", "objective", "iw_samples", "precision"}
+        (:data:`LATER_SETTINGS`) only where not the default."""
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name not in later or v != f.default:
+            if f.name not in LATER_SETTINGS or v != f.default:
                 out[f.name] = _json_value(v)
         return out
 

@@ -48,6 +48,7 @@ import numpy as np
 
 from .backend import backend_of
 from .comm import SOLO
+from .config import LATER_SETTINGS
 from .errors import InputError
 from .codes import EVAL_BATCH, encode_batched
 from .inputs import prepare_split
@@ -435,7 +436,8 @@ def _active_report(model, x):
 
 def format_report(res) -> str:
     """A readable multi-line report of :func:`evaluate_run`'s dict."""
-    extras = "".join(f" · {k} {res[k]}" for k in ("posterior", "objective", "iw_samples") if k in res)
+    named = [k for k in LATER_SETTINGS if k in res and k not in ("offdiag_scale", "precision")]   # precision: below
+    extras = "".join(f" · {k} {res[k]}" for k in named)
     lines = [f"{position_label(res)} · {res.get('mode')} · {res.get('likelihood')}{extras} · "
              f"binarize {res.get('binarize')} · {res['n_test']} test images · products in "
              f"{res.get('precision', 'fp32')}"]

@@ -52,7 +52,7 @@ from .backend.random import Streams
 from .errors import InputError
 from .hierarchy import Chain, make_chain_objective
 from .likelihoods import make_likelihood
-from .config import DTYPES, ModelConfig
+from .config import DTYPES, LATER_SETTINGS, ModelConfig
 from .objectives import LossResult, make_objective
 from .ops.precision import make_precision
 from .posteriors import make_posterior
@@ -188,8 +188,7 @@ class VAE:
 
     def config_extras(self) -> dict:
         """The settings added after 0.1.0 that this model records (where not the default)."""
-        return {k: v for k, v in self.config().items() if k in ("posterior", "offdiag_scale", "objective",
-                                                                   "iw_samples", "precision")}
+        return {k: v for k, v in self.config().items() if k in LATER_SETTINGS}
 
     def host_params(self) -> dict:
         """A host NumPy copy of every parameter (checkpoint boundary: a sync on a GPU)."""
@@ -439,7 +438,7 @@ class VAE:
         """The settings that shape this model: the activation where there are hidden layers, σ
         where the likelihood has one, β where the objective weighs a KL term."""
         c = self.config()
-        extra = "".join(f", {k}={c[k]}" for k in ("posterior", "objective", "iw_samples", "precision") if k in c)
+        extra = "".join(f", {k}={c[k]}" for k in LATER_SETTINGS if k in c and k != "offdiag_scale")
         sigma = f" σ={c['sigma']}" if self.likelihood.has_sigma else ""
         beta = f", β={c['beta']}" if self.objective.uses_beta else ""
         hidden, latent = tuple(c["hidden"]), c["latent"]
