@@ -39,10 +39,10 @@ def cfg(**kw):
 
 
 def one_line_error(capsys, rc):
-    """The CLI's contract: non-zero exit, exactly one stderr line 'scratchvae: error: ...'."""
+    """The CLI's contract: exit status 2, exactly one stderr line 'scratchvae: error: ...'."""
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
-    assert rc not in (0, None), err
+    assert rc == 2, (rc, err)
     assert len(lines) == 1 and lines[0].startswith("scratchvae: error:"), err
     assert "Traceback" not in err
     return lines[0]
