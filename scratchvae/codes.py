@@ -7,7 +7,9 @@ for the full-covariance one, ``mu`` alone for a plain autoencoder's point), the 
 ``classes[y]`` is an image folder's sub-folder), and with ``sample`` one ``z`` ~ q(z|x) per image from the model's
 'eval' stream. :func:`decode_codes` turns edited codes back into images: it decodes ``z``
 when the codes hold one, else ``mu``, and says which (the attribute arithmetic of the figures,
-done by hand: encode, move the codes, decode). ``write_codes`` / ``read_codes`` keep codes
+done by hand: encode, move the codes, decode). A model of several stochastic layers names each
+layer's codes by its number (``mu1``, ``logvar1``, ``z1``, ``mu2``, …), and ``decode_codes``
+decodes the layer it is given. ``write_codes`` / ``read_codes`` keep codes
 in an ``.npz`` of plain arrays (plus scratchvae's metadata entry; nothing pickled).
 """
 
