@@ -360,8 +360,6 @@ def test_interpolation_has_no_blank_band(runs, named, tmp_path):
 def test_the_posterior_panel_holds_the_prior_circle_its_title_names(data, tmp_path, monkeypatch):
     """Codes far from the origin (the head's bias moved by 8): the window still holds the dashed
     circle of N(0, I), which the title names."""
-    import matplotlib.pyplot as plt
-
     _, test = data
     m = VAE(hidden=(16,), latent=2, seed=1)
     m.params["enc.head.b"][:2] = 8.0
