@@ -62,6 +62,17 @@ class UpperLayer:
                                 activation, precision)
         self.prior = DenseStack(f"prior{index - 1}", (latent, *hidden[::-1], 2 * below), "head", activation, precision)
 
+    def q_params(self, below):
+        """q(h | h_below)'s parameters (μ, logvar clamped as in training) for rows ``below``:
+        the verbs' and evaluation's path (it allocates; training runs the workspace's)."""
+        return self.posterior.split(self.trunk.forward(below) + self.trunk.last.b)
+
+    def prior_params(self, h):
+        """p(h_below | h)'s mean and log-variance for rows ``h``, the log-variance clamped to
+        ±LOGVAR_LIMIT as the training block reads it (the verbs' and evaluation's path)."""
+        out = self.prior.forward(h) + self.prior.last.b
+        return out[:, :self.below], xp_of(out).clip(out[:, self.below:], -LOGVAR_LIMIT, LOGVAR_LIMIT)
+
     def workspace(self, xp, dtype, rows):
         """Its buffers at ``rows`` samples: both trunks' caches, its posterior's, the rows of
         −log p(h_below | h), and two (rows, L_below) scratches (the prior block's; the trunk's ∂/∂h_below)."""
@@ -153,18 +164,17 @@ class Chain:
         formula (it allocates; constants kept, so log w estimates log p(x)): each layer's
         log q = log N(ε; 0, I) − log |det ∂h/∂ε|, each conditional prior's log N(h_l; μ_p, diag
         e^{lv_p}) with lv_p clamped as in training, log N(h_S; 0, I) and log p(x|h_1)."""
-        xp, f64 = model.xp, "float64"
+        f64 = "float64"
         n, k = eps[0].shape[:2]
         params = tuple(p[:, None] for p in model.encode(x))                   # (n, 1, L_1) each
         h = h1 = self.first.sample(params, eps[0])                             # (n, k, L_1)
         logw = -self.first.log_q_rows(eps[0], params, dtype=f64)
         for layer, e in zip(self.layers, eps[1:]):
             below = h.reshape(n * k, -1)
-            params = layer.posterior.split(layer.trunk.forward(below) + layer.trunk.last.b)
+            params = layer.q_params(below)
             up = layer.posterior.sample(params, e.reshape(n * k, -1))
             logw -= layer.posterior.log_q_rows(e.reshape(n * k, -1), params, dtype=f64).reshape(n, k)
-            prior = layer.prior.forward(up) + layer.prior.last.b
-            mu, lv = prior[:, :layer.below], xp.clip(prior[:, layer.below:], -LOGVAR_LIMIT, LOGVAR_LIMIT)
+            mu, lv = layer.prior_params(up)
             logw += log_normal_rows(below, mu, lv, dtype=f64).reshape(n, k)
             h = up.reshape(n, k, -1)
         logw += log_standard_normal_rows(h, dtype=f64)
@@ -183,8 +193,7 @@ class Chain:
             if i == 0:
                 params.append(model.encode(x))
             else:
-                trunk = self.layers[i - 1].trunk
-                params.append(q.split(trunk.forward(codes[-1]) + trunk.last.b))
+                params.append(self.layers[i - 1].q_params(codes[-1]))
             mu = params[-1][0]
             codes.append(mu if stream is None else q.sample(params[-1], stream.normal(mu.shape, mu.dtype.name)))
         return params, codes
@@ -193,8 +202,7 @@ class Chain:
         """h_1 from codes ``h`` of ``layer`` (1-based; 1 returns h): each conditional prior's mean
         p(h_{l−1}|h_l) on the way down, or (``stream``) a draw from it."""
         for upper in self.layers[:layer - 1][::-1]:
-            prior = upper.prior.forward(h) + upper.prior.last.b
-            mu, lv = prior[:, :upper.below], model.xp.clip(prior[:, upper.below:], -LOGVAR_LIMIT, LOGVAR_LIMIT)
+            mu, lv = upper.prior_params(h)
             h = mu if stream is None else mu + model.xp.exp(0.5 * lv) * stream.normal(mu.shape, mu.dtype.name)
         return h
 
@@ -212,7 +220,7 @@ class Chain:
                                   stream.normal((n, samples, self.latents[0]), params[0].dtype.name))
             h = h.reshape(n * samples, -1)
             for acc, layer in zip(out[1:], self.layers):
-                up = layer.posterior.split(layer.trunk.forward(h) + layer.trunk.last.b)
+                up = layer.q_params(h)
                 acc.append(xp.mean(up[0].reshape(n, samples, -1), axis=1, dtype=f64))
                 h = layer.posterior.sample(up, stream.normal(up[0].shape, up[0].dtype.name))
         return [xp.concatenate(parts, axis=0) for parts in out]
@@ -226,10 +234,9 @@ class Chain:
         h = self.first.sample(params, eps[0])
         terms, below = [], (self.first, params, eps[0], h)
         for layer, e in zip(self.layers, eps[1:]):
-            up_params = layer.posterior.split(layer.trunk.forward(h) + layer.trunk.last.b)
+            up_params = layer.q_params(h)
             up = layer.posterior.sample(up_params, e)
-            prior = layer.prior.forward(up) + layer.prior.last.b
-            mu, lv = prior[:, :layer.below], xp.clip(prior[:, layer.below:], -LOGVAR_LIMIT, LOGVAR_LIMIT)
+            mu, lv = layer.prior_params(up)
             q, p_, e_, h_ = below
             terms.append(q.log_q_rows(e_, p_, dtype=f64) - log_normal_rows(h_, mu, lv, dtype=f64))
             below, h = (layer.posterior, up_params, e, up), up
