@@ -40,6 +40,7 @@ import time
 
 import numpy as np
 
+from .backend import NUMPY
 from .errors import InputError, ScratchVAEError
 
 LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
@@ -204,6 +205,7 @@ def limit_threads(local_size, environ=os.environ):
     except ImportError:
         return {"blas_threads": "the BLAS default (threadpoolctl is not installed)", "cores": cores}
     threadpool_limits(limits=threads, user_api="blas")
+    NUMPY.set_blas_threads(threads)          # the first layer's twin chooses its path by it
     return {"blas_threads": threads, "cores": cores}
 
 

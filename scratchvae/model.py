@@ -123,7 +123,7 @@ class VAE:
                           else make_objective(s.mode, s.objective, s.beta, s.iw_samples))
         self.rng = Streams(self.seed, MODEL_STREAMS, xp=self.xp)
         self.encoder = DenseStack("enc", (self.input_dim, *self.hidden, self.posterior.head_width(self.latent)),
-                                  "head", self.activation, self.precision)
+                                  "head", self.activation, self.precision, reads_data=True)
         self.decoder = DenseStack("dec", (self.latent, *self.dec_hidden, self.input_dim), "out", self.activation,
                                   self.precision)
         self._build_params()

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .ops.activations import activation_backward, bias_act_forward
-from .ops.dense import dense_backward
+from .ops.dense import data_matmul, dense_backward
 
 
 @dataclass
@@ -50,6 +52,9 @@ class StackCache:
     ``lows[i]``     ``inputs[i]`` as the products read it (bf16 words; None in fp32 and tf32)
     ``mask``        (N, max H) bool: ReLU's 1[a > 0]
     ``out``, ``dout``, ``dout_lo``  the last product (N, O), ∂ℓ/∂ of it, and its words (bf16)
+    ``nonzeros``    (N, I + 1) int32: where a stack that reads data lists its x's nonzero columns
+                    (:func:`~scratchvae.ops.dense.data_matmul`, NumPy); None for the others, on CuPy,
+                    and in tf32, bf16
     """
 
     inputs: list
@@ -59,16 +64,20 @@ class StackCache:
     out: object
     dout: object
     dout_lo: object
+    nonzeros: object = None
 
 
 class DenseStack:
     """Layers ``prefix.0``, ``prefix.1``, … and ``prefix.<last>`` mapping ``sizes`` =
     (input, hidden…, output); see the module. ``activation``: of the hidden layers (a name of
     :data:`~scratchvae.ops.activations.ACTIVATIONS`); ``precision``: a
-    :class:`~scratchvae.ops.precision.Precision`."""
+    :class:`~scratchvae.ops.precision.Precision`; ``reads_data``: the input is data, never
+    differentiated and mostly zeros (the encoder's x), so the first layer's products may skip x's
+    zeros (:func:`~scratchvae.ops.dense.data_matmul`) in fp32."""
 
-    def __init__(self, prefix, sizes, last, activation, precision):
+    def __init__(self, prefix, sizes, last, activation, precision, reads_data=False):
         self.prefix, self.sizes, self.activation, self.precision = prefix, tuple(sizes), activation, precision
+        self.reads_data = reads_data and precision.name == "fp32"
         self.names = [f"{prefix}.{i}" for i in range(len(sizes) - 2)] + [f"{prefix}.{last}"]
         self.layers = []
 
@@ -97,7 +106,17 @@ class DenseStack:
                           lows=[lo(xp, (n, w)) for w in self.sizes[:-1]],
                           mask=xp.empty((n, max(hidden, default=1)), dtype=bool),
                           out=empty(n, self.sizes[-1]), dout=empty(n, self.sizes[-1]),
-                          dout_lo=lo(xp, (n, self.sizes[-1])))
+                          dout_lo=lo(xp, (n, self.sizes[-1])),
+                          nonzeros=self._nonzeros(xp, n))
+
+    def _nonzeros(self, xp, n):
+        """The list of x's nonzero columns a stack that reads data keeps (NumPy; None elsewhere),
+        marked unused (−1) until a forward writes it."""
+        if not (self.reads_data and xp is np):
+            return None
+        nz = np.empty((n, self.sizes[0] + 1), np.int32)
+        nz[:, 0] = -1
+        return nz
 
     def forward(self, x, cache=None):
         """act(…act(x W_0 + b_0)…) W_last: each hidden layer's product, then its bias and
@@ -108,11 +127,17 @@ class DenseStack:
             c.inputs[0] = x
         h = x
         for i, layer in enumerate(self.layers[:-1]):
-            a = p.matmul(p.operand(h, None if c is None else c.lows[i]), layer.W_op,
-                         out=None if c is None else c.inputs[i + 1])
+            a = self._product(i, p.operand(h, None if c is None else c.lows[i]), c, None if c is None else c.inputs[i + 1])
             h = bias_act_forward(a, layer.b, self.activation, out=a, scratch=None if c is None else c.grads[i])
         h_op = p.operand(h, None if c is None else c.lows[-1])
-        return p.matmul(h_op, self.last.W_op, out=None if c is None else c.out)
+        return self._product(len(self.layers) - 1, h_op, c, None if c is None else c.out)
+
+    def _product(self, i, h_op, cache, out):
+        """Layer i's product h W_i into ``out``: the first layer of a stack that reads data lists
+        its zeros for the backward as it goes (``cache.nonzeros``), the others ``matmul``."""
+        if i == 0 and cache is not None and cache.nonzeros is not None:
+            return data_matmul(h_op, self.layers[0].W_op, out, cache.nonzeros)
+        return self.precision.matmul(h_op, self.layers[i].W_op, out=out)
 
     def backward(self, dout, cache, dx=None):
         """From ``dout`` = ∂ℓ/∂(last product + its bias) (N, O), down the layers: dW_i = x_iᵀ d,
@@ -124,7 +149,8 @@ class DenseStack:
         for i in range(len(self.layers) - 1, -1, -1):
             layer, into = self.layers[i], c.grads[i - 1] if i > 0 else dx
             dense_backward(d, p.kept(c.inputs[i], c.lows[i]), layer.W_op, layer.dW, layer.db, dx=into,
-                           need_dx=into is not None, dy_op=p.operand(d, d_lo), precision=p.name)
+                           need_dx=into is not None, dy_op=p.operand(d, d_lo), precision=p.name,
+                           nonzeros=c.nonzeros if i == 0 else None)
             if i > 0:
                 d = activation_backward(self.activation, into, c.inputs[i], out=c.inputs[i],
                                         mask=c.mask[:, :into.shape[1]])

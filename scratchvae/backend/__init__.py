@@ -63,6 +63,7 @@ class Backend:
     def __init__(self):
         self.xp = np
         self._twins = None       # the Numba twins, resolved at the first kernel() call
+        self.blas_threads = None  # the threads numpy's BLAS was set to, where one said (comm)
 
     # -- transfers ----------------------------------------------------------------------------
     def asarray(self, a, dtype=None):
@@ -111,6 +112,12 @@ class Backend:
         where the ``fast`` extra is installed and not switched off; else None (the body runs)."""
         twins = self._twins
         return (self.twins() if twins is None else twins).get(name)
+
+    def set_blas_threads(self, n):
+        """Record the threads numpy's BLAS was set to (``scratchvae.comm.limit_threads`` does,
+        after setting them; None forgets). The twins read it to choose a path
+        (:func:`scratchvae.ops.dense.data_matmul`); without it they go by the environment."""
+        self.blas_threads = n
 
     def twins(self):
         """The NumPy backend's Numba twins: a table (``get(name)``, ``version``),
@@ -196,7 +203,7 @@ def _numba_twins():
         from . import _numba_kernels
     except ImportError as err:
         return _NoTwins(f"Numba does not import ({err}); install the 'fast' extra")
-    return _numba_kernels.Twins(body_of)
+    return _numba_kernels.Twins(body_of, lambda: NUMPY.blas_threads)
 
 
 def describe_type(a) -> str:

@@ -461,7 +461,8 @@ class Kernels:
             "bias_act", "act_backward", "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll",
             "adam", "adam_from", "matmul", "sum_rows", "softplus", "bernoulli_nll_rows", "gather_rows",
             "load_row", "record_losses", "fullcov_reparam_kl_forward", "fullcov_reparam_kl_backward",
-            "cond_prior_forward", "cond_prior_backward", "to_bf16", "from_bf16")}
+            "cond_prior_forward", "cond_prior_backward", "to_bf16", "from_bf16", "data_matmul",
+            "data_weight_grad")}
 
     def get(self, name):
         """The launcher of kernel ``name`` (a Python callable), or None if there is none."""
@@ -663,6 +664,14 @@ class Kernels:
     # -- matrix products --------------------------------------------------------------------------------
     def matmul(self, a, b, out, precision):
         return self.cublas.matmul(a, b, out, precision)
+
+    def data_matmul(self, x, W, out, nonzeros):
+        """The dense product: cuBLAS gains nothing from skipping zeros (no stack keeps a list of
+        nonzeros on CuPy, ``nonzeros`` is None there)."""
+        return self.cublas.matmul(x, W, out, "fp32")
+
+    def data_weight_grad(self, x, dy, out, nonzeros):
+        return self.cublas.matmul(x.T, dy, out, "fp32")
 
     def bernoulli_nll_rows(self, logits, x, dtype, out, buffers):
         """The block's own body on CuPy arrays (importance sampling): its softplus is the kernel
