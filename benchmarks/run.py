@@ -335,7 +335,10 @@ def _meta(a, runs, check, data_desc, started, steps):
                        "stored; JAX: each step's loss is a jit output kept in a list, block_until_ready "
                        "on state and losses after the loop.")
         mem_desc = "ru_maxrss of the peer's process (includes its imports and the 16 preloaded batches)"
-        floor_desc = "numpy.matmul into out= buffers, transposes as views"
+        floor_desc = ("numpy.matmul into out= buffers, transposes as views; the dense products: where the "
+                      "BLAS runs one thread (the 1x1 and ranked configurations) scratchvae-numba's first layer "
+                      "sums only x's nonzero pixels (ops.dense.data_matmul), so its step may take less "
+                      "than this floor would say")
     else:
         timing_line = ("device events around the timed loop (cupy.cuda.Event / torch.cuda.Event), one "
                        "synchronize after; no host sync per step (losses copied on device). JAX: "

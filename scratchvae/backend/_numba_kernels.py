@@ -308,8 +308,8 @@ def _sum_rows(a, out):
 # -- a first layer that reads data (ops/dense.py: data_matmul, data_weight_grad) -----------------
 SPARSE_DENSITY = 0.25
 """The largest fraction of nonzero entries of x at which the ``data_matmul`` twin lists them and
-skips the zeros: on one thread at 784-400 the listed products and the dense ones cost the same at
-about a quarter nonzero, at batch 128, 512 and 1024 (``python -m benchmarks.data_layer``, table in
+skips the zeros: on one thread at 784-400 the listed products and the dense ones cost the same
+between a quarter and 0.3 nonzero, at batch 128, 512 and 1024 (``python -m benchmarks.data_layer``, table in
 benchmarks/README.md; MNIST's pixels are 19 % nonzero, binarised 13 %)."""
 
 
