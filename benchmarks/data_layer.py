@@ -49,7 +49,7 @@ def inputs(images, batch, rng):
 
 def time_layer(x, repeats, hidden=400, seed=0):
     """{(path, product): median ms} for x (N, 784), listed and dense."""
-    from scratchvae.backend import _numba_kernels as twins
+    from scratchvae.backend import _numba_dense as twins
     from scratchvae.ops import dense
 
     rng = np.random.default_rng(seed)

@@ -12,7 +12,8 @@ import pytest
 
 from scratchvae import VAE, gradcheck_model
 from scratchvae.backend import NUMPY
-from scratchvae.backend._numba_kernels import SPARSE_DENSITY
+from scratchvae.backend import _numba_dense
+from scratchvae.backend._numba_dense import SPARSE_DENSITY
 from scratchvae.ops.dense import data_matmul, data_weight_grad
 
 pytest.importorskip("numba")
@@ -29,8 +30,16 @@ def twins():
 @pytest.fixture
 def one_thread(twins, monkeypatch):
     """The twins as they run where the BLAS has one thread (a rank of a run that fills the cores)."""
-    monkeypatch.setattr(twins, "blas_threads", lambda: 1)
+    monkeypatch.setattr(NUMPY, "blas_threads", 1)
     return twins
+
+
+def set_threads(monkeypatch, threads):
+    """The BLAS's threads as the twins will read them: told, or (None) nothing says."""
+    monkeypatch.setattr(NUMPY, "blas_threads", threads)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(_numba_dense.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
 
 
 def sparse(rng, shape, density, dtype):
@@ -71,7 +80,7 @@ def test_the_listed_products_are_the_dense_ones(one_thread, dtype, tol):
 def test_the_twin_runs_the_dense_product_where_listing_does_not_pay(twins, monkeypatch, why):
     rng = np.random.default_rng(1)
     threads = {"two BLAS threads": 2, "threads unknown": None}.get(why, 1)
-    monkeypatch.setattr(twins, "blas_threads", lambda: threads)
+    set_threads(monkeypatch, threads)
     density = min(1.0, SPARSE_DENSITY + 0.3) if why == "dense data" else 0.1
     x = sparse(rng, (40, 50), density, np.float16 if why == "float16" else np.float32)
     W, dy = rng.normal(size=(50, 8)).astype(x.dtype), rng.normal(size=(40, 8)).astype(x.dtype)
@@ -104,25 +113,33 @@ def test_the_bodies_mark_the_list_unused(monkeypatch):
     assert nz[0, 0] == -1
 
 
-def test_blas_threads_is_what_the_backend_was_told_else_the_environment(twins, monkeypatch):
-    from scratchvae.backend import _numba_kernels
-
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(_numba_kernels.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(NUMPY, "blas_threads", None)
-    assert twins.blas_threads() is None                    # nothing says: the dense product
+def test_blas_threads_is_what_the_backend_was_told_else_the_environment(monkeypatch):
+    set_threads(monkeypatch, None)
+    threads = _numba_dense.blas_threads
+    assert threads(None) is None                           # nothing says: the dense product
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert twins.blas_threads() == 2
+    assert threads(None) == 2
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    assert twins.blas_threads() == 1                       # OpenBLAS's own variable first
-    NUMPY.set_blas_threads(4)
-    assert twins.blas_threads() == 4                       # told (the ranks' limit_threads) wins
-    NUMPY.set_blas_threads(None)
+    assert threads(None) == 1                              # OpenBLAS's own variable first
+    assert threads(4) == 4                                 # told (the ranks' limit_threads) wins
     monkeypatch.delenv("OPENBLAS_NUM_THREADS")
     monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setattr(_numba_kernels.os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    assert twins.blas_threads() == 1                       # one core
+    monkeypatch.setattr(_numba_dense.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert threads(None) == 1                              # one core
+
+
+def test_the_twins_read_what_the_backend_was_told(twins, monkeypatch):
+    set_threads(monkeypatch, None)
+    rng = np.random.default_rng(3)
+    x = sparse(rng, (8, 20), 0.1, np.float32)
+    W = rng.normal(size=(20, 4)).astype(np.float32)
+    out, _, nz = buffers(x, 4)
+    NUMPY.set_blas_threads(1)
+    data_matmul(x, W, out, nz)
+    assert nz[0, 0] >= 0
+    NUMPY.set_blas_threads(2)
+    data_matmul(x, W, out, nz)
+    assert nz[0, 0] == -1
 
 
 def test_the_ranks_thread_limit_tells_the_backend(monkeypatch):

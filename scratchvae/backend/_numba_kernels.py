@@ -21,10 +21,8 @@ its arithmetic, kept in the body's order so that it agrees with the body:
   the rows in order, and round once: within NumPy's own pairwise float32 error of the body's
   sum.
 * **another order of the same terms**: the first layer on data (``data_matmul``,
-  ``data_weight_grad``) sums only x's nonzero terms, in ascending column (and row) order, where
-  the BLAS runs one thread and at most a quarter of x is nonzero; elsewhere it runs the body
-  (the dense product) and gives its bits. Within float32 rounding of the dense product
-  (``tests/test_data_layer.py``).
+  ``data_weight_grad``; :mod:`._numba_dense`) sums only x's nonzero terms where that is faster,
+  else runs the body; within float32 rounding of the dense product.
 
 A twin runs the body instead (through ``fallback``) for anything outside the fast path:
 an activation other than ReLU / leaky ReLU, arrays that are not C-contiguous or not float32 /
@@ -50,12 +48,11 @@ function's own file: after editing :mod:`._numba_math` delete ``__pycache__`` (o
 
 from __future__ import annotations
 
-import os
-
 import numba
 import numpy as np
 from numba import njit
 
+from . import _numba_dense
 from ._numba_math import INLINE, JIT, exp32, expm1_d, log1p01
 
 ACTIVATIONS = {"relu": 0, "leaky_relu": 1}
@@ -305,64 +302,6 @@ def _sum_rows(a, out):
             out[j] = out[j] + ar[j]
 
 
-# -- a first layer that reads data (ops/dense.py: data_matmul, data_weight_grad) -----------------
-SPARSE_DENSITY = 0.25
-"""The largest fraction of nonzero entries of x at which the ``data_matmul`` twin lists them and
-skips the zeros: on one thread at 784-400 the listed products and the dense ones cost the same
-between a quarter and 0.3 nonzero, at batch 128, 512 and 1024 (``python -m benchmarks.data_layer``, table in
-benchmarks/README.md; MNIST's pixels are 19 % nonzero, binarised 13 %)."""
-
-
-@njit(**JIT)
-def _list_nonzeros(x, nz, limit):
-    """nz[n, 0] = c, the count of row n's nonzero x[n, i], and nz[n, 1:1 + c] those i in
-    ascending order; returns Σ_n c, or stops at the first row that takes it past ``limit``
-    and returns that partial count (the list is then not used)."""
-    total = 0
-    for n in range(x.shape[0]):
-        if total > limit:
-            break
-        c = 0
-        for i in range(x.shape[1]):      # branchless: i is written at c + 1 and kept if x[n, i] ≠ 0
-            nz[n, c + 1] = i
-            c += x[n, i] != 0
-        nz[n, 0] = c
-        total += c
-    return total
-
-
-@njit(fastmath={"contract"}, **JIT)
-def _rows_of_listed(x, nz, W, out):
-    """out[n] = Σ_k x[n, i_k] W[i_k] over row n's listed columns i_k, in ascending i (into a
-    (O,) accumulator that stays in L1, then copied): the product x W without its zero terms."""
-    acc = np.empty(W.shape[1], W.dtype)
-    for n in range(x.shape[0]):
-        for j in range(acc.size):
-            acc[j] = 0
-        for k in range(1, nz[n, 0] + 1):
-            i = nz[n, k]
-            v = x[n, i]
-            for j in range(acc.size):
-                acc[j] += v * W[i, j]
-        for j in range(acc.size):
-            out[n, j] = acc[j]
-
-
-@njit(fastmath={"contract"}, **JIT)
-def _grad_of_listed(x, nz, dy, dW):
-    """dW = Σ_n Σ_k x[n, i_k] ⊗ dy[n] over each row's listed columns, rows n in order: xᵀ dy
-    without its zero terms (the rows of dW no row lists stay 0)."""
-    for i in range(dW.shape[0]):
-        for j in range(dW.shape[1]):
-            dW[i, j] = 0
-    for n in range(x.shape[0]):
-        for k in range(1, nz[n, 0] + 1):
-            i = nz[n, k]
-            v = x[n, i]
-            for j in range(dW.shape[1]):
-                dW[i, j] += v * dy[n, j]
-
-
 # -- the launchers: the blocks' signatures; the fast path or the body ------------------------------
 def _fast(*arrays):
     """True if every array is a C-contiguous float32 / float64 NumPy array of one dtype."""
@@ -507,37 +446,16 @@ class Twins:
     def adam_from(self, p, g, m, v, coef, b1, b2, eps, scratch):
         return self.adam(p, g, m, v, float(coef[0]), float(coef[1]), b1, b2, eps, scratch)
 
-    # -- a first layer that reads data ------------------------------------------------------------------
-    def blas_threads(self):
-        """The threads numpy's BLAS runs: what the backend was told (``Backend.set_blas_threads``,
-        which the ranks' ``limit_threads`` calls), else what ``OPENBLAS_NUM_THREADS`` /
-        ``OMP_NUM_THREADS`` say, else 1 where this process may use one core; None where nothing says."""
-        told = self._told()
-        if told is not None:
-            return told
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-            if os.environ.get(var, "").strip().isdigit():
-                return int(os.environ[var])
-        return 1 if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) == 1 else None
-
+    # -- a first layer that reads data (the kernels and the choice: _numba_dense) -----------------------
     def data_matmul(self, x, W, out, nonzeros):
-        N, I = x.shape if x.ndim == 2 else (0, 0)
-        ok = (_fast(x, W, out) and N and W.shape[0] == I and out.shape == (N, W.shape[1])
-              and isinstance(nonzeros, np.ndarray) and nonzeros.dtype == np.int32
-              and nonzeros.shape == (N, I + 1) and nonzeros.flags.c_contiguous and self.blas_threads() == 1)
-        limit = int(SPARSE_DENSITY * N * I)
-        if not ok or _list_nonzeros(x, nonzeros, limit) > limit:
+        ok = _fast(x, W, out) and _numba_dense.blas_threads(self._told()) == 1
+        if not (ok and _numba_dense.listed_product(x, W, out, nonzeros)):
             return self.fallback("data_matmul")(x, W, out, nonzeros)
-        _rows_of_listed(x, nonzeros, W, out)
         return out
 
     def data_weight_grad(self, x, dy, out, nonzeros):
-        ok = (_fast(x, dy, out) and x.ndim == 2 and x.shape[0] and out.shape == (x.shape[1], dy.shape[1])
-              and dy.shape[0] == x.shape[0] and isinstance(nonzeros, np.ndarray) and nonzeros.dtype == np.int32
-              and nonzeros.shape == (x.shape[0], x.shape[1] + 1) and nonzeros[0, 0] >= 0)
-        if not ok:
+        if not (_fast(x, dy, out) and _numba_dense.listed_weight_grad(x, dy, out, nonzeros)):
             return self.fallback("data_weight_grad")(x, dy, out, nonzeros)
-        _grad_of_listed(x, nonzeros, dy, out)
         return out
 
     # -- the bias gradient ------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def data_matmul(x, W, out, nonzeros):
     adds nothing to y_nj = Σ_i x_ni W_ij, so the twin sums over row n's nonzero i alone, in
     ascending i: about a fifth of the dense product's multiply-adds on MNIST. It does so where it
     is the faster of the two (the BLAS runs one thread and at most a quarter of x is nonzero,
-    ``SPARSE_DENSITY`` in :mod:`scratchvae.backend._numba_kernels`: each rank of a run that fills
+    ``SPARSE_DENSITY`` in :mod:`scratchvae.backend._numba_dense`: each rank of a run that fills
     the cores, a run on one core) and runs this body
     otherwise. Its sums are in another order than the BLAS's, so its bits differ from the
     body's by float32 rounding (the NumPy bodies' figures, ``tools/param_hash.py``, are this
