@@ -16,7 +16,7 @@ from scratchvae import VAE, ops
 from scratchvae.backend import cupy_usable, get_backend
 from scratchvae.backend.graph import gather_rows, load_row
 from scratchvae.evaluate import evaluate_elbo
-from scratchvae.ops.dense import matmul, sum_rows
+from scratchvae.ops.dense import data_matmul, data_weight_grad, matmul, sum_rows
 from scratchvae.optim import Adam, adam_update, adam_update_from
 from scratchvae.step import record_losses
 from scratchvae.train import TrainConfig, fit, load_run, resume
@@ -243,6 +243,23 @@ def test_sum_rows(dtype, cb):
     r = np.random.default_rng(9)
     (a,), (da,) = twin(cb, dtype, r.normal(size=(4096, 784)))
     assert rel(cb.to_host(sum_rows(da)), a.sum(axis=0)) <= TWIN[dtype] * 10
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_first_layer_blocks_are_the_cublas_products_and_keep_no_list(dtype, cb):
+    """On CuPy, data_matmul and data_weight_grad are the dense products (no list of nonzeros:
+    the NumPy twins' listing buys nothing on cuBLAS), and an encoder's cache holds no list."""
+    r = np.random.default_rng(10)
+    x = r.uniform(size=(64, 784)) * (r.uniform(size=(64, 784)) < 0.2)
+    (x, W, dy), (dx, dW, ddy) = twin(cb, dtype, x, r.normal(size=(784, 400)), r.normal(size=(64, 400)))
+    out, grad = cb.xp.full((64, 400), np.nan, dtype=dtype), cb.xp.full((784, 400), np.nan, dtype=dtype)
+    assert data_matmul(dx, dW, out, None) is out
+    assert data_weight_grad(dx, ddy, grad, None) is grad
+    assert rel(cb.to_host(out), x @ W) <= TWIN[dtype] * 10
+    assert rel(cb.to_host(grad), x.T @ dy) <= TWIN[dtype] * 10
+    m = VAE(input_dim=784, hidden=(400,), latent=20, dtype=dtype, backend=cb)
+    m.loss_and_grads(dx)
+    assert m.workspace(64).enc.nonzeros is None
 
 
 # -- precision: the bfloat16 conversions, TF32 and BF16 products, a model in each --------------------------------
