@@ -53,20 +53,14 @@ import numpy as np
 from numba import njit
 
 from . import _numba_dense
+from ._numba_hierarchy import cond_prior_backward as _cond_prior_backward
+from ._numba_hierarchy import cond_prior_forward as _cond_prior_forward
 from ._numba_math import INLINE, JIT, exp32, expm1_d, log1p01
+from ._numba_math import sum64 as _sum64
 
 ACTIVATIONS = {"relu": 0, "leaky_relu": 1}
 """The activations with a twin (piecewise linear: exact); the others run the NumPy body."""
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-@njit(fastmath={"reassoc"}, **JIT)
-def _sum64(v):
-    """Σ v in float64; the order is left to LLVM (vectorised): float64 sums of float32 terms."""
-    acc = 0.0
-    for j in range(v.size):
-        acc += np.float64(v[j])
-    return acc
 
 
 @njit(**JIT)
@@ -168,53 +162,6 @@ def _reparam_kl_backward(dz, eps, std, ml, beta, dml, lim, mask):
                 dlv = dlv * zero
             dr[j], dr[L + j] = dmu, dlv
 
-
-
-# -- a hierarchical model's conditional prior (ops/hierarchy.py) --------------------------------------
-@njit(**JIT)
-def _clip(v, lim):
-    """numpy.clip(v, −lim, lim): NaN stays NaN (no comparison holds)."""
-    return -lim if v < -lim else (lim if v > lim else v)
-
-
-@njit(**JIT)
-def _cond_prior_forward(head, b, h, out, work, lim):
-    """Twin of ``ops.hierarchy.cond_prior_forward`` (derivation there). head += b; lv_p clamped
-    to ±lim in place; work = ((h − μ_p)² u) + lv_p with u = e^{−lv_p} (the body's order);
-    out[r] = ½ Σ_j work[r, j], summed in float64 and rounded once."""
-    L = h.shape[1]
-    half = head.dtype.type(0.5)
-    for r in range(h.shape[0]):
-        hd, xr, wr = head[r], h[r], work[r]
-        for j in range(2 * L if b.size else 0):
-            hd[j] = hd[j] + b[j]
-        for j in range(L):
-            lv = _clip(hd[L + j], lim)
-            hd[L + j] = lv
-            d = xr[j] - hd[j]
-            wr[j] = ((d * d) * exp32(-lv)) + lv
-        out[r] = head.dtype.type(_sum64(wr)) * half
-
-
-@njit(**JIT)
-def _cond_prior_backward(head, h, w_rows, w0, dhead, dh, lim):
-    """Twin of ``ops.hierarchy.cond_prior_backward`` (derivation there), in the body's order:
-    w = w_rows[r] (else w0); du = d u; dlv_p = ((1 − d du) ½) w, × 0 where |lv_p| ≥ lim;
-    du ← du w; dh += du; dμ_p = −du."""
-    L = h.shape[1]
-    one, half, zero = head.dtype.type(1), head.dtype.type(0.5), head.dtype.type(0)
-    for r in range(h.shape[0]):
-        hd, xr, gr, dr = head[r], h[r], dhead[r], dh[r]
-        w = w_rows[r] if w_rows.size else w0
-        for j in range(L):
-            lv = hd[L + j]
-            d = xr[j] - hd[j]
-            du = d * exp32(-lv)
-            dlv = ((one - d * du) * half) * w
-            du = du * w
-            dr[j] = dr[j] + du
-            gr[j] = -du
-            gr[L + j] = dlv * (one if abs(lv) < lim else zero)
 
 
 # -- the Bernoulli block (ops/likelihoods.py: bernoulli_nll_forward_backward) -----------------------

@@ -171,3 +171,12 @@ def expm1_d(x32):
     em1 = r + r * r * poly(r, EXPM1_C)       # e^r − 1
     two_k = bits_f64((np.int64(k) + 1023) << 52)
     return two_k * em1 + (two_k - F64(1.0))
+
+
+@njit(fastmath={"reassoc"}, **JIT)
+def sum64(v):
+    """Σ v in float64; the order is left to LLVM (vectorised): float64 sums of float32 terms."""
+    acc = 0.0
+    for j in range(v.size):
+        acc += np.float64(v[j])
+    return acc
