@@ -56,7 +56,7 @@ def time_layer(x, repeats, hidden=400, seed=0):
     W = (0.05 * rng.standard_normal((x.shape[1], hidden))).astype(np.float32)
     dy = rng.standard_normal((x.shape[0], hidden)).astype(np.float32)
     out, dW = np.empty((x.shape[0], hidden), np.float32), np.empty_like(W)
-    nz = np.empty((x.shape[0], x.shape[1] + 1), np.int32)
+    nz = np.empty((2 * x.shape[0] + 1, x.shape[1] + 1), np.int32)
     res, kept = {}, twins.SPARSE_DENSITY
     try:
         for path, limit in (("listed", 1.0), ("dense", 0.0)):

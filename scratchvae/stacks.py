@@ -52,9 +52,9 @@ class StackCache:
     ``lows[i]``     ``inputs[i]`` as the products read it (bf16 words; None in fp32 and tf32)
     ``mask``        (N, max H) bool: ReLU's 1[a > 0]
     ``out``, ``dout``, ``dout_lo``  the last product (N, O), ∂ℓ/∂ of it, and its words (bf16)
-    ``nonzeros``    (N, I + 1) int32: where a stack that reads data lists its x's nonzero columns
-                    (:func:`~scratchvae.ops.dense.data_matmul`, NumPy); None for the others, on CuPy,
-                    and in tf32, bf16
+    ``nonzeros``    (2N + 1, I + 1) int32: where a stack that reads data lists its x's nonzero columns
+                    (:func:`~scratchvae.ops.dense.data_matmul`, NumPy): by row in rows 0 … N − 1,
+                    by column in the rest; None for the others, on CuPy, and in tf32, bf16
     """
 
     inputs: list
@@ -114,7 +114,7 @@ class DenseStack:
         marked unused (−1) until a forward writes it."""
         if not (self.reads_data and xp is np):
             return None
-        nz = np.empty((n, self.sizes[0] + 1), np.int32)
+        nz = np.empty((2 * n + 1, self.sizes[0] + 1), np.int32)
         nz[:, 0] = -1
         return nz
 

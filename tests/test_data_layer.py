@@ -50,7 +50,7 @@ def sparse(rng, shape, density, dtype):
 
 def buffers(x, O):
     N, I = x.shape
-    return np.empty((N, O), x.dtype), np.empty((I, O), x.dtype), np.full((N, I + 1), -7, np.int32)
+    return np.empty((N, O), x.dtype), np.empty((I, O), x.dtype), np.full((2 * N + 1, I + 1), -7, np.int32)
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-13)])
@@ -74,6 +74,27 @@ def test_the_listed_products_are_the_dense_ones(one_thread, dtype, tol):
     assert np.abs(dW - dense_dW).max() <= tol * np.abs(dense_dW).max()
     assert not out[2].any() and np.array_equal(out[6], x[6, 7] * W[7])
     assert not dW[np.flatnonzero(~x.any(axis=0))].any()      # columns no row lists: dW rows stay 0
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-13)])
+def test_long_rows_and_columns_take_the_fourfold_loops_and_their_remainders(one_thread, dtype, tol):
+    """Row 3 lists all 23 columns (five times four and three more), column 5 all 37 rows (nine
+    times four and one more): the forward's and the backward's unrolled loops and their tails."""
+    rng = np.random.default_rng(5)
+    x = sparse(rng, (37, 23), 0.12, dtype)
+    x[3] = rng.uniform(0.05, 1.0, size=23)
+    x[:, 5] = rng.uniform(0.05, 1.0, size=37)
+    assert np.count_nonzero(x) <= SPARSE_DENSITY * x.size
+    W, dy = rng.normal(size=(23, 11)).astype(dtype), rng.normal(size=(37, 11)).astype(dtype)
+    out, dW, nz = buffers(x, 11)
+    data_matmul(x, W, out, nz)
+    data_weight_grad(x, dy, dW, nz)
+    col = nz[37:].reshape(-1)                  # the backward's list by column: starts, then rows
+    for i in range(23):
+        np.testing.assert_array_equal(col[24 + col[i]:24 + col[i + 1]], np.flatnonzero(x[:, i]))
+    dense_y, dense_dW = x.astype(np.float64) @ W, x.T.astype(np.float64) @ dy
+    assert np.abs(out - dense_y).max() <= tol * np.abs(dense_y).max()
+    assert np.abs(dW - dense_dW).max() <= tol * np.abs(dense_dW).max()
 
 
 @pytest.mark.parametrize("why", ["dense data", "two BLAS threads", "threads unknown", "float16"])

@@ -60,8 +60,9 @@ def data_matmul(x, W, out, nonzeros):
     """x W for a stack's first layer, whose x is data (N, I) that is mostly zeros (MNIST's
     pixels: 81 % are 0; binarised, 87 %): the same product as :func:`matmul`, into ``out``.
 
-    ``nonzeros`` (N, I + 1) int32: where the CPU twin lists each row's nonzero columns for the
-    backward's :func:`data_weight_grad` (column 0 the count, −1 where it did not). A zero term
+    ``nonzeros`` (2N + 1, I + 1) int32: where the CPU twin lists each row's nonzero columns for the
+    backward's :func:`data_weight_grad` (rows 0 … N − 1; column 0 the count, −1 in row 0 where it
+    did not list), and where that backward lists them again by column (the N + 1 rows after). A zero term
     adds nothing to y_nj = Σ_i x_ni W_ij, so the twin sums over row n's nonzero i alone, in
     ascending i: about a fifth of the dense product's multiply-adds on MNIST. It does so where it
     is the faster of the two (the BLAS runs one thread and at most a quarter of x is nonzero,
@@ -81,8 +82,8 @@ def data_matmul(x, W, out, nonzeros):
 def data_weight_grad(x, dy, out, nonzeros):
     """dW = xᵀ dy (I, O) of the layer whose forward was :func:`data_matmul` on the same ``x``
     (∂ℓ/∂W_ij = Σ_n x_ni dy_nj, :func:`dense_backward`). The CPU twin reads the nonzero columns its
-    forward listed in ``nonzeros`` and adds x_ni dy_n into row i of dW for those alone, rows n in
-    order; where the forward listed none (column 0 of row 0 is −1) it runs this body."""
+    forward listed in ``nonzeros`` and adds x_ni dy_n into row i of dW for those alone, column by
+    column, rows n in order; where the forward listed none (column 0 of row 0 is −1) it runs this body."""
     return matmul(x.T, dy, out=out)
 
 
