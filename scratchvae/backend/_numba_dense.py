@@ -24,8 +24,9 @@ from ._numba_math import JIT
 SPARSE_DENSITY = 0.25
 """The largest fraction of nonzero entries of x at which the ``data_matmul`` twin lists them and
 skips the zeros: on one thread at 784-400 the listed products and the dense ones cost the same
-between a quarter and 0.3 nonzero, at batch 128, 512 and 1024 (``python -m benchmarks.data_layer``, table in
-benchmarks/README.md; MNIST's pixels are 19 % nonzero, binarised 13 %)."""
+between a quarter and 0.3 nonzero at batch 512 and 1024, between 0.3 and 0.4 at 128
+(``python -m benchmarks.data_layer``, table in benchmarks/README.md; MNIST's pixels are 19 %
+nonzero, binarised 13 %)."""
 
 
 @njit(**JIT)
