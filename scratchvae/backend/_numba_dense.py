@@ -1,14 +1,14 @@
 """Numba twins of the encoder's first layer on data (``ops/dense.py``: ``data_matmul``,
 ``data_weight_grad``): the products summed over x's nonzero entries only, and when to.
 
-MNIST's pixels are mostly zeros, and a zero term adds nothing to x W or to xᵀ dy. The forward
-lists each row's nonzero columns (branch-free) into the ``nonzeros`` buffer the stack keeps and
-sums W's rows of those columns into an (O,) accumulator that stays in L1; the backward turns the
-list around (each column's rows) and sums x_ni dy_n into dW's row i while that row stays in L1. Both sum in ascending column (forward) and row
-(backward) order, so they differ from the BLAS's dense products in float32 rounding
-(``tests/test_data_layer.py``). Where listing does not pay (the BLAS runs more than one thread,
-more than ``SPARSE_DENSITY`` of x nonzero, arrays off the fast path) the launchers in
-:class:`._numba_kernels.Twins` run the bodies, the dense products. Measurements:
+MNIST's pixels are mostly zeros, and a zero term adds nothing to x W or to xᵀ dy. The forward lists
+each row's nonzero columns (branch-free) into the ``nonzeros`` buffer the stack keeps and sums W's
+rows of those columns into an (O,) accumulator that stays in L1; the backward turns the list around
+(each column's rows) and sums x_ni dy_n into dW's row i while that row stays in L1. Both sum in
+ascending column (forward) and row (backward) order, so they differ from the BLAS's dense products
+in float32 rounding (``tests/test_data_layer.py``). Where listing does not pay (the BLAS runs more
+than one thread, more than ``SPARSE_DENSITY`` of x nonzero, arrays off the fast path) the launchers
+in :class:`._numba_kernels.Twins` run the bodies, the dense products. Measurements:
 ``docs/design-notes.md`` and ``python -m benchmarks.data_layer``.
 """
 

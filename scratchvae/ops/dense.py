@@ -62,16 +62,16 @@ def data_matmul(x, W, out, nonzeros):
 
     ``nonzeros`` (2N + 1, I + 1) int32: where the CPU twin lists each row's nonzero columns for the
     backward's :func:`data_weight_grad` (rows 0 … N − 1; column 0 the count, −1 in row 0 where it
-    did not list), and where that backward lists them again by column (the N + 1 rows after). A zero term
-    adds nothing to y_nj = Σ_i x_ni W_ij, so the twin sums over row n's nonzero i alone, in
-    ascending i: about a fifth of the dense product's multiply-adds on MNIST. It does so where it
-    is the faster of the two (the BLAS runs one thread and at most a quarter of x is nonzero,
-    ``SPARSE_DENSITY`` in :mod:`scratchvae.backend._numba_dense`: each rank of a run that fills
-    the cores, a run on one core) and runs this body
-    otherwise. Its sums are in another order than the BLAS's, so its bits differ from the
-    body's by float32 rounding (the NumPy bodies' figures, ``tools/param_hash.py``, are this
-    body's). One difference in kind: a zero x_ni times an infinite W_ij is NaN in the product
-    and skipped by the twin, which matters only once θ is no longer finite.
+    did not list), and where that backward lists them again by column (the N + 1 rows after). A zero
+    term adds nothing to y_nj = Σ_i x_ni W_ij, so the twin sums over row n's nonzero i alone, in
+    ascending i: about a fifth of the dense product's multiply-adds on MNIST. It does so where it is
+    the faster of the two (the BLAS runs one thread and at most a quarter of x is nonzero,
+    ``SPARSE_DENSITY`` in :mod:`scratchvae.backend._numba_dense`: each rank of a run that fills the
+    cores, a run on one core) and runs this body otherwise. Its sums are in another order than the
+    BLAS's, so its bits differ from the body's by float32 rounding (the NumPy bodies' figures,
+    ``tools/param_hash.py``, are this body's). One difference in kind: a zero x_ni times an infinite
+    W_ij is NaN in the product and skipped by the twin, which matters only once θ is no longer
+    finite.
     """
     if nonzeros is not None:
         nonzeros[:1, :1] = -1            # no list of nonzeros: the backward runs the dense product
